@@ -1,0 +1,139 @@
+//! `switchboard echo` and `switchboard time`: the typed clients behind the
+//! one-shot / REPL / pipe rule.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use tokio::runtime::Runtime;
+
+use super::input::{Mode, Repl, split_target, stdin_lines};
+use super::{EchoArgs, TimeArgs};
+use crate::client::{ClientError, EchoClient, TimeClient};
+use crate::config::{DEFAULT_ECHO_PORT, DEFAULT_TIME_PORT};
+use crate::endpoint::Transport;
+
+fn runtime() -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+/// Writes a reply and a newline to stdout, bytes untouched.
+fn print_reply(reply: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(reply)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+fn report(e: &ClientError) {
+    eprintln!("switchboard: {e}");
+}
+
+pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
+    let target = split_target(args.args, &format!("127.0.0.1:{DEFAULT_ECHO_PORT}"));
+    let udp = match target.transport {
+        Some(Transport::Udp) => true,
+        Some(Transport::Tcp) if args.udp => bail!("--udp conflicts with a tcp:// address"),
+        _ => args.udp,
+    };
+    let (addr, timeout) = (target.addr, args.timeout);
+    let rt = runtime()?;
+    let connect = || async {
+        if udp {
+            EchoClient::connect_udp(&addr, timeout).await
+        } else {
+            EchoClient::connect_tcp(&addr, timeout).await
+        }
+    };
+    let mut client = rt.block_on(connect())?;
+    let mut failed = false;
+    match Mode::pick(&target.words) {
+        Mode::Once(text) => {
+            let reply = rt.block_on(client.request(text.as_bytes()))?;
+            if !udp {
+                rt.block_on(client.finish())?;
+            }
+            print_reply(&reply)?;
+        }
+        Mode::Repl => {
+            let mut repl = Repl::new(if udp { "echo-udp" } else { "echo" }, "echo> ")?;
+            while let Some(line) = repl.next_line() {
+                let mut result = rt.block_on(client.request(line.as_bytes()));
+                // The server may have closed an idle connection: reconnect once.
+                if let Err(ClientError::Closed { got: 0, .. } | ClientError::Io(_)) = &result
+                    && !udp
+                {
+                    client = rt.block_on(connect())?;
+                    result = rt.block_on(client.request(line.as_bytes()));
+                }
+                match result {
+                    Ok(reply) => print_reply(&reply)?,
+                    Err(e) => report(&e),
+                }
+            }
+        }
+        Mode::Pipe if udp => {
+            for line in stdin_lines() {
+                match rt.block_on(client.request(&line)) {
+                    Ok(reply) => print_reply(&reply)?,
+                    Err(e) => {
+                        report(&e);
+                        failed = true;
+                    }
+                }
+            }
+        }
+        Mode::Pipe => {
+            // Echo keeps every byte, so streaming stdin through the
+            // connection gives exactly the line-by-line replies, without a
+            // round trip per line and for any input, binary included.
+            rt.block_on(client.pipe(tokio::io::stdin(), tokio::io::stdout()))?;
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
+    let target = split_target(args.args, &format!("127.0.0.1:{DEFAULT_TIME_PORT}"));
+    if target.transport == Some(Transport::Tcp) {
+        bail!("time is a UDP service; use udp://HOST:PORT or HOST:PORT");
+    }
+    let rt = runtime()?;
+    let client = rt.block_on(TimeClient::connect(&target.addr, args.timeout))?;
+    let query = |format: &str| rt.block_on(client.query(format));
+    let mut failed = false;
+    match Mode::pick(&target.words) {
+        Mode::Once(format) => match query(&format) {
+            Ok(t) => print_reply(t.as_bytes())?,
+            Err(e) => {
+                report(&e);
+                failed = true;
+            }
+        },
+        Mode::Repl => {
+            let mut repl = Repl::new("time", "format (e.g. %Y-%m-%d %X)> ")?;
+            while let Some(line) = repl.next_line() {
+                match query(line.trim()) {
+                    Ok(t) => print_reply(t.as_bytes())?,
+                    Err(e) => report(&e),
+                }
+            }
+        }
+        Mode::Pipe => {
+            for line in stdin_lines() {
+                let format = String::from_utf8_lossy(&line);
+                match query(&format) {
+                    Ok(t) => print_reply(t.as_bytes())?,
+                    Err(e) => {
+                        report(&e);
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

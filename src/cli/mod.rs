@@ -1,0 +1,144 @@
+//! The command line: argument structs, and the client-side UX.
+//!
+//! One rule for every client: arguments given, run once; none and a TTY, a
+//! REPL (history, empty lines skipped, `quit`/`exit`/Ctrl-D leave); none and
+//! a pipe, one request per input line.
+
+mod clients;
+mod input;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{EchoMode, parse_duration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "The socket tutorial's services done properly: upper-case echo (TCP/UDP) and UDP time, with their clients.",
+    after_help = "Examples:\n  switchboard serve\n  switchboard echo linhaifeng nb\n  switchboard time %H:%M:%S"
+)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the services (echo on 127.0.0.1:9000 TCP+UDP, time on 127.0.0.1:9001 UDP).
+    #[command(after_help = "Examples:\n  switchboard serve\n  switchboard serve --echo tcp://0.0.0.0:9000 --time udp://[::1]:9001 --utc\n  switchboard serve --config switchboard.toml\n  switchboard serve --echo tcp://127.0.0.1:0   # any free port; the banner says which")]
+    Serve(ServeArgs),
+    /// Upper-case echo client: one-shot with TEXT, a REPL on a TTY, line by line from a pipe.
+    #[command(after_help = "Examples:\n  switchboard echo linhaifeng nb\n  switchboard echo --udp 127.0.0.1:9000 hello\n  cat notes.txt | switchboard echo\n  switchboard echo            # REPL")]
+    Echo(EchoArgs),
+    /// UDP time client: prints the server's time in a strftime FORMAT.
+    #[command(after_help = "Examples:\n  switchboard time '%Y-%m-%d %H:%M:%S'\n  switchboard time 127.0.0.1:9001 ''   # the server's default format\n  printf '%%F\\n%%T\\n' | switchboard time")]
+    Time(TimeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Echo endpoint, repeatable: tcp://HOST:PORT, udp://HOST:PORT, or HOST:PORT for both.
+    #[arg(long = "echo", value_name = "ENDPOINT")]
+    pub echo: Vec<String>,
+    /// Time endpoint, repeatable: udp://HOST:PORT or HOST:PORT.
+    #[arg(long = "time", value_name = "ENDPOINT")]
+    pub time: Vec<String>,
+    /// Echo replies upper-cased (the tutorial) or unchanged (RFC 862).
+    #[arg(long, value_enum)]
+    pub echo_mode: Option<EchoMode>,
+    /// Time replies in UTC instead of local time.
+    #[arg(long)]
+    pub utc: bool,
+    /// Simultaneous TCP echo connections [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Close echo connections idle this long, e.g. 300s, 5m [default: 300s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Longest time reply in bytes, 64-65507 [default: 1024].
+    #[arg(long, value_name = "BYTES")]
+    pub time_reply_cap: Option<usize>,
+    /// UDP datagrams answered per second per source IP; 0 = unlimited [default: 2000].
+    #[arg(long, value_name = "N")]
+    pub udp_rate_limit: Option<u32>,
+    /// How long open connections get to finish on SIGINT/SIGTERM [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Use UDP (one datagram per request) instead of TCP.
+    #[arg(long)]
+    pub udp: bool,
+    /// Seconds to wait for a connection or a reply, e.g. 2s, 500ms.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// [ADDR] then TEXT: ADDR is HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT
+    /// (default 127.0.0.1:9000); TEXT words are joined with spaces.
+    #[arg(value_name = "ADDR|TEXT")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TimeArgs {
+    /// Seconds to wait for a reply, e.g. 2s, 500ms.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// [ADDR] then FORMAT: ADDR is HOST:PORT or udp://HOST:PORT (default
+    /// 127.0.0.1:9001); FORMAT words are joined with spaces ('' = server default).
+    #[arg(value_name = "ADDR|FORMAT")]
+    pub args: Vec<String>,
+}
+
+/// Runs the parsed command; the returned code is the process's exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Echo(args) => clients::echo(args),
+        Command::Time(args) => clients::time(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up `tracing`: RUST_LOG if set, else a level from -v/-q. Servers
+/// log at info by default, clients only warnings.
+pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.quiet, cli.verbose, &cli.command) {
+        (true, _, _) => "warn",
+        (_, 0, Command::Serve(_)) => "info",
+        (_, 0, _) => "warn",
+        (_, 1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(color)
+        .with_writer(std::io::stderr)
+        .init();
+}

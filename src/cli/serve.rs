@@ -1,0 +1,113 @@
+//! `switchboard serve`: configuration from defaults, file and flags, a
+//! banner of what was bound, and signal-driven graceful shutdown.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::ServeArgs;
+use crate::config::{ServerConfig, parse_echo_listen, parse_time_listen};
+use crate::server::{Server, Service};
+
+/// Builds the configuration: defaults, then the file, then the flags.
+pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if !args.echo.is_empty() {
+        cfg.echo.listen = collect(&args.echo, parse_echo_listen)?;
+    }
+    if !args.time.is_empty() {
+        cfg.time.listen = collect(&args.time, parse_time_listen)?;
+    }
+    if let Some(m) = args.echo_mode {
+        cfg.echo.mode = m;
+    }
+    if args.utc {
+        cfg.time.utc = true;
+    }
+    if let Some(n) = args.max_connections {
+        cfg.echo.max_connections = n;
+    }
+    if let Some(d) = args.idle_timeout {
+        cfg.echo.idle_timeout = d;
+    }
+    if let Some(n) = args.time_reply_cap {
+        cfg.time.reply_cap = n;
+    }
+    if let Some(n) = args.udp_rate_limit {
+        cfg.udp.rate_limit = n;
+    }
+    if let Some(d) = args.shutdown_grace {
+        cfg.server.shutdown_grace = d;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn collect<T>(items: &[String], parse: fn(&str) -> anyhow::Result<Vec<T>>) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::new();
+    for s in items {
+        out.extend(parse(s)?);
+    }
+    Ok(out)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config_from_args(&args)?;
+    match crate::sys::raise_fd_limit() {
+        Ok(n) => info!(open_files = n, "file-descriptor limit"),
+        Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),
+    }
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(cfg).await?;
+        print_banner(&server)?;
+        let shutdown = CancellationToken::new();
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigint.recv() => info!("SIGINT received"),
+                _ = sigterm.recv() => info!("SIGTERM received"),
+            }
+            trigger.cancel();
+            // A second signal means "now": skip the grace period.
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+            warn!("second signal: exiting without waiting for connections");
+            std::process::exit(130);
+        });
+        server.run(shutdown).await;
+        info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Connection tasks still running after the grace are dropped here.
+    rt.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what was bound, real ports included, on stdout (so scripts and
+/// tests can read it) and flushes it.
+fn print_banner(server: &Server) -> anyhow::Result<()> {
+    let cfg = server.config();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} serving:", crate::VERSION)?;
+    for b in server.endpoints() {
+        let detail = match b.service {
+            Service::Echo => format!("mode={}", cfg.echo.mode.name()),
+            Service::Time => format!("clock={}", if cfg.time.utc { "utc" } else { "local" }),
+        };
+        writeln!(out, "  {:<5} {:<28} {detail}", b.service, b.endpoint().to_string())?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Typed clients, one per service, shared by the CLI, the tests and the
+//! load generator.
+
+mod echo;
+mod time;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpStream, UdpSocket};
+
+pub use echo::EchoClient;
+pub use time::TimeClient;
+
+/// Default time a client waits for a connection or a reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest UDP payload (IPv4).
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// What can go wrong talking to a service.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot resolve {addr}: {cause}")]
+    Resolve { addr: String, cause: io::Error },
+    #[error("cannot connect to {addr}: {cause}{}", refused_hint(cause))]
+    Connect { addr: String, cause: io::Error },
+    #[error("no connection to {addr} within {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("no reply from {addr} within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("nothing is listening on udp://{addr} (ICMP port unreachable)")]
+    UdpRefused { addr: String },
+    #[error("the server closed the connection after {got} of {want} reply bytes")]
+    Closed { got: usize, want: usize },
+    #[error("request of {0} bytes is larger than a UDP datagram (65,507 bytes)")]
+    TooLarge(usize),
+    #[error("server: {0}")]
+    Server(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn refused_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        " (is `switchboard serve` running there?)"
+    } else {
+        ""
+    }
+}
+
+async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let resolved: Result<Vec<SocketAddr>, io::Error> =
+        tokio::net::lookup_host(addr).await.map(|it| it.collect());
+    match resolved {
+        Ok(v) if !v.is_empty() => Ok(v),
+        Ok(_) => Err(ClientError::Resolve {
+            addr: addr.to_string(),
+            cause: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        }),
+        Err(cause) => Err(ClientError::Resolve {
+            addr: addr.to_string(),
+            cause,
+        }),
+    }
+}
+
+/// Connects to the first address of `addr` (`HOST:PORT`) that answers,
+/// trying each in turn within `timeout` overall.
+pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let addrs = resolve(addr).await?;
+    let attempt = async {
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no addresses")))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(ClientError::ConnectTimeout {
+            addr: addr.to_string(),
+            after: timeout,
+        }),
+        Ok(Err(cause)) => Err(ClientError::Connect {
+            addr: addr.to_string(),
+            cause,
+        }),
+        Ok(Ok(s)) => {
+            // Requests are small and interactive: don't let Nagle hold them.
+            s.set_nodelay(true)?;
+            Ok(s)
+        }
+    }
+}
+
+/// A UDP socket connected to `addr`: the kernel then drops datagrams from
+/// anyone else, and reports ICMP port-unreachable as `ConnectionRefused`.
+pub async fn connect_udp(addr: &str) -> Result<(UdpSocket, SocketAddr), ClientError> {
+    let addrs = resolve(addr).await?;
+    let mut last = None;
+    for a in addrs {
+        let local: SocketAddr = if a.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = UdpSocket::bind(local).await?;
+        match sock.connect(a).await {
+            Ok(()) => return Ok((sock, a)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ClientError::Connect {
+        addr: addr.to_string(),
+        cause: last.unwrap_or_else(|| io::Error::other("no addresses")),
+    })
+}
+
+/// Sends one datagram on a connected socket and waits for one reply.
+/// Stale replies (to earlier requests that timed out) are discarded first.
+pub(crate) async fn udp_round_trip(
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    if request.len() > MAX_DATAGRAM {
+        return Err(ClientError::TooLarge(request.len()));
+    }
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    while sock.try_recv(&mut buf).is_ok() {}
+    let refused = |e: io::Error| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            ClientError::UdpRefused {
+                addr: peer.to_string(),
+            }
+        } else {
+            ClientError::Io(e)
+        }
+    };
+    sock.send(request).await.map_err(refused)?;
+    match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+        Err(_) => Err(ClientError::Timeout {
+            addr: format!("udp://{peer}"),
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(refused(e)),
+        Ok(Ok(n)) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+    }
+}

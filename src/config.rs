@@ -1,0 +1,325 @@
+//! Server configuration: endpoints and every limit, each with its default.
+//!
+//! Precedence: built-in defaults, then the TOML file (`--config`), then
+//! command-line flags. The file says the same things as the flags:
+//!
+//! ```toml
+//! [echo]
+//! listen = ["tcp://127.0.0.1:9000", "udp://127.0.0.1:9000"]  # bare HOST:PORT = both
+//! mode = "upper"            # or "plain" (RFC 862)
+//! max_connections = 10000   # TCP; excess connections are closed at once
+//! idle_timeout = "300s"     # nothing received (or no send progress) for this long: close
+//! buffer_size = 65536       # per active connection; bounds memory per client
+//!
+//! [time]
+//! listen = ["udp://127.0.0.1:9001"]
+//! utc = false
+//! reply_cap = 1024          # 64 ..= 65507
+//!
+//! [udp]                     # applies to UDP echo and time
+//! rate_limit = 2000         # datagrams/s answered per source IP; 0 = off
+//! rate_burst = 2000
+//! max_sources = 65536       # source IPs tracked by the rate limiter
+//! recv_buffer = 4194304     # SO_RCVBUF asked for (the kernel may cap it)
+//!
+//! [server]
+//! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+
+use crate::endpoint::{Endpoint, Transport};
+use crate::timefmt;
+
+/// Default TCP/UDP echo port: the tutorial's.
+pub const DEFAULT_ECHO_PORT: u16 = 9000;
+/// Default UDP time port.
+pub const DEFAULT_TIME_PORT: u16 = 9001;
+
+/// Echo's reply transformation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EchoMode {
+    /// ASCII a-z to A-Z, every other byte unchanged (Python's `bytes.upper()`).
+    #[default]
+    Upper,
+    /// Bytes back unchanged (RFC 862).
+    Plain,
+}
+
+impl EchoMode {
+    /// Applies the mode to `buf` in place; the length never changes.
+    pub fn apply(self, buf: &mut [u8]) {
+        if self == EchoMode::Upper {
+            buf.make_ascii_uppercase();
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EchoMode::Upper => "upper",
+            EchoMode::Plain => "plain",
+        }
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub echo: EchoConfig,
+    pub time: TimeConfig,
+    pub udp: UdpConfig,
+    pub server: ProcessConfig,
+}
+
+/// The echo service (PROTOCOL.md §1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoConfig {
+    /// Default: `tcp://127.0.0.1:9000` and `udp://127.0.0.1:9000`.
+    #[serde(deserialize_with = "de_echo_listen")]
+    pub listen: Vec<Endpoint>,
+    /// Default: `upper`.
+    pub mode: EchoMode,
+    /// Simultaneous TCP connections, all endpoints together. Default: 10,000.
+    pub max_connections: usize,
+    /// Close a connection after this long with nothing received, or with a
+    /// reply that the client does not read. Default: 300 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Bytes read per step on an active TCP connection; also the most the
+    /// server holds for one client. Idle connections hold none. Default: 64 KiB.
+    pub buffer_size: usize,
+}
+
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            listen: vec![
+                Endpoint::new(Transport::Tcp, "127.0.0.1", DEFAULT_ECHO_PORT),
+                Endpoint::new(Transport::Udp, "127.0.0.1", DEFAULT_ECHO_PORT),
+            ],
+            mode: EchoMode::Upper,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            buffer_size: 64 * 1024,
+        }
+    }
+}
+
+/// The time service (PROTOCOL.md §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeConfig {
+    /// Default: `udp://127.0.0.1:9001`.
+    #[serde(deserialize_with = "de_time_listen")]
+    pub listen: Vec<Endpoint>,
+    /// Answer in UTC instead of the server's local time. Default: false.
+    pub utc: bool,
+    /// Longest reply in bytes. Default: 1,024; at most 65,507.
+    pub reply_cap: usize,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            listen: vec![Endpoint::new(Transport::Udp, "127.0.0.1", DEFAULT_TIME_PORT)],
+            utc: false,
+            reply_cap: timefmt::DEFAULT_REPLY_CAP,
+        }
+    }
+}
+
+/// Settings shared by the UDP services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Datagrams per second answered for one source IP address (token
+    /// bucket); 0 turns the limit off. Default: 2,000.
+    pub rate_limit: u32,
+    /// Bucket size: how many datagrams a source may send in a burst. Default: 2,000.
+    pub rate_burst: u32,
+    /// Source addresses the limiter tracks at once; when all are busy, new
+    /// sources are dropped until some go quiet. Default: 65,536.
+    pub max_sources: usize,
+    /// `SO_RCVBUF` asked for on each UDP socket. Default: 4 MiB.
+    pub recv_buffer: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            rate_limit: 2_000,
+            rate_burst: 2_000,
+            max_sources: 65_536,
+            recv_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// On SIGINT/SIGTERM, how long open connections get to finish. Default: 5 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("bad config {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let cfg: ServerConfig = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that types alone cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.echo.max_connections == 0 {
+            bail!("echo.max_connections must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.echo.buffer_size) {
+            bail!("echo.buffer_size must be between 1024 and 16777216");
+        }
+        if self.echo.idle_timeout.is_zero() {
+            bail!("echo.idle_timeout must be above 0");
+        }
+        if !(timefmt::MIN_REPLY_CAP..=timefmt::MAX_REPLY_CAP).contains(&self.time.reply_cap) {
+            bail!(
+                "time.reply_cap must be between {} and {}",
+                timefmt::MIN_REPLY_CAP,
+                timefmt::MAX_REPLY_CAP
+            );
+        }
+        if self.udp.rate_limit > 0 && self.udp.rate_burst == 0 {
+            bail!("udp.rate_burst must be at least 1 when udp.rate_limit is on");
+        }
+        if self.udp.max_sources == 0 {
+            bail!("udp.max_sources must be at least 1");
+        }
+        if let Some(e) = self.time.listen.iter().find(|e| e.transport != Transport::Udp) {
+            bail!("time is a UDP service: {e} is not udp://");
+        }
+        Ok(())
+    }
+}
+
+/// Parses an echo listen address: a bare `HOST:PORT` means TCP and UDP.
+pub fn parse_echo_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
+    let (t, host, port) = Endpoint::parse_loose(s)?;
+    Ok(match t {
+        Some(t) => vec![Endpoint::new(t, host, port)],
+        None => vec![
+            Endpoint::new(Transport::Tcp, host.clone(), port),
+            Endpoint::new(Transport::Udp, host, port),
+        ],
+    })
+}
+
+/// Parses a time listen address: UDP only, a bare `HOST:PORT` means UDP.
+pub fn parse_time_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
+    let e = Endpoint::parse_with_default(s, Transport::Udp)?;
+    if e.transport != Transport::Udp {
+        bail!("time is a UDP service: {e} is not udp://");
+    }
+    Ok(vec![e])
+}
+
+/// Parses a duration such as `300s`, `5m`, `250ms`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s).with_context(|| format!("{s:?}: expected a duration like 30s, 5m, 250ms"))
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> anyhow::Result<Vec<Endpoint>>,
+) -> Result<Vec<Endpoint>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    let mut out = Vec::new();
+    for s in raw {
+        out.extend(parse(&s).map_err(serde::de::Error::custom)?);
+    }
+    Ok(out)
+}
+
+fn de_echo_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
+    de_listen(d, parse_echo_listen)
+}
+
+fn de_time_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
+    de_listen(d, parse_time_listen)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = ServerConfig::from_toml("").unwrap();
+        assert_eq!(c.echo.listen.len(), 2);
+        assert_eq!(c.echo.max_connections, 10_000);
+        assert_eq!(c.time.listen[0].to_string(), "udp://127.0.0.1:9001");
+        assert_eq!(c.time.reply_cap, 1024);
+    }
+
+    #[test]
+    fn file_overrides_and_validates() {
+        let c = ServerConfig::from_toml(
+            r#"
+            [echo]
+            listen = ["[::1]:0"]
+            mode = "plain"
+            idle_timeout = "1m 30s"
+            [time]
+            listen = ["127.0.0.1:0"]
+            utc = true
+            [server]
+            shutdown_grace = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.echo.listen.len(), 2);
+        assert_eq!(c.echo.listen[0].to_string(), "tcp://[::1]:0");
+        assert_eq!(c.echo.mode, EchoMode::Plain);
+        assert_eq!(c.echo.idle_timeout, Duration::from_secs(90));
+        assert!(c.time.utc);
+        assert_eq!(c.server.shutdown_grace, Duration::from_millis(250));
+
+        for bad in [
+            "[echo]\nmax_connections = 0",
+            "[time]\nreply_cap = 70000",
+            "[time]\nlisten = [\"tcp://127.0.0.1:1\"]",
+            "[echo]\nlisten = [\"nope\"]",
+            "[echo]\nidle_timeout = \"soon\"",
+            "[echo]\nbogus = 1",
+        ] {
+            assert!(ServerConfig::from_toml(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

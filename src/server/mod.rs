@@ -1,0 +1,221 @@
+//! The server: binds every endpoint of the configuration, runs each service
+//! on its sockets, and shuts down gracefully.
+//!
+//! ```text
+//! Server::bind(config) ── binds all endpoints (port 0 gets a real port)
+//!        │                 └─ endpoints(): what was bound, for banners and tests
+//!        └─ run(shutdown) ── one task per listener / UDP socket, one per connection
+//!                            shutdown cancelled ─> stop accepting, connections
+//!                            finish their current write and close; after
+//!                            `shutdown_grace` the rest are dropped
+//! ```
+//!
+//! Services take an already-bound socket and a cancellation token, so tests
+//! bind `127.0.0.1:0` and read the real port back (mini-redis's habit).
+
+pub mod echo;
+pub mod listener;
+pub mod ratelimit;
+pub mod stats;
+pub mod time;
+pub mod udp;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::ServerConfig;
+use crate::endpoint::{Endpoint, Transport};
+use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
+use stats::Stats;
+
+/// The services a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Echo,
+    Time,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so that banners can align with `{:<5}`.
+        f.pad(match self {
+            Service::Echo => "echo",
+            Service::Time => "time",
+        })
+    }
+}
+
+/// One bound endpoint: the service and the real local address.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub service: Service,
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Bound {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_addr(self.transport, self.addr)
+    }
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// A server with all its sockets bound, ready to [`run`](Server::run).
+pub struct Server {
+    config: Arc<ServerConfig>,
+    sockets: Vec<(Bound, Socket)>,
+    stats: Arc<Stats>,
+}
+
+impl Server {
+    /// Validates `config` and binds every endpoint. Fails, naming the
+    /// endpoint, if any cannot be bound; nothing is served until [`run`](Server::run).
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
+        config.validate()?;
+        let mut sockets = Vec::new();
+        let wanted = config
+            .echo
+            .listen
+            .iter()
+            .map(|e| (Service::Echo, e))
+            .chain(config.time.listen.iter().map(|e| (Service::Time, e)));
+        for (service, endpoint) in wanted {
+            let addrs = endpoint
+                .resolve()
+                .await
+                .with_context(|| format!("{service}: cannot resolve {endpoint}"))?;
+            for addr in addrs {
+                let socket = match endpoint.transport {
+                    Transport::Tcp => bind_tcp(addr).map(Socket::Tcp),
+                    Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
+                }
+                .with_context(|| format!("{service}: cannot bind {endpoint} ({addr})"))?;
+                let addr = match &socket {
+                    Socket::Tcp(l) => l.local_addr()?,
+                    Socket::Udp(s) => s.local_addr()?,
+                };
+                let bound = Bound {
+                    service,
+                    transport: endpoint.transport,
+                    addr,
+                };
+                sockets.push((bound, socket));
+            }
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            sockets,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Every bound endpoint, with its real port.
+    pub fn endpoints(&self) -> Vec<Bound> {
+        self.sockets.iter().map(|(b, _)| b.clone()).collect()
+    }
+
+    /// The first bound address of `service` over `transport`, if any.
+    pub fn addr(&self, service: Service, transport: Transport) -> Option<SocketAddr> {
+        self.sockets
+            .iter()
+            .map(|(b, _)| b)
+            .find(|b| b.service == service && b.transport == transport)
+            .map(|b| b.addr)
+    }
+
+    /// The services' counters; they stay readable after `run` ends.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Serves until `shutdown` is cancelled, then gives open connections
+    /// `shutdown_grace` to finish. Returns once everything has stopped or
+    /// the grace has run out (remaining tasks are aborted when the runtime
+    /// ends).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let cfg = self.config;
+        let stats = self.stats;
+        let echo_limit = Arc::new(Semaphore::new(cfg.echo.max_connections));
+        for (bound, socket) in self.sockets {
+            let span = info_span!("listener", service = %bound.service, endpoint = %bound.endpoint());
+            let shutdown = shutdown.clone();
+            let cfg = cfg.clone();
+            match (bound.service, socket) {
+                (Service::Echo, Socket::Tcp(listener)) => {
+                    let ctx = AcceptContext {
+                        service: "echo",
+                        limit: echo_limit.clone(),
+                        counters: stats.echo_tcp.clone(),
+                        shutdown: shutdown.clone(),
+                        tracker: tracker.clone(),
+                    };
+                    let counters = stats.echo_tcp.clone();
+                    let echo = Arc::new(cfg.echo.clone());
+                    tracker.spawn(
+                        accept_loop(listener, ctx, move |stream, _peer| {
+                            echo::serve_tcp(stream, echo.clone(), counters.clone(), shutdown.clone())
+                        })
+                        .instrument(span),
+                    );
+                }
+                (Service::Echo, Socket::Udp(socket)) => {
+                    let counters = stats.echo_udp.clone();
+                    let mode = cfg.echo.mode;
+                    tracker.spawn(
+                        async move {
+                            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
+                                echo::udp_reply(mode, req, reply);
+                                false
+                            })
+                            .await
+                        }
+                        .instrument(span),
+                    );
+                }
+                (Service::Time, Socket::Udp(socket)) => {
+                    let counters = stats.time_udp.clone();
+                    tracker.spawn(
+                        async move {
+                            let (utc, cap) = (cfg.time.utc, cfg.time.reply_cap);
+                            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
+                                time::reply_now(req, utc, cap, reply)
+                            })
+                            .await
+                        }
+                        .instrument(span),
+                    );
+                }
+                (Service::Time, Socket::Tcp(_)) => {
+                    // `ServerConfig::validate` refuses tcp:// for time.
+                    warn!("time has no TCP service; endpoint ignored");
+                }
+            }
+        }
+        tracker.close();
+        shutdown.cancelled().await;
+        info!("shutting down: no new connections; open ones get {:?}", cfg.server.shutdown_grace);
+        if tokio::time::timeout(cfg.server.shutdown_grace, tracker.wait()).await.is_err() {
+            warn!(
+                open = stats.echo_tcp.open.get(),
+                "shutdown grace passed; closing the remaining connections"
+            );
+        }
+    }
+}

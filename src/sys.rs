@@ -1,0 +1,38 @@
+//! Process-wide OS settings.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Raises the soft open-file limit to the hard limit and returns the new
+/// soft limit. Many distributions start processes at a soft limit of 1,024,
+/// which a server with thousands of clients passes at once; the hard limit
+/// is the administrator's real ceiling (as Go's runtime and nginx's
+/// `worker_rlimit_nofile` treat it).
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        return Ok(hard);
+    }
+    Ok(soft)
+}
+
+/// The local time zone's abbreviation at `unix_secs` (`CET`, `UTC`, ...),
+/// which is what C's `strftime("%Z")` prints. chrono's `Local` knows only
+/// the offset, so the time service asks the C library, as Python does.
+pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
+    let t = libc::time_t::try_from(unix_secs).ok()?;
+    let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
+    // SAFETY: `localtime_r` fills the `tm` we own and returns null on
+    // failure. `tm_zone` then points into the C library's zone table, valid
+    // until the next `tzset`; it is copied out at once.
+    unsafe {
+        if libc::localtime_r(&t, tm.as_mut_ptr()).is_null() {
+            return None;
+        }
+        let tm = tm.assume_init();
+        if tm.tm_zone.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(tm.tm_zone).to_string_lossy().into_owned())
+    }
+}
