@@ -128,7 +128,11 @@ pub struct TimeConfig {
 impl Default for TimeConfig {
     fn default() -> Self {
         TimeConfig {
-            listen: vec![Endpoint::new(Transport::Udp, "127.0.0.1", DEFAULT_TIME_PORT)],
+            listen: vec![Endpoint::new(
+                Transport::Udp,
+                "127.0.0.1",
+                DEFAULT_TIME_PORT,
+            )],
             utc: false,
             reply_cap: timefmt::DEFAULT_REPLY_CAP,
         }
@@ -217,7 +221,12 @@ impl ServerConfig {
         if self.udp.max_sources == 0 {
             bail!("udp.max_sources must be at least 1");
         }
-        if let Some(e) = self.time.listen.iter().find(|e| e.transport != Transport::Udp) {
+        if let Some(e) = self
+            .time
+            .listen
+            .iter()
+            .find(|e| e.transport != Transport::Udp)
+        {
             bail!("time is a UDP service: {e} is not udp://");
         }
         Ok(())
@@ -247,7 +256,8 @@ pub fn parse_time_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
 
 /// Parses a duration such as `300s`, `5m`, `250ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s).with_context(|| format!("{s:?}: expected a duration like 30s, 5m, 250ms"))
+    humantime::parse_duration(s)
+        .with_context(|| format!("{s:?}: expected a duration like 30s, 5m, 250ms"))
 }
 
 fn de_listen<'de, D: Deserializer<'de>>(
@@ -319,7 +329,10 @@ mod tests {
             "[echo]\nidle_timeout = \"soon\"",
             "[echo]\nbogus = 1",
         ] {
-            assert!(ServerConfig::from_toml(bad).is_err(), "{bad} should be rejected");
+            assert!(
+                ServerConfig::from_toml(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

@@ -33,6 +33,10 @@ pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
         if tm.tm_zone.is_null() {
             return None;
         }
-        Some(std::ffi::CStr::from_ptr(tm.tm_zone).to_string_lossy().into_owned())
+        Some(
+            std::ffi::CStr::from_ptr(tm.tm_zone)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }

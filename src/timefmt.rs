@@ -87,7 +87,11 @@ pub fn validate(format: &str) -> Result<(), FormatError> {
             });
         };
         if conv.is_ascii_digit() {
-            let end = j + bytes.iter().skip(j).take_while(|b| b.is_ascii_digit()).count();
+            let end = j + bytes
+                .iter()
+                .skip(j)
+                .take_while(|b| b.is_ascii_digit())
+                .count();
             let digits = format.get(at..end).unwrap_or("%");
             let spec = match format.get(end..).and_then(|rest| rest.chars().next()) {
                 Some(c) => format!("{digits}{c}"),
@@ -246,10 +250,16 @@ mod tests {
         assert_eq!(reply(b""), "2001-02-03 04:05:06");
         assert_eq!(reply(b"%Y %m %d"), "2001 02 03");
         assert_eq!(reply(b"%c"), "Sat Feb  3 04:05:06 2001");
-        assert_eq!(reply(b"%x|%X|%D|%F|%T|%R|%r"), "02/03/01|04:05:06|02/03/01|2001-02-03|04:05:06|04:05|04:05:06 AM");
+        assert_eq!(
+            reply(b"%x|%X|%D|%F|%T|%R|%r"),
+            "02/03/01|04:05:06|02/03/01|2001-02-03|04:05:06|04:05|04:05:06 AM"
+        );
         assert_eq!(reply(b"%a %A %b %B %h"), "Sat Saturday Feb February Feb");
         assert_eq!(reply(b"%e|%k|%l|%-d|%_m|%0e"), " 3| 4| 4|3| 2|03");
-        assert_eq!(reply(b"%j %U %W %w %u %V %G %g %C %y"), "034 04 05 6 6 05 2001 01 20 01");
+        assert_eq!(
+            reply(b"%j %U %W %w %u %V %G %g %C %y"),
+            "034 04 05 6 6 05 2001 01 20 01"
+        );
         assert_eq!(reply(b"%p %P %z %Z %s"), "AM am +0000 UTC 981173106");
         assert_eq!(reply(b"100%% %n%t."), "100% \n\t.");
         assert_eq!(reply("时间 %H".as_bytes()), "时间 04");
@@ -259,33 +269,56 @@ mod tests {
     fn bad_formats_get_error_replies() {
         let cases: &[(&[u8], &str)] = &[
             (b"%Q", "error: unknown specifier %Q at byte 0"),
-            (b"ab %", "error: incomplete specifier % at end of format (byte 3)"),
-            (b"%-", "error: incomplete specifier %- at end of format (byte 0)"),
+            (
+                b"ab %",
+                "error: incomplete specifier % at end of format (byte 3)",
+            ),
+            (
+                b"%-",
+                "error: incomplete specifier %- at end of format (byte 0)",
+            ),
             (b"x%#z", "error: unsupported flag '#' in %#z at byte 1"),
             (b"%^a", "error: unsupported flag '^' in %^a at byte 0"),
             (b"%-a", "error: unsupported flag '-' in %-a at byte 0"),
-            (b"%10Y", "error: field widths are not supported: %10Y at byte 0"),
+            (
+                b"%10Y",
+                "error: field widths are not supported: %10Y at byte 0",
+            ),
             (b"%f", "error: unknown specifier %f at byte 0"),
             (b"%.3f", "error: unknown specifier %. at byte 0"),
             (b"%:z", "error: unknown specifier %: at byte 0"),
             (b"%+", "error: unknown specifier %+ at byte 0"),
             (b"%Ec", "error: unknown specifier %E at byte 0"),
             ("é%é".as_bytes(), "error: unknown specifier %é at byte 2"),
-            (b"ok\xff", "error: format is not valid UTF-8 (bad byte at byte 2)"),
+            (
+                b"ok\xff",
+                "error: format is not valid UTF-8 (bad byte at byte 2)",
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(reply(input), *want, "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                reply(input),
+                *want,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn replies_respect_the_cap() {
         let long = "%c".repeat(100);
-        assert_eq!(reply(long.as_bytes()), "error: result longer than 1024 bytes");
+        assert_eq!(
+            reply(long.as_bytes()),
+            "error: result longer than 1024 bytes"
+        );
         let exact = "x".repeat(1024);
         assert_eq!(reply(exact.as_bytes()), exact);
         let over = "x".repeat(1025);
-        assert_eq!(reply(over.as_bytes()), "error: result longer than 1024 bytes");
+        assert_eq!(
+            reply(over.as_bytes()),
+            "error: result longer than 1024 bytes"
+        );
         // A huge expansion never allocates past the cap.
         let huge = "%c".repeat(30_000);
         let r = respond(huge.as_bytes(), &at(), MAX_REPLY_CAP);

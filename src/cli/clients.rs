@@ -93,7 +93,11 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
             rt.block_on(client.pipe(tokio::io::stdin(), tokio::io::stdout()))?;
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
@@ -135,5 +139,9 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

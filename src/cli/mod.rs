@@ -37,13 +37,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the services (echo on 127.0.0.1:9000 TCP+UDP, time on 127.0.0.1:9001 UDP).
-    #[command(after_help = "Examples:\n  switchboard serve\n  switchboard serve --echo tcp://0.0.0.0:9000 --time udp://[::1]:9001 --utc\n  switchboard serve --config switchboard.toml\n  switchboard serve --echo tcp://127.0.0.1:0   # any free port; the banner says which")]
+    #[command(
+        after_help = "Examples:\n  switchboard serve\n  switchboard serve --echo tcp://0.0.0.0:9000 --time udp://[::1]:9001 --utc\n  switchboard serve --config switchboard.toml\n  switchboard serve --echo tcp://127.0.0.1:0   # any free port; the banner says which"
+    )]
     Serve(ServeArgs),
     /// Upper-case echo client: one-shot with TEXT, a REPL on a TTY, line by line from a pipe.
-    #[command(after_help = "Examples:\n  switchboard echo linhaifeng nb\n  switchboard echo --udp 127.0.0.1:9000 hello\n  cat notes.txt | switchboard echo\n  switchboard echo            # REPL")]
+    #[command(
+        after_help = "Examples:\n  switchboard echo linhaifeng nb\n  switchboard echo --udp 127.0.0.1:9000 hello\n  cat notes.txt | switchboard echo\n  switchboard echo            # REPL"
+    )]
     Echo(EchoArgs),
     /// UDP time client: prints the server's time in a strftime FORMAT.
-    #[command(after_help = "Examples:\n  switchboard time '%Y-%m-%d %H:%M:%S'\n  switchboard time 127.0.0.1:9001 ''   # the server's default format\n  printf '%%F\\n%%T\\n' | switchboard time")]
+    #[command(
+        after_help = "Examples:\n  switchboard time '%Y-%m-%d %H:%M:%S'\n  switchboard time 127.0.0.1:9001 ''   # the server's default format\n  printf '%%F\\n%%T\\n' | switchboard time"
+    )]
     Time(TimeArgs),
 }
 
@@ -135,7 +141,8 @@ pub fn init_tracing(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(color)

@@ -50,7 +50,10 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     Ok(cfg)
 }
 
-fn collect<T>(items: &[String], parse: fn(&str) -> anyhow::Result<Vec<T>>) -> anyhow::Result<Vec<T>> {
+fn collect<T>(
+    items: &[String],
+    parse: fn(&str) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<Vec<T>> {
     let mut out = Vec::new();
     for s in items {
         out.extend(parse(s)?);
@@ -106,8 +109,18 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             Service::Echo => format!("mode={}", cfg.echo.mode.name()),
             Service::Time => format!("clock={}", if cfg.time.utc { "utc" } else { "local" }),
         };
-        writeln!(out, "  {:<5} {:<28} {detail}", b.service, b.endpoint().to_string())?;
+        writeln!(
+            out,
+            "  {:<5} {:<28} {detail}",
+            b.service,
+            b.endpoint().to_string()
+        )?;
     }
+    writeln!(
+        out,
+        "ready (pid {}); SIGINT or SIGTERM stops",
+        std::process::id()
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -35,7 +35,9 @@ impl TimeClient {
             // A reply that merely echoes a literal "error: " in the format
             // is still a time, so only call it an error if the format did
             // not start that way.
-            Some(msg) if !format.starts_with(ERROR_PREFIX) => Err(ClientError::Server(msg.to_string())),
+            Some(msg) if !format.starts_with(ERROR_PREFIX) => {
+                Err(ClientError::Server(msg.to_string()))
+            }
             _ => Ok(text),
         }
     }

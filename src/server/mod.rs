@@ -154,7 +154,8 @@ impl Server {
         let stats = self.stats;
         let echo_limit = Arc::new(Semaphore::new(cfg.echo.max_connections));
         for (bound, socket) in self.sockets {
-            let span = info_span!("listener", service = %bound.service, endpoint = %bound.endpoint());
+            let span =
+                info_span!("listener", service = %bound.service, endpoint = %bound.endpoint());
             let shutdown = shutdown.clone();
             let cfg = cfg.clone();
             match (bound.service, socket) {
@@ -170,7 +171,12 @@ impl Server {
                     let echo = Arc::new(cfg.echo.clone());
                     tracker.spawn(
                         accept_loop(listener, ctx, move |stream, _peer| {
-                            echo::serve_tcp(stream, echo.clone(), counters.clone(), shutdown.clone())
+                            echo::serve_tcp(
+                                stream,
+                                echo.clone(),
+                                counters.clone(),
+                                shutdown.clone(),
+                            )
                         })
                         .instrument(span),
                     );
@@ -210,8 +216,14 @@ impl Server {
         }
         tracker.close();
         shutdown.cancelled().await;
-        info!("shutting down: no new connections; open ones get {:?}", cfg.server.shutdown_grace);
-        if tokio::time::timeout(cfg.server.shutdown_grace, tracker.wait()).await.is_err() {
+        info!(
+            "shutting down: no new connections; open ones get {:?}",
+            cfg.server.shutdown_grace
+        );
+        if tokio::time::timeout(cfg.server.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!(
                 open = stats.echo_tcp.open.get(),
                 "shutdown grace passed; closing the remaining connections"

@@ -39,8 +39,8 @@ pub async fn serve_udp<F>(
 ) where
     F: FnMut(&[u8], &mut Vec<u8>) -> bool,
 {
-    let mut limiter =
-        (cfg.rate_limit > 0).then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, cfg.max_sources));
+    let mut limiter = (cfg.rate_limit > 0)
+        .then(|| RateLimiter::new(cfg.rate_limit, cfg.rate_burst, cfg.max_sources));
     let mut buf = vec![0u8; RECV_BUF];
     let mut reply = Vec::with_capacity(RECV_BUF);
     loop {

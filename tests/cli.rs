@@ -1,0 +1,334 @@
+//! The `switchboard` binary end to end: `serve` (banner, config file,
+//! signals, memory under a client that never reads) and the `echo`/`time`
+//! clients in their one-shot, pipe and REPL modes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, spawn_serve};
+use nix::sys::signal::Signal;
+use switchboard::endpoint::Transport;
+
+/// Runs the client binary with `args` and `input` on stdin, with HOME in a
+/// temporary directory so no history lands in the real one.
+fn client(args: &[&str], input: Option<&[u8]>) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn serve_all() -> common::ServeProcess {
+    spawn_serve(&["--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"])
+}
+
+#[test]
+fn banner_lists_every_endpoint_with_its_real_port() {
+    let srv = serve_all();
+    assert!(
+        srv.banner[0].starts_with("switchboard "),
+        "{:?}",
+        srv.banner
+    );
+    assert_eq!(srv.endpoints.len(), 3, "{:?}", srv.banner);
+    for (_, e) in &srv.endpoints {
+        assert_ne!(e.port, 0, "{e}");
+    }
+    assert!(srv.banner.iter().any(|l| l.contains("mode=upper")));
+}
+
+#[test]
+fn one_shot_clients() {
+    let srv = serve_all();
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let udp = format!("udp://{}", srv.addr("echo", Transport::Udp));
+    let time = srv.addr("time", Transport::Udp);
+
+    let o = client(&["echo", &tcp, "linhaifeng", "nb"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "LINHAIFENG NB\n");
+
+    let o = client(&["echo", &udp, "héllo"], None);
+    assert_eq!(stdout(&o), "HéLLO\n");
+    let o = client(
+        &["echo", "--udp", &srv.addr("echo", Transport::Udp), "x"],
+        None,
+    );
+    assert_eq!(stdout(&o), "X\n");
+
+    let o = client(&["time", &time, "%Y", "%%"], None);
+    assert!(o.status.success());
+    let t = stdout(&o);
+    assert!(t.len() == 7 && t.ends_with(" %\n"), "{t:?}");
+
+    let o = client(&["time", &time, "%Q"], None);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o),
+        "switchboard: server: unknown specifier %Q at byte 0\n"
+    );
+}
+
+#[test]
+fn pipe_mode_sends_one_request_per_line() {
+    let srv = serve_all();
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let udp = srv.addr("echo", Transport::Udp);
+    let time = srv.addr("time", Transport::Udp);
+
+    let o = client(&["echo", &tcp], Some("one\ntwo 二\n\nlast".as_bytes()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ONE\nTWO 二\n\nLAST");
+
+    // A large pipe streams through with every byte intact.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let o = client(&["echo", &tcp], Some(&big));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, big.to_ascii_uppercase());
+
+    let o = client(&["echo", "--udp", &udp], Some(b"alpha\nbeta\r\n"));
+    assert_eq!(stdout(&o), "ALPHA\nBETA\n");
+
+    let o = client(&["time", &time], Some(b"%Y\n%Q\n%%\n"));
+    assert!(
+        !o.status.success(),
+        "a failed line makes the exit status non-zero"
+    );
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert_eq!(lines[1], "%");
+    assert!(stderr(&o).contains("unknown specifier %Q at byte 0"));
+}
+
+#[test]
+fn refused_and_silent_servers_give_one_clear_line() {
+    // A port nobody listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let o = client(&["echo", &addr, "hello"], None);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("switchboard: cannot connect to {addr}: ")),
+        "{err}"
+    );
+
+    // A UDP socket that never answers: the client times out.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let o = client(&["time", "--timeout", "300ms", &addr, "%Y"], None);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o),
+        format!("switchboard: no reply from udp://{addr} within 300ms\n")
+    );
+}
+
+#[test]
+fn config_file_says_what_flags_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &path,
+        "[echo]\nlisten = [\"tcp://127.0.0.1:0\"]\nmode = \"plain\"\n[time]\nlisten = [\"127.0.0.1:0\"]\nutc = true\n",
+    )
+    .unwrap();
+    let srv = spawn_serve(&["--config", path.to_str().unwrap()]);
+    assert_eq!(srv.endpoints.len(), 2, "{:?}", srv.banner);
+    let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "Plain"], None);
+    assert_eq!(stdout(&o), "Plain\n");
+    let o = client(&["time", &srv.addr("time", Transport::Udp), "%Z"], None);
+    assert_eq!(stdout(&o), "UTC\n");
+
+    // Flags override the file.
+    let srv = spawn_serve(&["--config", path.to_str().unwrap(), "--echo-mode", "upper"]);
+    let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "Plain"], None);
+    assert_eq!(stdout(&o), "PLAIN\n");
+
+    // A bad file is one clear error and a failure status.
+    std::fs::write(&path, "[echo]\nmax_connections = 0\n").unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("max_connections"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_closes_connections_and_exits_zero() {
+    let mut srv = spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "2s",
+    ]);
+    let mut conn = TcpStream::connect(srv.addr("echo", Transport::Tcp)).unwrap();
+    conn.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"BEFORE");
+
+    srv.signal(Signal::SIGTERM);
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exited");
+    assert!(status.success(), "{status:?}");
+    // The connection was closed by the server, not left open.
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let r = conn.read_to_end(&mut rest);
+    assert!(matches!(r, Ok(0) | Err(_)) && rest.is_empty(), "{r:?}");
+}
+
+#[test]
+fn server_memory_stays_flat_while_a_client_floods_without_reading() {
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("echo", Transport::Tcp);
+    // Warm up: one ordinary exchange so the baseline includes a used connection path.
+    let o = client(&["echo", &addr, "warm"], None);
+    assert_eq!(stdout(&o), "WARM\n");
+    let before = srv.rss_kib();
+
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        floods.push(s);
+    }
+    let chunk = vec![b'z'; 256 * 1024];
+    let start = Instant::now();
+    let mut written = 0usize;
+    'outer: while start.elapsed() < Duration::from_secs(4) {
+        for s in floods.iter_mut() {
+            match s.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break 'outer, // blocked for 500 ms: back-pressure
+            }
+        }
+    }
+    let after = srv.rss_kib();
+    eprintln!("flooded {written} bytes; server RSS {before} KiB -> {after} KiB");
+    assert!(
+        written < 4 * 64 * 1024 * 1024,
+        "the server kept accepting: {written} bytes"
+    );
+    // Four connections may each hold one 64 KiB buffer; allow generous slack.
+    assert!(
+        after < before + 8 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+/// Drives the echo REPL on a pseudo-terminal (Python's pty module).
+#[test]
+fn echo_repl_on_a_terminal() {
+    let srv = serve_all();
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let home = tempfile::tempdir().unwrap();
+    // rustyline asks the terminal for the cursor position (ESC [6n); the
+    // script answers like a terminal would. Every wait is bounded, and the
+    // child is killed by its PID if it has not exited by the end.
+    let script = r#"
+import os, pty, signal, sys, time, select
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "echo", sys.argv[2]])
+out = b""
+answered = 0
+def read_until(marker, limit=10.0, count=1):
+    global out, answered
+    end = time.time() + limit
+    while out.count(marker) < count and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                return
+        while out.count(b"\x1b[6n") > answered:
+            os.write(fd, b"\x1b[1;1R")
+            answered += 1
+read_until(b"echo> ")
+os.write(fd, b"hello repl\r")
+read_until(b"HELLO REPL")
+os.write(fd, b"\r")
+read_until(b"echo> ", count=3)
+os.write(fd, b"quit\r")
+read_until(b"\xff", 3.0)
+end = time.time() + 10
+status = None
+while time.time() < end:
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = st
+        break
+    time.sleep(0.05)
+if status is None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    sys.stdout.write(out.decode("utf-8", "replace"))
+    sys.exit("the REPL did not exit on quit")
+sys.stdout.write(out.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let o = match Command::new("python3")
+        .args(["-c", script, bin(), &tcp])
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipped: python3: {e}");
+            return;
+        }
+    };
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("HELLO REPL"), "{out}");
+    // History was kept in the temporary HOME, not the real one.
+    assert!(
+        home.path().join("switchboard/history-echo").exists(),
+        "{out}"
+    );
+}

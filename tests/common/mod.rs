@@ -1,0 +1,186 @@
+//! Test helpers: an in-process server on port 0, and the real binary
+//! spawned as a child process (stopped by its PID when dropped).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard::config::ServerConfig;
+use switchboard::endpoint::{Endpoint, Transport};
+use switchboard::server::stats::Stats;
+use switchboard::server::{Server, Service};
+use tokio_util::sync::CancellationToken;
+
+/// A configuration with every service on 127.0.0.1, port 0.
+pub fn loopback_config() -> ServerConfig {
+    let mut cfg = ServerConfig::default();
+    cfg.echo.listen = vec![
+        Endpoint::new(Transport::Tcp, "127.0.0.1", 0),
+        Endpoint::new(Transport::Udp, "127.0.0.1", 0),
+    ];
+    cfg.time.listen = vec![Endpoint::new(Transport::Udp, "127.0.0.1", 0)];
+    cfg
+}
+
+/// A server running in this test's runtime.
+pub struct TestServer {
+    pub echo_tcp: SocketAddr,
+    pub echo_udp: SocketAddr,
+    pub time_udp: SocketAddr,
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn start(cfg: ServerConfig) -> TestServer {
+    let _ = switchboard::sys::raise_fd_limit();
+    let server = Server::bind(cfg).await.expect("bind");
+    let none: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let echo_tcp = server.addr(Service::Echo, Transport::Tcp).unwrap_or(none);
+    let echo_udp = server.addr(Service::Echo, Transport::Udp).unwrap_or(none);
+    let time_udp = server.addr(Service::Time, Transport::Udp).unwrap_or(none);
+    let stats = server.stats();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    TestServer {
+        echo_tcp,
+        echo_udp,
+        time_udp,
+        stats,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+impl TestServer {
+    /// Cancels and waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchboard")
+}
+
+/// `switchboard serve` as a child process, with the endpoints its banner
+/// printed. Killed by PID and reaped on drop.
+pub struct ServeProcess {
+    pub child: Child,
+    pub endpoints: Vec<(String, Endpoint)>,
+    pub banner: Vec<String>,
+}
+
+pub fn spawn_serve(args: &[&str]) -> ServeProcess {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn switchboard serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = Vec::new();
+    let mut endpoints = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server exited before its banner was complete: {banner:?}");
+        };
+        banner.push(line.clone());
+        if line.starts_with("ready") {
+            break;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [service, endpoint, ..] = words[..]
+            && let Ok(e) = endpoint.parse::<Endpoint>()
+        {
+            endpoints.push((service.to_string(), e));
+        }
+    }
+    ServeProcess {
+        child,
+        endpoints,
+        banner,
+    }
+}
+
+impl ServeProcess {
+    /// `HOST:PORT` of the first endpoint of `service` over `transport`.
+    pub fn addr(&self, service: &str, transport: Transport) -> String {
+        self.endpoints
+            .iter()
+            .find(|(s, e)| s == service && e.transport == transport)
+            .map(|(_, e)| e.host_port())
+            .unwrap_or_else(|| panic!("no {service} {transport} endpoint in {:?}", self.banner))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `sig` to the server by its PID.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the server, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
