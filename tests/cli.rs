@@ -332,3 +332,50 @@ sys.exit(os.waitstatus_to_exitcode(status))
         "{out}"
     );
 }
+
+#[test]
+fn bench_smoke_checks_every_reply() {
+    let srv = serve_all();
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let pid = srv.pid().to_string();
+    let o = client(
+        &[
+            "bench",
+            "echo",
+            &tcp,
+            "--conns",
+            "8",
+            "--requests",
+            "400",
+            "--duration",
+            "20s",
+            "--server-pid",
+            &pid,
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["requests"], 400);
+    assert_eq!(r["errors"], 0);
+    assert!(r["server_rss_kib_before"].as_u64().unwrap() > 0);
+
+    let time = srv.addr("time", Transport::Udp);
+    let o = client(
+        &[
+            "bench",
+            "udp-time",
+            &time,
+            "--conns",
+            "2",
+            "--requests",
+            "100",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["requests"], 100);
+}

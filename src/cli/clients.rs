@@ -145,3 +145,45 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
+    use crate::bench::{Mode, Params};
+    let default_port = if args.mode == Mode::UdpTime {
+        DEFAULT_TIME_PORT
+    } else {
+        DEFAULT_ECHO_PORT
+    };
+    let addr = match &args.addr {
+        Some(a) => split_target(vec![a.clone()], "").addr,
+        None => format!("127.0.0.1:{default_port}"),
+    };
+    if args.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    if args.mode != Mode::Echo && args.size > crate::client::MAX_DATAGRAM {
+        bail!("--size is over the UDP maximum of 65,507 bytes");
+    }
+    let _ = crate::sys::raise_fd_limit();
+    let params = Params {
+        mode: args.mode,
+        addr,
+        conns: args.conns,
+        size: args.size,
+        duration: args.duration,
+        requests: args.requests,
+        timeout: args.timeout,
+        server_pid: args.server_pid,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let report = rt.block_on(crate::bench::run(params))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.errors > 0 || report.requests == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -51,6 +51,41 @@ pub enum Command {
         after_help = "Examples:\n  switchboard time '%Y-%m-%d %H:%M:%S'\n  switchboard time 127.0.0.1:9001 ''   # the server's default format\n  printf '%%F\\n%%T\\n' | switchboard time"
     )]
     Time(TimeArgs),
+    /// Load generator: request/response load with every reply checked.
+    #[command(
+        after_help = "Examples:\n  switchboard bench echo --conns 1000 --duration 10s\n  switchboard bench udp-echo 127.0.0.1:9000 --conns 16 --size 32 --json\n  switchboard bench echo --server-pid $(pgrep -n switchboard)"
+    )]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// echo (TCP), udp-echo or udp-time.
+    #[arg(value_enum)]
+    pub mode: crate::bench::Mode,
+    /// Target HOST:PORT [default: 127.0.0.1:9000, or :9001 for udp-time].
+    pub addr: Option<String>,
+    /// Connections (TCP) or sockets (UDP), each with one request in flight.
+    #[arg(long, default_value_t = 16)]
+    pub conns: usize,
+    /// Request size in bytes (echo modes).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// How long to run.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many requests in all (0 = no limit but the duration).
+    #[arg(long, default_value_t = 0)]
+    pub requests: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Read this server process's memory (VmRSS) before and after.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +153,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Echo(args) => clients::echo(args),
         Command::Time(args) => clients::time(args),
+        Command::Bench(args) => clients::bench(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,216 @@
+//! The load generator (`switchboard bench`): request/response load over the
+//! typed clients, every reply checked byte for byte, latency in an HDR
+//! histogram. Every run is bounded by `--duration` and, optionally,
+//! `--requests`.
+//!
+//! Modes so far: `echo` (TCP, `--conns` connections each doing one request
+//! at a time) and `udp-echo` / `udp-time` (`--conns` sockets). With
+//! `--server-pid` the server's resident memory is read from /proc before and
+//! after the run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::client::{ClientError, EchoClient, TimeClient};
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// TCP echo, request/response per connection.
+    Echo,
+    /// UDP echo, one datagram in flight per socket.
+    UdpEcho,
+    /// UDP time (`%Y-%m-%d %X`), one datagram in flight per socket.
+    UdpTime,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::UdpEcho => "udp-echo",
+            Mode::UdpTime => "udp-time",
+        }
+    }
+}
+
+/// A bench run's parameters.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub mode: Mode,
+    pub addr: String,
+    pub conns: usize,
+    pub size: usize,
+    pub duration: Duration,
+    /// Stop after this many requests in all (0: only the duration bounds it).
+    pub requests: u64,
+    pub timeout: Duration,
+    pub server_pid: Option<u32>,
+}
+
+/// The result, also printed as one JSON line with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub conns: usize,
+    pub size: usize,
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub requests_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// Server RSS with every connection open, before the load.
+    pub server_rss_kib_before: Option<u64>,
+    /// Server RSS with every connection open, after the load.
+    pub server_rss_kib_after: Option<u64>,
+}
+
+/// Resident memory of `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn payload(size: usize, conn: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + ((i + conn) % 26) as u8).collect()
+}
+
+/// Runs the load; all clients connect before the clock starts.
+pub async fn run(p: Params) -> anyhow::Result<Report> {
+    let mut clients = Vec::with_capacity(p.conns);
+    for _ in 0..p.conns {
+        clients.push(match p.mode {
+            Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
+            Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
+            Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
+        });
+    }
+    // Connected and idle: the baseline for memory per connection.
+    let rss_before = p.server_pid.and_then(rss_kib);
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + p.duration;
+    let mut tasks = Vec::with_capacity(p.conns);
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let (stop, issued) = (stop.clone(), issued.clone());
+        let req = payload(p.size, i);
+        let want = req.to_ascii_uppercase();
+        let limit = p.requests;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if limit > 0 && issued.fetch_add(1, Ordering::Relaxed) >= limit {
+                    break;
+                }
+                let t0 = Instant::now();
+                let good = match client.round_trip(&req).await {
+                    Ok(reply) if client.is_time() => {
+                        !reply.starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
+                    }
+                    Ok(reply) => reply == want,
+                    Err(_) => false,
+                };
+                if good {
+                    ok += 1;
+                    let us = t0.elapsed().as_micros().max(1) as u64;
+                    if let Some(h) = hist.as_mut() {
+                        let _ = h.record(us.min(60_000_000));
+                    }
+                } else {
+                    errors += 1;
+                    if errors > 100 && ok == 0 {
+                        break; // nothing works: do not spin
+                    }
+                }
+            }
+            // The client goes back to the caller so that connections are
+            // still open when the server's memory is read.
+            (ok, errors, hist, client)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut requests, mut errors) = (0u64, 0u64);
+    let mut open = Vec::with_capacity(p.conns);
+    for t in tasks {
+        let (ok, err, hist, client) = t.await?;
+        open.push(client);
+        requests += ok;
+        errors += err;
+        if let Some(h) = hist {
+            total.add(h)?;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seconds = start.elapsed().as_secs_f64();
+    let rss_after = p.server_pid.and_then(rss_kib);
+    drop(open);
+    Ok(Report {
+        mode: p.mode.name().to_string(),
+        conns: p.conns,
+        size: p.size,
+        requests,
+        errors,
+        seconds,
+        requests_per_sec: requests as f64 / seconds.max(1e-9),
+        p50_us: total.value_at_quantile(0.50),
+        p99_us: total.value_at_quantile(0.99),
+        p999_us: total.value_at_quantile(0.999),
+        max_us: total.max(),
+        server_rss_kib_before: rss_before,
+        server_rss_kib_after: rss_after,
+    })
+}
+
+enum Client {
+    Echo(EchoClient),
+    Time(TimeClient),
+}
+
+impl Client {
+    async fn round_trip(&mut self, req: &[u8]) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Client::Echo(c) => c.request(req).await,
+            Client::Time(c) => c.query_raw(b"").await,
+        }
+    }
+
+    fn is_time(&self) -> bool {
+        matches!(self, Client::Time(_))
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} conns={} size={}: {} requests in {:.2}s = {:.0} req/s, errors {}, latency p50 {}us p99 {}us p99.9 {}us max {}us",
+            self.mode,
+            self.conns,
+            self.size,
+            self.requests,
+            self.seconds,
+            self.requests_per_sec,
+            self.errors,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us
+        )?;
+        if let (Some(a), Some(b)) = (self.server_rss_kib_before, self.server_rss_kib_after) {
+            write!(f, ", server RSS {a} -> {b} KiB")?;
+        }
+        Ok(())
+    }
+}
