@@ -166,13 +166,7 @@ impl ServeProcess {
 
     /// Resident memory of the server, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        switchboard::bench::rss_kib(self.child.id()).unwrap_or(0)
     }
 }
 
