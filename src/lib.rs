@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod endpoint;
+pub mod proto;
 pub mod server;
 pub mod sys;
 pub mod timefmt;

@@ -1,0 +1,605 @@
+//! Typed messages of `switchboard/1` (PROTOCOL.md §3.2-3.3), to and from
+//! [`Frame`]s. Unknown header fields are ignored; an unknown `type` is
+//! [`ParseError::UnknownType`], missing or ill-typed fields
+//! [`ParseError::BadRequest`], both answered on the wire without closing.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::frame::Frame;
+
+/// Error codes of §3.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Protocol,
+    AuthFailed,
+    UnknownType,
+    BadRequest,
+    DuplicateId,
+    NoSuchJob,
+    Busy,
+    SpawnFailed,
+    Forbidden,
+    /// A code this build does not know (forward compatibility).
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::DuplicateId => "duplicate_id",
+            ErrorCode::NoSuchJob => "no_such_job",
+            ErrorCode::Busy => "busy",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Other => "other",
+        }
+    }
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A shell command line, run by `/bin/sh -c`.
+    Shell(String),
+    /// A program and its arguments, no shell.
+    Argv(Vec<String>),
+}
+
+/// An `exec` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub id: u64,
+    pub command: Command,
+    pub stdin: bool,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    Auth {
+        version: u64,
+        nonce: Option<String>,
+        mac: Option<String>,
+    },
+    Exec(ExecRequest),
+    Stdin {
+        id: u64,
+        data: Bytes,
+    },
+    Eof {
+        id: u64,
+    },
+    Signal {
+        id: u64,
+        signal: String,
+    },
+    Ping,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { name: String, timed_out: bool },
+}
+
+/// Frames a server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    Hello {
+        version: u64,
+        server: String,
+        auth: String,
+        nonce: Option<String>,
+    },
+    Ready {
+        mac: Option<String>,
+    },
+    Started {
+        id: u64,
+        pid: u32,
+    },
+    Stdout {
+        id: u64,
+        data: Bytes,
+    },
+    Stderr {
+        id: u64,
+        data: Bytes,
+    },
+    Exit {
+        id: u64,
+        status: ExitStatus,
+    },
+    Error {
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    Pong,
+}
+
+/// Why a well-formed frame is not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unknown type {0:?}")]
+    UnknownType(String),
+    #[error("{message}")]
+    BadRequest { id: Option<u64>, message: String },
+}
+
+impl ParseError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ParseError::UnknownType(_) => ErrorCode::UnknownType,
+            ParseError::BadRequest { .. } => ErrorCode::BadRequest,
+        }
+    }
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ParseError::UnknownType(_) => None,
+            ParseError::BadRequest { id, .. } => *id,
+        }
+    }
+}
+
+fn fields<T: DeserializeOwned>(header: &Map<String, Value>) -> Result<T, ParseError> {
+    T::deserialize(Value::Object(header.clone())).map_err(|e| ParseError::BadRequest {
+        id: header.get("id").and_then(Value::as_u64),
+        message: format!(
+            "{}: {e}",
+            header.get("type").and_then(Value::as_str).unwrap_or("?")
+        ),
+    })
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct AuthFields {
+    version: u64,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ExecFields {
+    id: u64,
+    #[serde(default)]
+    cmd: Option<String>,
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SignalFields {
+    id: u64,
+    signal: String,
+}
+
+impl ClientMsg {
+    /// The typed message in a frame.
+    pub fn parse(frame: Frame) -> Result<ClientMsg, ParseError> {
+        let h = &frame.header;
+        Ok(match frame.kind() {
+            "auth" => {
+                let f: AuthFields = fields(h)?;
+                ClientMsg::Auth {
+                    version: f.version,
+                    nonce: f.nonce,
+                    mac: f.mac,
+                }
+            }
+            "exec" => {
+                let f: ExecFields = fields(h)?;
+                let bad = |message: &str| ParseError::BadRequest {
+                    id: Some(f.id),
+                    message: message.to_string(),
+                };
+                let command = match (f.cmd, f.argv) {
+                    (Some(cmd), None) => Command::Shell(cmd),
+                    (None, Some(argv)) if !argv.is_empty() => Command::Argv(argv),
+                    (None, Some(_)) => return Err(bad("exec: argv is empty")),
+                    (Some(_), Some(_)) => return Err(bad("exec: give cmd or argv, not both")),
+                    (None, None) => return Err(bad("exec: needs cmd or argv")),
+                };
+                ClientMsg::Exec(ExecRequest {
+                    id: f.id,
+                    command,
+                    stdin: f.stdin,
+                    env: f.env,
+                    cwd: f.cwd,
+                    timeout_ms: f.timeout_ms,
+                })
+            }
+            "stdin" => ClientMsg::Stdin {
+                id: fields::<IdOnly>(h)?.id,
+                data: frame.body.clone(),
+            },
+            "eof" => ClientMsg::Eof {
+                id: fields::<IdOnly>(h)?.id,
+            },
+            "signal" => {
+                let f: SignalFields = fields(h)?;
+                ClientMsg::Signal {
+                    id: f.id,
+                    signal: f.signal,
+                }
+            }
+            "ping" => ClientMsg::Ping,
+            other => return Err(ParseError::UnknownType(other.to_string())),
+        })
+    }
+
+    /// The frame for this message.
+    pub fn to_frame(&self) -> Frame {
+        let (header, body) = match self {
+            ClientMsg::Auth {
+                version,
+                nonce,
+                mac,
+            } => {
+                let mut h = json!({"type": "auth", "version": version});
+                if let Some(n) = nonce {
+                    h["nonce"] = json!(n);
+                }
+                if let Some(m) = mac {
+                    h["mac"] = json!(m);
+                }
+                (h, Bytes::new())
+            }
+            ClientMsg::Exec(r) => {
+                let mut h = json!({"type": "exec", "id": r.id});
+                match &r.command {
+                    Command::Shell(c) => h["cmd"] = json!(c),
+                    Command::Argv(a) => h["argv"] = json!(a),
+                }
+                if r.stdin {
+                    h["stdin"] = json!(true);
+                }
+                if !r.env.is_empty() {
+                    h["env"] = json!(r.env);
+                }
+                if let Some(c) = &r.cwd {
+                    h["cwd"] = json!(c);
+                }
+                if let Some(t) = r.timeout_ms {
+                    h["timeout_ms"] = json!(t);
+                }
+                (h, Bytes::new())
+            }
+            ClientMsg::Stdin { id, data } => (json!({"type": "stdin", "id": id}), data.clone()),
+            ClientMsg::Eof { id } => (json!({"type": "eof", "id": id}), Bytes::new()),
+            ClientMsg::Signal { id, signal } => (
+                json!({"type": "signal", "id": id, "signal": signal}),
+                Bytes::new(),
+            ),
+            ClientMsg::Ping => (json!({"type": "ping"}), Bytes::new()),
+        };
+        to_frame(header, body)
+    }
+}
+
+fn to_frame(header: Value, body: Bytes) -> Frame {
+    let header = match header {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    Frame { header, body }
+}
+
+#[derive(Deserialize)]
+struct HelloFields {
+    version: u64,
+    #[serde(default)]
+    server: String,
+    auth: String,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReadyFields {
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StartedFields {
+    id: u64,
+    pid: u32,
+}
+
+#[derive(Deserialize)]
+struct ExitFields {
+    id: u64,
+    #[serde(default)]
+    code: Option<i32>,
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timed_out: bool,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    #[serde(default)]
+    id: Option<u64>,
+    code: ErrorCode,
+    #[serde(default)]
+    message: String,
+}
+
+impl ServerMsg {
+    /// The typed message in a frame (the client side of the codec).
+    pub fn parse(frame: Frame) -> Result<ServerMsg, ParseError> {
+        let h = &frame.header;
+        Ok(match frame.kind() {
+            "hello" => {
+                let f: HelloFields = fields(h)?;
+                ServerMsg::Hello {
+                    version: f.version,
+                    server: f.server,
+                    auth: f.auth,
+                    nonce: f.nonce,
+                }
+            }
+            "ready" => ServerMsg::Ready {
+                mac: fields::<ReadyFields>(h)?.mac,
+            },
+            "started" => {
+                let f: StartedFields = fields(h)?;
+                ServerMsg::Started {
+                    id: f.id,
+                    pid: f.pid,
+                }
+            }
+            "stdout" => ServerMsg::Stdout {
+                id: fields::<IdOnly>(h)?.id,
+                data: frame.body.clone(),
+            },
+            "stderr" => ServerMsg::Stderr {
+                id: fields::<IdOnly>(h)?.id,
+                data: frame.body.clone(),
+            },
+            "exit" => {
+                let f: ExitFields = fields(h)?;
+                let status = match (f.code, f.signal) {
+                    (Some(c), None) => ExitStatus::Code(c),
+                    (None, Some(name)) => ExitStatus::Signal {
+                        name,
+                        timed_out: f.timed_out,
+                    },
+                    _ => {
+                        return Err(ParseError::BadRequest {
+                            id: Some(f.id),
+                            message: "exit: needs exactly one of code and signal".into(),
+                        });
+                    }
+                };
+                ServerMsg::Exit { id: f.id, status }
+            }
+            "error" => {
+                let f: ErrorFields = fields(h)?;
+                ServerMsg::Error {
+                    id: f.id,
+                    code: f.code,
+                    message: f.message,
+                }
+            }
+            "pong" => ServerMsg::Pong,
+            other => return Err(ParseError::UnknownType(other.to_string())),
+        })
+    }
+
+    /// The frame for this message.
+    pub fn to_frame(&self) -> Frame {
+        let (header, body) = match self {
+            ServerMsg::Hello {
+                version,
+                server,
+                auth,
+                nonce,
+            } => {
+                let mut h =
+                    json!({"type": "hello", "version": version, "server": server, "auth": auth});
+                if let Some(n) = nonce {
+                    h["nonce"] = json!(n);
+                }
+                (h, Bytes::new())
+            }
+            ServerMsg::Ready { mac } => {
+                let mut h = json!({"type": "ready"});
+                if let Some(m) = mac {
+                    h["mac"] = json!(m);
+                }
+                (h, Bytes::new())
+            }
+            ServerMsg::Started { id, pid } => (
+                json!({"type": "started", "id": id, "pid": pid}),
+                Bytes::new(),
+            ),
+            ServerMsg::Stdout { id, data } => (json!({"type": "stdout", "id": id}), data.clone()),
+            ServerMsg::Stderr { id, data } => (json!({"type": "stderr", "id": id}), data.clone()),
+            ServerMsg::Exit { id, status } => {
+                let h = match status {
+                    ExitStatus::Code(c) => json!({"type": "exit", "id": id, "code": c}),
+                    ExitStatus::Signal { name, timed_out } => {
+                        let mut h = json!({"type": "exit", "id": id, "signal": name});
+                        if *timed_out {
+                            h["timed_out"] = json!(true);
+                        }
+                        h
+                    }
+                };
+                (h, Bytes::new())
+            }
+            ServerMsg::Error { id, code, message } => {
+                let mut h = json!({"type": "error", "code": code.as_str(), "message": message});
+                if let Some(id) = id {
+                    h["id"] = json!(id);
+                }
+                (h, Bytes::new())
+            }
+            ServerMsg::Pong => (json!({"type": "pong"}), Bytes::new()),
+        };
+        to_frame(header, body)
+    }
+
+    /// An error frame.
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+        ServerMsg::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::parse_header;
+
+    fn parse_client(h: &str) -> Result<ClientMsg, ParseError> {
+        ClientMsg::parse(Frame {
+            header: parse_header(h.as_bytes()).unwrap(),
+            body: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let msgs = vec![
+            ClientMsg::Auth {
+                version: 1,
+                nonce: Some("ab".into()),
+                mac: Some("cd".into()),
+            },
+            ClientMsg::Exec(ExecRequest {
+                id: 7,
+                command: Command::Argv(vec!["ls".into(), "-l".into()]),
+                stdin: true,
+                env: BTreeMap::from([("K".into(), "V".into())]),
+                cwd: Some("/tmp".into()),
+                timeout_ms: Some(5000),
+            }),
+            ClientMsg::Exec(ExecRequest {
+                id: 8,
+                command: Command::Shell("ls | wc".into()),
+                stdin: false,
+                env: BTreeMap::new(),
+                cwd: None,
+                timeout_ms: None,
+            }),
+            ClientMsg::Stdin {
+                id: 1,
+                data: Bytes::from_static(b"data"),
+            },
+            ClientMsg::Eof { id: 1 },
+            ClientMsg::Signal {
+                id: 1,
+                signal: "INT".into(),
+            },
+            ClientMsg::Ping,
+        ];
+        for m in msgs {
+            assert_eq!(ClientMsg::parse(m.to_frame()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msgs = vec![
+            ServerMsg::Hello {
+                version: 1,
+                server: "switchboard 0.1.0".into(),
+                auth: "hmac-sha256".into(),
+                nonce: Some("00".into()),
+            },
+            ServerMsg::Ready { mac: None },
+            ServerMsg::Started { id: 1, pid: 42 },
+            ServerMsg::Stdout {
+                id: 1,
+                data: Bytes::from_static(b"out"),
+            },
+            ServerMsg::Exit {
+                id: 1,
+                status: ExitStatus::Signal {
+                    name: "KILL".into(),
+                    timed_out: true,
+                },
+            },
+            ServerMsg::Exit {
+                id: 2,
+                status: ExitStatus::Code(44),
+            },
+            ServerMsg::error(Some(3), ErrorCode::NoSuchJob, "no job 3"),
+            ServerMsg::Pong,
+        ];
+        for m in msgs {
+            assert_eq!(ServerMsg::parse(m.to_frame()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_bad_requests_and_unknown_types_are_named() {
+        assert_eq!(
+            parse_client(r#"{"type":"launch"}"#),
+            Err(ParseError::UnknownType("launch".into()))
+        );
+        for h in [
+            r#"{"type":"exec"}"#,
+            r#"{"type":"exec","id":-1,"cmd":"x"}"#,
+            r#"{"type":"exec","id":"1","cmd":"x"}"#,
+            r#"{"type":"exec","id":1}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","argv":["x"]}"#,
+            r#"{"type":"exec","id":1,"argv":[]}"#,
+            r#"{"type":"exec","id":1,"argv":[1]}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","env":{"K":1}}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","timeout_ms":-5}"#,
+            r#"{"type":"signal","id":1}"#,
+            r#"{"type":"auth"}"#,
+        ] {
+            let e = parse_client(h).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{h}");
+        }
+        // The id is kept when it can be read, so the error names the job.
+        assert_eq!(
+            parse_client(r#"{"type":"exec","id":4}"#).unwrap_err().id(),
+            Some(4)
+        );
+        // Unknown fields are ignored.
+        assert_eq!(
+            parse_client(r#"{"type":"ping","x":1}"#),
+            Ok(ClientMsg::Ping)
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! The native remote-execution protocol `switchboard/1` (PROTOCOL.md §3):
+//! [`frame`] is the pure codec, [`message`] the typed frames, [`auth`] the
+//! HMAC handshake's cryptography and the shared token.
+
+pub mod auth;
+pub mod frame;
+pub mod message;
+
+pub use frame::{Frame, FrameCodec, FrameError};
+pub use message::{ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, ServerMsg};
+
+/// The protocol version this build speaks.
+pub const VERSION: u64 = 1;
