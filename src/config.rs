@@ -22,11 +22,27 @@
 //! max_sources = 65536       # source IPs tracked by the rate limiter
 //! recv_buffer = 4194304     # SO_RCVBUF asked for (the kernel may cap it)
 //!
+//! [exec]                    # remote execution (PROTOCOL.md §3-4)
+//! listen = ["tcp://127.0.0.1:8080"]
+//! legacy_listen = []        # tutorial-compatible mode; loopback addresses only
+//! no_auth = false           # loopback endpoints only
+//! token_file = "..."        # default: the user's config dir, switchboard/token
+//! max_connections = 256
+//! max_jobs_per_connection = 64
+//! max_jobs = 512            # all connections together
+//! handshake_timeout = "10s"
+//! kill_grace = "2s"         # TERM, then KILL after this
+//! drain_grace = "1s"        # after the main process exits, for pipes held by others
+//! job_timeout = "0s"        # default per-job timeout; 0 = none
+//! max_header = 65536
+//! max_body = 1048576
+//! legacy_output_cap = 67108864
+//!
 //! [server]
 //! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -74,7 +90,74 @@ pub struct ServerConfig {
     pub echo: EchoConfig,
     pub time: TimeConfig,
     pub udp: UdpConfig,
+    pub exec: ExecConfig,
     pub server: ProcessConfig,
+}
+
+/// Default native exec port: the tutorial's final server's.
+pub const DEFAULT_EXEC_PORT: u16 = 8080;
+
+/// Remote execution (PROTOCOL.md §3-4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Native protocol endpoints. Default: `tcp://127.0.0.1:8080`.
+    #[serde(deserialize_with = "de_tcp_listen")]
+    pub listen: Vec<Endpoint>,
+    /// Tutorial-compatible endpoints, loopback only. Default: none.
+    #[serde(deserialize_with = "de_tcp_listen")]
+    pub legacy_listen: Vec<Endpoint>,
+    /// Run without authentication (loopback endpoints only). Default: false.
+    pub no_auth: bool,
+    /// The shared token's file. Default: `switchboard/token` in the user's
+    /// config directory, created (0600, random) if missing.
+    pub token_file: Option<PathBuf>,
+    /// Simultaneous exec connections (native and legacy). Default: 256.
+    pub max_connections: usize,
+    /// Running jobs per connection. Default: 64.
+    pub max_jobs_per_connection: usize,
+    /// Running jobs over all connections. Default: 512.
+    pub max_jobs: usize,
+    /// Time a client has to complete the handshake. Default: 10 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a job's group is killed. Default: 2 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub kill_grace: Duration,
+    /// How long after the main process exits the server waits for pipes
+    /// still held by background processes. Default: 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_grace: Duration,
+    /// Timeout for jobs that set none; zero means none. Default: none.
+    #[serde(deserialize_with = "de_duration")]
+    pub job_timeout: Duration,
+    /// Largest frame header accepted. Default: 65,536 bytes.
+    pub max_header: usize,
+    /// Largest frame body accepted. Default: 1 MiB.
+    pub max_body: usize,
+    /// Legacy mode: output kept per command. Default: 64 MiB.
+    pub legacy_output_cap: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            listen: vec![Endpoint::new(Transport::Tcp, "127.0.0.1", DEFAULT_EXEC_PORT)],
+            legacy_listen: Vec::new(),
+            no_auth: false,
+            token_file: None,
+            max_connections: 256,
+            max_jobs_per_connection: 64,
+            max_jobs: 512,
+            handshake_timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(2),
+            drain_grace: Duration::from_secs(1),
+            job_timeout: Duration::ZERO,
+            max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
+            max_body: crate::proto::frame::DEFAULT_MAX_BODY,
+            legacy_output_cap: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// The echo service (PROTOCOL.md §1).
@@ -221,6 +304,19 @@ impl ServerConfig {
         if self.udp.max_sources == 0 {
             bail!("udp.max_sources must be at least 1");
         }
+        let x = &self.exec;
+        if x.max_connections == 0 || x.max_jobs_per_connection == 0 || x.max_jobs == 0 {
+            bail!("exec.max_connections, max_jobs_per_connection and max_jobs must be at least 1");
+        }
+        if !(256..=16 * 1024 * 1024).contains(&x.max_header) {
+            bail!("exec.max_header must be between 256 and 16777216");
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&x.max_body) {
+            bail!("exec.max_body must be between 65536 and 67108864");
+        }
+        if x.handshake_timeout.is_zero() {
+            bail!("exec.handshake_timeout must be above 0");
+        }
         if let Some(e) = self
             .time
             .listen
@@ -254,6 +350,15 @@ pub fn parse_time_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
     Ok(vec![e])
 }
 
+/// Parses an exec listen address: TCP only.
+pub fn parse_tcp_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
+    let e = Endpoint::parse_with_default(s, Transport::Tcp)?;
+    if e.transport != Transport::Tcp {
+        bail!("exec is a TCP service: {e} is not tcp://");
+    }
+    Ok(vec![e])
+}
+
 /// Parses a duration such as `300s`, `5m`, `250ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s)
@@ -278,6 +383,10 @@ fn de_echo_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::E
 
 fn de_time_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
     de_listen(d, parse_time_listen)
+}
+
+fn de_tcp_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
+    de_listen(d, parse_tcp_listen)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -117,6 +117,18 @@ pub struct ServeArgs {
     /// UDP datagrams answered per second per source IP; 0 = unlimited [default: 2000].
     #[arg(long, value_name = "N")]
     pub udp_rate_limit: Option<u32>,
+    /// Native exec endpoint, repeatable: tcp://HOST:PORT [default: tcp://127.0.0.1:8080].
+    #[arg(long = "exec", value_name = "ENDPOINT")]
+    pub exec: Vec<String>,
+    /// Tutorial-compatible exec endpoint (loopback only; off by default).
+    #[arg(long = "exec-legacy", value_name = "ENDPOINT")]
+    pub exec_legacy: Vec<String>,
+    /// Run exec without authentication (loopback endpoints only).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Exec token file [default: ~/.config/switchboard/token, created if missing].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// How long open connections get to finish on SIGINT/SIGTERM [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,

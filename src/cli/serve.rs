@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::ServeArgs;
-use crate::config::{ServerConfig, parse_echo_listen, parse_time_listen};
+use crate::config::{ServerConfig, parse_echo_listen, parse_tcp_listen, parse_time_listen};
 use crate::server::{Server, Service};
 
 /// Builds the configuration: defaults, then the file, then the flags.
@@ -42,6 +42,18 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(n) = args.udp_rate_limit {
         cfg.udp.rate_limit = n;
+    }
+    if !args.exec.is_empty() {
+        cfg.exec.listen = collect(&args.exec, parse_tcp_listen)?;
+    }
+    if !args.exec_legacy.is_empty() {
+        cfg.exec.legacy_listen = collect(&args.exec_legacy, parse_tcp_listen)?;
+    }
+    if args.no_auth {
+        cfg.exec.no_auth = true;
+    }
+    if let Some(p) = &args.token_file {
+        cfg.exec.token_file = Some(p.clone());
     }
     if let Some(d) = args.shutdown_grace {
         cfg.server.shutdown_grace = d;
@@ -108,6 +120,9 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
         let detail = match b.service {
             Service::Echo => format!("mode={}", cfg.echo.mode.name()),
             Service::Time => format!("clock={}", if cfg.time.utc { "utc" } else { "local" }),
+            Service::Exec if cfg.exec.no_auth => "auth=none".to_string(),
+            Service::Exec => "auth=hmac-sha256".to_string(),
+            Service::ExecLegacy => "tutorial protocol, unauthenticated".to_string(),
         };
         writeln!(
             out,
@@ -115,6 +130,10 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             b.service,
             b.endpoint().to_string()
         )?;
+    }
+    if let Some(t) = server.token_info() {
+        let state = if t.created { "created" } else { "from" };
+        writeln!(out, "  token {state} {}", t.source)?;
     }
     writeln!(
         out,

@@ -14,6 +14,7 @@
 //! bind `127.0.0.1:0` and read the real port back (mini-redis's habit).
 
 pub mod echo;
+pub mod exec;
 pub mod listener;
 pub mod ratelimit;
 pub mod stats;
@@ -33,6 +34,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Transport};
+use crate::proto::auth::{self, Token, TokenSource};
+use exec::ExecShared;
 use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
 use stats::Stats;
 
@@ -41,6 +44,10 @@ use stats::Stats;
 pub enum Service {
     Echo,
     Time,
+    /// Native remote execution (PROTOCOL.md §3).
+    Exec,
+    /// Tutorial-compatible remote execution (PROTOCOL.md §4).
+    ExecLegacy,
 }
 
 impl fmt::Display for Service {
@@ -49,6 +56,8 @@ impl fmt::Display for Service {
         f.pad(match self {
             Service::Echo => "echo",
             Service::Time => "time",
+            Service::Exec => "exec",
+            Service::ExecLegacy => "exec-legacy",
         })
     }
 }
@@ -77,6 +86,16 @@ pub struct Server {
     config: Arc<ServerConfig>,
     sockets: Vec<(Bound, Socket)>,
     stats: Arc<Stats>,
+    token: Option<Token>,
+    token_info: Option<TokenInfo>,
+}
+
+/// Where the exec token came from, for the banner.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub source: TokenSource,
+    /// The file was created by this start.
+    pub created: bool,
 }
 
 impl Server {
@@ -90,13 +109,23 @@ impl Server {
             .listen
             .iter()
             .map(|e| (Service::Echo, e))
-            .chain(config.time.listen.iter().map(|e| (Service::Time, e)));
+            .chain(config.time.listen.iter().map(|e| (Service::Time, e)))
+            .chain(config.exec.listen.iter().map(|e| (Service::Exec, e)))
+            .chain(config.exec.legacy_listen.iter().map(|e| (Service::ExecLegacy, e)));
         for (service, endpoint) in wanted {
             let addrs = endpoint
                 .resolve()
                 .await
                 .with_context(|| format!("{service}: cannot resolve {endpoint}"))?;
             for addr in addrs {
+                let unauthenticated = service == Service::ExecLegacy
+                    || (service == Service::Exec && config.exec.no_auth);
+                if unauthenticated && !addr.ip().is_loopback() {
+                    anyhow::bail!(
+                        "{service}: {endpoint} resolves to {addr}, which is not a loopback address; \
+                         unauthenticated exec is allowed on loopback only"
+                    );
+                }
                 let socket = match endpoint.transport {
                     Transport::Tcp => bind_tcp(addr).map(Socket::Tcp),
                     Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
@@ -114,10 +143,19 @@ impl Server {
                 sockets.push((bound, socket));
             }
         }
+        let has_exec = sockets.iter().any(|(b, _)| b.service == Service::Exec);
+        let (token, token_info) = if has_exec && !config.exec.no_auth {
+            let (token, source, created) = auth::server_token(config.exec.token_file.as_deref())?;
+            (Some(token), Some(TokenInfo { source, created }))
+        } else {
+            (None, None)
+        };
         Ok(Server {
             config: Arc::new(config),
             sockets,
             stats: Arc::new(Stats::default()),
+            token,
+            token_info,
         })
     }
 
@@ -144,6 +182,11 @@ impl Server {
         &self.config
     }
 
+    /// Where the exec token is, if exec runs with authentication.
+    pub fn token_info(&self) -> Option<&TokenInfo> {
+        self.token_info.as_ref()
+    }
+
     /// Serves until `shutdown` is cancelled, then gives open connections
     /// `shutdown_grace` to finish. Returns once everything has stopped or
     /// the grace has run out (remaining tasks are aborted when the runtime
@@ -153,6 +196,17 @@ impl Server {
         let cfg = self.config;
         let stats = self.stats;
         let echo_limit = Arc::new(Semaphore::new(cfg.echo.max_connections));
+        let exec_limit = Arc::new(Semaphore::new(cfg.exec.max_connections));
+        let exec_shared = Arc::new(ExecShared {
+            cfg: cfg.exec.clone(),
+            token: self.token,
+            job_slots: Arc::new(Semaphore::new(cfg.exec.max_jobs)),
+            counters: stats.exec.clone(),
+            tracker: tracker.clone(),
+        });
+        if self.sockets.iter().any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy)) {
+            exec::become_subreaper();
+        }
         for (bound, socket) in self.sockets {
             let span =
                 info_span!("listener", service = %bound.service, endpoint = %bound.endpoint());
@@ -208,6 +262,32 @@ impl Server {
                         .instrument(span),
                     );
                 }
+                (service @ (Service::Exec | Service::ExecLegacy), Socket::Tcp(listener)) => {
+                    let ctx = AcceptContext {
+                        service: if service == Service::Exec { "exec" } else { "exec-legacy" },
+                        limit: exec_limit.clone(),
+                        counters: stats.exec_tcp.clone(),
+                        shutdown: shutdown.clone(),
+                        tracker: tracker.clone(),
+                    };
+                    let shared = exec_shared.clone();
+                    if service == Service::Exec {
+                        tracker.spawn(
+                            accept_loop(listener, ctx, move |stream, _peer| {
+                                exec::session::serve(stream, shared.clone(), shutdown.clone())
+                            })
+                            .instrument(span),
+                        );
+                    } else {
+                        tracker.spawn(
+                            accept_loop(listener, ctx, move |stream, _peer| {
+                                exec::legacy::serve(stream, shared.clone(), shutdown.clone())
+                            })
+                            .instrument(span),
+                        );
+                    }
+                }
+                (_, Socket::Udp(_)) => warn!("exec has no UDP service; endpoint ignored"),
                 (Service::Time, Socket::Tcp(_)) => {
                     // `ServerConfig::validate` refuses tcp:// for time.
                     warn!("time has no TCP service; endpoint ignored");

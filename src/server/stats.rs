@@ -52,10 +52,21 @@ pub struct UdpCounters {
     pub send_errors: Counter,
 }
 
+/// Counters of the exec service.
+#[derive(Debug, Default)]
+pub struct ExecCounters {
+    /// Handshakes refused (wrong MAC, or a frame before `auth`).
+    pub auth_failures: Counter,
+    /// Jobs spawned.
+    pub jobs_started: Counter,
+}
+
 /// Every service's counters.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub echo_tcp: Arc<TcpCounters>,
     pub echo_udp: Arc<UdpCounters>,
     pub time_udp: Arc<UdpCounters>,
+    pub exec_tcp: Arc<TcpCounters>,
+    pub exec: Arc<ExecCounters>,
 }

@@ -1,0 +1,38 @@
+//! Remote execution: the native `switchboard/1` service ([`session`], one
+//! per connection, and [`job`], one per process) and the tutorial-compatible
+//! mode ([`legacy`]).
+
+pub mod job;
+pub mod legacy;
+pub mod session;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::stats::ExecCounters;
+use crate::config::ExecConfig;
+use crate::proto::auth::Token;
+
+/// What every exec connection of a server shares.
+pub struct ExecShared {
+    pub cfg: ExecConfig,
+    /// None: authentication is off (loopback only).
+    pub token: Option<Token>,
+    /// Running jobs over all connections.
+    pub job_slots: Arc<Semaphore>,
+    pub counters: Arc<ExecCounters>,
+    /// Job tasks, so that shutdown can wait for them to kill and reap.
+    pub tracker: TaskTracker,
+}
+
+/// Makes this process the reaper of orphaned job processes: a background
+/// process whose parent (say, the job's shell) dies is re-parented to the
+/// server instead of to PID 1, which in a container may never reap it. The
+/// job code reaps such orphans by process group.
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned job processes are left to PID 1");
+    }
+}

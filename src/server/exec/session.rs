@@ -1,0 +1,382 @@
+//! One native exec connection: handshake, then many concurrent jobs.
+//!
+//! ```text
+//! socket ─read─> FrameCodec ─> session loop ──spawn──> job tasks
+//!                                   │                     │ stdout/stderr frames
+//!                                   ▼                     ▼
+//! socket <─write─ FrameCodec <─ writer task <── bounded channel (back-pressure)
+//! ```
+//!
+//! The session loop owns the job table. A job's `exit` goes through the
+//! loop, which removes the job before queueing the frame, so a client may
+//! reuse an id as soon as it has seen `exit`. Every output frame of a job is
+//! queued before its `exit`. When the loop ends (disconnect, protocol error,
+//! shutdown) every job's group is killed (TERM, then KILL) and reaped.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use nix::unistd::Pid;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::ExecShared;
+use super::job::{self, JobTiming};
+use crate::proto::auth::{self, is_nonce};
+use crate::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION};
+
+/// Frames queued for the writer; small, so a client that stops reading
+/// stops the jobs quickly.
+const WRITE_QUEUE: usize = 16;
+/// Stdin chunks queued per job.
+const STDIN_QUEUE: usize = 4;
+
+struct JobHandle {
+    pgid: Pid,
+    stdin: Option<mpsc::Sender<Bytes>>,
+    cancel: CancellationToken,
+}
+
+/// A job's end, reported to the session loop.
+struct JobDone {
+    id: u64,
+    pgid: Pid,
+    status: ExitStatus,
+}
+
+/// Serves one connection until the client leaves, breaks the protocol, or
+/// `shutdown` fires.
+pub async fn serve(stream: TcpStream, shared: Arc<ExecShared>, shutdown: CancellationToken) -> io::Result<()> {
+    let (rd, wr) = stream.into_split();
+    let codec = || FrameCodec::new(shared.cfg.max_header, shared.cfg.max_body);
+    let mut reader = FramedRead::new(rd, codec());
+    let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
+    let mut writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec()), rx));
+
+    let authed = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        r = tokio::time::timeout(shared.cfg.handshake_timeout, handshake(&mut reader, &tx, &shared)) => match r {
+            Ok(ok) => ok,
+            Err(_) => {
+                debug!("handshake deadline passed");
+                false
+            }
+        },
+    };
+    if authed {
+        let mut session = Session {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            jobs: HashMap::new(),
+            lingering: Vec::new(),
+            done: mpsc::unbounded_channel(),
+            conn_cancel: shutdown.child_token(),
+        };
+        session.run(&mut reader, &shutdown).await;
+        session.close().await;
+    }
+    drop(tx);
+    // The writer flushes what is queued, then half-closes. Bounded, since
+    // the peer may not be reading.
+    if tokio::time::timeout(shared.cfg.kill_grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+    Ok(())
+}
+
+async fn write_loop(mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>, mut rx: mpsc::Receiver<ServerMsg>) {
+    while let Some(msg) = rx.recv().await {
+        if sink.feed(msg.to_frame()).await.is_err() {
+            return;
+        }
+        // Write a batch with one flush; flush when nothing else is queued.
+        while let Ok(msg) = rx.try_recv() {
+            if sink.feed(msg.to_frame()).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Runs §3.2; true when the client is authenticated and `ready` is queued.
+async fn handshake(
+    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    tx: &mpsc::Sender<ServerMsg>,
+    shared: &ExecShared,
+) -> bool {
+    let server_nonce = match auth::nonce() {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    let hello = ServerMsg::Hello {
+        version: VERSION,
+        server: crate::VERSION.to_string(),
+        auth: if shared.token.is_some() { "hmac-sha256" } else { "none" }.into(),
+        nonce: shared.token.as_ref().map(|_| server_nonce.clone()),
+    };
+    if tx.send(hello).await.is_err() {
+        return false;
+    }
+    let fail = |code: ErrorCode, msg: &str| ServerMsg::error(None, code, msg);
+    let frame = match reader.next().await {
+        None => return false,
+        Some(Err(e)) => {
+            let _ = tx.send(fail(ErrorCode::Protocol, &e.to_string())).await;
+            return false;
+        }
+        Some(Ok(f)) => f,
+    };
+    let is_auth = frame.kind() == "auth";
+    let (version, client_nonce, mac) = match ClientMsg::parse(frame) {
+        Ok(ClientMsg::Auth { version, nonce, mac }) => (version, nonce, mac),
+        Err(ParseError::BadRequest { message, .. }) if is_auth => {
+            let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
+            return false;
+        }
+        _ => {
+            shared.counters.auth_failures.inc();
+            let _ = tx.send(fail(ErrorCode::AuthFailed, "authenticate first")).await;
+            return false;
+        }
+    };
+    if version != VERSION {
+        let _ = tx.send(fail(ErrorCode::Protocol, "unsupported version")).await;
+        return false;
+    }
+    let ready = match &shared.token {
+        None => ServerMsg::Ready { mac: None },
+        Some(token) => {
+            let ok = match (&client_nonce, &mac) {
+                (Some(cn), Some(m)) => is_nonce(cn) && token.verify_client(&server_nonce, cn, m),
+                _ => false,
+            };
+            if !ok {
+                shared.counters.auth_failures.inc();
+                info!("authentication failed");
+                let _ = tx.send(fail(ErrorCode::AuthFailed, "authentication failed")).await;
+                return false;
+            }
+            let cn = client_nonce.unwrap_or_default();
+            ServerMsg::Ready {
+                mac: Some(token.server_mac(&server_nonce, &cn)),
+            }
+        }
+    };
+    debug!("authenticated");
+    tx.send(ready).await.is_ok()
+}
+
+struct Session {
+    shared: Arc<ExecShared>,
+    tx: mpsc::Sender<ServerMsg>,
+    jobs: HashMap<u64, JobHandle>,
+    /// Groups of finished jobs that still have processes (background
+    /// children): killed when the connection closes.
+    lingering: Vec<Pid>,
+    done: (mpsc::UnboundedSender<JobDone>, mpsc::UnboundedReceiver<JobDone>),
+    conn_cancel: CancellationToken,
+}
+
+impl Session {
+    async fn run(&mut self, reader: &mut FramedRead<OwnedReadHalf, FrameCodec>, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(d) = self.done.1.recv() => self.finish(d).await,
+                f = reader.next() => match f {
+                    None => return,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "protocol error");
+                        self.send(ServerMsg::error(None, ErrorCode::Protocol, e.to_string())).await;
+                        return;
+                    }
+                    Some(Ok(frame)) => match ClientMsg::parse(frame) {
+                        Ok(msg) => self.handle(msg).await,
+                        Err(e) => self.send(ServerMsg::error(e.id(), e.code(), e.to_string())).await,
+                    },
+                },
+            }
+        }
+    }
+
+    async fn send(&self, msg: ServerMsg) {
+        let _ = self.tx.send(msg).await;
+    }
+
+    async fn finish(&mut self, d: JobDone) {
+        self.jobs.remove(&d.id);
+        if job::group_alive(d.pgid) {
+            self.lingering.push(d.pgid);
+        }
+        self.lingering.retain(|&p| job::group_alive(p));
+        self.send(ServerMsg::Exit { id: d.id, status: d.status }).await;
+    }
+
+    async fn handle(&mut self, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Ping => self.send(ServerMsg::Pong).await,
+            ClientMsg::Auth { .. } => {
+                self.send(ServerMsg::error(None, ErrorCode::BadRequest, "already authenticated"))
+                    .await
+            }
+            ClientMsg::Exec(req) => {
+                let id = req.id;
+                if let Err(e) = self.exec(req).await {
+                    self.send(e.with_id(id)).await;
+                }
+            }
+            ClientMsg::Stdin { id, data } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return self.send(no_such_job(id)).await;
+                };
+                match &job.stdin {
+                    None => {
+                        self.send(ServerMsg::error(Some(id), ErrorCode::BadRequest, "job has no stdin (or it was closed)"))
+                            .await
+                    }
+                    // A send fails only when the job's stdin writer has ended.
+                    Some(s) if !data.is_empty() => {
+                        let _ = s.send(data).await;
+                    }
+                    Some(_) => {}
+                }
+            }
+            ClientMsg::Eof { id } => match self.jobs.get_mut(&id) {
+                None => self.send(no_such_job(id)).await,
+                Some(job) => job.stdin = None,
+            },
+            ClientMsg::Signal { id, signal } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return self.send(no_such_job(id)).await;
+                };
+                match job::client_signal(&signal) {
+                    Some(sig) => {
+                        job::signal_group(job.pgid, sig);
+                    }
+                    None => {
+                        self.send(ServerMsg::error(
+                            Some(id),
+                            ErrorCode::BadRequest,
+                            format!("unknown signal {signal:?} (HUP INT QUIT KILL TERM USR1 USR2)"),
+                        ))
+                        .await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn exec(&mut self, req: ExecRequest) -> Result<(), ServerMsg> {
+        let id = req.id;
+        if self.jobs.contains_key(&id) {
+            return Err(ServerMsg::error(None, ErrorCode::DuplicateId, format!("job {id} is running")));
+        }
+        job::check_request(&req.command, &req.env, req.cwd.as_deref())
+            .map_err(|m| ServerMsg::error(None, ErrorCode::BadRequest, m))?;
+        if self.jobs.len() >= self.shared.cfg.max_jobs_per_connection {
+            return Err(ServerMsg::error(
+                None,
+                ErrorCode::Busy,
+                format!("{} jobs running on this connection", self.jobs.len()),
+            ));
+        }
+        let permit: OwnedSemaphorePermit = self
+            .shared
+            .job_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServerMsg::error(None, ErrorCode::Busy, "the server is running its maximum of jobs"))?;
+        let spawned = job::spawn(&req.command, &req.env, req.cwd.as_deref(), req.stdin)
+            .map_err(|e| job::spawn_error(id, &e, &req.command))?;
+        self.shared.counters.jobs_started.inc();
+        info!(id, pid = spawned.pid, command = ?req.command, "job started");
+        self.send(ServerMsg::Started { id, pid: spawned.pid }).await;
+
+        let stdin = spawned.stdin.map(|pipe| {
+            let (stx, srx) = mpsc::channel(STDIN_QUEUE);
+            tokio::spawn(job::stdin_writer(pipe, srx));
+            stx
+        });
+        let cancel = self.conn_cancel.child_token();
+        let timeout = match req.timeout_ms {
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            None if !self.shared.cfg.job_timeout.is_zero() => Some(self.shared.cfg.job_timeout),
+            None => None,
+        };
+        let timing = JobTiming {
+            timeout,
+            kill_grace: self.shared.cfg.kill_grace,
+            drain_grace: self.shared.cfg.drain_grace,
+        };
+        let (out, done, job_cancel, pgid) = (self.tx.clone(), self.done.0.clone(), cancel.clone(), spawned.pgid);
+        let started = std::time::Instant::now();
+        self.shared.tracker.spawn(async move {
+            let status = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
+            debug!(id, ?status, elapsed = ?started.elapsed(), "job ended");
+            drop(permit);
+            let _ = done.send(JobDone { id, pgid, status });
+        });
+        self.jobs.insert(id, JobHandle { pgid, stdin, cancel });
+        Ok(())
+    }
+
+    /// Kills every job and every lingering group of this connection, and
+    /// waits (bounded) for the job tasks to reap their processes.
+    async fn close(mut self) {
+        self.conn_cancel.cancel();
+        let grace = self.shared.cfg.kill_grace;
+        let mut kills: Vec<_> = self.lingering.drain(..).map(|p| job::kill_group(p, grace)).collect();
+        for job in self.jobs.values() {
+            job.cancel.cancel();
+        }
+        let pgids: Vec<Pid> = self.jobs.values().map(|j| j.pgid).collect();
+        // Job tasks kill their own groups; wait for them to report.
+        let wait_jobs = async {
+            while !self.jobs.is_empty() {
+                match self.done.1.recv().await {
+                    Some(d) => {
+                        self.jobs.remove(&d.id);
+                    }
+                    None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(grace * 3, wait_jobs).await;
+        // Background members of the jobs' groups may have outlived the
+        // main processes.
+        kills.extend(pgids.into_iter().map(|p| job::kill_group(p, grace)));
+        futures_util::future::join_all(kills).await;
+    }
+}
+
+fn no_such_job(id: u64) -> ServerMsg {
+    ServerMsg::error(Some(id), ErrorCode::NoSuchJob, format!("no running job {id}"))
+}
+
+trait WithId {
+    fn with_id(self, id: u64) -> ServerMsg;
+}
+
+impl WithId for ServerMsg {
+    fn with_id(self, id: u64) -> ServerMsg {
+        match self {
+            ServerMsg::Error { code, message, .. } => ServerMsg::Error {
+                id: Some(id),
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+}
