@@ -142,7 +142,11 @@ pub struct ExecConfig {
 impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig {
-            listen: vec![Endpoint::new(Transport::Tcp, "127.0.0.1", DEFAULT_EXEC_PORT)],
+            listen: vec![Endpoint::new(
+                Transport::Tcp,
+                "127.0.0.1",
+                DEFAULT_EXEC_PORT,
+            )],
             legacy_listen: Vec::new(),
             no_auth: false,
             token_file: None,

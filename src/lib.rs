@@ -31,7 +31,7 @@ pub mod server;
 pub mod sys;
 pub mod timefmt;
 
-pub use client::{EchoClient, TimeClient};
+pub use client::{EchoClient, ExecClient, TimeClient};
 pub use config::ServerConfig;
 pub use endpoint::{Endpoint, Transport};
 pub use server::Server;

@@ -60,7 +60,19 @@ fn banner_lists_every_endpoint_with_its_real_port() {
         "{:?}",
         srv.banner
     );
-    assert_eq!(srv.endpoints.len(), 3, "{:?}", srv.banner);
+    assert_eq!(srv.endpoints.len(), 4, "{:?}", srv.banner);
+    // The token was created in the (temporary) config directory, private.
+    let token = srv.token_file();
+    assert!(
+        srv.banner
+            .iter()
+            .any(|l| l.contains("token created") && l.contains(token.to_str().unwrap()))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     for (_, e) in &srv.endpoints {
         assert_ne!(e.port, 0, "{e}");
     }
@@ -170,7 +182,7 @@ fn config_file_says_what_flags_say() {
     )
     .unwrap();
     let srv = spawn_serve(&["--config", path.to_str().unwrap()]);
-    assert_eq!(srv.endpoints.len(), 2, "{:?}", srv.banner);
+    assert_eq!(srv.endpoints.len(), 3, "echo, time, exec: {:?}", srv.banner);
     let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "Plain"], None);
     assert_eq!(stdout(&o), "Plain\n");
     let o = client(&["time", &srv.addr("time", Transport::Udp), "%Z"], None);

@@ -2,6 +2,7 @@
 //! load generator.
 
 mod echo;
+mod exec;
 mod time;
 
 use std::io;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
 pub use echo::EchoClient;
+pub use exec::{ClientAuth, ExecClient, ExecReceiver, ExecSender, Output};
 pub use time::TimeClient;
 
 /// Default time a client waits for a connection or a reply.
@@ -38,6 +40,15 @@ pub enum ClientError {
     TooLarge(usize),
     #[error("server: {0}")]
     Server(String),
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the server refused the job ({}): {message}", code.as_str())]
+    Job {
+        code: crate::proto::ErrorCode,
+        message: String,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }

@@ -111,7 +111,13 @@ impl Server {
             .map(|e| (Service::Echo, e))
             .chain(config.time.listen.iter().map(|e| (Service::Time, e)))
             .chain(config.exec.listen.iter().map(|e| (Service::Exec, e)))
-            .chain(config.exec.legacy_listen.iter().map(|e| (Service::ExecLegacy, e)));
+            .chain(
+                config
+                    .exec
+                    .legacy_listen
+                    .iter()
+                    .map(|e| (Service::ExecLegacy, e)),
+            );
         for (service, endpoint) in wanted {
             let addrs = endpoint
                 .resolve()
@@ -204,7 +210,11 @@ impl Server {
             counters: stats.exec.clone(),
             tracker: tracker.clone(),
         });
-        if self.sockets.iter().any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy)) {
+        if self
+            .sockets
+            .iter()
+            .any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy))
+        {
             exec::become_subreaper();
         }
         for (bound, socket) in self.sockets {
@@ -264,7 +274,11 @@ impl Server {
                 }
                 (service @ (Service::Exec | Service::ExecLegacy), Socket::Tcp(listener)) => {
                     let ctx = AcceptContext {
-                        service: if service == Service::Exec { "exec" } else { "exec-legacy" },
+                        service: if service == Service::Exec {
+                            "exec"
+                        } else {
+                            "exec-legacy"
+                        },
                         limit: exec_limit.clone(),
                         counters: stats.exec_tcp.clone(),
                         shutdown: shutdown.clone(),

@@ -22,6 +22,17 @@ pub fn loopback_config() -> ServerConfig {
         Endpoint::new(Transport::Udp, "127.0.0.1", 0),
     ];
     cfg.time.listen = vec![Endpoint::new(Transport::Udp, "127.0.0.1", 0)];
+    cfg.exec.listen = vec![];
+    cfg
+}
+
+/// Exec on 127.0.0.1:0 with its token file in `dir`; nothing else.
+pub fn exec_config(dir: &std::path::Path) -> ServerConfig {
+    let mut cfg = ServerConfig::default();
+    cfg.echo.listen = vec![];
+    cfg.time.listen = vec![];
+    cfg.exec.listen = vec![Endpoint::new(Transport::Tcp, "127.0.0.1", 0)];
+    cfg.exec.token_file = Some(dir.join("token"));
     cfg
 }
 
@@ -30,6 +41,8 @@ pub struct TestServer {
     pub echo_tcp: SocketAddr,
     pub echo_udp: SocketAddr,
     pub time_udp: SocketAddr,
+    pub exec: SocketAddr,
+    pub legacy: SocketAddr,
     pub stats: Arc<Stats>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -42,6 +55,10 @@ pub async fn start(cfg: ServerConfig) -> TestServer {
     let echo_tcp = server.addr(Service::Echo, Transport::Tcp).unwrap_or(none);
     let echo_udp = server.addr(Service::Echo, Transport::Udp).unwrap_or(none);
     let time_udp = server.addr(Service::Time, Transport::Udp).unwrap_or(none);
+    let exec = server.addr(Service::Exec, Transport::Tcp).unwrap_or(none);
+    let legacy = server
+        .addr(Service::ExecLegacy, Transport::Tcp)
+        .unwrap_or(none);
     let stats = server.stats();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
@@ -49,6 +66,8 @@ pub async fn start(cfg: ServerConfig) -> TestServer {
         echo_tcp,
         echo_udp,
         time_udp,
+        exec,
+        legacy,
         stats,
         shutdown,
         task: Some(task),
@@ -91,14 +110,30 @@ pub fn bin() -> &'static str {
 /// printed. Killed by PID and reaped on drop.
 pub struct ServeProcess {
     pub child: Child,
+    /// HOME and XDG_CONFIG_HOME of the server (its token lives here).
+    pub home: tempfile::TempDir,
     pub endpoints: Vec<(String, Endpoint)>,
     pub banner: Vec<String>,
 }
 
+/// Starts `switchboard serve ARGS` (plus `--exec tcp://127.0.0.1:0` unless
+/// ARGS name exec endpoints), with HOME in a temporary directory.
 pub fn spawn_serve(args: &[&str]) -> ServeProcess {
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .args(args)
+    spawn_serve_env(args, &[])
+}
+
+pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve").args(args);
+    if !args.contains(&"--exec") {
+        cmd.args(["--exec", "tcp://127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -128,6 +163,7 @@ pub fn spawn_serve(args: &[&str]) -> ServeProcess {
     }
     ServeProcess {
         child,
+        home,
         endpoints,
         banner,
     }
@@ -141,6 +177,11 @@ impl ServeProcess {
             .find(|(s, e)| s == service && e.transport == transport)
             .map(|(_, e)| e.host_port())
             .unwrap_or_else(|| panic!("no {service} {transport} endpoint in {:?}", self.banner))
+    }
+
+    /// The server's token file.
+    pub fn token_file(&self) -> std::path::PathBuf {
+        self.home.path().join(".config/switchboard/token")
     }
 
     pub fn pid(&self) -> i32 {

@@ -65,7 +65,8 @@ pub fn job_env(request_env: &BTreeMap<String, String>) -> Vec<(String, String)> 
             env.insert(k, v);
         }
     }
-    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
     for (k, v) in request_env {
         env.insert(k.clone(), v.clone());
     }
@@ -385,7 +386,10 @@ async fn pump(
                 match tokio::time::timeout_at(t + grace + blocked, pipe.read_buf(&mut buf)).await {
                     Ok(r) => r,
                     Err(_) => {
-                        debug!(id, is_stderr, "pipe still open after the drain grace; closing it");
+                        debug!(
+                            id,
+                            is_stderr, "pipe still open after the drain grace; closing it"
+                        );
                         return;
                     }
                 }
@@ -426,5 +430,9 @@ pub fn spawn_error(id: u64, e: &io::Error, command: &Command) -> ServerMsg {
         Command::Shell(_) => "/bin/sh".to_string(),
         Command::Argv(a) => a.first().cloned().unwrap_or_default(),
     };
-    ServerMsg::error(Some(id), ErrorCode::SpawnFailed, format!("cannot run {what}: {e}"))
+    ServerMsg::error(
+        Some(id),
+        ErrorCode::SpawnFailed,
+        format!("cannot run {what}: {e}"),
+    )
 }

@@ -25,7 +25,11 @@ use crate::proto::Command;
 const READ_SIZE: usize = 1024;
 
 /// Serves one legacy connection.
-pub async fn serve(mut stream: TcpStream, shared: Arc<ExecShared>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    mut stream: TcpStream,
+    shared: Arc<ExecShared>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let mut buf = vec![0u8; READ_SIZE];
     loop {
         let n = tokio::select! {
@@ -68,7 +72,10 @@ async fn run(line: &str, shared: &ExecShared) -> Vec<u8> {
     // Anything the command left running in its group goes with it.
     job::kill_group(spawned.pgid, shared.cfg.kill_grace).await;
     let mut all = out;
-    all.extend_from_slice(err.get(..cap.saturating_sub(all.len()).min(err.len())).unwrap_or_default());
+    all.extend_from_slice(
+        err.get(..cap.saturating_sub(all.len()).min(err.len()))
+            .unwrap_or_default(),
+    );
     debug!(bytes = all.len(), "legacy reply");
     all
 }

@@ -30,7 +30,9 @@ use tracing::{debug, info};
 use super::ExecShared;
 use super::job::{self, JobTiming};
 use crate::proto::auth::{self, is_nonce};
-use crate::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION};
+use crate::proto::{
+    ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
+};
 
 /// Frames queued for the writer; small, so a client that stops reading
 /// stops the jobs quickly.
@@ -53,7 +55,11 @@ struct JobDone {
 
 /// Serves one connection until the client leaves, breaks the protocol, or
 /// `shutdown` fires.
-pub async fn serve(stream: TcpStream, shared: Arc<ExecShared>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    stream: TcpStream,
+    shared: Arc<ExecShared>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let (rd, wr) = stream.into_split();
     let codec = || FrameCodec::new(shared.cfg.max_header, shared.cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
@@ -85,13 +91,19 @@ pub async fn serve(stream: TcpStream, shared: Arc<ExecShared>, shutdown: Cancell
     drop(tx);
     // The writer flushes what is queued, then half-closes. Bounded, since
     // the peer may not be reading.
-    if tokio::time::timeout(shared.cfg.kill_grace, &mut writer).await.is_err() {
+    if tokio::time::timeout(shared.cfg.kill_grace, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
     Ok(())
 }
 
-async fn write_loop(mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>, mut rx: mpsc::Receiver<ServerMsg>) {
+async fn write_loop(
+    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut rx: mpsc::Receiver<ServerMsg>,
+) {
     while let Some(msg) = rx.recv().await {
         if sink.feed(msg.to_frame()).await.is_err() {
             return;
@@ -122,7 +134,12 @@ async fn handshake(
     let hello = ServerMsg::Hello {
         version: VERSION,
         server: crate::VERSION.to_string(),
-        auth: if shared.token.is_some() { "hmac-sha256" } else { "none" }.into(),
+        auth: if shared.token.is_some() {
+            "hmac-sha256"
+        } else {
+            "none"
+        }
+        .into(),
         nonce: shared.token.as_ref().map(|_| server_nonce.clone()),
     };
     if tx.send(hello).await.is_err() {
@@ -139,19 +156,27 @@ async fn handshake(
     };
     let is_auth = frame.kind() == "auth";
     let (version, client_nonce, mac) = match ClientMsg::parse(frame) {
-        Ok(ClientMsg::Auth { version, nonce, mac }) => (version, nonce, mac),
+        Ok(ClientMsg::Auth {
+            version,
+            nonce,
+            mac,
+        }) => (version, nonce, mac),
         Err(ParseError::BadRequest { message, .. }) if is_auth => {
             let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
             return false;
         }
         _ => {
             shared.counters.auth_failures.inc();
-            let _ = tx.send(fail(ErrorCode::AuthFailed, "authenticate first")).await;
+            let _ = tx
+                .send(fail(ErrorCode::AuthFailed, "authenticate first"))
+                .await;
             return false;
         }
     };
     if version != VERSION {
-        let _ = tx.send(fail(ErrorCode::Protocol, "unsupported version")).await;
+        let _ = tx
+            .send(fail(ErrorCode::Protocol, "unsupported version"))
+            .await;
         return false;
     }
     let ready = match &shared.token {
@@ -164,7 +189,9 @@ async fn handshake(
             if !ok {
                 shared.counters.auth_failures.inc();
                 info!("authentication failed");
-                let _ = tx.send(fail(ErrorCode::AuthFailed, "authentication failed")).await;
+                let _ = tx
+                    .send(fail(ErrorCode::AuthFailed, "authentication failed"))
+                    .await;
                 return false;
             }
             let cn = client_nonce.unwrap_or_default();
@@ -184,12 +211,19 @@ struct Session {
     /// Groups of finished jobs that still have processes (background
     /// children): killed when the connection closes.
     lingering: Vec<Pid>,
-    done: (mpsc::UnboundedSender<JobDone>, mpsc::UnboundedReceiver<JobDone>),
+    done: (
+        mpsc::UnboundedSender<JobDone>,
+        mpsc::UnboundedReceiver<JobDone>,
+    ),
     conn_cancel: CancellationToken,
 }
 
 impl Session {
-    async fn run(&mut self, reader: &mut FramedRead<OwnedReadHalf, FrameCodec>, shutdown: &CancellationToken) {
+    async fn run(
+        &mut self,
+        reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -220,15 +254,23 @@ impl Session {
             self.lingering.push(d.pgid);
         }
         self.lingering.retain(|&p| job::group_alive(p));
-        self.send(ServerMsg::Exit { id: d.id, status: d.status }).await;
+        self.send(ServerMsg::Exit {
+            id: d.id,
+            status: d.status,
+        })
+        .await;
     }
 
     async fn handle(&mut self, msg: ClientMsg) {
         match msg {
             ClientMsg::Ping => self.send(ServerMsg::Pong).await,
             ClientMsg::Auth { .. } => {
-                self.send(ServerMsg::error(None, ErrorCode::BadRequest, "already authenticated"))
-                    .await
+                self.send(ServerMsg::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "already authenticated",
+                ))
+                .await
             }
             ClientMsg::Exec(req) => {
                 let id = req.id;
@@ -242,8 +284,12 @@ impl Session {
                 };
                 match &job.stdin {
                     None => {
-                        self.send(ServerMsg::error(Some(id), ErrorCode::BadRequest, "job has no stdin (or it was closed)"))
-                            .await
+                        self.send(ServerMsg::error(
+                            Some(id),
+                            ErrorCode::BadRequest,
+                            "job has no stdin (or it was closed)",
+                        ))
+                        .await
                     }
                     // A send fails only when the job's stdin writer has ended.
                     Some(s) if !data.is_empty() => {
@@ -280,7 +326,11 @@ impl Session {
     async fn exec(&mut self, req: ExecRequest) -> Result<(), ServerMsg> {
         let id = req.id;
         if self.jobs.contains_key(&id) {
-            return Err(ServerMsg::error(None, ErrorCode::DuplicateId, format!("job {id} is running")));
+            return Err(ServerMsg::error(
+                None,
+                ErrorCode::DuplicateId,
+                format!("job {id} is running"),
+            ));
         }
         job::check_request(&req.command, &req.env, req.cwd.as_deref())
             .map_err(|m| ServerMsg::error(None, ErrorCode::BadRequest, m))?;
@@ -296,12 +346,22 @@ impl Session {
             .job_slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ServerMsg::error(None, ErrorCode::Busy, "the server is running its maximum of jobs"))?;
+            .map_err(|_| {
+                ServerMsg::error(
+                    None,
+                    ErrorCode::Busy,
+                    "the server is running its maximum of jobs",
+                )
+            })?;
         let spawned = job::spawn(&req.command, &req.env, req.cwd.as_deref(), req.stdin)
             .map_err(|e| job::spawn_error(id, &e, &req.command))?;
         self.shared.counters.jobs_started.inc();
         info!(id, pid = spawned.pid, command = ?req.command, "job started");
-        self.send(ServerMsg::Started { id, pid: spawned.pid }).await;
+        self.send(ServerMsg::Started {
+            id,
+            pid: spawned.pid,
+        })
+        .await;
 
         let stdin = spawned.stdin.map(|pipe| {
             let (stx, srx) = mpsc::channel(STDIN_QUEUE);
@@ -319,7 +379,12 @@ impl Session {
             kill_grace: self.shared.cfg.kill_grace,
             drain_grace: self.shared.cfg.drain_grace,
         };
-        let (out, done, job_cancel, pgid) = (self.tx.clone(), self.done.0.clone(), cancel.clone(), spawned.pgid);
+        let (out, done, job_cancel, pgid) = (
+            self.tx.clone(),
+            self.done.0.clone(),
+            cancel.clone(),
+            spawned.pgid,
+        );
         let started = std::time::Instant::now();
         self.shared.tracker.spawn(async move {
             let status = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
@@ -327,7 +392,14 @@ impl Session {
             drop(permit);
             let _ = done.send(JobDone { id, pgid, status });
         });
-        self.jobs.insert(id, JobHandle { pgid, stdin, cancel });
+        self.jobs.insert(
+            id,
+            JobHandle {
+                pgid,
+                stdin,
+                cancel,
+            },
+        );
         Ok(())
     }
 
@@ -336,7 +408,11 @@ impl Session {
     async fn close(mut self) {
         self.conn_cancel.cancel();
         let grace = self.shared.cfg.kill_grace;
-        let mut kills: Vec<_> = self.lingering.drain(..).map(|p| job::kill_group(p, grace)).collect();
+        let mut kills: Vec<_> = self
+            .lingering
+            .drain(..)
+            .map(|p| job::kill_group(p, grace))
+            .collect();
         for job in self.jobs.values() {
             job.cancel.cancel();
         }
@@ -361,7 +437,11 @@ impl Session {
 }
 
 fn no_such_job(id: u64) -> ServerMsg {
-    ServerMsg::error(Some(id), ErrorCode::NoSuchJob, format!("no running job {id}"))
+    ServerMsg::error(
+        Some(id),
+        ErrorCode::NoSuchJob,
+        format!("no running job {id}"),
+    )
 }
 
 trait WithId {

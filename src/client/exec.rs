@@ -1,0 +1,313 @@
+//! The exec client (`switchboard/1`, PROTOCOL.md §3): handshake, then jobs.
+//!
+//! [`ExecClient::run`] is the simple form (collect a job's output);
+//! [`ExecClient::split`] gives a sender and a receiver for callers that
+//! stream output, forward stdin and send signals at the same time (the CLI,
+//! the load generator).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::{ClientError, connect_tcp};
+use crate::proto::auth::{self, Token};
+use crate::proto::{
+    ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION,
+};
+
+/// How the client authenticates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// The shared token; None to connect only to servers without auth.
+    pub token: Option<Token>,
+    /// Accept a server that says `"auth":"none"` (refused by default, since
+    /// such a server cannot prove it is the one we meant).
+    pub allow_unauthenticated: bool,
+}
+
+impl ClientAuth {
+    pub fn token(token: Token) -> Self {
+        ClientAuth {
+            token: Some(token),
+            allow_unauthenticated: false,
+        }
+    }
+
+    pub fn none() -> Self {
+        ClientAuth {
+            token: None,
+            allow_unauthenticated: true,
+        }
+    }
+}
+
+/// A finished job's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+}
+
+/// The sending half of a connection.
+pub struct ExecSender {
+    sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+}
+
+/// The receiving half of a connection.
+pub struct ExecReceiver {
+    stream: FramedRead<OwnedReadHalf, FrameCodec>,
+}
+
+/// An authenticated connection to an exec service.
+pub struct ExecClient {
+    tx: ExecSender,
+    rx: ExecReceiver,
+    next_id: u64,
+}
+
+impl ExecSender {
+    pub async fn send(&mut self, msg: ClientMsg) -> Result<(), ClientError> {
+        self.sink
+            .send(msg.to_frame())
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends `data` as stdin frames of at most 64 KiB.
+    pub async fn stdin(&mut self, id: u64, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(crate::proto::frame::CHUNK) {
+            self.sink
+                .feed(
+                    ClientMsg::Stdin {
+                        id,
+                        data: Bytes::copy_from_slice(chunk),
+                    }
+                    .to_frame(),
+                )
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        }
+        self.sink
+            .flush()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Half-closes the connection.
+    pub async fn close(&mut self) -> Result<(), ClientError> {
+        self.sink
+            .close()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+impl ExecReceiver {
+    /// The next message; `Ok(None)` when the server closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<ServerMsg>, ClientError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
+            Some(Ok(frame)) => ServerMsg::parse(frame)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+}
+
+impl ExecClient {
+    /// Connects to `addr` (`HOST:PORT`) and authenticates. `timeout` bounds
+    /// the connect and the handshake each.
+    pub async fn connect(
+        addr: &str,
+        auth: &ClientAuth,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        let (rd, wr) = stream.into_split();
+        let mut client = ExecClient {
+            tx: ExecSender {
+                sink: FramedWrite::new(wr, FrameCodec::default()),
+            },
+            rx: ExecReceiver {
+                stream: FramedRead::new(rd, FrameCodec::default()),
+            },
+            next_id: 0,
+        };
+        match tokio::time::timeout(timeout, client.handshake(auth)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    addr: format!("tcp://{addr} (handshake)"),
+                    after: timeout,
+                });
+            }
+        }
+        Ok(client)
+    }
+
+    async fn expect(&mut self) -> Result<ServerMsg, ClientError> {
+        match self.rx.recv().await? {
+            None => Err(ClientError::Protocol(
+                "the server closed the connection during the handshake".into(),
+            )),
+            Some(ServerMsg::Error { code, message, .. }) if code == ErrorCode::AuthFailed => {
+                Err(ClientError::AuthFailed(message))
+            }
+            Some(ServerMsg::Error { code, message, .. }) => {
+                Err(ClientError::Server(format!("{}: {message}", code.as_str())))
+            }
+            Some(m) => Ok(m),
+        }
+    }
+
+    async fn handshake(&mut self, auth: &ClientAuth) -> Result<(), ClientError> {
+        let ServerMsg::Hello {
+            version,
+            auth: method,
+            nonce,
+            ..
+        } = self.expect().await?
+        else {
+            return Err(ClientError::Protocol("expected hello".into()));
+        };
+        if version != VERSION {
+            return Err(ClientError::Protocol(format!(
+                "server speaks version {version}"
+            )));
+        }
+        match (method.as_str(), &auth.token) {
+            ("hmac-sha256", Some(token)) => {
+                let server_nonce = nonce
+                    .filter(|n| auth::is_nonce(n))
+                    .ok_or_else(|| ClientError::Protocol("hello without a valid nonce".into()))?;
+                let client_nonce =
+                    auth::nonce().map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let mac = token.client_mac(&server_nonce, &client_nonce);
+                self.tx
+                    .send(ClientMsg::Auth {
+                        version: VERSION,
+                        nonce: Some(client_nonce.clone()),
+                        mac: Some(mac),
+                    })
+                    .await?;
+                let ServerMsg::Ready {
+                    mac: Some(server_mac),
+                } = self.expect().await?
+                else {
+                    return Err(ClientError::Protocol("expected ready with a mac".into()));
+                };
+                // Proves the server knows the token too: nothing is sent
+                // to an impostor that grabbed the port first.
+                if !token.verify_server(&server_nonce, &client_nonce, &server_mac) {
+                    return Err(ClientError::AuthFailed(
+                        "the server's MAC is wrong: it does not know the token (impostor?)".into(),
+                    ));
+                }
+                Ok(())
+            }
+            ("hmac-sha256", None) => Err(ClientError::AuthFailed(
+                "the server requires a token".into(),
+            )),
+            ("none", _) if auth.allow_unauthenticated => {
+                self.tx
+                    .send(ClientMsg::Auth {
+                        version: VERSION,
+                        nonce: None,
+                        mac: None,
+                    })
+                    .await?;
+                match self.expect().await? {
+                    ServerMsg::Ready { .. } => Ok(()),
+                    _ => Err(ClientError::Protocol("expected ready".into())),
+                }
+            }
+            ("none", _) => Err(ClientError::AuthFailed(
+                "the server runs without authentication; accept it explicitly (--no-auth)".into(),
+            )),
+            (other, _) => Err(ClientError::Protocol(format!(
+                "unknown auth method {other:?}"
+            ))),
+        }
+    }
+
+    /// A fresh job id for this connection.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The halves, for streaming callers.
+    pub fn split(self) -> (ExecSender, ExecReceiver) {
+        (self.tx, self.rx)
+    }
+
+    /// Sends a ping and waits for the pong.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.tx.send(ClientMsg::Ping).await?;
+        loop {
+            match self.rx.recv().await? {
+                Some(ServerMsg::Pong) => return Ok(()),
+                Some(_) => continue,
+                None => return Err(ClientError::Closed { got: 0, want: 0 }),
+            }
+        }
+    }
+
+    /// Runs a shell command line and collects its output.
+    pub async fn run(&mut self, cmd: &str) -> Result<Output, ClientError> {
+        let id = self.next_id();
+        self.run_request(ExecRequest {
+            id,
+            command: Command::Shell(cmd.to_string()),
+            stdin: false,
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: None,
+        })
+        .await
+    }
+
+    /// Runs one request (its id must not be running) and collects its
+    /// output. Frames of other jobs are ignored; use [`split`](Self::split)
+    /// to run several at once.
+    pub async fn run_request(&mut self, req: ExecRequest) -> Result<Output, ClientError> {
+        let id = req.id;
+        self.tx.send(ClientMsg::Exec(req)).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.rx.recv().await? {
+                None => {
+                    return Err(ClientError::Protocol(
+                        "the server closed the connection mid-job".into(),
+                    ));
+                }
+                Some(ServerMsg::Stdout { id: i, data }) if i == id => {
+                    stdout.extend_from_slice(&data)
+                }
+                Some(ServerMsg::Stderr { id: i, data }) if i == id => {
+                    stderr.extend_from_slice(&data)
+                }
+                Some(ServerMsg::Exit { id: i, status }) if i == id => {
+                    return Ok(Output {
+                        stdout,
+                        stderr,
+                        status,
+                    });
+                }
+                Some(ServerMsg::Error {
+                    id: about,
+                    code,
+                    message,
+                }) if about.is_none_or(|a| a == id) => {
+                    return Err(ClientError::Job { code, message });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! Remote execution (PROTOCOL.md §3) over real sockets and real processes:
+//! through the typed client and through raw frames written by hand.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::{exec_config, start};
+use serde_json::{Value, json};
+use switchboard::client::{ClientAuth, ClientError, ExecClient};
+use switchboard::proto::auth::Token;
+use switchboard::proto::{ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    srv: common::TestServer,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(f: impl FnOnce(&mut switchboard::ServerConfig)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = exec_config(dir.path());
+        f(&mut cfg);
+        let srv = start(cfg).await;
+        Fixture { srv, dir }
+    }
+
+    fn token(&self) -> Token {
+        Token::read(&self.dir.path().join("token")).unwrap()
+    }
+
+    async fn client(&self) -> ExecClient {
+        ExecClient::connect(
+            &self.srv.exec.to_string(),
+            &ClientAuth::token(self.token()),
+            T,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn req(id: u64, cmd: &str) -> ExecRequest {
+    ExecRequest {
+        id,
+        command: Command::Shell(cmd.into()),
+        stdin: false,
+        env: BTreeMap::new(),
+        cwd: None,
+        timeout_ms: None,
+    }
+}
+
+fn signal(name: &str, timed_out: bool) -> ExitStatus {
+    ExitStatus::Signal {
+        name: name.into(),
+        timed_out,
+    }
+}
+
+#[tokio::test]
+async fn runs_commands_with_output_and_exit_codes() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    let out = c
+        .run("echo linhaifeng nb; echo oops >&2; exit 3")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"linhaifeng nb\n");
+    assert_eq!(out.stderr, b"oops\n");
+    assert_eq!(out.status, ExitStatus::Code(3));
+    for code in [0, 1, 44, 255] {
+        let out = c.run(&format!("exit {code}")).await.unwrap();
+        assert_eq!(out.status, ExitStatus::Code(code));
+    }
+    assert_eq!(
+        c.run("kill -KILL $$").await.unwrap().status,
+        signal("KILL", false)
+    );
+    assert_eq!(
+        c.run("kill -TERM $$").await.unwrap().status,
+        signal("TERM", false)
+    );
+    assert_eq!(
+        c.run("kill -SEGV $$").await.unwrap().status,
+        signal("SEGV", false)
+    );
+    // A missing command is the shell's 127, not a spawn failure.
+    assert_eq!(
+        c.run("no-such-command-xyz 2>/dev/null")
+            .await
+            .unwrap()
+            .status,
+        ExitStatus::Code(127)
+    );
+    c.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn argv_env_cwd_and_spawn_failures() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    let mut r = req(1, "");
+    r.command = Command::Argv(vec![
+        "printf".into(),
+        "%s|%s".into(),
+        "a b".into(),
+        "$HOME".into(),
+    ]);
+    assert_eq!(c.run_request(r).await.unwrap().stdout, b"a b|$HOME");
+
+    let mut r = req(2, "echo \"$FOO\"; pwd; echo \"${SECRET:-unset}\"");
+    r.env.insert("FOO".into(), "bar baz".into());
+    r.cwd = Some("/tmp".into());
+    assert_eq!(
+        c.run_request(r).await.unwrap().stdout,
+        b"bar baz\n/tmp\nunset\n"
+    );
+
+    let mut r = req(3, "");
+    r.command = Command::Argv(vec!["/no/such/program".into()]);
+    match c.run_request(r).await {
+        Err(ClientError::Job {
+            code: ErrorCode::SpawnFailed,
+            message,
+        }) => {
+            assert!(message.contains("/no/such/program"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut r = req(4, "pwd");
+    r.cwd = Some("/no/such/dir".into());
+    assert!(matches!(
+        c.run_request(r).await,
+        Err(ClientError::Job {
+            code: ErrorCode::SpawnFailed,
+            ..
+        })
+    ));
+    let mut r = req(5, "true");
+    r.env.insert("A=B".into(), "x".into());
+    assert!(matches!(
+        c.run_request(r).await,
+        Err(ClientError::Job {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
+    // The connection is still good.
+    assert_eq!(c.run("echo ok").await.unwrap().stdout, b"ok\n");
+}
+
+#[tokio::test]
+async fn a_hundred_megabytes_of_output_arrive_intact() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    const N: usize = 100_000_000;
+    let out = c
+        .run(&format!("yes linhaifeng | head -c {N}"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0));
+    assert_eq!(out.stdout.len(), N);
+    let pattern = b"linhaifeng\n";
+    assert!(
+        out.stdout
+            .chunks(pattern.len())
+            .all(|c| pattern.starts_with(c)),
+        "corrupted output"
+    );
+}
+
+#[tokio::test]
+async fn stdin_streams_through_cat_in_64k_frames() {
+    let fx = Fixture::new().await;
+    let (mut tx, mut rx) = fx.client().await.split();
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut r = req(1, "cat");
+    r.stdin = true;
+    tx.send(ClientMsg::Exec(r)).await.unwrap();
+    let feed = {
+        let data = data.clone();
+        async move {
+            tx.stdin(1, &data).await.unwrap();
+            tx.send(ClientMsg::Eof { id: 1 }).await.unwrap();
+            tx
+        }
+    };
+    let collect = async {
+        let mut got = Vec::new();
+        loop {
+            match rx.recv().await.unwrap().unwrap() {
+                ServerMsg::Started { .. } => {}
+                ServerMsg::Stdout { data, .. } => got.extend_from_slice(&data),
+                ServerMsg::Exit { status, .. } => return (got, status),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (_tx, (got, status)) = tokio::time::timeout(T, async { tokio::join!(feed, collect) })
+        .await
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "stdin came back altered");
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
+    let fx = Fixture::new().await;
+    let (mut tx, mut rx) = fx.client().await.split();
+    for id in 0..64u64 {
+        tx.send(ClientMsg::Exec(req(
+            id,
+            &format!("sleep 0.3; echo job {id}; echo e{id} >&2"),
+        )))
+        .await
+        .unwrap();
+    }
+    tx.send(ClientMsg::Exec(req(64, "echo too many")))
+        .await
+        .unwrap();
+    tx.send(ClientMsg::Exec(req(3, "echo dup"))).await.unwrap();
+    let mut out: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut exits = HashMap::new();
+    let mut errors = Vec::new();
+    let mut started = 0;
+    while exits.len() < 64 {
+        match tokio::time::timeout(T, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            ServerMsg::Started { .. } => started += 1,
+            ServerMsg::Stdout { id, data } => out.entry(id).or_default().extend_from_slice(&data),
+            ServerMsg::Stderr { .. } => {}
+            ServerMsg::Exit { id, status } => {
+                assert!(out.contains_key(&id), "exit {id} before its output");
+                exits.insert(id, status);
+            }
+            ServerMsg::Error { id, code, .. } => errors.push((id, code)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(started, 64);
+    for id in 0..64u64 {
+        assert_eq!(out[&id], format!("job {id}\n").as_bytes());
+        assert_eq!(exits[&id], ExitStatus::Code(0));
+    }
+    assert!(errors.contains(&(Some(64), ErrorCode::Busy)), "{errors:?}");
+    assert!(
+        errors.contains(&(Some(3), ErrorCode::DuplicateId)),
+        "{errors:?}"
+    );
+    // Finished ids can be reused at once.
+    tx.send(ClientMsg::Exec(req(3, "echo again")))
+        .await
+        .unwrap();
+    loop {
+        if let ServerMsg::Exit { id: 3, status } = rx.recv().await.unwrap().unwrap() {
+            assert_eq!(status, ExitStatus::Code(0));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn timeouts_and_signals_end_jobs() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    let mut r = req(1, "echo before; sleep 30");
+    r.timeout_ms = Some(300);
+    let out = tokio::time::timeout(T, c.run_request(r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"before\n", "output before the timeout is kept");
+    assert_eq!(out.status, signal("TERM", true));
+
+    // A job that ignores TERM gets KILL after the grace.
+    let fx = Fixture::with(|c| c.exec.kill_grace = Duration::from_millis(300)).await;
+    let mut c = fx.client().await;
+    let mut r = req(1, "trap '' TERM; sleep 30");
+    r.timeout_ms = Some(200);
+    let out = tokio::time::timeout(T, c.run_request(r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, signal("KILL", true));
+
+    let (mut tx, mut rx) = c.split();
+    tx.send(ClientMsg::Exec(req(2, "sleep 30"))).await.unwrap();
+    assert!(matches!(
+        rx.recv().await.unwrap().unwrap(),
+        ServerMsg::Started { id: 2, .. }
+    ));
+    tx.send(ClientMsg::Signal {
+        id: 2,
+        signal: "INT".into(),
+    })
+    .await
+    .unwrap();
+    match tokio::time::timeout(T, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        ServerMsg::Exit { id: 2, status } => assert_eq!(status, signal("INT", false)),
+        other => panic!("{other:?}"),
+    }
+    tx.send(ClientMsg::Signal {
+        id: 2,
+        signal: "INT".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        rx.recv().await.unwrap().unwrap(),
+        ServerMsg::Error {
+            id: Some(2),
+            code: ErrorCode::NoSuchJob,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn background_holder_of_the_pipe_does_not_delay_exit_forever() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(T, c.run("echo hi; (sleep 60 &); exit 3"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(3));
+    assert_eq!(out.stdout, b"hi\n");
+    eprintln!("exit after {:?} (drain grace 1 s)", started.elapsed());
+}
+
+#[tokio::test]
+async fn lots_of_stderr_before_stdout_does_not_deadlock() {
+    let fx = Fixture::new().await;
+    let mut c = fx.client().await;
+    let out = tokio::time::timeout(T, c.run("head -c 300000 /dev/zero >&2; echo done"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stderr.len(), 300_000);
+    assert_eq!(out.stdout, b"done\n");
+}
+
+/// Processes whose process group is `pgid`, with their state letter.
+fn group_members(pgid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            out.push((pid, f[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+async fn wait_group_gone(pgid: u32) -> Vec<(u32, char)> {
+    for _ in 0..500 {
+        let left = group_members(pgid);
+        if left.is_empty() {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group_members(pgid)
+}
+
+#[tokio::test]
+async fn disconnect_kills_and_reaps_the_whole_group_grandchildren_included() {
+    let fx = Fixture::new().await;
+    let (mut tx, mut rx) = fx.client().await.split();
+    tx.send(ClientMsg::Exec(req(
+        1,
+        "sleep 300 & sleep 300 & for i in $(seq 50); do sleep 300 & done; wait",
+    )))
+    .await
+    .unwrap();
+    let ServerMsg::Started { pid, .. } = rx.recv().await.unwrap().unwrap() else {
+        panic!()
+    };
+    // Wait until the background sleepers exist.
+    for _ in 0..200 {
+        if group_members(pid).len() >= 53 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(group_members(pid).len() >= 53, "{:?}", group_members(pid));
+    drop(tx);
+    drop(rx);
+    let left = wait_group_gone(pid).await;
+    assert!(
+        left.is_empty(),
+        "left in group {pid} (zombies are 'Z'): {left:?}"
+    );
+
+    // A job that has exited but left a background process: killed on
+    // disconnect too.
+    let mut c = fx.client().await;
+    let out = c.run("sleep 300 >/dev/null 2>&1 & echo $!").await.unwrap();
+    let bg: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap();
+    let pgid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(group_members(pgid).len(), 1, "the sleeper outlived its job");
+    c.ping().await.unwrap();
+    drop(c);
+    let left = wait_group_gone(pgid).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+// ---- raw frames, written by hand from PROTOCOL.md ----
+
+async fn send_raw(s: &mut TcpStream, header: Value, body: &[u8]) {
+    let h = serde_json::to_vec(&header).unwrap();
+    s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(&h).await.unwrap();
+    s.write_all(body).await.unwrap();
+}
+
+/// Reads one frame; None at EOF.
+async fn recv_raw(s: &mut TcpStream) -> Option<(Value, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(T, s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .ok()?;
+    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut h).await.ok()?;
+    let header: Value = serde_json::from_slice(&h).unwrap();
+    let mut body = vec![0u8; header["size"].as_u64().unwrap_or(0) as usize];
+    s.read_exact(&mut body).await.ok()?;
+    Some((header, body))
+}
+
+async fn raw_authed(fx: &Fixture) -> TcpStream {
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let (hello, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["version"], 1);
+    assert_eq!(hello["auth"], "hmac-sha256");
+    let sn = hello["nonce"].as_str().unwrap().to_string();
+    assert_eq!(sn.len(), 64);
+    let cn = "ab".repeat(32);
+    let token = fx.token();
+    send_raw(
+        &mut s,
+        json!({"type":"auth","version":1,"nonce":cn,"mac":token.client_mac(&sn, &cn)}),
+        b"",
+    )
+    .await;
+    let (ready, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(ready["type"], "ready");
+    assert!(token.verify_server(&sn, &cn, ready["mac"].as_str().unwrap()));
+    s
+}
+
+#[tokio::test]
+async fn wrong_mac_and_frames_before_auth_run_nothing() {
+    let fx = Fixture::new().await;
+    let marker = fx.dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+
+    // An exec before auth.
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    recv_raw(&mut s).await.unwrap();
+    send_raw(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("auth_failed"))
+    );
+    assert!(recv_raw(&mut s).await.is_none(), "closed after auth_failed");
+
+    // A wrong MAC, then an exec anyway.
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let (hello, _) = recv_raw(&mut s).await.unwrap();
+    let sn = hello["nonce"].as_str().unwrap();
+    let wrong = Token::new("not the token")
+        .unwrap()
+        .client_mac(sn, &"cd".repeat(32));
+    send_raw(
+        &mut s,
+        json!({"type":"auth","version":1,"nonce":"cd".repeat(32),"mac":wrong}),
+        b"",
+    )
+    .await;
+    send_raw(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "auth_failed");
+    assert!(recv_raw(&mut s).await.is_none());
+
+    // Version 2.
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    recv_raw(&mut s).await.unwrap();
+    send_raw(&mut s, json!({"type":"auth","version":2}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "protocol");
+
+    // The typed client reports a wrong token clearly.
+    let bad = ExecClient::connect(
+        &fx.srv.exec.to_string(),
+        &ClientAuth::token(Token::new("nope").unwrap()),
+        T,
+    )
+    .await;
+    assert!(
+        matches!(bad, Err(ClientError::AuthFailed(_))),
+        "{:?}",
+        bad.err()
+    );
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!marker.exists(), "a command ran without authentication");
+    assert_eq!(fx.srv.stats.exec.jobs_started.get(), 0);
+    assert!(fx.srv.stats.exec.auth_failures.get() >= 3);
+}
+
+#[tokio::test]
+async fn raw_frames_errors_keep_or_close_the_connection_as_specified() {
+    let fx = Fixture::new().await;
+    let mut s = raw_authed(&fx).await;
+    send_raw(&mut s, json!({"type":"launch","id":9}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "unknown_type");
+    send_raw(&mut s, json!({"type":"exec","id":"x","cmd":"true"}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "bad_request");
+    send_raw(&mut s, json!({"type":"eof","id":77}), b"").await;
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("no_such_job"), Some(77))
+    );
+    send_raw(&mut s, json!({"type":"ping","future_field":[1,2]}), b"").await;
+    assert_eq!(recv_raw(&mut s).await.unwrap().0["type"], "pong");
+
+    // A job through raw frames: started, stdout, exit.
+    send_raw(
+        &mut s,
+        json!({"type":"exec","id":5,"argv":["sh","-c","printf hi; exit 44"]}),
+        b"",
+    )
+    .await;
+    let (st, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(
+        (st["type"].as_str(), st["id"].as_u64()),
+        (Some("started"), Some(5))
+    );
+    assert!(st["pid"].as_u64().unwrap() > 1);
+    let (o, body) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(
+        (o["type"].as_str(), body.as_slice()),
+        (Some("stdout"), &b"hi"[..])
+    );
+    let (x, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(x, json!({"type":"exit","id":5,"code":44}));
+
+    // Duplicate keys are a protocol error: error frame, then close.
+    let h = br#"{"type":"ping","type":"ping"}"#;
+    s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(h).await.unwrap();
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "protocol");
+    assert!(recv_raw(&mut s).await.is_none());
+
+    // An oversize header length is refused before anything is read.
+    let mut s = raw_authed(&fx).await;
+    s.write_all(&(70_000u32).to_be_bytes()).await.unwrap();
+    let (e, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(e["code"], "protocol");
+    assert!(recv_raw(&mut s).await.is_none());
+}
+
+#[tokio::test]
+async fn unauthenticated_mode_on_loopback_and_clients_refuse_it_by_default() {
+    let fx = Fixture::with(|c| c.exec.no_auth = true).await;
+    let addr = fx.srv.exec.to_string();
+    let strict = ClientAuth::token(Token::new("whatever").unwrap());
+    assert!(matches!(
+        ExecClient::connect(&addr, &strict, T).await,
+        Err(ClientError::AuthFailed(_))
+    ));
+    let mut c = ExecClient::connect(&addr, &ClientAuth::none(), T)
+        .await
+        .unwrap();
+    assert_eq!(c.run("echo open").await.unwrap().stdout, b"open\n");
+
+    // Refused on a non-loopback address (binding is not even tried).
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = exec_config(dir.path());
+    cfg.exec.no_auth = true;
+    cfg.exec.listen = vec![switchboard::Endpoint::new(
+        switchboard::Transport::Tcp,
+        "0.0.0.0",
+        0,
+    )];
+    let err = switchboard::Server::bind(cfg).await.err().expect("refused");
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn handshake_deadline_closes_silent_clients() {
+    let fx = Fixture::with(|c| c.exec.handshake_timeout = Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let (hello, _) = recv_raw(&mut s).await.unwrap();
+    assert_eq!(hello["type"], "hello");
+    // Say nothing: the server closes.
+    assert!(recv_raw(&mut s).await.is_none());
+}
