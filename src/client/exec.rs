@@ -155,9 +155,11 @@ impl ExecClient {
             None => Err(ClientError::Protocol(
                 "the server closed the connection during the handshake".into(),
             )),
-            Some(ServerMsg::Error { code, message, .. }) if code == ErrorCode::AuthFailed => {
-                Err(ClientError::AuthFailed(message))
-            }
+            Some(ServerMsg::Error {
+                code: ErrorCode::AuthFailed,
+                message,
+                ..
+            }) => Err(ClientError::AuthFailed(message)),
             Some(ServerMsg::Error { code, message, .. }) => {
                 Err(ClientError::Server(format!("{}: {message}", code.as_str())))
             }
