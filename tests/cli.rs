@@ -17,10 +17,17 @@ use switchboard::endpoint::Transport;
 /// temporary directory so no history lands in the real one.
 fn client(args: &[&str], input: Option<&[u8]>) -> Output {
     let home = tempfile::tempdir().unwrap();
+    client_in(home.path(), args, input)
+}
+
+/// Runs the client binary with HOME (and the XDG directories) at `home`.
+fn client_in(home: &std::path::Path, args: &[&str], input: Option<&[u8]>) -> Output {
     let mut child = Command::new(bin())
         .args(args)
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path())
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -390,4 +397,230 @@ fn bench_smoke_checks_every_reply() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(r["requests"], 100);
+}
+
+fn exec_status(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn exec_client_behaves_like_ssh() {
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    // The client finds the token where the server created it (same HOME).
+    let home = srv.home.path();
+    let o = client_in(home, &["exec", &addr, "--", "sh", "-c", "exit 7"], None);
+    assert_eq!(exec_status(&o), 7, "{}", stderr(&o));
+    let o = client_in(home, &["exec", &addr, "--", "echo out; echo err >&2"], None);
+    assert_eq!(
+        (stdout(&o).as_str(), stderr(&o).as_str()),
+        ("out\n", "err\n")
+    );
+    assert_eq!(exec_status(&o), 0);
+
+    // Local stdin is forwarded, EOF included.
+    let data = vec![b'x'; 1_000_000];
+    let o = client_in(home, &["exec", &addr, "--", "wc -c"], Some(&data));
+    assert_eq!(stdout(&o).trim(), "1000000");
+    let o = client_in(
+        home,
+        &["exec", &addr, "--timeout", "200ms", "--", "sleep 30"],
+        None,
+    );
+    assert_eq!(exec_status(&o), 124);
+    let o = client_in(home, &["exec", &addr, "--", "kill -TERM $$"], None);
+    assert_eq!(exec_status(&o), 128 + 15);
+    let o = client_in(
+        home,
+        &[
+            "exec",
+            &addr,
+            "--argv",
+            "--env",
+            "A=1 2",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $A; pwd",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "1 2\n/tmp\n");
+
+    // Lines from a pipe are commands; the status is the last failure's.
+    let o = client_in(home, &["exec", &addr], Some(b"echo a\nexit 3\necho b\n"));
+    assert_eq!((stdout(&o).as_str(), exec_status(&o)), ("a\nb\n", 3));
+
+    // Wrong token, refused connection: 255 and one line.
+    let bad = home.join("bad-token");
+    std::fs::write(&bad, "wrong").unwrap();
+    let o = client_in(
+        home,
+        &[
+            "exec",
+            &addr,
+            "--token-file",
+            bad.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert_eq!(exec_status(&o), 255);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = client_in(
+        home,
+        &["exec", &format!("127.0.0.1:{port}"), "--", "true"],
+        None,
+    );
+    assert_eq!(exec_status(&o), 255);
+}
+
+#[test]
+fn jobs_get_a_clean_environment_without_the_servers_secrets() {
+    let srv = common::spawn_serve_env(
+        &["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"],
+        &[
+            ("SWITCHBOARD_TOKEN", "tok-secret-123"),
+            ("MY_SERVER_SECRET", "s3cr3t"),
+        ],
+    );
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = tempfile::tempdir().unwrap();
+    let tok = home.path().join("t");
+    std::fs::write(&tok, "tok-secret-123\n").unwrap();
+    let o = client_in(
+        home.path(),
+        &[
+            "exec",
+            &addr,
+            "--token-file",
+            tok.to_str().unwrap(),
+            "--",
+            "env; grep -E '^Sig(Blk|Ign)' /proc/self/status",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = stdout(&o);
+    assert!(
+        !env.contains("tok-secret-123") && !env.contains("MY_SERVER_SECRET"),
+        "{env}"
+    );
+    assert!(env.contains("PATH="), "{env}");
+    // Nothing blocked, nothing ignored: default dispositions.
+    assert!(env.contains("SigBlk:\t0000000000000000"), "{env}");
+    assert!(env.contains("SigIgn:\t0000000000000000"), "{env}");
+}
+
+#[test]
+fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::{ClientMsg, Command as Cmd, ExecRequest};
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::proto::auth::Token::read(&srv.token_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let auth = ClientAuth::token(token);
+        let c = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = c.split();
+        let req = ExecRequest {
+            id: 1,
+            command: Cmd::Shell("yes linhaifeng".into()),
+            stdin: false,
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: None,
+        };
+        tx.send(ClientMsg::Exec(req)).await.unwrap();
+        // Read a little, so the flood is under way, then stop reading.
+        for _ in 0..50 {
+            rx.recv().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = srv.rss_kib();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = srv.rss_kib();
+        eprintln!("server RSS while the client does not read: {before} KiB -> {after} KiB");
+        assert!(
+            after < before + 4 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+        // Another client is still served meanwhile.
+        let mut other = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(other.run("echo fine").await.unwrap().stdout, b"fine\n");
+        drop((tx, rx));
+    });
+}
+
+#[test]
+fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::{ClientMsg, Command as Cmd, ExecRequest, ServerMsg};
+    let mut srv = spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "5s",
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::proto::auth::Token::read(&srv.token_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = rt.block_on(async {
+        let c = ExecClient::connect(&addr, &ClientAuth::token(token), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = c.split();
+        let mut pids = Vec::new();
+        for id in 0..3 {
+            let req = ExecRequest {
+                id,
+                command: Cmd::Shell("sleep 300 & trap '' TERM; sleep 300".into()),
+                stdin: false,
+                env: Default::default(),
+                cwd: None,
+                timeout_ms: None,
+            };
+            tx.send(ClientMsg::Exec(req)).await.unwrap();
+            if let Some(ServerMsg::Started { pid, .. }) = rx.recv().await.unwrap() {
+                pids.push(pid);
+            }
+        }
+        std::mem::forget((tx, rx)); // keep the connection open through the shutdown
+        pids
+    });
+    assert_eq!(pids.len(), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    srv.signal(Signal::SIGTERM);
+    let status = srv
+        .wait_exit(Duration::from_secs(15))
+        .expect("server exited");
+    assert!(status.success(), "{status:?}");
+    eprintln!("server exited {:?} after SIGTERM", started.elapsed());
+    for pid in pids {
+        // Killed with their groups, and reaped (no zombie left behind).
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok();
+        assert!(!alive, "job {pid} survived the server");
+    }
 }

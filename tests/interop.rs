@@ -102,3 +102,31 @@ fn tutorial_clients_get_correct_answers() {
     assert_eq!(lines[2], "error: unknown specifier %Q at byte 0\n");
     assert_eq!(lines[3], "UTC\n");
 }
+
+#[test]
+fn tutorial_exec_client_gets_complete_outputs_over_legacy_mode() {
+    let srv = spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--exec-legacy",
+        "127.0.0.1:0",
+    ]);
+    let legacy = port(&srv.addr("exec-legacy", Transport::Tcp));
+    let input = "seq 1 5000\n\necho out; echo err >&2\ntrue\nls /no/such/dir\nquit\n";
+    let Some(out) = run_python("exec_client.py", legacy, input) else {
+        return;
+    };
+    let seq: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    let replies: Vec<&str> = out.split(">>: ").filter(|s| !s.is_empty()).collect();
+    assert_eq!(replies.len(), 4, "{out}");
+    assert_eq!(replies[0], format!("<class 'int'> {}\n{seq}\n", seq.len()));
+    assert_eq!(replies[1], "<class 'int'> 8\nout\nerr\n\n");
+    assert_eq!(replies[2], "<class 'int'> 0\n\n");
+    assert!(
+        replies[3].contains("No such file or directory"),
+        "{}",
+        replies[3]
+    );
+}

@@ -5,6 +5,7 @@
 //! a pipe, one request per input line.
 
 mod clients;
+mod exec;
 mod input;
 mod serve;
 
@@ -51,11 +52,48 @@ pub enum Command {
         after_help = "Examples:\n  switchboard time '%Y-%m-%d %H:%M:%S'\n  switchboard time 127.0.0.1:9001 ''   # the server's default format\n  printf '%%F\\n%%T\\n' | switchboard time"
     )]
     Time(TimeArgs),
+    /// Run a command on a switchboard server, like `ssh host cmd`; a REPL without CMD.
+    #[command(
+        after_help = "Examples:\n  switchboard exec -- uname -a\n  switchboard exec 127.0.0.1:8080 -- sh -c 'exit 7'; echo $?   # 7\n  tar c dir | switchboard exec -- tar x -C /tmp/x\n  switchboard exec --argv -- printf '%s\\n' 'one arg'\n  switchboard exec --encoding gbk -- cat gbk.txt\n  switchboard exec                    # REPL, one command a line\n\nExit status: the job's code; 128+N if killed by signal N; 124 if it timed out;\n255 if the connection, the handshake or the protocol failed."
+    )]
+    Exec(ExecArgs),
     /// Load generator: request/response load with every reply checked.
     #[command(
         after_help = "Examples:\n  switchboard bench echo --conns 1000 --duration 10s\n  switchboard bench udp-echo 127.0.0.1:9000 --conns 16 --size 32 --json\n  switchboard bench echo --server-pid $(pgrep -n switchboard)"
     )]
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Kill the job (TERM, then KILL) after this long, e.g. 30s; exit status 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Set an environment variable for the job, repeatable: --env K=V.
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory of the job.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Run CMD ARGS directly, without a shell.
+    #[arg(long)]
+    pub argv: bool,
+    /// Decode remote output from this encoding (gbk, shift_jis, ...); bytes pass untouched otherwise.
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
+    /// Token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Accept a server that runs without authentication.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Time allowed for the connection and the handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// [ADDR] then CMD [ARGS...] (after --): ADDR is HOST:PORT (default 127.0.0.1:8080).
+    /// One CMD word is a shell command line; several are quoted word by word.
+    #[arg(value_name = "ADDR|CMD")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +204,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Echo(args) => clients::echo(args),
         Command::Time(args) => clients::time(args),
         Command::Bench(args) => clients::bench(args),
+        Command::Exec(args) => exec::exec(args),
     };
     match result {
         Ok(code) => code,

@@ -126,7 +126,7 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "  {:<5} {:<28} {detail}",
+            "  {:<11} {:<28} {detail}",
             b.service,
             b.endpoint().to_string()
         )?;

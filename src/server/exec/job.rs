@@ -156,6 +156,15 @@ pub fn spawn(
     })
 }
 
+/// The kernel's `struct sigaction` (x86_64 and arm64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
 /// In the child: every signal back to its default action, none blocked, so
 /// whatever the server ignores or blocks does not leak into jobs.
 fn reset_signals() -> io::Result<()> {
@@ -163,9 +172,27 @@ fn reset_signals() -> io::Result<()> {
     unsafe {
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL
+                && sig != libc::SIGSTOP
+                && libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0
+            {
+                // glibc refuses to touch the signals it reserves for
+                // itself (32, 33), yet an ignored one is inherited across
+                // exec; the kernel call resets it.
+                let k = KernelSigaction {
+                    handler: libc::SIG_DFL,
+                    flags: 0,
+                    restorer: 0,
+                    mask: 0,
+                };
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &k as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

@@ -1,0 +1,355 @@
+//! `switchboard exec`: like `ssh host cmd`. Remote stdout and stderr go to
+//! local stdout and stderr as they arrive, local stdin is forwarded when it
+//! is not a terminal, Ctrl-C sends INT to the job (a second one within a
+//! second disconnects), and the exit status is the job's (PROTOCOL.md §3.4).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use encoding_rs::{Decoder, Encoding};
+use nix::sys::signal::Signal;
+use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::ExecArgs;
+use super::input::{Mode, Repl, split_target, stdin_lines};
+use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender};
+use crate::config::DEFAULT_EXEC_PORT;
+use crate::endpoint::Transport;
+use crate::proto::auth::client_token;
+use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus, ServerMsg};
+
+/// Exit status when the connection, the handshake or the protocol failed.
+pub const EXIT_CONNECTION: u8 = 255;
+/// Exit status when the job timed out (as `timeout(1)`).
+pub const EXIT_TIMED_OUT: u8 = 124;
+
+/// The exit status for a job's end (§3.4).
+pub fn exit_code(status: &ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => (*c & 0xff) as u8,
+        ExitStatus::Signal {
+            timed_out: true, ..
+        } => EXIT_TIMED_OUT,
+        ExitStatus::Signal { name, .. } => Signal::from_str(&format!("SIG{name}"))
+            .map(|s| 128u8.wrapping_add(s as i32 as u8))
+            .unwrap_or(EXIT_CONNECTION),
+    }
+}
+
+/// Turns remote bytes into what the terminal shows: untouched by default,
+/// or decoded from a legacy encoding (the tutorial's GBK problem).
+struct Output {
+    stdout: Option<Decoder>,
+    stderr: Option<Decoder>,
+}
+
+impl Output {
+    fn new(encoding: Option<&'static Encoding>) -> Self {
+        Output {
+            stdout: encoding.map(|e| e.new_decoder()),
+            stderr: encoding.map(|e| e.new_decoder()),
+        }
+    }
+
+    fn write(&mut self, is_stderr: bool, data: &[u8], last: bool) -> std::io::Result<()> {
+        let decoder = if is_stderr {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        let bytes;
+        let text;
+        let out: &[u8] = match decoder {
+            None => {
+                bytes = data;
+                bytes
+            }
+            Some(d) => {
+                let mut s = String::with_capacity(
+                    d.max_utf8_buffer_length(data.len())
+                        .unwrap_or(data.len() * 3),
+                );
+                let _ = d.decode_to_string(data, &mut s, last);
+                text = s;
+                text.as_bytes()
+            }
+        };
+        if is_stderr {
+            let mut e = std::io::stderr().lock();
+            e.write_all(out)?;
+            e.flush()
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(out)?;
+            o.flush()
+        }
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.write(false, b"", true)?;
+        self.write(true, b"", true)
+    }
+}
+
+/// Why a job did not end with an exit frame.
+enum Failure {
+    Client(ClientError),
+    Interrupted,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+/// Runs one job to its end, streaming its output; forwards local stdin when
+/// `forward_stdin`.
+async fn run_job(
+    tx: &mut ExecSender,
+    rx: &mut ExecReceiver,
+    req: ExecRequest,
+    forward_stdin: bool,
+    out: &mut Output,
+) -> Result<ExitStatus, Failure> {
+    let id = req.id;
+    tx.send(ClientMsg::Exec(req)).await?;
+    let mut stdin = tokio::io::stdin();
+    let mut stdin_open = forward_stdin;
+    let mut buf = vec![0u8; crate::proto::frame::CHUNK];
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
+    let mut last_int: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg? {
+                None => return Err(ClientError::Protocol("the server closed the connection".into()).into()),
+                Some(ServerMsg::Stdout { id: i, data }) if i == id => out.write(false, &data, false).map_err(ClientError::Io)?,
+                Some(ServerMsg::Stderr { id: i, data }) if i == id => out.write(true, &data, false).map_err(ClientError::Io)?,
+                Some(ServerMsg::Exit { id: i, status }) if i == id => {
+                    out.finish().map_err(ClientError::Io)?;
+                    return Ok(status);
+                }
+                Some(ServerMsg::Error { id: about, code, message }) if about.is_none_or(|a| a == id) => {
+                    return Err(ClientError::Job { code, message }.into());
+                }
+                Some(_) => {}
+            },
+            n = stdin.read(&mut buf), if stdin_open => match n {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    tx.send(ClientMsg::Eof { id }).await?;
+                }
+                Ok(n) => tx.stdin(id, buf.get(..n).unwrap_or_default()).await?,
+            },
+            _ = sigint.recv() => {
+                if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                    return Err(Failure::Interrupted);
+                }
+                last_int = Some(Instant::now());
+                tx.send(ClientMsg::Signal { id, signal: "INT".into() }).await?;
+            }
+        }
+    }
+}
+
+/// The shell command line for CMD words: one word is a command line as
+/// typed (`'ls | wc'`); several are quoted word by word, so
+/// `exec -- sh -c 'exit 7'` runs `sh` with the two arguments it was given
+/// (where ssh's plain join would lose the quoting).
+pub fn shell_command(words: &[String]) -> Command {
+    match words {
+        [one] => Command::Shell(one.clone()),
+        many => Command::Shell(
+            many.iter()
+                .map(|w| shell_quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    }
+}
+
+fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--env {p:?}: expected K=V"))?;
+        if k.is_empty() {
+            bail!("--env {p:?}: empty name");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let target = split_target(args.args.clone(), &format!("127.0.0.1:{DEFAULT_EXEC_PORT}"));
+    if target.transport == Some(Transport::Udp) {
+        bail!("exec is a TCP service");
+    }
+    let encoding = match &args.encoding {
+        None => None,
+        Some(label) => Some(
+            Encoding::for_label(label.as_bytes())
+                .with_context(|| format!("unknown encoding {label:?}"))?,
+        ),
+    };
+    let env = parse_env(&args.env)?;
+    let auth = match client_token(args.token_file.as_deref()) {
+        Ok((token, _)) => ClientAuth {
+            token: Some(token),
+            allow_unauthenticated: args.no_auth,
+        },
+        Err(_) if args.no_auth => ClientAuth::none(),
+        Err(e) => return Err(e.context("no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)")),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let client = match rt.block_on(ExecClient::connect(
+        &target.addr,
+        &auth,
+        args.connect_timeout,
+    )) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    let (mut tx, mut rx) = client.split();
+    let mut next_id = 0u64;
+    let mut request = |words: Vec<String>| {
+        next_id += 1;
+        ExecRequest {
+            id: next_id,
+            command: if args.argv {
+                Command::Argv(words)
+            } else {
+                shell_command(&words)
+            },
+            stdin: false,
+            env: env.clone(),
+            cwd: args.cwd.clone(),
+            timeout_ms: args
+                .timeout
+                .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        }
+    };
+    let mut out = Output::new(encoding);
+    let mut run = |req: ExecRequest, forward: bool| -> Result<u8, u8> {
+        match rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)) {
+            Ok(status) => {
+                if let ExitStatus::Signal { name, timed_out } = &status {
+                    let why = if *timed_out {
+                        "timed out; killed by"
+                    } else {
+                        "killed by"
+                    };
+                    eprintln!("switchboard: job {why} SIG{name}");
+                }
+                Ok(exit_code(&status))
+            }
+            Err(Failure::Interrupted) => {
+                eprintln!("switchboard: interrupted; disconnecting");
+                Err(130)
+            }
+            Err(Failure::Client(e @ ClientError::Job { .. })) => {
+                eprintln!("switchboard: {e}");
+                Ok(EXIT_CONNECTION)
+            }
+            Err(Failure::Client(e)) => {
+                eprintln!("switchboard: {e}");
+                Err(EXIT_CONNECTION)
+            }
+        }
+    };
+    let code = match Mode::pick(&target.words) {
+        Mode::Once(_) => {
+            let forward = !std::io::stdin().is_terminal();
+            let mut req = request(target.words);
+            req.stdin = forward;
+            run(req, forward).unwrap_or_else(|c| c)
+        }
+        Mode::Repl => {
+            let mut repl = Repl::new("exec", "exec> ")?;
+            let mut last = 0;
+            while let Some(line) = repl.next_line() {
+                match run(request(vec![line]), false) {
+                    Ok(0) => last = 0,
+                    Ok(c) => {
+                        eprintln!("[exit {c}]");
+                        last = c;
+                    }
+                    Err(c) => return Ok(ExitCode::from(c)),
+                }
+            }
+            last
+        }
+        Mode::Pipe => {
+            let mut worst = 0;
+            for line in stdin_lines() {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match run(request(vec![line]), false) {
+                    Ok(0) => {}
+                    Ok(c) => worst = c,
+                    Err(c) => return Ok(ExitCode::from(c)),
+                }
+            }
+            worst
+        }
+    };
+    Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_words_are_quoted_one_is_a_command_line() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shell_command(&w(&["ls | wc"])),
+            Command::Shell("ls | wc".into())
+        );
+        assert_eq!(
+            shell_command(&w(&["sh", "-c", "exit 7"])),
+            Command::Shell("sh -c 'exit 7'".into())
+        );
+        assert_eq!(
+            shell_command(&w(&["echo", "it's", ""])),
+            Command::Shell("echo 'it'\\''s' ''".into())
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_protocol() {
+        assert_eq!(exit_code(&ExitStatus::Code(7)), 7);
+        assert_eq!(exit_code(&ExitStatus::Code(255)), 255);
+        let sig = |n: &str, t| ExitStatus::Signal {
+            name: n.into(),
+            timed_out: t,
+        };
+        assert_eq!(exit_code(&sig("KILL", false)), 137);
+        assert_eq!(exit_code(&sig("INT", false)), 130);
+        assert_eq!(exit_code(&sig("KILL", true)), 124);
+    }
+}
