@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::{ClientError, EchoClient, TimeClient};
+use crate::client::{ClientAuth, ClientError, EchoClient, ExecClient, TimeClient};
+use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus, ServerMsg};
 
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,6 +27,11 @@ pub enum Mode {
     UdpEcho,
     /// UDP time (`%Y-%m-%d %X`), one datagram in flight per socket.
     UdpTime,
+    /// Exec: jobs of `--cmd` (default `true`) over kept authenticated
+    /// connections, one job at a time per connection.
+    Exec,
+    /// Exec output stream: one job `head -c --bytes /dev/zero`, MB/s.
+    ExecStream,
 }
 
 impl Mode {
@@ -34,6 +40,8 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::UdpEcho => "udp-echo",
             Mode::UdpTime => "udp-time",
+            Mode::Exec => "exec",
+            Mode::ExecStream => "exec-stream",
         }
     }
 }
@@ -50,6 +58,11 @@ pub struct Params {
     pub requests: u64,
     pub timeout: Duration,
     pub server_pid: Option<u32>,
+    /// Exec modes: how to authenticate, and the command (`exec`) or the
+    /// byte count (`exec-stream`).
+    pub exec_auth: Option<ClientAuth>,
+    pub cmd: String,
+    pub bytes: u64,
 }
 
 /// The result, also printed as one JSON line with `--json`.
@@ -70,6 +83,9 @@ pub struct Report {
     pub server_rss_kib_before: Option<u64>,
     /// Server RSS with every connection open, after the load.
     pub server_rss_kib_after: Option<u64>,
+    /// exec-stream: megabytes (10^6 bytes) per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mb_per_sec: Option<f64>,
 }
 
 /// Resident memory of `pid` in KiB, from /proc.
@@ -87,12 +103,22 @@ fn payload(size: usize, conn: usize) -> Vec<u8> {
 
 /// Runs the load; all clients connect before the clock starts.
 pub async fn run(p: Params) -> anyhow::Result<Report> {
+    if p.mode == Mode::ExecStream {
+        return exec_stream(p).await;
+    }
     let mut clients = Vec::with_capacity(p.conns);
     for _ in 0..p.conns {
         clients.push(match p.mode {
             Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
             Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
             Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
+            Mode::Exec | Mode::ExecStream => {
+                let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
+                Client::Exec(
+                    ExecClient::connect(&p.addr, &auth, p.timeout).await?,
+                    p.cmd.clone(),
+                )
+            }
         });
     }
     // Connected and idle: the baseline for memory per connection.
@@ -119,6 +145,7 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
                     Ok(reply) if client.is_time() => {
                         !reply.starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
                     }
+                    Ok(reply) if client.is_exec() => reply.is_empty(),
                     Ok(reply) => reply == want,
                     Err(_) => false,
                 };
@@ -170,12 +197,76 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
         max_us: total.max(),
         server_rss_kib_before: rss_before,
         server_rss_kib_after: rss_after,
+        mb_per_sec: None,
+    })
+}
+
+/// One job streaming `p.bytes` zero bytes; every byte counted.
+async fn exec_stream(p: Params) -> anyhow::Result<Report> {
+    let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
+    let mut c = ExecClient::connect(&p.addr, &auth, p.timeout).await?;
+    let rss_before = p.server_pid.and_then(rss_kib);
+    let id = c.next_id();
+    let (mut tx, mut rx) = c.split();
+    let req = ExecRequest {
+        id,
+        command: Command::Argv(vec![
+            "head".into(),
+            "-c".into(),
+            p.bytes.to_string(),
+            "/dev/zero".into(),
+        ]),
+        stdin: false,
+        env: Default::default(),
+        cwd: None,
+        timeout_ms: None,
+    };
+    let start = Instant::now();
+    tx.send(ClientMsg::Exec(req)).await?;
+    let mut got = 0u64;
+    let mut nonzero = false;
+    let mut rss_peak = rss_before;
+    let mut frames = 0u64;
+    let status = loop {
+        match rx.recv().await? {
+            Some(ServerMsg::Stdout { data, .. }) => {
+                got += data.len() as u64;
+                nonzero |= data.iter().any(|&b| b != 0);
+                frames += 1;
+                if frames % 1024 == 0 {
+                    rss_peak = rss_peak.max(p.server_pid.and_then(rss_kib));
+                }
+            }
+            Some(ServerMsg::Exit { status, .. }) => break status,
+            Some(ServerMsg::Error { message, .. }) => anyhow::bail!("server: {message}"),
+            Some(_) => {}
+            None => anyhow::bail!("the server closed the connection"),
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let ok = got == p.bytes && !nonzero && status == ExitStatus::Code(0);
+    Ok(Report {
+        mode: p.mode.name().to_string(),
+        conns: 1,
+        size: 0,
+        requests: u64::from(ok),
+        errors: u64::from(!ok),
+        seconds,
+        requests_per_sec: 0.0,
+        p50_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        max_us: 0,
+        server_rss_kib_before: rss_before,
+        server_rss_kib_after: rss_peak,
+        mb_per_sec: Some(got as f64 / 1e6 / seconds.max(1e-9)),
     })
 }
 
 enum Client {
     Echo(EchoClient),
     Time(TimeClient),
+    Exec(ExecClient, String),
 }
 
 impl Client {
@@ -183,7 +274,19 @@ impl Client {
         match self {
             Client::Echo(c) => c.request(req).await,
             Client::Time(c) => c.query_raw(b"").await,
+            Client::Exec(c, cmd) => {
+                // Success is exit 0; the reply is the job's (empty) stdout.
+                let out = c.run(cmd).await?;
+                if out.status != ExitStatus::Code(0) {
+                    return Err(ClientError::Server(format!("{:?}", out.status)));
+                }
+                Ok(out.stdout)
+            }
         }
+    }
+
+    fn is_exec(&self) -> bool {
+        matches!(self, Client::Exec(..))
     }
 
     fn is_time(&self) -> bool {
@@ -208,6 +311,9 @@ impl std::fmt::Display for Report {
             self.p999_us,
             self.max_us
         )?;
+        if let Some(m) = self.mb_per_sec {
+            write!(f, ", {m:.0} MB/s")?;
+        }
         if let (Some(a), Some(b)) = (self.server_rss_kib_before, self.server_rss_kib_after) {
             write!(f, ", server RSS {a} -> {b} KiB")?;
         }

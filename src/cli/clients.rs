@@ -148,10 +148,17 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
 
 pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     use crate::bench::{Mode, Params};
-    let default_port = if args.mode == Mode::UdpTime {
-        DEFAULT_TIME_PORT
-    } else {
-        DEFAULT_ECHO_PORT
+    let default_port = match args.mode {
+        Mode::UdpTime => DEFAULT_TIME_PORT,
+        Mode::Exec | Mode::ExecStream => crate::config::DEFAULT_EXEC_PORT,
+        _ => DEFAULT_ECHO_PORT,
+    };
+    let exec_auth = match args.mode {
+        Mode::Exec | Mode::ExecStream if args.no_auth => Some(crate::client::ClientAuth::none()),
+        Mode::Exec | Mode::ExecStream => Some(crate::client::ClientAuth::token(
+            crate::proto::auth::client_token(args.token_file.as_deref())?.0,
+        )),
+        _ => None,
     };
     let addr = match &args.addr {
         Some(a) => split_target(vec![a.clone()], "").addr,
@@ -160,7 +167,8 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     if args.conns == 0 {
         bail!("--conns must be at least 1");
     }
-    if args.mode != Mode::Echo && args.size > crate::client::MAX_DATAGRAM {
+    if matches!(args.mode, Mode::UdpEcho | Mode::UdpTime) && args.size > crate::client::MAX_DATAGRAM
+    {
         bail!("--size is over the UDP maximum of 65,507 bytes");
     }
     let _ = crate::sys::raise_fd_limit();
@@ -173,6 +181,9 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         requests: args.requests,
         timeout: args.timeout,
         server_pid: args.server_pid,
+        exec_auth,
+        cmd: args.cmd,
+        bytes: args.bytes,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let report = rt.block_on(crate::bench::run(params))?;

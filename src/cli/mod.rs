@@ -98,7 +98,7 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// echo (TCP), udp-echo or udp-time.
+    /// echo (TCP), udp-echo, udp-time, exec or exec-stream.
     #[arg(value_enum)]
     pub mode: crate::bench::Mode,
     /// Target HOST:PORT [default: 127.0.0.1:9000, or :9001 for udp-time].
@@ -124,6 +124,18 @@ pub struct BenchArgs {
     /// Print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// exec: the shell command each job runs.
+    #[arg(long, default_value = "true")]
+    pub cmd: String,
+    /// exec-stream: bytes the job writes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bytes: u64,
+    /// exec modes: token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// exec modes: connect to a server without authentication.
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 #[derive(Debug, Args)]
