@@ -233,7 +233,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
                 got += data.len() as u64;
                 nonzero |= data.iter().any(|&b| b != 0);
                 frames += 1;
-                if frames % 1024 == 0 {
+                if frames.is_multiple_of(1024) {
                     rss_peak = rss_peak.max(p.server_pid.and_then(rss_kib));
                 }
             }
