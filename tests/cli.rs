@@ -278,20 +278,24 @@ fn server_memory_stays_flat_while_a_client_floods_without_reading() {
     );
 }
 
-/// Drives the echo REPL on a pseudo-terminal (Python's pty module).
-#[test]
-fn echo_repl_on_a_terminal() {
-    let srv = serve_all();
-    let tcp = srv.addr("echo", Transport::Tcp);
-    let home = tempfile::tempdir().unwrap();
-    // rustyline asks the terminal for the cursor position (ESC [6n); the
-    // script answers like a terminal would. Every wait is bounded, and the
-    // child is killed by its PID if it has not exited by the end.
+/// Runs `switchboard ARGS` on a pseudo-terminal (Python's pty module):
+/// waits for `prompt`, types each line (waiting for the prompt again after
+/// each), and returns (exit status, everything the terminal showed).
+/// rustyline asks the terminal for the cursor position (ESC [6n); the
+/// script answers like a terminal would. Every wait is bounded, and the
+/// child is killed by its PID if it has not exited at the end.
+fn on_a_terminal(
+    home: &std::path::Path,
+    args: &[&str],
+    prompt: &str,
+    lines: &[&str],
+) -> Option<(i32, String)> {
     let script = r#"
-import os, pty, signal, sys, time, select
+import json, os, pty, signal, sys, time, select
+args = json.loads(sys.argv[1]); prompt = sys.argv[2].encode(); lines = json.loads(sys.argv[3])
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(sys.argv[1], [sys.argv[1], "echo", sys.argv[2]])
+    os.execv(args[0], args)
 out = b""
 answered = 0
 def read_until(marker, limit=10.0, count=1):
@@ -307,12 +311,10 @@ def read_until(marker, limit=10.0, count=1):
         while out.count(b"\x1b[6n") > answered:
             os.write(fd, b"\x1b[1;1R")
             answered += 1
-read_until(b"echo> ")
-os.write(fd, b"hello repl\r")
-read_until(b"HELLO REPL")
-os.write(fd, b"\r")
-read_until(b"echo> ", count=3)
-os.write(fd, b"quit\r")
+read_until(prompt)
+for i, line in enumerate(lines):
+    os.write(fd, line.encode() + b"\r")
+    read_until(prompt, count=i + 2)
 read_until(b"\xff", 3.0)
 end = time.time() + 10
 status = None
@@ -326,30 +328,105 @@ if status is None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     sys.stdout.write(out.decode("utf-8", "replace"))
-    sys.exit("the REPL did not exit on quit")
+    sys.exit("the REPL did not exit")
 sys.stdout.write(out.decode("utf-8", "replace"))
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
-    let o = match Command::new("python3")
-        .args(["-c", script, bin(), &tcp])
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path())
+    let mut argv = vec![bin().to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(serde_json::to_string(&argv).unwrap())
+        .arg(prompt)
+        .arg(serde_json::to_string(lines).unwrap())
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
         .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("skipped: python3: {e}");
-            return;
-        }
+        .map_err(|e| eprintln!("skipped: python3: {e}"))
+        .ok()?;
+    Some((
+        o.status.code().unwrap_or(-1),
+        format!("{}{}", stdout(&o), stderr(&o)),
+    ))
+}
+
+#[test]
+fn echo_repl_on_a_terminal() {
+    let srv = serve_all();
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let home = tempfile::tempdir().unwrap();
+    let Some((code, out)) = on_a_terminal(
+        home.path(),
+        &["echo", &tcp],
+        "echo> ",
+        &["hello repl", "", "quit"],
+    ) else {
+        return;
     };
-    let out = stdout(&o);
-    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert_eq!(code, 0, "{out}");
     assert!(out.contains("HELLO REPL"), "{out}");
     // History was kept in the temporary HOME, not the real one.
     assert!(
         home.path().join("switchboard/history-echo").exists(),
         "{out}"
     );
+}
+
+#[test]
+fn exec_repl_runs_each_line_and_shows_failures() {
+    let srv = serve_all();
+    let addr = srv.addr("exec", Transport::Tcp);
+    let Some((code, out)) = on_a_terminal(
+        srv.home.path(),
+        &["exec", &addr],
+        "exec> ",
+        &["echo linhaifeng nb | tr a-z A-Z", "exit 3", "exit"],
+    ) else {
+        return;
+    };
+    assert!(out.contains("LINHAIFENG NB"), "{out}");
+    assert!(out.contains("[exit 3]"), "{out}");
+    assert_eq!(code, 3, "the last command's status: {out}");
+}
+
+#[test]
+fn ctrl_c_interrupts_the_remote_job() {
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    let mut child = Command::new(bin())
+        .args(["exec", &addr, "--", "echo started; sleep 30"])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the job's first output, then press "Ctrl-C" (SIGINT by PID).
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the client did not end after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The job died of SIGINT: 128 + 2.
+    assert_eq!(status.code(), Some(130));
 }
 
 #[test]
