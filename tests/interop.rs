@@ -130,3 +130,31 @@ fn tutorial_exec_client_gets_complete_outputs_over_legacy_mode() {
         replies[3]
     );
 }
+
+#[test]
+fn an_independent_python_client_speaks_the_native_protocol() {
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let exec = port(&srv.addr("exec", Transport::Tcp));
+    let token = srv.token_file();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/native_client.py");
+    let run = |cmd: &str| {
+        Command::new("python3")
+            .arg(&path)
+            .arg(exec.to_string())
+            .arg(&token)
+            .arg(cmd)
+            .output()
+    };
+    let Ok(o) = run("cat; echo out; echo err >&2; exit 44") else {
+        eprintln!("skipped: python3 not found");
+        return;
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "from python stdin\nout\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    assert_eq!(o.status.code(), Some(44));
+    let o = run("kill -TERM $$").unwrap();
+    assert_eq!(o.status.code(), Some(143));
+}
