@@ -526,6 +526,23 @@ fn exec_client_behaves_like_ssh() {
     );
     assert_eq!(stdout(&o), "1 2\n/tmp\n");
 
+    // --encoding decodes the tutorial's Windows output (GBK) for display.
+    let o = client_in(
+        home,
+        &[
+            "exec",
+            &addr,
+            "--encoding",
+            "gbk",
+            "--",
+            "printf '\\304\\343\\272\\303\\n'",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "你好\n");
+    let o = client_in(home, &["exec", &addr, "--", "printf '\\304\\343'"], None);
+    assert_eq!(o.stdout, [0xc4, 0xe3], "bytes pass untouched by default");
+
     // Lines from a pipe are commands; the status is the last failure's.
     let o = client_in(home, &["exec", &addr], Some(b"echo a\nexit 3\necho b\n"));
     assert_eq!((stdout(&o).as_str(), exec_status(&o)), ("a\nb\n", 3));

@@ -646,3 +646,39 @@ async fn handshake_deadline_closes_silent_clients() {
     // Say nothing: the server closes.
     assert!(recv_raw(&mut s).await.is_none());
 }
+
+#[tokio::test]
+async fn the_global_job_limit_spans_connections() {
+    let fx = Fixture::with(|c| c.exec.max_jobs = 2).await;
+    let (mut tx1, mut rx1) = fx.client().await.split();
+    for id in 0..2 {
+        tx1.send(ClientMsg::Exec(req(id, "sleep 30")))
+            .await
+            .unwrap();
+        assert!(matches!(
+            rx1.recv().await.unwrap().unwrap(),
+            ServerMsg::Started { .. }
+        ));
+    }
+    let mut c2 = fx.client().await;
+    match c2.run("echo hi").await {
+        Err(ClientError::Job {
+            code: ErrorCode::Busy,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Ending one job on the first connection frees a slot for the second.
+    tx1.send(ClientMsg::Signal {
+        id: 0,
+        signal: "KILL".into(),
+    })
+    .await
+    .unwrap();
+    loop {
+        if let ServerMsg::Exit { id: 0, .. } = rx1.recv().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(c2.run("echo hi").await.unwrap().stdout, b"hi\n");
+}
