@@ -617,7 +617,7 @@ fn jobs_get_a_clean_environment_without_the_servers_secrets() {
 #[test]
 fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
     use switchboard::client::{ClientAuth, ExecClient};
-    use switchboard::proto::{ClientMsg, Command as Cmd, ExecRequest};
+    use switchboard::proto::{ClientMsg, ExecRequest};
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
     let addr = srv.addr("exec", Transport::Tcp);
     let token = switchboard::proto::auth::Token::read(&srv.token_file()).unwrap();
@@ -631,14 +631,7 @@ fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
             .await
             .unwrap();
         let (mut tx, mut rx) = c.split();
-        let req = ExecRequest {
-            id: 1,
-            command: Cmd::Shell("yes linhaifeng".into()),
-            stdin: false,
-            env: Default::default(),
-            cwd: None,
-            timeout_ms: None,
-        };
+        let req = ExecRequest::shell(1, "yes linhaifeng");
         tx.send(ClientMsg::Exec(req)).await.unwrap();
         // Read a little, so the flood is under way, then stop reading.
         for _ in 0..50 {
@@ -665,7 +658,7 @@ fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
 #[test]
 fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
     use switchboard::client::{ClientAuth, ExecClient};
-    use switchboard::proto::{ClientMsg, Command as Cmd, ExecRequest, ServerMsg};
+    use switchboard::proto::{ClientMsg, ExecRequest, ServerMsg};
     let mut srv = spawn_serve(&[
         "--echo",
         "tcp://127.0.0.1:0",
@@ -687,14 +680,7 @@ fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
         let (mut tx, mut rx) = c.split();
         let mut pids = Vec::new();
         for id in 0..3 {
-            let req = ExecRequest {
-                id,
-                command: Cmd::Shell("sleep 300 & trap '' TERM; sleep 300".into()),
-                stdin: false,
-                env: Default::default(),
-                cwd: None,
-                timeout_ms: None,
-            };
+            let req = ExecRequest::shell(id, "sleep 300 & trap '' TERM; sleep 300");
             tx.send(ClientMsg::Exec(req)).await.unwrap();
             if let Some(ServerMsg::Started { pid, .. }) = rx.recv().await.unwrap() {
                 pids.push(pid);

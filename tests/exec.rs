@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{exec_config, start};
@@ -50,14 +50,7 @@ impl Fixture {
 }
 
 fn req(id: u64, cmd: &str) -> ExecRequest {
-    ExecRequest {
-        id,
-        command: Command::Shell(cmd.into()),
-        stdin: false,
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
-    }
+    ExecRequest::shell(id, cmd)
 }
 
 fn signal(name: &str, timed_out: bool) -> ExitStatus {

@@ -14,9 +14,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::{ClientError, connect_tcp};
 use crate::proto::auth::{self, Token};
-use crate::proto::{
-    ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION,
-};
+use crate::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION};
 
 /// How the client authenticates.
 #[derive(Debug, Clone)]
@@ -263,15 +261,7 @@ impl ExecClient {
     /// Runs a shell command line and collects its output.
     pub async fn run(&mut self, cmd: &str) -> Result<Output, ClientError> {
         let id = self.next_id();
-        self.run_request(ExecRequest {
-            id,
-            command: Command::Shell(cmd.to_string()),
-            stdin: false,
-            env: Default::default(),
-            cwd: None,
-            timeout_ms: None,
-        })
-        .await
+        self.run_request(ExecRequest::shell(id, cmd)).await
     }
 
     /// Runs one request (its id must not be running) and collects its

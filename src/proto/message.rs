@@ -67,6 +67,20 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
 }
 
+impl ExecRequest {
+    /// A shell command line with no stdin, env, cwd or timeout.
+    pub fn shell(id: u64, cmd: impl Into<String>) -> Self {
+        ExecRequest {
+            id,
+            command: Command::Shell(cmd.into()),
+            stdin: false,
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout_ms: None,
+        }
+    }
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMsg {

@@ -260,25 +260,18 @@ pub fn reap_group(pgid: Pid) {
 /// group is left (orphans that are our children are reaped on the way).
 /// Bounded: gives up after `grace` past the KILL.
 pub async fn kill_group(pgid: Pid, grace: Duration) {
-    if !signal_group(pgid, Signal::SIGTERM) {
-        return;
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        reap_group(pgid);
-        if !group_alive(pgid) {
+    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+        if !signal_group(pgid, sig) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    signal_group(pgid, Signal::SIGKILL);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        reap_group(pgid);
-        if !group_alive(pgid) {
-            return;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            reap_group(pgid);
+            if !group_alive(pgid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
