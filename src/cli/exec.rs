@@ -109,6 +109,10 @@ impl From<ClientError> for Failure {
 
 /// Runs one job to its end, streaming its output; forwards local stdin when
 /// `forward_stdin`.
+///
+/// Reading the connection never waits on writing it: stdin and signals go
+/// through a queue to their own writer, so a job that echoes its input
+/// (`cat`) cannot deadlock the two directions against each other.
 async fn run_job(
     tx: &mut ExecSender,
     rx: &mut ExecReceiver,
@@ -118,41 +122,69 @@ async fn run_job(
 ) -> Result<ExitStatus, Failure> {
     let id = req.id;
     tx.send(ClientMsg::Exec(req)).await?;
-    let mut stdin = tokio::io::stdin();
-    let mut stdin_open = forward_stdin;
-    let mut buf = vec![0u8; crate::proto::frame::CHUNK];
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
-    let mut last_int: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            msg = rx.recv() => match msg? {
-                None => return Err(ClientError::Protocol("the server closed the connection".into()).into()),
-                Some(ServerMsg::Stdout { id: i, data }) if i == id => out.write(false, &data, false).map_err(ClientError::Io)?,
-                Some(ServerMsg::Stderr { id: i, data }) if i == id => out.write(true, &data, false).map_err(ClientError::Io)?,
-                Some(ServerMsg::Exit { id: i, status }) if i == id => {
-                    out.finish().map_err(ClientError::Io)?;
-                    return Ok(status);
+    let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
+    let writer = async {
+        while let Some(msg) = queued.recv().await {
+            tx.send(msg).await?;
+        }
+        std::future::pending::<Result<(), ClientError>>().await
+    };
+    let stdin_queue = queue.clone();
+    let feed_stdin = async move {
+        if forward_stdin {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; crate::proto::frame::CHUNK];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let data = bytes::Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        if stdin_queue
+                            .send(ClientMsg::Stdin { id, data })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                 }
-                Some(ServerMsg::Error { id: about, code, message }) if about.is_none_or(|a| a == id) => {
-                    return Err(ClientError::Job { code, message }.into());
+            }
+            let _ = stdin_queue.send(ClientMsg::Eof { id }).await;
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let receive = async {
+        let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
+        let mut last_int: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg? {
+                    None => return Err(ClientError::Protocol("the server closed the connection".into()).into()),
+                    Some(ServerMsg::Stdout { id: i, data }) if i == id => out.write(false, &data, false).map_err(ClientError::Io)?,
+                    Some(ServerMsg::Stderr { id: i, data }) if i == id => out.write(true, &data, false).map_err(ClientError::Io)?,
+                    Some(ServerMsg::Exit { id: i, status }) if i == id => {
+                        out.finish().map_err(ClientError::Io)?;
+                        return Ok(status);
+                    }
+                    Some(ServerMsg::Error { id: about, code, message }) if about.is_none_or(|a| a == id) => {
+                        return Err(ClientError::Job { code, message }.into());
+                    }
+                    Some(_) => {}
+                },
+                _ = sigint.recv() => {
+                    if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                        return Err(Failure::Interrupted);
+                    }
+                    last_int = Some(Instant::now());
+                    let _ = queue.send(ClientMsg::Signal { id, signal: "INT".into() }).await;
                 }
-                Some(_) => {}
-            },
-            n = stdin.read(&mut buf), if stdin_open => match n {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    tx.send(ClientMsg::Eof { id }).await?;
-                }
-                Ok(n) => tx.stdin(id, buf.get(..n).unwrap_or_default()).await?,
-            },
-            _ = sigint.recv() => {
-                if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                    return Err(Failure::Interrupted);
-                }
-                last_int = Some(Instant::now());
-                tx.send(ClientMsg::Signal { id, signal: "INT".into() }).await?;
             }
         }
+    };
+    tokio::select! {
+        r = receive => r,
+        Err(e) = writer => Err(e.into()),
+        never = feed_stdin => match never {},
     }
 }
 
