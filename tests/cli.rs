@@ -499,6 +499,15 @@ fn exec_client_behaves_like_ssh() {
     let data = vec![b'x'; 1_000_000];
     let o = client_in(home, &["exec", &addr, "--", "wc -c"], Some(&data));
     assert_eq!(stdout(&o).trim(), "1000000");
+    // Both directions at once: a job that echoes its input back.
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    let o = client_in(home, &["exec", &addr, "--", "cat"], Some(&data));
+    assert!(
+        o.stdout == data,
+        "cat returned {} of {} bytes",
+        o.stdout.len(),
+        data.len()
+    );
     let o = client_in(
         home,
         &["exec", &addr, "--timeout", "200ms", "--", "sleep 30"],
