@@ -8,6 +8,7 @@
 //! listen = ["tcp://127.0.0.1:9000", "udp://127.0.0.1:9000"]  # bare HOST:PORT = both
 //! mode = "upper"            # or "plain" (RFC 862)
 //! max_connections = 10000   # TCP; excess connections are closed at once
+//! max_connections_per_source = 4096   # 0 = no per-source limit
 //! idle_timeout = "300s"     # nothing received (or no send progress) for this long: close
 //! buffer_size = 65536       # per active connection; bounds memory per client
 //!
@@ -28,6 +29,13 @@
 //! no_auth = false           # loopback endpoints only
 //! token_file = "..."        # default: the user's config dir, switchboard/token
 //! max_connections = 256
+//! max_connections_per_source = 32
+//! max_unauthenticated = 64  # connections still in their handshake
+//! max_unauthenticated_per_source = 8
+//! auth_penalty = "1s"       # after 3 failed auths; doubles per failure
+//! auth_penalty_max = "60s"
+//! idle_timeout = "600s"     # authenticated, no job running, nothing received
+//! frame_timeout = "30s"     # a started frame must complete within this
 //! max_jobs_per_connection = 64
 //! max_jobs = 512            # all connections together
 //! handshake_timeout = "10s"
@@ -37,6 +45,12 @@
 //! max_header = 65536
 //! max_body = 1048576
 //! legacy_output_cap = 67108864
+//! argv_only = false         # refuse shell command lines
+//! allowed_programs = []     # e.g. ["uptime", "/usr/bin/df"]; implies argv_only
+//! allow_env = true
+//! allow_cwd = true
+//! run_as = "nobody"         # when the server runs as root
+//! allow_root = false        # root server without run_as: jobs are forbidden
 //!
 //! [server]
 //! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
@@ -114,6 +128,28 @@ pub struct ExecConfig {
     pub token_file: Option<PathBuf>,
     /// Simultaneous exec connections (native and legacy). Default: 256.
     pub max_connections: usize,
+    /// Simultaneous exec connections from one source address. Default: 32.
+    pub max_connections_per_source: usize,
+    /// Connections still in their handshake, all sources. Default: 64.
+    pub max_unauthenticated: usize,
+    /// Connections still in their handshake from one source. Default: 8.
+    pub max_unauthenticated_per_source: usize,
+    /// After 3 failed authentications from a source, its connections are
+    /// refused for this long, doubling with each further failure. 0 turns
+    /// the penalty off. Default: 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_penalty: Duration,
+    /// The longest penalty. Default: 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_penalty_max: Duration,
+    /// Close an authenticated connection with no job running and nothing
+    /// received for this long. Default: 600 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// A frame whose first byte has arrived must be complete within this
+    /// long (a slowloris guard). Default: 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub frame_timeout: Duration,
     /// Running jobs per connection. Default: 64.
     pub max_jobs_per_connection: usize,
     /// Running jobs over all connections. Default: 512.
@@ -137,6 +173,20 @@ pub struct ExecConfig {
     pub max_body: usize,
     /// Legacy mode: output kept per command. Default: 64 MiB.
     pub legacy_output_cap: usize,
+    /// Refuse shell jobs (`cmd`); only `argv`. Default: false.
+    pub argv_only: bool,
+    /// If not empty, the only programs (`argv[0]`, compared as written)
+    /// jobs may run; implies `argv_only`. Default: empty (any).
+    pub allowed_programs: Vec<String>,
+    /// Allow requests to set `env`. Default: true.
+    pub allow_env: bool,
+    /// Allow requests to set `cwd`. Default: true.
+    pub allow_cwd: bool,
+    /// Run jobs as this user (the server must be root). Default: none.
+    pub run_as: Option<String>,
+    /// Allow jobs to run as root when the server is root and `run_as` is
+    /// not set. Default: false (such jobs get `forbidden`).
+    pub allow_root: bool,
 }
 
 impl Default for ExecConfig {
@@ -151,6 +201,13 @@ impl Default for ExecConfig {
             no_auth: false,
             token_file: None,
             max_connections: 256,
+            max_connections_per_source: 32,
+            max_unauthenticated: 64,
+            max_unauthenticated_per_source: 8,
+            auth_penalty: Duration::from_secs(1),
+            auth_penalty_max: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(30),
             max_jobs_per_connection: 64,
             max_jobs: 512,
             handshake_timeout: Duration::from_secs(10),
@@ -160,6 +217,12 @@ impl Default for ExecConfig {
             max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
             max_body: crate::proto::frame::DEFAULT_MAX_BODY,
             legacy_output_cap: 64 * 1024 * 1024,
+            argv_only: false,
+            allowed_programs: Vec::new(),
+            allow_env: true,
+            allow_cwd: true,
+            run_as: None,
+            allow_root: false,
         }
     }
 }
@@ -175,6 +238,9 @@ pub struct EchoConfig {
     pub mode: EchoMode,
     /// Simultaneous TCP connections, all endpoints together. Default: 10,000.
     pub max_connections: usize,
+    /// Simultaneous TCP connections from one source address; 0 = no
+    /// per-source limit. Default: 4,096.
+    pub max_connections_per_source: usize,
     /// Close a connection after this long with nothing received, or with a
     /// reply that the client does not read. Default: 300 s.
     #[serde(deserialize_with = "de_duration")]
@@ -193,6 +259,7 @@ impl Default for EchoConfig {
             ],
             mode: EchoMode::Upper,
             max_connections: 10_000,
+            max_connections_per_source: 4096,
             idle_timeout: Duration::from_secs(300),
             buffer_size: 64 * 1024,
         }
@@ -318,8 +385,11 @@ impl ServerConfig {
         if !(64 * 1024..=64 * 1024 * 1024).contains(&x.max_body) {
             bail!("exec.max_body must be between 65536 and 67108864");
         }
-        if x.handshake_timeout.is_zero() {
-            bail!("exec.handshake_timeout must be above 0");
+        if x.handshake_timeout.is_zero() || x.idle_timeout.is_zero() || x.frame_timeout.is_zero() {
+            bail!("exec.handshake_timeout, idle_timeout and frame_timeout must be above 0");
+        }
+        if x.max_unauthenticated == 0 || x.max_unauthenticated_per_source == 0 {
+            bail!("exec.max_unauthenticated and max_unauthenticated_per_source must be at least 1");
         }
         if let Some(e) = self
             .time

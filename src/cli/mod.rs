@@ -176,6 +176,24 @@ pub struct ServeArgs {
     /// Run exec without authentication (loopback endpoints only).
     #[arg(long)]
     pub no_auth: bool,
+    /// Run exec jobs as this user (the server must be root).
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Let exec jobs run as root when the server is root (refused otherwise).
+    #[arg(long)]
+    pub allow_root: bool,
+    /// Refuse shell command lines; exec jobs must send argv.
+    #[arg(long)]
+    pub argv_only: bool,
+    /// Only these programs may be run (argv[0] as written), repeatable; implies --argv-only.
+    #[arg(long = "allow-program", value_name = "PROG")]
+    pub allow_program: Vec<String>,
+    /// Refuse requests that set environment variables.
+    #[arg(long)]
+    pub forbid_env: bool,
+    /// Refuse requests that set a working directory.
+    #[arg(long)]
+    pub forbid_cwd: bool,
     /// Exec token file [default: ~/.config/switchboard/token, created if missing].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

@@ -55,6 +55,16 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(p) = &args.token_file {
         cfg.exec.token_file = Some(p.clone());
     }
+    if let Some(u) = &args.run_as {
+        cfg.exec.run_as = Some(u.clone());
+    }
+    cfg.exec.allow_root |= args.allow_root;
+    cfg.exec.argv_only |= args.argv_only;
+    cfg.exec
+        .allowed_programs
+        .extend(args.allow_program.iter().cloned());
+    cfg.exec.allow_env &= !args.forbid_env;
+    cfg.exec.allow_cwd &= !args.forbid_cwd;
     if let Some(d) = args.shutdown_grace {
         cfg.server.shutdown_grace = d;
     }

@@ -62,6 +62,14 @@ impl Token {
         m
     }
 
+    /// A public name for the token: the first 8 hex digits of its SHA-256
+    /// (for logs; reveals nothing usable about the token).
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex(digest.get(..4).unwrap_or_default())
+    }
+
     /// The MAC the client sends.
     pub fn client_mac(&self, server_nonce: &str, client_nonce: &str) -> String {
         hex(&self

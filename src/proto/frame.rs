@@ -83,6 +83,7 @@ pub struct FrameCodec {
     max_body: usize,
     state: State,
     pending: Option<Map<String, Value>>,
+    decoded: u64,
 }
 
 impl Default for FrameCodec {
@@ -100,7 +101,14 @@ impl FrameCodec {
             max_body,
             state: State::Head,
             pending: None,
+            decoded: 0,
         }
+    }
+
+    /// Frames decoded so far: lets a caller tell a frame that stays
+    /// incomplete from a stream of frames that keep completing.
+    pub fn frames_decoded(&self) -> u64 {
+        self.decoded
     }
 
     fn decode_head(&mut self, src: &mut BytesMut) -> Result<Option<(Header, usize)>, FrameError> {
@@ -171,6 +179,7 @@ impl Decoder for FrameCodec {
                     }
                     let body = src.split_to(size).freeze();
                     self.state = State::Head;
+                    self.decoded += 1;
                     let header = self.pending.take().unwrap_or_default();
                     return Ok(Some(Frame { header, body }));
                 }

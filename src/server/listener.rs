@@ -2,8 +2,10 @@
 //!
 //! The accept loop owns three policies:
 //! - a global connection limit (a semaphore shared by every endpoint of a
-//!   service). A connection over the limit is accepted and closed at once,
-//!   so the client learns promptly instead of waiting in the backlog;
+//!   service) and a per-source-address one. A connection over either, or
+//!   from a source serving an authentication penalty, is accepted and
+//!   closed at once, so the client learns promptly instead of waiting in
+//!   the backlog;
 //! - accept errors never end the loop: per-connection errors (the peer gave
 //!   up before we accepted) are skipped, resource errors such as EMFILE back
 //!   off from 10 ms up to 1 s and retry, so the server recovers when load
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::sources::Sources;
 use super::stats::TcpCounters;
 
 /// Pending connections the kernel may queue per listener.
@@ -71,6 +74,9 @@ pub struct AcceptContext {
     pub counters: Arc<TcpCounters>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Per-source bookkeeping and the per-source connection limit (0: none).
+    pub sources: Arc<Sources>,
+    pub per_source: usize,
 }
 
 /// Accepts connections until `shutdown`, running `handle` for each in its
@@ -111,6 +117,15 @@ where
             drop(stream);
             continue;
         };
+        let source = match ctx.sources.connect(peer.ip(), ctx.per_source) {
+            Ok(g) => g,
+            Err(why) => {
+                ctx.counters.rejected_source.inc();
+                debug!(service = ctx.service, %peer, ?why, "source refused; closing");
+                drop(stream);
+                continue;
+            }
+        };
         // Replies written in pieces would otherwise wait up to 40 ms on
         // Nagle's algorithm for the peer's delayed ACK.
         if let Err(e) = stream.set_nodelay(true) {
@@ -129,6 +144,7 @@ where
                     Err(e) => debug!(error = %e, "closed with error"),
                 }
                 counters.open.dec();
+                drop(source);
                 drop(permit);
             }
             .instrument(span),

@@ -17,6 +17,7 @@ pub mod echo;
 pub mod exec;
 pub mod listener;
 pub mod ratelimit;
+pub mod sources;
 pub mod stats;
 pub mod time;
 pub mod udp;
@@ -88,6 +89,7 @@ pub struct Server {
     stats: Arc<Stats>,
     token: Option<Token>,
     token_info: Option<TokenInfo>,
+    policy: exec::policy::Policy,
 }
 
 /// Where the exec token came from, for the banner.
@@ -149,19 +151,27 @@ impl Server {
                 sockets.push((bound, socket));
             }
         }
-        let has_exec = sockets.iter().any(|(b, _)| b.service == Service::Exec);
-        let (token, token_info) = if has_exec && !config.exec.no_auth {
+        let has_exec = sockets
+            .iter()
+            .any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy));
+        let native = sockets.iter().any(|(b, _)| b.service == Service::Exec);
+        let (token, token_info) = if native && !config.exec.no_auth {
             let (token, source, created) = auth::server_token(config.exec.token_file.as_deref())?;
             (Some(token), Some(TokenInfo { source, created }))
         } else {
             (None, None)
         };
+        let policy = exec::policy::Policy::from_config(&config.exec)?;
+        if has_exec && policy.refuses_root() {
+            warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
+        }
         Ok(Server {
             config: Arc::new(config),
             sockets,
             stats: Arc::new(Stats::default()),
             token,
             token_info,
+            policy,
         })
     }
 
@@ -203,12 +213,21 @@ impl Server {
         let stats = self.stats;
         let echo_limit = Arc::new(Semaphore::new(cfg.echo.max_connections));
         let exec_limit = Arc::new(Semaphore::new(cfg.exec.max_connections));
+        let echo_sources = Arc::new(sources::Sources::default());
+        let exec_sources = Arc::new(sources::Sources::default());
+        let auth_id = match &self.token {
+            Some(t) => format!("token:{}", t.id()),
+            None => "none".into(),
+        };
         let exec_shared = Arc::new(ExecShared {
             cfg: cfg.exec.clone(),
             token: self.token,
             job_slots: Arc::new(Semaphore::new(cfg.exec.max_jobs)),
             counters: stats.exec.clone(),
             tracker: tracker.clone(),
+            sources: exec_sources.clone(),
+            policy: self.policy,
+            auth_id,
         });
         if self
             .sockets
@@ -230,6 +249,8 @@ impl Server {
                         counters: stats.echo_tcp.clone(),
                         shutdown: shutdown.clone(),
                         tracker: tracker.clone(),
+                        sources: echo_sources.clone(),
+                        per_source: cfg.echo.max_connections_per_source,
                     };
                     let counters = stats.echo_tcp.clone();
                     let echo = Arc::new(cfg.echo.clone());
@@ -283,12 +304,14 @@ impl Server {
                         counters: stats.exec_tcp.clone(),
                         shutdown: shutdown.clone(),
                         tracker: tracker.clone(),
+                        sources: exec_sources.clone(),
+                        per_source: cfg.exec.max_connections_per_source,
                     };
                     let shared = exec_shared.clone();
                     if service == Service::Exec {
                         tracker.spawn(
-                            accept_loop(listener, ctx, move |stream, _peer| {
-                                exec::session::serve(stream, shared.clone(), shutdown.clone())
+                            accept_loop(listener, ctx, move |stream, peer| {
+                                exec::session::serve(stream, peer, shared.clone(), shutdown.clone())
                             })
                             .instrument(span),
                         );

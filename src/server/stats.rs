@@ -29,6 +29,8 @@ pub struct TcpCounters {
     pub accepted: Counter,
     /// Connections closed at once because the connection limit was reached.
     pub rejected: Counter,
+    /// Connections closed at once: the per-source limit, or an auth penalty.
+    pub rejected_source: Counter,
     /// Connections open now.
     pub open: Counter,
     /// Connections closed by the idle timeout.
@@ -59,6 +61,10 @@ pub struct ExecCounters {
     pub auth_failures: Counter,
     /// Jobs spawned.
     pub jobs_started: Counter,
+    /// Connections closed before `hello`: too many handshakes in progress.
+    pub rejected_handshake: Counter,
+    /// Requests refused by the command policy.
+    pub forbidden: Counter,
 }
 
 /// Every service's counters.

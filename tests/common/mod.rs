@@ -33,6 +33,8 @@ pub fn exec_config(dir: &std::path::Path) -> ServerConfig {
     cfg.time.listen = vec![];
     cfg.exec.listen = vec![Endpoint::new(Transport::Tcp, "127.0.0.1", 0)];
     cfg.exec.token_file = Some(dir.join("token"));
+    // CI runs as root; the refusal of root jobs has its own test.
+    cfg.exec.allow_root = true;
     cfg
 }
 
@@ -129,6 +131,11 @@ pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
     if !args.contains(&"--exec") {
         cmd.args(["--exec", "tcp://127.0.0.1:0"]);
     }
+    // CI runs as root; the test of the refusal of root jobs sets SB_TEST_NO_ALLOW_ROOT.
+    if !args.contains(&"--run-as") && !env.iter().any(|(k, _)| *k == "SB_TEST_NO_ALLOW_ROOT") {
+        cmd.arg("--allow-root");
+    }
+    let log = std::fs::File::create(home.path().join("server.log")).expect("log file");
     let mut child = cmd
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path().join(".config"))
@@ -137,7 +144,7 @@ pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn switchboard serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -177,6 +184,11 @@ impl ServeProcess {
             .find(|(s, e)| s == service && e.transport == transport)
             .map(|(_, e)| e.host_port())
             .unwrap_or_else(|| panic!("no {service} {transport} endpoint in {:?}", self.banner))
+    }
+
+    /// What the server has logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
     }
 
     /// The server's token file.

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::policy::RunAs;
 use crate::proto::frame::CHUNK;
 use crate::proto::{Command, ErrorCode, ExitStatus, ServerMsg};
 
@@ -58,7 +59,10 @@ pub struct Spawned {
 
 /// Builds the environment of §3.3: a few variables from the server, then
 /// the request's, which override.
-pub fn job_env(request_env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+pub fn job_env(
+    request_env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in std::env::vars() {
         if PASSED_ENV.contains(&k.as_str()) || k.starts_with("LC_") {
@@ -67,6 +71,16 @@ pub fn job_env(request_env: &BTreeMap<String, String>) -> Vec<(String, String)> 
     }
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
+    if let Some(u) = run_as {
+        for (k, v) in [
+            ("HOME", &u.home),
+            ("USER", &u.name),
+            ("LOGNAME", &u.name),
+            ("SHELL", &u.shell),
+        ] {
+            env.insert(k.into(), v.clone());
+        }
+    }
     for (k, v) in request_env {
         env.insert(k.clone(), v.clone());
     }
@@ -108,6 +122,7 @@ pub fn spawn(
     env: &BTreeMap<String, String>,
     cwd: Option<&str>,
     with_stdin: bool,
+    run_as: Option<&RunAs>,
 ) -> io::Result<Spawned> {
     let mut cmd = match command {
         Command::Shell(line) => {
@@ -124,7 +139,7 @@ pub fn spawn(
             c
         }
     };
-    cmd.env_clear().envs(job_env(env));
+    cmd.env_clear().envs(job_env(env, run_as));
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -140,8 +155,19 @@ pub fn spawn(
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe calls (sigaction, sigprocmask) on its own
     // stack data.
+    let ids = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
     unsafe {
-        cmd.pre_exec(reset_signals);
+        cmd.pre_exec(move || {
+            reset_signals()?;
+            // Groups first, then the group, then the user: each step needs
+            // the privileges the next one drops.
+            if let Some((uid, gid, groups)) = &ids {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
+            }
+            Ok(())
+        });
     }
     let mut child = cmd.spawn()?;
     let pid = child
@@ -288,6 +314,14 @@ pub async fn stdin_writer(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>) 
     let _ = stdin.shutdown().await;
 }
 
+/// How a job ended, and what it sent.
+#[derive(Debug, Clone)]
+pub struct JobEnd {
+    pub status: ExitStatus,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
 /// Runs a spawned job to its end and returns how it ended. `out` carries
 /// output frames to the writer; `cancel` kills the job (disconnect,
 /// shutdown).
@@ -298,7 +332,7 @@ pub async fn run(
     timing: JobTiming,
     out: mpsc::Sender<ServerMsg>,
     cancel: CancellationToken,
-) -> ExitStatus {
+) -> JobEnd {
     let (exited_tx, exited_rx) = watch::channel::<Option<Instant>>(None);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -334,14 +368,19 @@ pub async fn run(
     let _ = exited_tx.send(Some(Instant::now()));
     // The pumps stop on EOF or when the drain grace runs out; either way
     // every byte they read has been queued before `exit` is.
-    let _ = pumps.await;
+    let (stdout_bytes, stderr_bytes) = pumps.await.unwrap_or_default();
     reap_group(pgid);
-    match status {
+    let status = match status {
         Ok(st) => to_status(st, timed_out),
         Err(e) => {
             debug!(id, error = %e, "wait failed");
             ExitStatus::Code(-1)
         }
+    };
+    JobEnd {
+        status,
+        stdout_bytes,
+        stderr_bytes,
     }
 }
 
@@ -368,22 +407,25 @@ async fn pump_both(
     exited: watch::Receiver<Option<Instant>>,
     grace: Duration,
     cancel: CancellationToken,
-) {
+) -> (u64, u64) {
     let a = async {
-        if let Some(r) = stdout {
-            pump(id, r, false, &out, exited.clone(), grace, &cancel).await;
+        match stdout {
+            Some(r) => pump(id, r, false, &out, exited.clone(), grace, &cancel).await,
+            None => 0,
         }
     };
     let b = async {
-        if let Some(r) = stderr {
-            pump(id, r, true, &out, exited.clone(), grace, &cancel).await;
+        match stderr {
+            Some(r) => pump(id, r, true, &out, exited.clone(), grace, &cancel).await,
+            None => 0,
         }
     };
-    tokio::join!(a, b);
+    tokio::join!(a, b)
 }
 
 /// Streams one pipe as frames until EOF, or until the drain grace after the
-/// main process's exit has passed with the pipe still open.
+/// main process's exit has passed with the pipe still open. Returns the
+/// bytes queued for the client.
 async fn pump(
     id: u64,
     mut pipe: impl AsyncRead + Unpin,
@@ -392,7 +434,8 @@ async fn pump(
     mut exited: watch::Receiver<Option<Instant>>,
     grace: Duration,
     cancel: &CancellationToken,
-) {
+) -> u64 {
+    let mut sent = 0u64;
     let mut buf = BytesMut::new();
     // Time spent waiting for the client after the exit: it extends the
     // deadline, since the grace is for other processes holding the pipe,
@@ -410,7 +453,7 @@ async fn pump(
                             id,
                             is_stderr, "pipe still open after the drain grace; closing it"
                         );
-                        return;
+                        return sent;
                     }
                 }
             }
@@ -420,9 +463,10 @@ async fn pump(
             },
         };
         match n {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return sent,
             Ok(_) => {
                 let data = buf.split().freeze();
+                let len = data.len() as u64;
                 let msg = if is_stderr {
                     ServerMsg::Stderr { id, data }
                 } else {
@@ -431,11 +475,12 @@ async fn pump(
                 let t0 = Instant::now();
                 tokio::select! {
                     r = out.send(msg) => if r.is_err() {
-                        return; // the connection is gone
+                        return sent; // the connection is gone
                     },
                     // Closing: nobody will read the rest.
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return sent,
                 }
+                sent += len;
                 if exit_time.is_some() || exited.borrow().is_some() {
                     blocked += t0.elapsed();
                 }

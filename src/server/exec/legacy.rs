@@ -61,7 +61,15 @@ async fn run(line: &str, shared: &ExecShared) -> Vec<u8> {
         return b"switchboard: the server is running its maximum of jobs\n".to_vec();
     };
     let command = Command::Shell(line.to_string());
-    let mut spawned = match job::spawn(&command, &BTreeMap::new(), None, false) {
+    if let Err(why) = shared
+        .policy
+        .check(&crate::proto::ExecRequest::shell(0, line))
+    {
+        shared.counters.forbidden.inc();
+        return format!("switchboard: forbidden: {why}\n").into_bytes();
+    }
+    let run_as = shared.policy.run_as.as_ref();
+    let mut spawned = match job::spawn(&command, &BTreeMap::new(), None, false, run_as) {
         Ok(s) => s,
         Err(e) => return format!("switchboard: cannot run /bin/sh: {e}\n").into_bytes(),
     };

@@ -4,6 +4,7 @@
 
 pub mod job;
 pub mod legacy;
+pub mod policy;
 pub mod session;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::sources::Sources;
 use super::stats::ExecCounters;
 use crate::config::ExecConfig;
 use crate::proto::auth::Token;
@@ -25,6 +27,12 @@ pub struct ExecShared {
     pub counters: Arc<ExecCounters>,
     /// Job tasks, so that shutdown can wait for them to kill and reap.
     pub tracker: TaskTracker,
+    /// Per-source connection, handshake and penalty bookkeeping.
+    pub sources: Arc<Sources>,
+    pub policy: policy::Policy,
+    /// Who the token is, for the audit log: `token:` and the first 8 hex
+    /// digits of its SHA-256, or `none`.
+    pub auth_id: String,
 }
 
 /// Makes this process the reaper of orphaned job processes: a background

@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -57,25 +59,51 @@ struct JobDone {
 /// `shutdown` fires.
 pub async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     shared: Arc<ExecShared>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    // MaxStartups: a bounded number of connections may be unauthenticated
+    // at once, in all and per source, so a flood of silent connections
+    // cannot lock everyone else out until their handshake deadlines.
+    let cfg = &shared.cfg;
+    let Ok(handshake_slot) = shared.sources.start_handshake(
+        peer.ip(),
+        cfg.max_unauthenticated,
+        cfg.max_unauthenticated_per_source,
+    ) else {
+        shared.counters.rejected_handshake.inc();
+        debug!("too many unauthenticated connections; closing");
+        return Ok(());
+    };
     let (rd, wr) = stream.into_split();
     let codec = || FrameCodec::new(shared.cfg.max_header, shared.cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
     let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
     let mut writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec()), rx));
 
-    let authed = tokio::select! {
-        _ = shutdown.cancelled() => false,
-        r = tokio::time::timeout(shared.cfg.handshake_timeout, handshake(&mut reader, &tx, &shared)) => match r {
-            Ok(ok) => ok,
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Handshake::Abandoned,
+        r = tokio::time::timeout(cfg.handshake_timeout, handshake(&mut reader, &tx, &shared)) => match r {
+            Ok(outcome) => outcome,
             Err(_) => {
                 debug!("handshake deadline passed");
-                false
+                Handshake::Abandoned
             }
         },
     };
+    drop(handshake_slot);
+    match outcome {
+        Handshake::Ok => shared.sources.auth_ok(peer.ip()),
+        Handshake::Failed => {
+            shared.counters.auth_failures.inc();
+            shared
+                .sources
+                .auth_failed(peer.ip(), cfg.auth_penalty, cfg.auth_penalty_max);
+        }
+        Handshake::Abandoned => {}
+    }
+    let authed = outcome == Handshake::Ok;
     if authed {
         let mut session = Session {
             shared: shared.clone(),
@@ -84,6 +112,7 @@ pub async fn serve(
             lingering: Vec::new(),
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
+            peer,
         };
         session.run(&mut reader, &shutdown).await;
         session.close().await;
@@ -121,15 +150,24 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
-/// Runs §3.2; true when the client is authenticated and `ready` is queued.
+/// How a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    Ok,
+    /// Wrong MAC or a frame other than `auth`: counts toward the penalty.
+    Failed,
+    /// EOF, a protocol error, a deadline: no credential was tried.
+    Abandoned,
+}
+
+/// Runs §3.2; `Ok` when the client is authenticated and `ready` is queued.
 async fn handshake(
     reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
     tx: &mpsc::Sender<ServerMsg>,
     shared: &ExecShared,
-) -> bool {
-    let server_nonce = match auth::nonce() {
-        Ok(n) => n,
-        Err(_) => return false,
+) -> Handshake {
+    let Ok(server_nonce) = auth::nonce() else {
+        return Handshake::Abandoned;
     };
     let hello = ServerMsg::Hello {
         version: VERSION,
@@ -143,14 +181,14 @@ async fn handshake(
         nonce: shared.token.as_ref().map(|_| server_nonce.clone()),
     };
     if tx.send(hello).await.is_err() {
-        return false;
+        return Handshake::Abandoned;
     }
     let fail = |code: ErrorCode, msg: &str| ServerMsg::error(None, code, msg);
     let frame = match reader.next().await {
-        None => return false,
+        None => return Handshake::Abandoned,
         Some(Err(e)) => {
             let _ = tx.send(fail(ErrorCode::Protocol, &e.to_string())).await;
-            return false;
+            return Handshake::Abandoned;
         }
         Some(Ok(f)) => f,
     };
@@ -163,21 +201,20 @@ async fn handshake(
         }) => (version, nonce, mac),
         Err(ParseError::BadRequest { message, .. }) if is_auth => {
             let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
-            return false;
+            return Handshake::Abandoned;
         }
         _ => {
-            shared.counters.auth_failures.inc();
             let _ = tx
                 .send(fail(ErrorCode::AuthFailed, "authenticate first"))
                 .await;
-            return false;
+            return Handshake::Failed;
         }
     };
     if version != VERSION {
         let _ = tx
             .send(fail(ErrorCode::Protocol, "unsupported version"))
             .await;
-        return false;
+        return Handshake::Abandoned;
     }
     let ready = match &shared.token {
         None => ServerMsg::Ready { mac: None },
@@ -187,12 +224,11 @@ async fn handshake(
                 _ => false,
             };
             if !ok {
-                shared.counters.auth_failures.inc();
                 info!("authentication failed");
                 let _ = tx
                     .send(fail(ErrorCode::AuthFailed, "authentication failed"))
                     .await;
-                return false;
+                return Handshake::Failed;
             }
             let cn = client_nonce.unwrap_or_default();
             ServerMsg::Ready {
@@ -201,7 +237,11 @@ async fn handshake(
         }
     };
     debug!("authenticated");
-    tx.send(ready).await.is_ok()
+    if tx.send(ready).await.is_ok() {
+        Handshake::Ok
+    } else {
+        Handshake::Abandoned
+    }
 }
 
 struct Session {
@@ -216,6 +256,7 @@ struct Session {
         mpsc::UnboundedReceiver<JobDone>,
     ),
     conn_cancel: CancellationToken,
+    peer: SocketAddr,
 }
 
 impl Session {
@@ -224,10 +265,40 @@ impl Session {
         reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
         shutdown: &CancellationToken,
     ) {
+        let (idle, frame_timeout) = (self.shared.cfg.idle_timeout, self.shared.cfg.frame_timeout);
+        let mut tick =
+            tokio::time::interval((idle.min(frame_timeout) / 4).min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_activity = Instant::now();
+        // (frames decoded so far, when the current partial frame was first seen)
+        let mut partial: Option<(u64, Instant)> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                Some(d) = self.done.1.recv() => self.finish(d).await,
+                _ = tick.tick() => {
+                    if self.jobs.is_empty() && last_activity.elapsed() >= idle {
+                        debug!("idle timeout");
+                        return;
+                    }
+                    // Slowloris guard: the same frame incomplete for too long.
+                    let decoded = reader.decoder().frames_decoded();
+                    partial = match partial {
+                        _ if reader.read_buffer().is_empty() => None,
+                        Some((n, since)) if n == decoded => {
+                            if since.elapsed() >= frame_timeout {
+                                debug!("frame not completed in time");
+                                self.send(ServerMsg::error(None, ErrorCode::Protocol, format!("frame not completed within {frame_timeout:?}"))).await;
+                                return;
+                            }
+                            Some((n, since))
+                        }
+                        _ => Some((decoded, Instant::now())),
+                    };
+                }
+                Some(d) = self.done.1.recv() => {
+                    last_activity = Instant::now();
+                    self.finish(d).await
+                }
                 f = reader.next() => match f {
                     None => return,
                     Some(Err(e)) => {
@@ -235,10 +306,13 @@ impl Session {
                         self.send(ServerMsg::error(None, ErrorCode::Protocol, e.to_string())).await;
                         return;
                     }
-                    Some(Ok(frame)) => match ClientMsg::parse(frame) {
-                        Ok(msg) => self.handle(msg).await,
-                        Err(e) => self.send(ServerMsg::error(e.id(), e.code(), e.to_string())).await,
-                    },
+                    Some(Ok(frame)) => {
+                        last_activity = Instant::now();
+                        match ClientMsg::parse(frame) {
+                            Ok(msg) => self.handle(msg).await,
+                            Err(e) => self.send(ServerMsg::error(e.id(), e.code(), e.to_string())).await,
+                        }
+                    }
                 },
             }
         }
@@ -353,8 +427,20 @@ impl Session {
                     "the server is running its maximum of jobs",
                 )
             })?;
-        let spawned = job::spawn(&req.command, &req.env, req.cwd.as_deref(), req.stdin)
-            .map_err(|e| job::spawn_error(id, &e, &req.command))?;
+        if let Err(why) = self.shared.policy.check(&req) {
+            self.shared.counters.forbidden.inc();
+            info!(id, command = ?req.command, %why, "forbidden");
+            return Err(ServerMsg::error(None, ErrorCode::Forbidden, why));
+        }
+        let run_as = self.shared.policy.run_as.as_ref();
+        let spawned = job::spawn(
+            &req.command,
+            &req.env,
+            req.cwd.as_deref(),
+            req.stdin,
+            run_as,
+        )
+        .map_err(|e| job::spawn_error(id, &e, &req.command))?;
         self.shared.counters.jobs_started.inc();
         info!(id, pid = spawned.pid, command = ?req.command, "job started");
         self.send(ServerMsg::Started {
@@ -386,11 +472,31 @@ impl Session {
             spawned.pgid,
         );
         let started = std::time::Instant::now();
+        let (peer, who, pid) = (self.peer, self.shared.auth_id.clone(), spawned.pid);
+        let (command, cwd) = (req.command, req.cwd);
         self.shared.tracker.spawn(async move {
-            let status = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
-            debug!(id, ?status, elapsed = ?started.elapsed(), "job ended");
+            let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
             drop(permit);
-            let _ = done.send(JobDone { id, pgid, status });
+            // The audit trail: who ran what, where, and how it ended.
+            info!(
+                target: "switchboard::audit",
+                %peer,
+                who = %who,
+                id,
+                pid,
+                command = ?command,
+                cwd = cwd.as_deref().unwrap_or("-"),
+                status = ?end.status,
+                duration_ms = started.elapsed().as_millis() as u64,
+                stdout_bytes = end.stdout_bytes,
+                stderr_bytes = end.stderr_bytes,
+                "job"
+            );
+            let _ = done.send(JobDone {
+                id,
+                pgid,
+                status: end.status,
+            });
         });
         self.jobs.insert(
             id,
