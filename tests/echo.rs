@@ -366,3 +366,34 @@ async fn ipv6_loopback_endpoints() {
     assert_eq!(u.request(b"v6 udp").await.unwrap(), b"V6 UDP");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_per_source_limit_spares_other_sources() {
+    let mut cfg = loopback_config();
+    cfg.echo.max_connections_per_source = 2;
+    let srv = start(cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = EchoClient::connect_tcp(&srv.echo_tcp.to_string(), T)
+            .await
+            .unwrap();
+        assert_eq!(c.request(b"x").await.unwrap(), b"X");
+        held.push(c);
+    }
+    let mut third = TcpStream::connect(srv.echo_tcp).await.unwrap();
+    let mut buf = [0u8; 4];
+    let r = tokio::time::timeout(T, third.read(&mut buf))
+        .await
+        .expect("closed promptly");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert_eq!(srv.stats.echo_tcp.rejected_source.get(), 1);
+    // Another source address is not affected.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock.connect(srv.echo_tcp).await.unwrap();
+    other.write_all(b"other").await.unwrap();
+    let mut got = [0u8; 5];
+    other.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"OTHER");
+    srv.stop().await;
+}

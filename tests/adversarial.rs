@@ -1,0 +1,478 @@
+//! The adversarial suite: hostile or broken clients against a real server.
+//! Each case checks that the server stays up, serves a fresh client
+//! afterwards, and leaks nothing it can be held to (file descriptors,
+//! processes, connection slots).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{ServeProcess, exec_config, spawn_serve, start, wait_until};
+use serde_json::json;
+use switchboard::client::{ClientAuth, ClientError, EchoClient, ExecClient};
+use switchboard::endpoint::Transport;
+use switchboard::proto::auth::Token;
+use switchboard::proto::{Command, ErrorCode, ExecRequest, ExitStatus};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const T: Duration = Duration::from_secs(10);
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Connects from a chosen loopback source address.
+async fn connect_from(src: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.bind(format!("{src}:0").parse().unwrap())?;
+    s.connect(to).await
+}
+
+/// True if the server closed `s` (EOF or reset) within `limit`.
+async fn closed_by_server(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn exec_client(srv: &ServeProcess) -> ExecClient {
+    let token = Token::read(&srv.token_file()).unwrap();
+    ExecClient::connect(
+        &srv.addr("exec", Transport::Tcp),
+        &ClientAuth::token(token),
+        T,
+    )
+    .await
+    .unwrap()
+}
+
+fn serve() -> ServeProcess {
+    spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"])
+}
+
+#[tokio::test]
+async fn garbage_on_the_exec_port_is_refused_and_nothing_leaks() {
+    let srv = serve();
+    let addr: SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    // Warm up so lazily opened descriptors are counted in the baseline.
+    exec_client(&srv).await.run("true").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fds_before = fd_count(srv.pid());
+
+    let hostile: Vec<Vec<u8>> = vec![
+        // A TLS 1.2/1.3 ClientHello's first bytes.
+        vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ],
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+        // EOF mid-length, mid-header, mid-body.
+        vec![0, 0],
+        [&20u32.to_be_bytes()[..], br#"{"type":"#].concat(),
+        [
+            &40u32.to_be_bytes()[..],
+            br#"{"type":"auth","version":1,"size":100}"#,
+            b"abc",
+        ]
+        .concat(),
+        // Oversize and zero header lengths.
+        u32::MAX.to_be_bytes().to_vec(),
+        0u32.to_be_bytes().to_vec(),
+        // Deep nesting, duplicate keys, wrong types, not an object.
+        {
+            let h = format!(
+                "{{\"type\":\"auth\",\"x\":{}{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            );
+            [&(h.len() as u32).to_be_bytes()[..], h.as_bytes()].concat()
+        },
+        [
+            &32u32.to_be_bytes()[..],
+            br#"{"type":"auth","type":"auth",1:}"#,
+        ]
+        .concat(),
+        [&14u32.to_be_bytes()[..], br#"{"type":12345}"#].concat(),
+        [&7u32.to_be_bytes()[..], b"[1,2,3]"].concat(),
+        vec![0xff; 4096],
+    ];
+    for bytes in &hostile {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(bytes).await;
+        let _ = s.shutdown().await;
+        assert!(
+            closed_by_server(&mut s, T).await,
+            "server kept {bytes:?} open"
+        );
+    }
+    // Still serving, and back to its baseline of descriptors.
+    assert_eq!(
+        exec_client(&srv)
+            .await
+            .run("echo alive")
+            .await
+            .unwrap()
+            .stdout,
+        b"alive\n"
+    );
+    let mut fds_after = fd_count(srv.pid());
+    for _ in 0..100 {
+        if fds_after <= fds_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fds_after = fd_count(srv.pid());
+    }
+    assert!(fds_after <= fds_before, "fds {fds_before} -> {fds_after}");
+}
+
+#[tokio::test]
+async fn many_unauthenticated_connections_from_one_source_do_not_lock_out_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(exec_config(dir.path())).await;
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        if let Ok(s) = connect_from("127.0.0.2", srv.exec).await {
+            held.push(s);
+        }
+    }
+    // Most were closed at once (per-source limit 32, handshakes 8 per source).
+    let stats = srv.stats.clone();
+    assert!(
+        wait_until(T, || stats.exec_tcp.rejected_source.get()
+            + stats.exec.rejected_handshake.get()
+            >= 400)
+        .await,
+        "rejected: {} per source, {} handshake",
+        stats.exec_tcp.rejected_source.get(),
+        stats.exec.rejected_handshake.get()
+    );
+    // A real client from another source gets in while they are held.
+    let token = Token::read(&dir.path().join("token")).unwrap();
+    let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
+        .await
+        .unwrap();
+    assert_eq!(c.run("echo in").await.unwrap().stdout, b"in\n");
+    drop(held);
+    // Slots come back when they go.
+    assert!(
+        wait_until(T, || stats.exec_tcp.open.get() == 1).await,
+        "open: {}",
+        stats.exec_tcp.open.get()
+    );
+}
+
+#[tokio::test]
+async fn failed_authentications_earn_the_source_a_penalty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = exec_config(dir.path());
+    cfg.exec.auth_penalty = Duration::from_millis(500);
+    let srv = start(cfg).await;
+    let good = Token::read(&dir.path().join("token")).unwrap();
+    let bad = Token::new("guess").unwrap();
+    for _ in 0..3 {
+        let r =
+            ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(bad.clone()), T).await;
+        assert!(matches!(r, Err(ClientError::AuthFailed(_))));
+    }
+    // Now even the right token is turned away from this source, at once...
+    let r = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(good.clone()), T).await;
+    assert!(r.is_err(), "penalty not applied");
+    // ...while another source is unaffected.
+    let mut s = connect_from("127.0.0.4", srv.exec).await.unwrap();
+    let mut len = [0u8; 4];
+    tokio::time::timeout(T, s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
+    // After the penalty the source may try again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(good), T)
+        .await
+        .unwrap();
+    c.ping().await.unwrap();
+}
+
+async fn raw_auth(addr: SocketAddr, token: &Token) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let hello = read_frame(&mut s).await.unwrap();
+    let sn = hello["nonce"].as_str().unwrap().to_string();
+    let cn = "cd".repeat(32);
+    write_frame(
+        &mut s,
+        &json!({"type":"auth","version":1,"nonce":cn,"mac":token.client_mac(&sn, &cn)}),
+    )
+    .await;
+    assert_eq!(read_frame(&mut s).await.unwrap()["type"], "ready");
+    s
+}
+
+async fn write_frame(s: &mut TcpStream, h: &serde_json::Value) {
+    let b = serde_json::to_vec(h).unwrap();
+    s.write_all(&(b.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(&b).await.unwrap();
+}
+
+async fn read_frame(s: &mut TcpStream) -> Option<serde_json::Value> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(T, s.read_exact(&mut len))
+        .await
+        .ok()?
+        .ok()?;
+    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut h).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&h).ok()?;
+    let mut body = vec![0u8; v["size"].as_u64().unwrap_or(0) as usize];
+    s.read_exact(&mut body).await.ok()?;
+    Some(v)
+}
+
+#[tokio::test]
+async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = exec_config(dir.path());
+    cfg.exec.frame_timeout = Duration::from_millis(600);
+    cfg.exec.idle_timeout = Duration::from_millis(800);
+    let srv = start(cfg).await;
+    let token = Token::read(&dir.path().join("token")).unwrap();
+
+    // Slowloris: one byte every 100 ms of a ping frame that never ends.
+    let mut s = raw_auth(srv.exec, &token).await;
+    let frame =
+        br#"{"type":"ping","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    s.write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in frame.iter().take(frame.len() - 1) {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let closed = closed || closed_by_server(&mut s, T).await;
+    assert!(
+        closed,
+        "a frame dribbled for {:?} was not cut off",
+        started.elapsed()
+    );
+
+    // Idle: nothing sent and no job running.
+    let mut s = raw_auth(srv.exec, &token).await;
+    assert!(closed_by_server(&mut s, T).await, "idle session kept open");
+
+    // A running job keeps a quiet session open past the idle timeout.
+    let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.run("sleep 1.5; echo done").await.unwrap().stdout,
+        b"done\n"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_with_rst_mid_stream_loses_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(exec_config(dir.path())).await;
+    let token = Token::read(&dir.path().join("token")).unwrap();
+    let mut s = raw_auth(srv.exec, &token).await;
+    write_frame(&mut s, &json!({"type":"exec","id":1,"cmd":"yes"})).await;
+    let started = read_frame(&mut s).await.unwrap();
+    let pid = started["pid"].as_u64().unwrap();
+    for _ in 0..10 {
+        read_frame(&mut s).await.unwrap();
+    }
+    // Vanish with a reset, not a clean close.
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    let mut gone = false;
+    for _ in 0..250 {
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "job {pid} outlived its connection");
+    let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
+        .await
+        .unwrap();
+    assert_eq!(c.run("echo ok").await.unwrap().stdout, b"ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_idle_echo_connections_then_churn() {
+    let _ = switchboard::sys::raise_fd_limit();
+    let mut cfg = common::loopback_config();
+    // All from 127.0.0.1: lift the per-source limit (it has its own test).
+    cfg.echo.max_connections_per_source = 0;
+    let srv = start(cfg).await;
+    let mut held = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        held.push(TcpStream::connect(srv.echo_tcp).await.unwrap());
+    }
+    let stats = srv.stats.clone();
+    assert!(
+        wait_until(T, || stats.echo_tcp.open.get() == 5000).await,
+        "open {}",
+        stats.echo_tcp.open.get()
+    );
+    let mut c = EchoClient::connect_tcp(&srv.echo_tcp.to_string(), T)
+        .await
+        .unwrap();
+    assert_eq!(c.request(b"busy but fine").await.unwrap(), b"BUSY BUT FINE");
+    drop(c);
+    drop(held);
+    assert!(
+        wait_until(T, || stats.echo_tcp.open.get() == 0).await,
+        "open {}",
+        stats.echo_tcp.open.get()
+    );
+
+    // Churn: connect, one round trip, close.
+    for i in 0..2000 {
+        let mut c = EchoClient::connect_tcp(&srv.echo_tcp.to_string(), T)
+            .await
+            .unwrap();
+        let msg = format!("churn {i}");
+        assert_eq!(
+            c.request(msg.as_bytes()).await.unwrap(),
+            msg.to_uppercase().as_bytes()
+        );
+    }
+    assert!(wait_until(T, || stats.echo_tcp.open.get() == 0).await);
+    assert_eq!(stats.echo_tcp.accepted.get(), 5000 + 1 + 2000);
+}
+
+#[tokio::test]
+async fn exec_connection_churn_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(exec_config(dir.path())).await;
+    let token = Token::read(&dir.path().join("token")).unwrap();
+    for i in 0..100 {
+        let mut c =
+            ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token.clone()), T)
+                .await
+                .unwrap();
+        if i % 10 == 0 {
+            assert_eq!(c.run("true").await.unwrap().status, ExitStatus::Code(0));
+        }
+    }
+    let stats = srv.stats.clone();
+    assert!(
+        wait_until(T, || stats.exec_tcp.open.get() == 0).await,
+        "open {}",
+        stats.exec_tcp.open.get()
+    );
+}
+
+#[tokio::test]
+async fn the_command_policy_answers_forbidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = exec_config(dir.path());
+    cfg.exec.allowed_programs = vec!["echo".into()];
+    cfg.exec.allow_cwd = false;
+    let srv = start(cfg).await;
+    let token = Token::read(&dir.path().join("token")).unwrap();
+    let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
+        .await
+        .unwrap();
+    let forbidden = |r: Result<switchboard::client::Output, ClientError>| {
+        matches!(
+            r,
+            Err(ClientError::Job {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        )
+    };
+    assert!(
+        forbidden(c.run("echo shell").await),
+        "shell refused under an allow-list"
+    );
+    let mut r = ExecRequest::shell(2, "");
+    r.command = Command::Argv(vec!["cat".into(), "/etc/passwd".into()]);
+    assert!(forbidden(c.run_request(r).await));
+    let mut r = ExecRequest::shell(3, "");
+    r.command = Command::Argv(vec!["echo".into(), "allowed".into()]);
+    r.cwd = Some("/tmp".into());
+    assert!(forbidden(c.run_request(r.clone()).await));
+    r.cwd = None;
+    assert_eq!(c.run_request(r).await.unwrap().stdout, b"allowed\n");
+    assert_eq!(srv.stats.exec.forbidden.get(), 3);
+    assert_eq!(srv.stats.exec.jobs_started.get(), 1);
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+#[test]
+fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let args = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
+    let srv = common::spawn_serve_env(&args, &[("SB_TEST_NO_ALLOW_ROOT", "1")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = exec_client(&srv).await.run("id -u").await;
+        match r {
+            Err(ClientError::Job {
+                code: ErrorCode::Forbidden,
+                message,
+            }) => assert!(message.contains("root"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    });
+    let Some(user) = ["nobody", "daemon"]
+        .into_iter()
+        .find(|u| nix::unistd::User::from_name(u).ok().flatten().is_some())
+    else {
+        eprintln!("skipped: no unprivileged user to run as");
+        return;
+    };
+    let uid = nix::unistd::User::from_name(user)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let srv = common::spawn_serve_env(&[&args[..], &["--run-as", user]].concat(), &[]);
+    rt.block_on(async {
+        let out = exec_client(&srv)
+            .await
+            .run("id -u; echo $USER")
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{uid}\n{user}\n")
+        );
+    });
+    // The audit log names the job.
+    let log = srv.log();
+    assert!(
+        log.contains("switchboard::audit") && log.contains("id -u"),
+        "{log}"
+    );
+}
