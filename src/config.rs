@@ -51,6 +51,10 @@
 //! allow_cwd = true
 //! run_as = "nobody"         # when the server runs as root
 //! allow_root = false        # root server without run_as: jobs are forbidden
+//! tls_cert = "/etc/switchboard/cert.pem"   # for tls:// endpoints
+//! tls_key = "/etc/switchboard/key.pem"
+//! tls_self_signed = false   # or: create and keep one in the config dir
+//! allow_plaintext = false   # tcp:// exec on a non-loopback address
 //!
 //! [server]
 //! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
@@ -187,6 +191,15 @@ pub struct ExecConfig {
     /// Allow jobs to run as root when the server is root and `run_as` is
     /// not set. Default: false (such jobs get `forbidden`).
     pub allow_root: bool,
+    /// PEM certificate chain for `tls://` endpoints. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls://` endpoints. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// Create (once, then keep) a self-signed certificate in the config
+    /// directory for `tls://` endpoints. Default: false.
+    pub tls_self_signed: bool,
+    /// Allow plaintext `tcp://` exec on non-loopback addresses. Default: false.
+    pub allow_plaintext: bool,
 }
 
 impl Default for ExecConfig {
@@ -223,6 +236,10 @@ impl Default for ExecConfig {
             allow_cwd: true,
             run_as: None,
             allow_root: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            allow_plaintext: false,
         }
     }
 }
@@ -388,6 +405,25 @@ impl ServerConfig {
         if x.handshake_timeout.is_zero() || x.idle_timeout.is_zero() || x.frame_timeout.is_zero() {
             bail!("exec.handshake_timeout, idle_timeout and frame_timeout must be above 0");
         }
+        let tls = x.listen.iter().any(|e| e.transport == Transport::Tls);
+        if tls && !x.tls_self_signed && (x.tls_cert.is_none() || x.tls_key.is_none()) {
+            bail!("tls:// exec endpoints need --tls-cert and --tls-key, or --tls-self-signed");
+        }
+        if let Some(e) = x
+            .legacy_listen
+            .iter()
+            .find(|e| e.transport != Transport::Tcp)
+        {
+            bail!("legacy exec is plain TCP: {e} is not tcp://");
+        }
+        if let Some(e) = self
+            .echo
+            .listen
+            .iter()
+            .find(|e| e.transport == Transport::Tls)
+        {
+            bail!("echo has no TLS: {e}");
+        }
         if x.max_unauthenticated == 0 || x.max_unauthenticated_per_source == 0 {
             bail!("exec.max_unauthenticated and max_unauthenticated_per_source must be at least 1");
         }
@@ -427,8 +463,8 @@ pub fn parse_time_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
 /// Parses an exec listen address: TCP only.
 pub fn parse_tcp_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
     let e = Endpoint::parse_with_default(s, Transport::Tcp)?;
-    if e.transport != Transport::Tcp {
-        bail!("exec is a TCP service: {e} is not tcp://");
+    if e.transport == Transport::Udp {
+        bail!("exec is a TCP service: {e} is not tcp:// or tls://");
     }
     Ok(vec![e])
 }

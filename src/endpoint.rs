@@ -1,7 +1,8 @@
 //! Endpoints: where a service listens or a client connects.
 //!
 //! ```text
-//! tcp://HOST:PORT     udp://HOST:PORT     HOST:PORT (transport from context)
+//! tcp://HOST:PORT     udp://HOST:PORT     tls://HOST:PORT (exec)
+//! HOST:PORT (transport from context)
 //! HOST = name | IPv4 | [IPv6]             PORT = 0..=65535 (0: any free port)
 //! ```
 //!
@@ -17,6 +18,8 @@ use std::str::FromStr;
 pub enum Transport {
     Tcp,
     Udp,
+    /// TCP with TLS 1.3 (exec only).
+    Tls,
 }
 
 impl Transport {
@@ -24,6 +27,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+            Transport::Tls => "tls",
         }
     }
 }
@@ -45,7 +49,7 @@ pub struct Endpoint {
 /// Why an endpoint string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    #[error("{0:?}: unknown scheme (expected tcp:// or udp://)")]
+    #[error("{0:?}: unknown scheme (expected tcp://, udp:// or tls://)")]
     Scheme(String),
     #[error("{0:?}: expected HOST:PORT")]
     MissingPort(String),
@@ -77,6 +81,7 @@ impl Endpoint {
         let (transport, rest) = match s.split_once("://") {
             Some(("tcp", rest)) => (Some(Transport::Tcp), rest),
             Some(("udp", rest)) => (Some(Transport::Udp), rest),
+            Some(("tls", rest)) => (Some(Transport::Tls), rest),
             Some(_) => return Err(EndpointError::Scheme(s.to_string())),
             None => (None, s),
         };

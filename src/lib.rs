@@ -16,6 +16,9 @@
 //! | [`bench`] | the load generator behind `switchboard bench` |
 //! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe) |
 //! | [`sys`] | process-wide OS settings (file-descriptor limit) |
+//! | [`net`] | plain-or-TLS connections split into reader and writer halves |
+//! | [`tls`] | TLS 1.3 for exec: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
+//! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, HMAC handshake |
 //!
 //! Data flows one way: bytes from a socket, into a pure function that
 //! computes the reply (upper-casing, time formatting), back to the socket.
@@ -26,10 +29,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod endpoint;
+pub mod net;
 pub mod proto;
 pub mod server;
 pub mod sys;
 pub mod timefmt;
+pub mod tls;
 
 pub use client::{EchoClient, ExecClient, TimeClient};
 pub use config::ServerConfig;

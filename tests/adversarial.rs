@@ -299,7 +299,9 @@ async fn a_client_that_vanishes_with_rst_mid_stream_loses_its_job() {
         read_frame(&mut s).await.unwrap();
     }
     // Vanish with a reset, not a clean close.
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(s);
     let mut gone = false;
     for _ in 0..250 {

@@ -213,6 +213,27 @@ fn shell_quote(w: &str) -> String {
     }
 }
 
+/// The TLS trust for `addr` (`HOST:PORT`): a CA, a pinned fingerprint, or
+/// trust on first use in known_hosts.
+fn client_tls(args: &ExecArgs, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
+    use crate::tls::{ClientTls, Trust, check_fingerprint, default_known_hosts};
+    let trust = match (&args.tls_ca, &args.tls_fingerprint) {
+        (Some(_), Some(_)) => bail!("--tls-ca and --tls-fingerprint exclude each other"),
+        (Some(ca), None) => Trust::Ca(ca.clone()),
+        (None, Some(fp)) => {
+            check_fingerprint(fp)?;
+            Trust::Fingerprint(fp.clone())
+        }
+        (None, None) => Trust::KnownHosts(match &args.known_hosts {
+            Some(p) => p.clone(),
+            None => default_known_hosts()
+                .context("no config directory for known_hosts; use --known-hosts")?,
+        }),
+    };
+    let (_, host, _) = crate::endpoint::Endpoint::parse_loose(addr)?;
+    ClientTls::new(&trust, &host, addr)
+}
+
 fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let mut env = std::collections::BTreeMap::new();
     for p in pairs {
@@ -252,11 +273,20 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let client = match rt.block_on(ExecClient::connect(
-        &target.addr,
-        &auth,
-        args.connect_timeout,
-    )) {
+    let tls = if target.transport == Some(Transport::Tls) {
+        Some(client_tls(&args, &target.addr)?)
+    } else {
+        None
+    };
+    let connect = async {
+        match &tls {
+            Some(tls) => {
+                ExecClient::connect_tls(&target.addr, tls, &auth, args.connect_timeout).await
+            }
+            None => ExecClient::connect(&target.addr, &auth, args.connect_timeout).await,
+        }
+    };
+    let client = match rt.block_on(connect) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard: {e}");

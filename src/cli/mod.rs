@@ -87,6 +87,16 @@ pub struct ExecArgs {
     /// Accept a server that runs without authentication.
     #[arg(long)]
     pub no_auth: bool,
+    /// tls:// servers: trust certificates from this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// tls:// servers: trust exactly the certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    pub tls_fingerprint: Option<String>,
+    /// tls:// servers without --tls-ca/--tls-fingerprint: trust on first use, remembered here
+    /// [default: ~/.config/switchboard/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
     /// Time allowed for the connection and the handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -167,7 +177,7 @@ pub struct ServeArgs {
     /// UDP datagrams answered per second per source IP; 0 = unlimited [default: 2000].
     #[arg(long, value_name = "N")]
     pub udp_rate_limit: Option<u32>,
-    /// Native exec endpoint, repeatable: tcp://HOST:PORT [default: tcp://127.0.0.1:8080].
+    /// Native exec endpoint, repeatable: tcp://HOST:PORT or tls://HOST:PORT [default: tcp://127.0.0.1:8080].
     #[arg(long = "exec", value_name = "ENDPOINT")]
     pub exec: Vec<String>,
     /// Tutorial-compatible exec endpoint (loopback only; off by default).
@@ -176,6 +186,18 @@ pub struct ServeArgs {
     /// Run exec without authentication (loopback endpoints only).
     #[arg(long)]
     pub no_auth: bool,
+    /// PEM certificate chain for tls:// exec endpoints.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for tls:// exec endpoints.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Create (once) and keep a self-signed certificate for tls:// endpoints; prints its fingerprint.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+    /// Allow plaintext tcp:// exec on a non-loopback address.
+    #[arg(long)]
+    pub allow_plaintext: bool,
     /// Run exec jobs as this user (the server must be root).
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,

@@ -65,6 +65,14 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         .extend(args.allow_program.iter().cloned());
     cfg.exec.allow_env &= !args.forbid_env;
     cfg.exec.allow_cwd &= !args.forbid_cwd;
+    if let Some(p) = &args.tls_cert {
+        cfg.exec.tls_cert = Some(p.clone());
+    }
+    if let Some(p) = &args.tls_key {
+        cfg.exec.tls_key = Some(p.clone());
+    }
+    cfg.exec.tls_self_signed |= args.tls_self_signed;
+    cfg.exec.allow_plaintext |= args.allow_plaintext;
     if let Some(d) = args.shutdown_grace {
         cfg.server.shutdown_grace = d;
     }
@@ -140,6 +148,11 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             b.service,
             b.endpoint().to_string()
         )?;
+    }
+    if let Some(t) = server.tls_info() {
+        let state = if t.created { "created" } else { "from" };
+        writeln!(out, "  tls   certificate {state} {}", t.cert.display())?;
+        writeln!(out, "  tls   fingerprint sha256:{}", t.fingerprint)?;
     }
     if let Some(t) = server.token_info() {
         let state = if t.created { "created" } else { "from" };

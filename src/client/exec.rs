@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use crate::net::{BoxRead, BoxWrite, IntoHalves};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::{ClientError, connect_tcp};
@@ -52,12 +52,12 @@ pub struct Output {
 
 /// The sending half of a connection.
 pub struct ExecSender {
-    sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    sink: FramedWrite<BoxWrite, FrameCodec>,
 }
 
 /// The receiving half of a connection.
 pub struct ExecReceiver {
-    stream: FramedRead<OwnedReadHalf, FrameCodec>,
+    stream: FramedRead<BoxRead, FrameCodec>,
 }
 
 /// An authenticated connection to an exec service.
@@ -126,7 +126,58 @@ impl ExecClient {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let stream = connect_tcp(addr, timeout).await?;
-        let (rd, wr) = stream.into_split();
+        Self::handshake_over(
+            stream.into_halves(),
+            &format!("tcp://{addr}"),
+            auth,
+            timeout,
+        )
+        .await
+    }
+
+    /// Connects with TLS 1.3 to `addr`, verifying the server as `tls` says,
+    /// then authenticates; a first-seen certificate is recorded only once
+    /// the server has also proved it knows the token.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: &crate::tls::ClientTls,
+        auth: &ClientAuth,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let handshake = connector.connect(tls.server_name.clone(), stream);
+        let stream = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    addr: format!("tls://{addr} (TLS handshake)"),
+                    after: timeout,
+                });
+            }
+        };
+        let client = Self::handshake_over(
+            stream.into_halves(),
+            &format!("tls://{addr}"),
+            auth,
+            timeout,
+        )
+        .await?;
+        if let Ok(Some(fp)) = tls.commit() {
+            eprintln!(
+                "switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts"
+            );
+        }
+        Ok(client)
+    }
+
+    async fn handshake_over(
+        (rd, wr): (crate::net::BoxRead, crate::net::BoxWrite),
+        what: &str,
+        auth: &ClientAuth,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let mut client = ExecClient {
             tx: ExecSender {
                 sink: FramedWrite::new(wr, FrameCodec::default()),
@@ -140,7 +191,7 @@ impl ExecClient {
             Ok(r) => r?,
             Err(_) => {
                 return Err(ClientError::Timeout {
-                    addr: format!("tcp://{addr} (handshake)"),
+                    addr: format!("{what} (handshake)"),
                     after: timeout,
                 });
             }

@@ -44,6 +44,8 @@ pub enum ClientError {
     AuthFailed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the server refused the job ({}): {message}", code.as_str())]
     Job {
         code: crate::proto::ErrorCode,

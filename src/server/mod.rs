@@ -90,6 +90,56 @@ pub struct Server {
     token: Option<Token>,
     token_info: Option<TokenInfo>,
     policy: exec::policy::Policy,
+    tls: Option<(Arc<rustls::ServerConfig>, TlsInfo)>,
+}
+
+/// The exec TLS certificate, for the banner.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// SHA-256 of the certificate, lower-case hex.
+    pub fingerprint: String,
+    pub cert: std::path::PathBuf,
+    /// The self-signed certificate was created by this start.
+    pub created: bool,
+}
+
+/// Loads the operator's certificate, or creates/keeps the self-signed one
+/// beside the token file.
+fn load_tls(config: &ServerConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>, TlsInfo)> {
+    let x = &config.exec;
+    let (cert, key, created) = match (&x.tls_cert, &x.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ => {
+            let dir = match &x.token_file {
+                Some(t) => t
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default(),
+                None => auth::default_token_path()
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+                    .context("no config directory for the self-signed certificate")?,
+            };
+            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(h.trim().to_string());
+            }
+            for e in x.listen.iter().filter(|e| e.transport == Transport::Tls) {
+                if !names.contains(&e.host) && e.host != "0.0.0.0" && e.host != "::" {
+                    names.push(e.host.clone());
+                }
+            }
+            crate::tls::self_signed(&dir, &names)?
+        }
+    };
+    let id = crate::tls::server_identity(&cert, &key)?;
+    Ok((
+        id.config,
+        TlsInfo {
+            fingerprint: id.fingerprint,
+            cert,
+            created,
+        },
+    ))
 }
 
 /// Where the exec token came from, for the banner.
@@ -134,8 +184,18 @@ impl Server {
                          unauthenticated exec is allowed on loopback only"
                     );
                 }
+                if service == Service::Exec
+                    && endpoint.transport == Transport::Tcp
+                    && !addr.ip().is_loopback()
+                    && !config.exec.allow_plaintext
+                {
+                    anyhow::bail!(
+                        "exec: {endpoint} ({addr}) is not a loopback address: commands and their output \
+                         would cross the network in the clear; use tls://, or --allow-plaintext"
+                    );
+                }
                 let socket = match endpoint.transport {
-                    Transport::Tcp => bind_tcp(addr).map(Socket::Tcp),
+                    Transport::Tcp | Transport::Tls => bind_tcp(addr).map(Socket::Tcp),
                     Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
                 }
                 .with_context(|| format!("{service}: cannot bind {endpoint} ({addr})"))?;
@@ -161,6 +221,11 @@ impl Server {
         } else {
             (None, None)
         };
+        let tls = if sockets.iter().any(|(b, _)| b.transport == Transport::Tls) {
+            Some(load_tls(&config)?)
+        } else {
+            None
+        };
         let policy = exec::policy::Policy::from_config(&config.exec)?;
         if has_exec && policy.refuses_root() {
             warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
@@ -172,7 +237,13 @@ impl Server {
             token,
             token_info,
             policy,
+            tls,
         })
+    }
+
+    /// The TLS certificate in use, if any endpoint is `tls://`.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref().map(|(_, info)| info)
     }
 
     /// Every bound endpoint, with its real port.
@@ -215,6 +286,10 @@ impl Server {
         let exec_limit = Arc::new(Semaphore::new(cfg.exec.max_connections));
         let echo_sources = Arc::new(sources::Sources::default());
         let exec_sources = Arc::new(sources::Sources::default());
+        let tls_acceptor = self
+            .tls
+            .as_ref()
+            .map(|(c, _)| tokio_rustls::TlsAcceptor::from(c.clone()));
         let auth_id = match &self.token {
             Some(t) => format!("token:{}", t.id()),
             None => "none".into(),
@@ -308,7 +383,41 @@ impl Server {
                         per_source: cfg.exec.max_connections_per_source,
                     };
                     let shared = exec_shared.clone();
-                    if service == Service::Exec {
+                    if bound.transport == Transport::Tls {
+                        let Some(acceptor) = tls_acceptor.clone() else {
+                            warn!("no TLS certificate loaded; endpoint ignored");
+                            continue;
+                        };
+                        tracker.spawn(
+                            accept_loop(listener, ctx, move |stream, peer| {
+                                let (acceptor, shared, shutdown) =
+                                    (acceptor.clone(), shared.clone(), shutdown.clone());
+                                async move {
+                                    // The TLS handshake has its own deadline (the exec
+                                    // handshake's), so silent clients cannot hold slots.
+                                    let deadline = shared.cfg.handshake_timeout;
+                                    let tls = match tokio::time::timeout(
+                                        deadline,
+                                        acceptor.accept(stream),
+                                    )
+                                    .await
+                                    {
+                                        Ok(Ok(s)) => s,
+                                        Ok(Err(e)) => {
+                                            tracing::debug!(error = %e, "TLS handshake failed");
+                                            return Ok(());
+                                        }
+                                        Err(_) => {
+                                            tracing::debug!("TLS handshake deadline passed");
+                                            return Ok(());
+                                        }
+                                    };
+                                    exec::session::serve(tls, peer, shared, shutdown).await
+                                }
+                            })
+                            .instrument(span),
+                        );
+                    } else if service == Service::Exec {
                         tracker.spawn(
                             accept_loop(listener, ctx, move |stream, peer| {
                                 exec::session::serve(stream, peer, shared.clone(), shutdown.clone())

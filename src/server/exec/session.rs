@@ -19,11 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::net::{BoxRead, BoxWrite};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use nix::unistd::Pid;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +57,7 @@ struct JobDone {
 /// Serves one connection until the client leaves, breaks the protocol, or
 /// `shutdown` fires.
 pub async fn serve(
-    stream: TcpStream,
+    stream: impl crate::net::IntoHalves,
     peer: SocketAddr,
     shared: Arc<ExecShared>,
     shutdown: CancellationToken,
@@ -76,7 +75,7 @@ pub async fn serve(
         debug!("too many unauthenticated connections; closing");
         return Ok(());
     };
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_halves();
     let codec = || FrameCodec::new(shared.cfg.max_header, shared.cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
     let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
@@ -130,7 +129,7 @@ pub async fn serve(
 }
 
 async fn write_loop(
-    mut sink: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut sink: FramedWrite<BoxWrite, FrameCodec>,
     mut rx: mpsc::Receiver<ServerMsg>,
 ) {
     while let Some(msg) = rx.recv().await {
@@ -162,7 +161,7 @@ enum Handshake {
 
 /// Runs §3.2; `Ok` when the client is authenticated and `ready` is queued.
 async fn handshake(
-    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    reader: &mut FramedRead<BoxRead, FrameCodec>,
     tx: &mpsc::Sender<ServerMsg>,
     shared: &ExecShared,
 ) -> Handshake {
@@ -262,7 +261,7 @@ struct Session {
 impl Session {
     async fn run(
         &mut self,
-        reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+        reader: &mut FramedRead<BoxRead, FrameCodec>,
         shutdown: &CancellationToken,
     ) {
         let (idle, frame_timeout) = (self.shared.cfg.idle_timeout, self.shared.cfg.frame_timeout);

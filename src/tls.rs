@@ -1,0 +1,362 @@
+//! TLS for exec (`tls://` endpoints): TLS 1.3 only, rustls with ring.
+//!
+//! The server uses a certificate the operator gives (`--tls-cert`,
+//! `--tls-key`) or one it creates once and keeps (`--tls-self-signed`),
+//! and prints the certificate's SHA-256 fingerprint. A client trusts the
+//! server in one of three ways, as ssh and curl users expect:
+//!
+//! ```text
+//! --tls-ca FILE          the certificate chains to this CA, name checked
+//! --tls-fingerprint FP   the certificate's SHA-256 is exactly FP (pinning)
+//! (neither)              trust on first use: the fingerprint is recorded in
+//!                        known_hosts; a later mismatch fails loudly
+//! ```
+//!
+//! Pinning and trust-on-first-use still check the handshake signature, so
+//! the peer must hold the certificate's private key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::proto::auth::hex;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The SHA-256 of a certificate (DER), as lower-case hex.
+pub fn fingerprint(cert: &[u8]) -> String {
+    hex(&Sha256::digest(cert))
+}
+
+/// Normalizes a fingerprint as people paste it: `sha256:` prefix, colons,
+/// upper case all accepted.
+pub fn normalize_fingerprint(s: &str) -> String {
+    s.trim()
+        .trim_start_matches("sha256:")
+        .trim_start_matches("SHA256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// A server identity: the rustls config and the certificate's fingerprint.
+pub struct ServerIdentity {
+    pub config: Arc<rustls::ServerConfig>,
+    pub fingerprint: String,
+}
+
+/// Loads a PEM certificate chain and private key.
+pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad certificate PEM in {}", cert.display()))?;
+    let first = chain
+        .first()
+        .with_context(|| format!("no certificate in {}", cert.display()))?;
+    let fingerprint = fingerprint(first);
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not go together")?;
+    Ok(ServerIdentity {
+        config: Arc::new(config),
+        fingerprint,
+    })
+}
+
+/// The kept self-signed certificate and key in `dir` (`tls-cert.pem`,
+/// `tls-key.pem`), created for `names` when missing. Returns their paths and
+/// whether they were just created.
+pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
+    let cert_path = dir.join("tls-cert.pem");
+    let key_path = dir.join("tls-key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path, false));
+    }
+    let certified = rcgen::generate_simple_self_signed(names.to_vec())
+        .context("cannot create a certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_file(
+        &key_path,
+        certified.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    Ok((cert_path, key_path, true))
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}
+
+/// How a client decides to trust a server.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Certificates chaining to the CA(s) in this PEM file.
+    Ca(PathBuf),
+    /// Exactly this certificate (SHA-256 fingerprint).
+    Fingerprint(String),
+    /// Trust on first use, remembered in this known-hosts file.
+    KnownHosts(PathBuf),
+}
+
+/// The default known-hosts file: `switchboard/known_hosts` in the user's
+/// config directory.
+pub fn default_known_hosts() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "switchboard")
+        .map(|d| d.config_dir().join("known_hosts"))
+}
+
+/// A client TLS setup for one server, and what to do once it has proved
+/// itself (record a first-seen fingerprint).
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+    tofu: Option<Arc<Pinning>>,
+}
+
+impl ClientTls {
+    /// `host` names the server (certificate name for CA trust); `key` is
+    /// its `HOST:PORT`, the known-hosts key.
+    pub fn new(trust: &Trust, host: &str, key: &str) -> anyhow::Result<ClientTls> {
+        let server_name = ServerName::try_from(host.to_string())
+            .with_context(|| format!("bad server name {host:?}"))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3")?;
+        let (config, tofu) = match trust {
+            Trust::Ca(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                {
+                    roots
+                        .add(cert.context("bad CA PEM")?)
+                        .context("bad CA certificate")?;
+                }
+                (
+                    builder.with_root_certificates(roots).with_no_client_auth(),
+                    None,
+                )
+            }
+            Trust::Fingerprint(fp) => {
+                let pin = Arc::new(Pinning {
+                    mode: PinMode::Fixed(normalize_fingerprint(fp)),
+                    seen: Mutex::new(None),
+                });
+                let config = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(pin)
+                    .with_no_client_auth();
+                (config, None)
+            }
+            Trust::KnownHosts(path) => {
+                let pin = Arc::new(Pinning {
+                    mode: PinMode::KnownHosts {
+                        path: path.clone(),
+                        key: key.to_string(),
+                    },
+                    seen: Mutex::new(None),
+                });
+                let config = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(pin.clone())
+                    .with_no_client_auth();
+                (config, Some(pin))
+            }
+        };
+        Ok(ClientTls {
+            config: Arc::new(config),
+            server_name,
+            tofu,
+        })
+    }
+
+    /// After the server has also passed the token handshake: records a
+    /// first-seen fingerprint in known_hosts. Returns it when it was new.
+    pub fn commit(&self) -> anyhow::Result<Option<String>> {
+        let Some(pin) = &self.tofu else {
+            return Ok(None);
+        };
+        let PinMode::KnownHosts { path, key } = &pin.mode else {
+            return Ok(None);
+        };
+        let seen = pin.seen.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((fp, new)) = seen else {
+            return Ok(None);
+        };
+        if !new {
+            return Ok(None);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(f, "{key} {fp}")?;
+        Ok(Some(fp))
+    }
+}
+
+#[derive(Debug)]
+enum PinMode {
+    Fixed(String),
+    KnownHosts { path: PathBuf, key: String },
+}
+
+/// Verifies a server certificate by its fingerprint rather than a CA.
+#[derive(Debug)]
+struct Pinning {
+    mode: PinMode,
+    /// The fingerprint seen, and whether it was not yet known.
+    seen: Mutex<Option<(String, bool)>>,
+}
+
+/// The fingerprint recorded for `key` in a known-hosts file.
+pub fn known_fingerprint(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .map(|(_, fp)| normalize_fingerprint(fp))
+}
+
+impl ServerCertVerifier for Pinning {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        let (want, key) = match &self.mode {
+            PinMode::Fixed(want) => (Some(want.clone()), None),
+            PinMode::KnownHosts { path, key } => (known_fingerprint(path, key), Some(key.clone())),
+        };
+        match want {
+            Some(want) if want == fp => {
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((fp, false));
+                Ok(ServerCertVerified::assertion())
+            }
+            Some(want) => Err(rustls::Error::General(match key {
+                None => {
+                    format!("the server's certificate fingerprint is {fp}, not the pinned {want}")
+                }
+                Some(key) => format!(
+                    "THE SERVER'S CERTIFICATE HAS CHANGED for {key}: known_hosts has {want}, the server shows {fp}. \
+                     Someone may be intercepting the connection; if the server's certificate really changed, \
+                     remove the line for {key} from known_hosts."
+                ),
+            })),
+            None => {
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((fp, true));
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Refuses nonsense early: a fingerprint must be 64 hex digits.
+pub fn check_fingerprint(fp: &str) -> anyhow::Result<()> {
+    let n = normalize_fingerprint(fp);
+    if n.len() != 64 || !n.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{fp:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_normalize() {
+        assert_eq!(normalize_fingerprint("sha256:AB:cd:01"), "abcd01");
+        assert!(check_fingerprint(&"ab".repeat(32)).is_ok());
+        assert!(check_fingerprint("abc").is_err());
+    }
+
+    #[test]
+    fn self_signed_is_created_once_with_a_private_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k, created) = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        assert!(created);
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let id1 = server_identity(&c, &k).unwrap();
+        let (_, _, created) = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        assert!(!created);
+        assert_eq!(
+            server_identity(&c, &k).unwrap().fingerprint,
+            id1.fingerprint
+        );
+    }
+}
