@@ -478,3 +478,45 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit not found");
+        return;
+    }
+    // 64 descriptors in all, soft and hard: the server cannot raise it.
+    let srv = common::spawn_serve_under(
+        &["prlimit", "--nofile=64:64"],
+        &["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"],
+        &[],
+    );
+    let addr: SocketAddr = srv.addr("echo", Transport::Tcp).parse().unwrap();
+    // More clients than the server has descriptors: the kernel queues them
+    // in the backlog while accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = srv.log();
+    assert!(log.contains("accept failed"), "no back-off logged: {log}");
+    drop(held);
+    // Descriptors come back; the server serves again (it did not exit).
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(mut c) = EchoClient::connect_tcp(&addr.to_string(), Duration::from_secs(2)).await
+            && let Ok(r) = c.request(b"recovered").await
+        {
+            assert_eq!(r, b"RECOVERED");
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the server did not recover");
+}

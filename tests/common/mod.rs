@@ -125,8 +125,20 @@ pub fn spawn_serve(args: &[&str]) -> ServeProcess {
 }
 
 pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+    spawn_serve_under(&[], args, env)
+}
+
+/// Like [`spawn_serve_env`], run under `prefix` (e.g. `prlimit --nofile=64`).
+pub fn spawn_serve_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
     let home = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(bin());
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     cmd.arg("serve").args(args);
     if !args.contains(&"--exec") {
         cmd.args(["--exec", "tcp://127.0.0.1:0"]);
