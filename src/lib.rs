@@ -16,6 +16,7 @@
 //! | [`bench`] | the load generator behind `switchboard bench` |
 //! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe) |
 //! | [`sys`] | process-wide OS settings (file-descriptor limit) |
+//! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
 //! | [`net`] | plain-or-TLS connections split into reader and writer halves |
 //! | [`tls`] | TLS 1.3 for exec: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
 //! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, HMAC handshake |
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod endpoint;
+pub mod hosts;
 pub mod net;
 pub mod proto;
 pub mod server;

@@ -215,7 +215,7 @@ fn shell_quote(w: &str) -> String {
 
 /// The TLS trust for `addr` (`HOST:PORT`): a CA, a pinned fingerprint, or
 /// trust on first use in known_hosts.
-fn client_tls(args: &ExecArgs, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
+pub(super) fn client_tls(args: &ExecArgs, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
     use crate::tls::{ClientTls, Trust, check_fingerprint, default_known_hosts};
     let trust = match (&args.tls_ca, &args.tls_fingerprint) {
         (Some(_), Some(_)) => bail!("--tls-ca and --tls-fingerprint exclude each other"),
@@ -248,6 +248,25 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<Stri
     Ok(env)
 }
 
+/// The request CMD words make under the flags (`--argv`, `--env`, `--cwd`,
+/// `--timeout`); `--env` was checked by [`exec`].
+pub(super) fn request_for(args: &ExecArgs, id: u64, words: Vec<String>) -> ExecRequest {
+    ExecRequest {
+        id,
+        command: if args.argv {
+            Command::Argv(words)
+        } else {
+            shell_command(&words)
+        },
+        stdin: false,
+        env: parse_env(&args.env).unwrap_or_default(),
+        cwd: args.cwd.clone(),
+        timeout_ms: args
+            .timeout
+            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+    }
+}
+
 pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let target = split_target(args.args.clone(), &format!("127.0.0.1:{DEFAULT_EXEC_PORT}"));
     if target.transport == Some(Transport::Udp) {
@@ -260,7 +279,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("unknown encoding {label:?}"))?,
         ),
     };
-    let env = parse_env(&args.env)?;
+    parse_env(&args.env)?;
     let auth = match client_token(args.token_file.as_deref()) {
         Ok((token, _)) => ClientAuth {
             token: Some(token),
@@ -269,6 +288,10 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         Err(_) if args.no_auth => ClientAuth::none(),
         Err(e) => return Err(e.context("no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)")),
     };
+    if let Some(hosts) = args.hosts.clone() {
+        let words = args.args.clone();
+        return super::fanout::fanout(args, &hosts, words, auth);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -297,20 +320,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut next_id = 0u64;
     let mut request = |words: Vec<String>| {
         next_id += 1;
-        ExecRequest {
-            id: next_id,
-            command: if args.argv {
-                Command::Argv(words)
-            } else {
-                shell_command(&words)
-            },
-            stdin: false,
-            env: env.clone(),
-            cwd: args.cwd.clone(),
-            timeout_ms: args
-                .timeout
-                .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
-        }
+        request_for(&args, next_id, words)
     };
     let mut out = Output::new(encoding);
     let mut run = |req: ExecRequest, forward: bool| -> Result<u8, u8> {

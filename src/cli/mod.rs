@@ -6,6 +6,7 @@
 
 mod clients;
 mod exec;
+mod fanout;
 mod input;
 mod serve;
 
@@ -97,6 +98,24 @@ pub struct ExecArgs {
     /// [default: ~/.config/switchboard/known_hosts].
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
+    /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file.
+    #[arg(long, value_name = "HOSTS")]
+    pub hosts: Option<String>,
+    /// With --hosts: how many servers at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub fanout: usize,
+    /// With --hosts: group identical outputs with the hosts that produced them.
+    #[arg(long)]
+    pub gather: bool,
+    /// With --hosts: one JSON record per host.
+    #[arg(long)]
+    pub json: bool,
+    /// With --hosts: exit with the largest status instead of 1 on any failure.
+    #[arg(long)]
+    pub max_rc: bool,
+    /// With --hosts: output kept per host for --gather/--json (more is counted, marked truncated).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_output: usize,
     /// Time allowed for the connection and the handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

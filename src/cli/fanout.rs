@@ -1,0 +1,361 @@
+//! `switchboard exec --hosts HOSTS -- CMD`: one command on many servers, in
+//! parallel, as pdsh and clush do.
+//!
+//! Output is either streamed with each line prefixed by its host (pdsh),
+//! gathered with identical outputs grouped (`--gather`, as `clush -b` /
+//! `dshbak -c`), or one JSON record per host (`--json`). A summary of the
+//! failures goes to stderr; the exit status is 0 only if every host ran the
+//! command and it exited 0 (`--max-rc`: the largest status instead).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::ExecArgs;
+use super::exec::{EXIT_CONNECTION, client_tls, exit_code, request_for};
+use crate::client::{ClientAuth, ClientError, ExecClient};
+use crate::proto::{ClientMsg, ExitStatus, ServerMsg};
+
+/// How one host's run ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Exit(ExitStatus),
+    Connect(String),
+    Auth(String),
+    Refused(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Record {
+    host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<String>,
+    timed_out: bool,
+    /// `connect`, `auth`, `refused` (the server refused the job) or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    duration_ms: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    truncated: bool,
+    stdout: String,
+    stderr: String,
+}
+
+struct HostRun {
+    host: String,
+    outcome: Outcome,
+    duration: Duration,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    truncated: bool,
+}
+
+impl HostRun {
+    fn status(&self) -> u8 {
+        match &self.outcome {
+            Outcome::Exit(s) => exit_code(s),
+            _ => EXIT_CONNECTION,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.outcome {
+            Outcome::Exit(ExitStatus::Code(c)) => format!("exit {c}"),
+            Outcome::Exit(ExitStatus::Signal {
+                timed_out: true, ..
+            }) => "timed out".into(),
+            Outcome::Exit(ExitStatus::Signal { name, .. }) => format!("killed by SIG{name}"),
+            Outcome::Connect(e) => format!("connect: {e}"),
+            Outcome::Auth(e) => format!("auth: {e}"),
+            Outcome::Refused(e) => format!("refused: {e}"),
+            Outcome::Failed(e) => format!("failed: {e}"),
+        }
+    }
+
+    fn record(&self) -> Record {
+        let (exit_code, signal, timed_out, error) = match &self.outcome {
+            Outcome::Exit(ExitStatus::Code(c)) => (Some(*c), None, false, None),
+            Outcome::Exit(ExitStatus::Signal { name, timed_out }) => {
+                (None, Some(name.clone()), *timed_out, None)
+            }
+            _ => (None, None, false, Some(self.describe())),
+        };
+        let failure = match &self.outcome {
+            Outcome::Exit(_) => None,
+            Outcome::Connect(_) => Some("connect"),
+            Outcome::Auth(_) => Some("auth"),
+            Outcome::Refused(_) => Some("refused"),
+            Outcome::Failed(_) => Some("failed"),
+        };
+        Record {
+            host: self.host.clone(),
+            exit_code,
+            signal,
+            timed_out,
+            failure,
+            error,
+            duration_ms: self.duration.as_millis() as u64,
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+            truncated: self.truncated,
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+        }
+    }
+}
+
+/// Writes complete lines prefixed with the host; keeps the partial last line.
+struct Prefixer {
+    host: String,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl Prefixer {
+    fn feed(&mut self, is_err: bool, data: &[u8], last: bool) {
+        let buf = if is_err { &mut self.err } else { &mut self.out };
+        buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            lines.push(line);
+        }
+        if last && !buf.is_empty() {
+            let mut line = std::mem::take(buf);
+            line.push(b'\n');
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return;
+        }
+        let mut text = Vec::new();
+        for l in lines {
+            text.extend_from_slice(self.host.as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(&l);
+        }
+        // One write per batch of whole lines keeps hosts' lines unmixed.
+        if is_err {
+            let _ = std::io::stderr().lock().write_all(&text);
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(&text);
+            let _ = o.flush();
+        }
+    }
+}
+
+struct Plan {
+    args: ExecArgs,
+    auth: ClientAuth,
+    words: Vec<String>,
+    stream: bool,
+    max_output: usize,
+}
+
+async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
+    let started = Instant::now();
+    let mut run = HostRun {
+        host: host.clone(),
+        outcome: Outcome::Failed(String::new()),
+        duration: Duration::ZERO,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        truncated: false,
+    };
+    let (addr, tls) = match host.strip_prefix("tls://") {
+        Some(a) => match client_tls(&plan.args, a) {
+            Ok(t) => (a.to_string(), Some(t)),
+            Err(e) => {
+                run.outcome = Outcome::Connect(format!("{e:#}"));
+                return run;
+            }
+        },
+        None => (host.clone(), None),
+    };
+    let timeout = plan.args.connect_timeout;
+    let connected = match &tls {
+        Some(t) => ExecClient::connect_tls(&addr, t, &plan.auth, timeout).await,
+        None => ExecClient::connect(&addr, &plan.auth, timeout).await,
+    };
+    let client = match connected {
+        Ok(c) => c,
+        Err(ClientError::AuthFailed(e)) => {
+            run.outcome = Outcome::Auth(e);
+            run.duration = started.elapsed();
+            return run;
+        }
+        Err(e) => {
+            run.outcome = Outcome::Connect(e.to_string());
+            run.duration = started.elapsed();
+            return run;
+        }
+    };
+    let (mut tx, mut rx) = client.split();
+    let req = request_for(&plan.args, 1, plan.words.clone());
+    let mut prefix = plan.stream.then(|| Prefixer {
+        host: host.clone(),
+        out: Vec::new(),
+        err: Vec::new(),
+    });
+    let result = async {
+        tx.send(ClientMsg::Exec(req)).await?;
+        loop {
+            match rx.recv().await? {
+                None => {
+                    return Err(ClientError::Protocol(
+                        "the server closed the connection".into(),
+                    ));
+                }
+                Some(ServerMsg::Stdout { data, .. }) | Some(ServerMsg::Stderr { data, .. })
+                    if data.is_empty() => {}
+                Some(m @ (ServerMsg::Stdout { .. } | ServerMsg::Stderr { .. })) => {
+                    let (is_err, data) = match m {
+                        ServerMsg::Stderr { data, .. } => (true, data),
+                        ServerMsg::Stdout { data, .. } => (false, data),
+                        _ => continue,
+                    };
+                    if let Some(p) = prefix.as_mut() {
+                        p.feed(is_err, &data, false);
+                    }
+                    let (buf, count) = if is_err {
+                        (&mut run.stderr, &mut run.stderr_bytes)
+                    } else {
+                        (&mut run.stdout, &mut run.stdout_bytes)
+                    };
+                    *count += data.len() as u64;
+                    let room = plan.max_output.saturating_sub(buf.len()).min(data.len());
+                    buf.extend_from_slice(data.get(..room).unwrap_or_default());
+                    run.truncated |= room < data.len();
+                }
+                Some(ServerMsg::Exit { status, .. }) => return Ok(status),
+                Some(ServerMsg::Error { code, message, .. }) => {
+                    return Err(ClientError::Job { code, message });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    .await;
+    if let Some(p) = prefix.as_mut() {
+        p.feed(false, b"", true);
+        p.feed(true, b"", true);
+    }
+    run.outcome = match result {
+        Ok(status) => Outcome::Exit(status),
+        Err(ClientError::Job { code, message }) => {
+            Outcome::Refused(format!("{}: {message}", code.as_str()))
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    run.duration = started.elapsed();
+    run
+}
+
+pub fn fanout(
+    args: ExecArgs,
+    hosts_spec: &str,
+    words: Vec<String>,
+    auth: ClientAuth,
+) -> anyhow::Result<ExitCode> {
+    let hosts = crate::hosts::expand(hosts_spec, crate::config::DEFAULT_EXEC_PORT)?;
+    if words.is_empty() {
+        anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
+    }
+    let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
+    let width = args.fanout.max(1);
+    let plan = Arc::new(Plan {
+        stream: !gather && !json,
+        max_output: args.max_output,
+        args,
+        auth,
+        words,
+    });
+    let _ = crate::sys::raise_fd_limit();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let results: Vec<HostRun> = rt.block_on(async {
+        let slots = Arc::new(Semaphore::new(width));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let (slots, plan, done, host) =
+                (slots.clone(), plan.clone(), done.clone(), host.clone());
+            tasks.push(tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                let r = run_host(host, plan).await;
+                done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut v = std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner()));
+        v.sort_by_key(|(i, _)| *i);
+        v.into_iter().map(|(_, r)| r).collect()
+    });
+
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &results {
+            writeln!(out, "{}", serde_json::to_string(&r.record())?)?;
+        }
+    } else if gather {
+        // Identical output and status, grouped: clush -b / dshbak -c.
+        let mut groups: BTreeMap<(Vec<u8>, Vec<u8>, String), Vec<&str>> = BTreeMap::new();
+        for r in results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Exit(_)))
+        {
+            groups
+                .entry((r.stdout.clone(), r.stderr.clone(), r.describe()))
+                .or_default()
+                .push(&r.host);
+        }
+        for ((stdout, stderr, status), hosts) in groups {
+            writeln!(out, "----------------")?;
+            writeln!(out, "{} ({status})", hosts.join(","))?;
+            writeln!(out, "----------------")?;
+            out.write_all(&stdout)?;
+            out.write_all(&stderr)?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+
+    let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
+    if !json {
+        eprintln!(
+            "switchboard: {} hosts, {} ok, {} failed",
+            results.len(),
+            results.len() - failed.len(),
+            failed.len()
+        );
+        for r in &failed {
+            eprintln!("  {}: {}", r.host, r.describe());
+        }
+    }
+    let code = match (failed.is_empty(), max_rc) {
+        (true, _) => 0,
+        (false, true) => results.iter().map(HostRun::status).max().unwrap_or(0),
+        (false, false) => 1,
+    };
+    Ok(ExitCode::from(code))
+}
