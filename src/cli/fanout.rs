@@ -319,7 +319,9 @@ pub fn fanout(
         }
     } else if gather {
         // Identical output and status, grouped: clush -b / dshbak -c.
-        let mut groups: BTreeMap<(Vec<u8>, Vec<u8>, String), Vec<&str>> = BTreeMap::new();
+        // (stdout, stderr, status) -> hosts
+        type Key = (Vec<u8>, Vec<u8>, String);
+        let mut groups: BTreeMap<Key, Vec<&str>> = BTreeMap::new();
         for r in results
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Exit(_)))
