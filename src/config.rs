@@ -58,6 +58,7 @@
 //!
 //! [server]
 //! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
+//! metrics = ["tcp://127.0.0.1:9100"]   # Prometheus text at /metrics; default off
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -344,12 +345,16 @@ pub struct ProcessConfig {
     /// On SIGINT/SIGTERM, how long open connections get to finish. Default: 5 s.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Serve Prometheus metrics here (`tcp://HOST:PORT`). Default: off.
+    #[serde(deserialize_with = "de_tcp_listen")]
+    pub metrics: Vec<Endpoint>,
 }
 
 impl Default for ProcessConfig {
     fn default() -> Self {
         ProcessConfig {
             shutdown_grace: Duration::from_secs(5),
+            metrics: Vec::new(),
         }
     }
 }
@@ -415,6 +420,14 @@ impl ServerConfig {
             .find(|e| e.transport != Transport::Tcp)
         {
             bail!("legacy exec is plain TCP: {e} is not tcp://");
+        }
+        if let Some(e) = self
+            .server
+            .metrics
+            .iter()
+            .find(|e| e.transport != Transport::Tcp)
+        {
+            bail!("metrics are served over plain TCP: {e}");
         }
         if let Some(e) = self
             .echo

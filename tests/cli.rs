@@ -713,3 +713,96 @@ fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
         assert!(!alive, "job {pid} survived the server");
     }
 }
+
+fn scrape(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn metrics_change_as_load_arrives() {
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let m = srv.addr("metrics", Transport::Tcp);
+    let before = scrape(&m, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
+    assert!(before.contains("# TYPE switchboard_connections_total counter"));
+    assert_eq!(
+        metric(&before, "switchboard_connections_total{service=\"echo\"}"),
+        0
+    );
+    assert_eq!(metric(&before, "switchboard_job_duration_seconds_count"), 0);
+
+    let echo = srv.addr("echo", Transport::Tcp);
+    for _ in 0..3 {
+        assert_eq!(stdout(&client(&["echo", &echo, "hi"], None)), "HI\n");
+    }
+    let udp = srv.addr("echo", Transport::Udp);
+    client(&["echo", "--udp", &udp, "x"], None);
+    let o = client_in(
+        srv.home.path(),
+        &[
+            "exec",
+            &srv.addr("exec", Transport::Tcp),
+            "--",
+            "echo job; exit 2",
+        ],
+        None,
+    );
+    assert_eq!(exec_status(&o), 2);
+
+    let after = scrape(&m, "/metrics");
+    assert_eq!(
+        metric(&after, "switchboard_connections_total{service=\"echo\"}"),
+        3
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_bytes_received_total{service=\"echo\",transport=\"tcp\"}"
+        ),
+        6
+    );
+    assert_eq!(
+        metric(&after, "switchboard_udp_replies_total{service=\"echo\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&after, "switchboard_jobs_total{outcome=\"exit_nonzero\"}"),
+        1
+    );
+    assert_eq!(metric(&after, "switchboard_job_duration_seconds_count"), 1);
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_job_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_bytes_sent_total{service=\"exec\",transport=\"tcp\"}"
+        ),
+        4
+    );
+    assert!(scrape(&m, "/nope").starts_with("HTTP/1.1 404"));
+}

@@ -238,6 +238,9 @@ pub struct ServeArgs {
     /// Exec token file [default: ~/.config/switchboard/token, created if missing].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
+    #[arg(long = "metrics", value_name = "ADDR")]
+    pub metrics: Vec<String>,
     /// How long open connections get to finish on SIGINT/SIGTERM [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,

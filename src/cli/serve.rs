@@ -73,6 +73,9 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     cfg.exec.tls_self_signed |= args.tls_self_signed;
     cfg.exec.allow_plaintext |= args.allow_plaintext;
+    if !args.metrics.is_empty() {
+        cfg.server.metrics = collect(&args.metrics, parse_tcp_listen)?;
+    }
     if let Some(d) = args.shutdown_grace {
         cfg.server.shutdown_grace = d;
     }
@@ -141,6 +144,7 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             Service::Exec if cfg.exec.no_auth => "auth=none".to_string(),
             Service::Exec => "auth=hmac-sha256".to_string(),
             Service::ExecLegacy => "tutorial protocol, unauthenticated".to_string(),
+            Service::Metrics => "GET /metrics (Prometheus)".to_string(),
         };
         writeln!(
             out,

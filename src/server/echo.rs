@@ -49,7 +49,7 @@ pub async fn serve_tcp(
     counters: Arc<TcpCounters>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let ending = echo_loop(&mut stream, &cfg, &shutdown).await?;
+    let ending = echo_loop(&mut stream, &cfg, &counters, &shutdown).await?;
     debug!(?ending, "echo connection ending");
     match ending {
         Ending::ClientDone | Ending::Shutdown => {
@@ -65,6 +65,7 @@ pub async fn serve_tcp(
 async fn echo_loop(
     stream: &mut TcpStream,
     cfg: &EchoConfig,
+    counters: &TcpCounters,
     shutdown: &CancellationToken,
 ) -> io::Result<Ending> {
     loop {
@@ -80,7 +81,8 @@ async fn echo_loop(
         loop {
             match stream.try_read_buf(&mut buf) {
                 Ok(0) => return Ok(Ending::ClientDone),
-                Ok(_) => {
+                Ok(n) => {
+                    counters.bytes_in.add(n as u64);
                     cfg.mode.apply(&mut buf);
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(Ending::Shutdown),
@@ -89,6 +91,7 @@ async fn echo_loop(
                             Ok(r) => r?,
                         },
                     }
+                    counters.bytes_out.add(buf.len() as u64);
                     buf.clear();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

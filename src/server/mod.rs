@@ -16,6 +16,7 @@
 pub mod echo;
 pub mod exec;
 pub mod listener;
+pub mod metrics;
 pub mod ratelimit;
 pub mod sources;
 pub mod stats;
@@ -49,6 +50,8 @@ pub enum Service {
     Exec,
     /// Tutorial-compatible remote execution (PROTOCOL.md §4).
     ExecLegacy,
+    /// Prometheus metrics.
+    Metrics,
 }
 
 impl fmt::Display for Service {
@@ -59,6 +62,7 @@ impl fmt::Display for Service {
             Service::Time => "time",
             Service::Exec => "exec",
             Service::ExecLegacy => "exec-legacy",
+            Service::Metrics => "metrics",
         })
     }
 }
@@ -169,7 +173,8 @@ impl Server {
                     .legacy_listen
                     .iter()
                     .map(|e| (Service::ExecLegacy, e)),
-            );
+            )
+            .chain(config.server.metrics.iter().map(|e| (Service::Metrics, e)));
         for (service, endpoint) in wanted {
             let addrs = endpoint
                 .resolve()
@@ -433,7 +438,11 @@ impl Server {
                         );
                     }
                 }
-                (_, Socket::Udp(_)) => warn!("exec has no UDP service; endpoint ignored"),
+                (Service::Metrics, Socket::Tcp(listener)) => {
+                    tracker
+                        .spawn(metrics::serve(listener, stats.clone(), shutdown).instrument(span));
+                }
+                (_, Socket::Udp(_)) => warn!("no UDP service here; endpoint ignored"),
                 (Service::Time, Socket::Tcp(_)) => {
                     // `ServerConfig::validate` refuses tcp:// for time.
                     warn!("time has no TCP service; endpoint ignored");

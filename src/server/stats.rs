@@ -1,7 +1,7 @@
 //! Counters the services keep: what was served, refused and dropped.
 //!
-//! Plain relaxed atomics: they are statistics, never used for control flow,
-//! and are read by tests today and by a metrics endpoint later.
+//! Plain relaxed atomics: they are statistics, never used for control flow;
+//! tests read them, and `--metrics` serves them (see [`super::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +20,56 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds (seconds) of the job-duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 8] = [0.005, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0];
+
+/// A cumulative histogram of durations with fixed buckets (Prometheus style).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One counter per bucket in [`DURATION_BUCKETS`] (non-cumulative), then +Inf.
+    buckets: [Counter; 9],
+    sum_micros: Counter,
+    count: Counter,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.inc();
+        }
+        self.sum_micros
+            .add(d.as_micros().min(u128::from(u64::MAX)) as u64);
+        self.count.inc();
+    }
+
+    /// Cumulative counts per bucket bound (the last is +Inf), the sum in
+    /// seconds, and the count.
+    pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
+        let mut acc = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.get();
+                acc
+            })
+            .collect();
+        (
+            cumulative,
+            self.sum_micros.get() as f64 / 1e6,
+            self.count.get(),
+        )
+    }
 }
 
 /// Counters of one TCP service, all its endpoints together.
@@ -35,6 +85,10 @@ pub struct TcpCounters {
     pub open: Counter,
     /// Connections closed by the idle timeout.
     pub idle_closed: Counter,
+    /// Bytes received from clients.
+    pub bytes_in: Counter,
+    /// Bytes sent to clients.
+    pub bytes_out: Counter,
 }
 
 /// Counters of one UDP service, all its sockets together.
@@ -52,6 +106,9 @@ pub struct UdpCounters {
     pub dropped_rate_limited: Counter,
     /// Replies the kernel refused to send.
     pub send_errors: Counter,
+    /// Bytes received and sent.
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
 }
 
 /// Counters of the exec service.
@@ -65,6 +122,36 @@ pub struct ExecCounters {
     pub rejected_handshake: Counter,
     /// Requests refused by the command policy.
     pub forbidden: Counter,
+    /// Jobs running now.
+    pub jobs_running: Counter,
+    /// Finished jobs by outcome.
+    pub jobs_exit_zero: Counter,
+    pub jobs_exit_nonzero: Counter,
+    pub jobs_signaled: Counter,
+    pub jobs_timed_out: Counter,
+    /// Job durations.
+    pub job_seconds: Histogram,
+    /// Stdin bytes received for jobs, and job output bytes sent.
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl ExecCounters {
+    /// A finished job: outcome, duration, output bytes; one fewer running.
+    pub fn record_job(&self, end: &crate::server::exec::job::JobEnd, elapsed: std::time::Duration) {
+        use crate::proto::ExitStatus;
+        self.jobs_running.dec();
+        match &end.status {
+            ExitStatus::Code(0) => self.jobs_exit_zero.inc(),
+            ExitStatus::Code(_) => self.jobs_exit_nonzero.inc(),
+            ExitStatus::Signal {
+                timed_out: true, ..
+            } => self.jobs_timed_out.inc(),
+            ExitStatus::Signal { .. } => self.jobs_signaled.inc(),
+        }
+        self.job_seconds.observe(elapsed);
+        self.bytes_out.add(end.stdout_bytes + end.stderr_bytes);
+    }
 }
 
 /// Every service's counters.

@@ -60,6 +60,7 @@ pub async fn serve_udp<F>(
             }
         };
         counters.received.inc();
+        counters.bytes_in.add(n as u64);
         if peer.port() < MIN_SOURCE_PORT {
             counters.dropped_low_port.inc();
             debug!(%peer, "dropped: privileged source port");
@@ -85,6 +86,7 @@ async fn send(socket: &UdpSocket, reply: &[u8], peer: SocketAddr, counters: &Udp
     match socket.send_to(reply, peer).await {
         Ok(_) => {
             counters.replied.inc();
+            counters.bytes_out.add(reply.len() as u64);
             trace!(%peer, len = reply.len(), "replied");
         }
         Err(e) => {

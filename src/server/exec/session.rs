@@ -352,6 +352,7 @@ impl Session {
                 }
             }
             ClientMsg::Stdin { id, data } => {
+                self.shared.counters.bytes_in.add(data.len() as u64);
                 let Some(job) = self.jobs.get(&id) else {
                     return self.send(no_such_job(id)).await;
                 };
@@ -471,11 +472,14 @@ impl Session {
             spawned.pgid,
         );
         let started = std::time::Instant::now();
+        let counters = self.shared.counters.clone();
+        counters.jobs_running.inc();
         let (peer, who, pid) = (self.peer, self.shared.auth_id.clone(), spawned.pid);
         let (command, cwd) = (req.command, req.cwd);
         self.shared.tracker.spawn(async move {
             let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
             drop(permit);
+            counters.record_job(&end, started.elapsed());
             // The audit trail: who ran what, where, and how it ended.
             info!(
                 target: "switchboard::audit",
