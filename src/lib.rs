@@ -13,6 +13,7 @@
 //! | [`server::echo`] | TCP and UDP upper-case echo (PROTOCOL.md §1) |
 //! | [`server::time`] | UDP time (PROTOCOL.md §2) |
 //! | [`client`] | [`client::EchoClient`] and [`client::TimeClient`], shared by the CLI, tests and bench |
+//! | [`activation`] | systemd socket activation (LISTEN_FDS) and readiness (sd_notify) |
 //! | [`bench`] | the load generator behind `switchboard bench` |
 //! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe) |
 //! | [`sys`] | process-wide OS settings (file-descriptor limit) |
@@ -25,6 +26,7 @@
 //! computes the reply (upper-casing, time formatting), back to the socket.
 //! Sockets live only in the per-connection / per-socket tasks of `server`.
 
+pub mod activation;
 pub mod bench;
 pub mod cli;
 pub mod client;

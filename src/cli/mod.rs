@@ -172,6 +172,9 @@ pub struct ServeArgs {
     /// TOML configuration file (flags override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check the configuration (file and flags) and exit: 0 if valid.
+    #[arg(long)]
+    pub check_config: bool,
     /// Echo endpoint, repeatable: tcp://HOST:PORT, udp://HOST:PORT, or HOST:PORT for both.
     #[arg(long = "echo", value_name = "ENDPOINT")]
     pub echo: Vec<String>,

@@ -96,14 +96,36 @@ fn collect<T>(
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = config_from_args(&args)?;
+    if args.check_config {
+        // What binding would find out too: the run-as user, the certificate.
+        crate::server::exec::policy::Policy::from_config(&cfg.exec)?;
+        if let (Some(c), Some(k)) = (&cfg.exec.tls_cert, &cfg.exec.tls_key) {
+            crate::tls::server_identity(c, k)?;
+        }
+        println!("configuration OK");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Before any thread exists: this reads and clears LISTEN_* variables.
+    let passed = crate::activation::listen_fds()?;
     match crate::sys::raise_fd_limit() {
         Ok(n) => info!(open_files = n, "file-descriptor limit"),
         Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     rt.block_on(async move {
-        let server = Server::bind(cfg).await?;
+        let server = match passed {
+            Some(sockets) => {
+                info!(sockets = sockets.len(), "socket-activated");
+                Server::from_activation(cfg, sockets).await?
+            }
+            None => Server::bind(cfg).await?,
+        };
         print_banner(&server)?;
+        if let Err(e) =
+            crate::activation::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
+        {
+            warn!(error = %e, "sd_notify failed");
+        }
         let shutdown = CancellationToken::new();
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -113,6 +135,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = sigint.recv() => info!("SIGINT received"),
                 _ = sigterm.recv() => info!("SIGTERM received"),
             }
+            let _ = crate::activation::notify("STOPPING=1");
             trigger.cancel();
             // A second signal means "now": skip the grace period.
             tokio::select! {

@@ -216,6 +216,55 @@ impl Server {
                 sockets.push((bound, socket));
             }
         }
+        Self::assemble(config, sockets)
+    }
+
+    /// A server on sockets handed over by a service manager (systemd
+    /// socket activation): the configuration's endpoints are not bound;
+    /// each socket serves the service it is named for.
+    pub async fn from_activation(
+        config: ServerConfig,
+        passed: Vec<crate::activation::Passed>,
+    ) -> anyhow::Result<Server> {
+        config.validate()?;
+        let mut sockets = Vec::new();
+        for p in passed {
+            let (socket, addr) = match p.socket {
+                crate::activation::PassedSocket::Tcp(l) => {
+                    l.set_nonblocking(true)?;
+                    let l = TcpListener::from_std(l)?;
+                    let addr = l.local_addr()?;
+                    (Socket::Tcp(l), addr)
+                }
+                crate::activation::PassedSocket::Udp(u) => {
+                    u.set_nonblocking(true)?;
+                    let u = UdpSocket::from_std(u)?;
+                    let addr = u.local_addr()?;
+                    (Socket::Udp(u), addr)
+                }
+            };
+            let unauthenticated = p.service == Service::ExecLegacy
+                || (p.service == Service::Exec && config.exec.no_auth);
+            if unauthenticated && !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "{}: passed socket {addr} is not on a loopback address",
+                    p.service
+                );
+            }
+            sockets.push((
+                Bound {
+                    service: p.service,
+                    transport: p.transport,
+                    addr,
+                },
+                socket,
+            ));
+        }
+        Self::assemble(config, sockets)
+    }
+
+    /// Everything after binding: token, TLS identity, policy.
+    fn assemble(config: ServerConfig, sockets: Vec<(Bound, Socket)>) -> anyhow::Result<Server> {
         let has_exec = sockets
             .iter()
             .any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy));

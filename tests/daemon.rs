@@ -1,0 +1,163 @@
+//! The conventions of a daemon: socket activation with sockets passed in
+//! by LISTEN_FDS (as systemd does), readiness and stopping notifications on
+//! NOTIFY_SOCKET, and --check-config.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::bin;
+
+#[test]
+fn socket_activation_serves_passed_sockets_and_notifies_readiness() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let time = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let exec = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (echo_addr, time_addr, exec_addr) = (
+        echo.local_addr().unwrap(),
+        time.local_addr().unwrap(),
+        exec.local_addr().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let fds = [echo.as_raw_fd(), time.as_raw_fd(), exec.as_raw_fd()];
+
+    // systemd sets LISTEN_PID to the service's own pid: the shell's $$ is
+    // the server's pid after `exec`.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" serve --allow-root", bin()])
+        .env("LISTEN_FDS", "3")
+        .env("LISTEN_FDNAMES", "echo:time:exec")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: only dup2/close, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move out of the way first, so that a source already at 3..5
+            // is not overwritten (dup2 also clears close-on-exec).
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(100 + i);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    let mut banner = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("ready");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = banner.join("\n");
+    assert!(text.contains(&format!("tcp://{echo_addr}")), "{text}");
+    assert!(text.contains(&format!("udp://{time_addr}")), "{text}");
+    assert!(text.contains(&format!("tcp://{exec_addr}")), "{text}");
+
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(msg, format!("READY=1\nMAINPID={}", child.0.id()));
+
+    // The passed sockets are served.
+    let mut s = TcpStream::connect(echo_addr).unwrap();
+    s.write_all(b"activated").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "ACTIVATED");
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u.send_to(b"%%", time_addr).unwrap();
+    let n = u.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"%");
+    let o = Command::new(bin())
+        .args(["exec", &exec_addr.to_string(), "--", "echo via activation"])
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "via activation\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn check_config_accepts_good_and_rejects_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[echo]\nmode = \"plain\"\n[exec]\nmax_jobs = 10\n").unwrap();
+    let o = Command::new(bin())
+        .args([
+            "serve",
+            "--check-config",
+            "--config",
+            good.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "configuration OK\n");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[exec]\nmax_jobs = 0\n").unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("max_jobs"), "{err}");
+    let o = Command::new(bin())
+        .args(["serve", "--check-config", "--run-as", "no-such-user-xyz"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
