@@ -161,3 +161,96 @@ fn check_config_accepts_good_and_rejects_bad_configuration() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+#[test]
+fn sighup_reloads_token_and_limits_without_dropping_connections() {
+    use switchboard::client::{ClientAuth, ClientError, ExecClient};
+    use switchboard::endpoint::Transport;
+    use switchboard::proto::auth::Token;
+    use switchboard::proto::{Command as Cmd, ErrorCode, ExecRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchboard.toml");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let base = format!("[exec]\ntoken_file = {:?}\n", token_file.to_str().unwrap());
+    std::fs::write(&cfg, &base).unwrap();
+    let srv = common::spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let t = Duration::from_secs(5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let auth = |s: &str| ClientAuth::token(Token::new(s).unwrap());
+    let mut held = rt
+        .block_on(ExecClient::connect(&addr, &auth("first-token"), t))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(held.run("echo before")).unwrap().stdout,
+        b"before\n"
+    );
+
+    // Rotate the token and forbid shell commands, then SIGHUP.
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    std::fs::write(&cfg, format!("{base}argv_only = true\n")).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if srv.log().contains("configuration reloaded") {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reloaded, "{}", srv.log());
+
+    // The connection made before is still up; new requests meet the new policy.
+    rt.block_on(held.ping()).unwrap();
+    match rt.block_on(held.run("echo shell")) {
+        Err(ClientError::Job {
+            code: ErrorCode::Forbidden,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut argv = ExecRequest::shell(held.next_id(), "");
+    argv.command = Cmd::Argv(vec!["echo".into(), "argv".into()]);
+    assert_eq!(
+        rt.block_on(held.run_request(argv.clone())).unwrap().stdout,
+        b"argv\n"
+    );
+    // New connections need the new token.
+    assert!(
+        rt.block_on(ExecClient::connect(&addr, &auth("first-token"), t))
+            .is_err()
+    );
+    let mut fresh = rt
+        .block_on(ExecClient::connect(&addr, &auth("second-token"), t))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(fresh.run_request(argv)).unwrap().stdout,
+        b"argv\n"
+    );
+
+    // A broken file is refused and the running configuration kept.
+    std::fs::write(&cfg, "[exec]\nmax_jobs = 0\n").unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    let mut refused = false;
+    for _ in 0..200 {
+        if srv.log().contains("reload failed") {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "{}", srv.log());
+    rt.block_on(fresh.ping()).unwrap();
+}

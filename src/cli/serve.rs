@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::ServeArgs;
 use crate::config::{ServerConfig, parse_echo_listen, parse_tcp_listen, parse_time_listen};
@@ -126,6 +126,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         {
             warn!(error = %e, "sd_notify failed");
         }
+        // SIGHUP: read the configuration again (file and flags) and apply
+        // what can change while connections stay up.
+        let reloader = server.reloader();
+        let mut sighup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                let _ = crate::activation::notify("RELOADING=1");
+                match config_from_args(&args).and_then(|cfg| reloader.reload(cfg)) {
+                    Ok(warnings) => {
+                        for w in warnings {
+                            warn!("reload: {w}");
+                        }
+                        info!("configuration reloaded");
+                    }
+                    Err(e) => error!("reload failed, keeping the running configuration: {e:#}"),
+                }
+                let _ = crate::activation::notify("READY=1");
+            }
+        });
         let shutdown = CancellationToken::new();
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;

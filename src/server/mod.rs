@@ -36,7 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Transport};
-use crate::proto::auth::{self, Token, TokenSource};
+use crate::proto::auth::{self, TokenSource};
 use exec::ExecShared;
 use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
 use stats::Stats;
@@ -91,10 +91,120 @@ pub struct Server {
     config: Arc<ServerConfig>,
     sockets: Vec<(Bound, Socket)>,
     stats: Arc<Stats>,
-    token: Option<Token>,
     token_info: Option<TokenInfo>,
-    policy: exec::policy::Policy,
     tls: Option<(Arc<rustls::ServerConfig>, TlsInfo)>,
+    exec: Arc<ExecShared>,
+    tracker: TaskTracker,
+    limits: Limits,
+    has_exec: bool,
+}
+
+/// The semaphores behind the limits that SIGHUP can resize.
+#[derive(Clone)]
+struct Limits {
+    echo_connections: Arc<Semaphore>,
+    exec_connections: Arc<Semaphore>,
+    jobs: Arc<Semaphore>,
+}
+
+/// Applies a new configuration to a running server (see [`Server::reloader`]).
+///
+/// Reloaded: the exec token (a rotated token file), the command policy,
+/// every exec limit and deadline read per connection or per request, and
+/// the sizes of the connection and job limits. Not reloaded, with a
+/// warning: endpoints, TLS certificates, echo/time/UDP settings.
+/// Connections stay up throughout; new settings apply to new connections
+/// and requests.
+pub struct Reloader {
+    current: std::sync::Mutex<ServerConfig>,
+    exec: Arc<ExecShared>,
+    limits: Limits,
+    has_exec: bool,
+    native_exec: bool,
+}
+
+impl Reloader {
+    /// Validates `new`, applies what can change live, and returns warnings
+    /// about what cannot. On error nothing changes.
+    pub fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
+        new.validate()?;
+        let token = if self.native_exec && !new.exec.no_auth {
+            Some(auth::server_token(new.exec.token_file.as_deref())?.0)
+        } else {
+            None
+        };
+        let policy = exec::policy::Policy::from_config(&new.exec)?;
+        let mut old = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warnings = Vec::new();
+        let fixed = [
+            ("echo.listen", old.echo.listen != new.echo.listen),
+            ("time.listen", old.time.listen != new.time.listen),
+            (
+                "exec.listen",
+                old.exec.listen != new.exec.listen
+                    || old.exec.legacy_listen != new.exec.legacy_listen,
+            ),
+            ("server.metrics", old.server.metrics != new.server.metrics),
+            (
+                "exec TLS certificate",
+                old.exec.tls_cert != new.exec.tls_cert || old.exec.tls_key != new.exec.tls_key,
+            ),
+            (
+                "echo settings",
+                old.echo.mode != new.echo.mode
+                    || old.echo.idle_timeout != new.echo.idle_timeout
+                    || old.echo.buffer_size != new.echo.buffer_size,
+            ),
+            (
+                "time/udp settings",
+                old.time.utc != new.time.utc
+                    || old.time.reply_cap != new.time.reply_cap
+                    || old.udp.rate_limit != new.udp.rate_limit,
+            ),
+        ];
+        for (what, changed) in fixed {
+            if changed {
+                warnings.push(format!("{what} changed: takes effect at the next restart"));
+            }
+        }
+        resize(
+            &self.limits.echo_connections,
+            old.echo.max_connections,
+            new.echo.max_connections,
+        );
+        resize(
+            &self.limits.exec_connections,
+            old.exec.max_connections,
+            new.exec.max_connections,
+        );
+        resize(&self.limits.jobs, old.exec.max_jobs, new.exec.max_jobs);
+        if self.has_exec && policy.refuses_root() {
+            warnings.push(
+                "running as root without run_as or allow_root: exec jobs will be refused".into(),
+            );
+        }
+        self.exec
+            .replace(exec::Live::new(new.exec.clone(), token, policy));
+        *old = new;
+        Ok(warnings)
+    }
+}
+
+/// Grows or shrinks a limit's semaphore. Shrinking takes back only free
+/// permits; the rest go as connections or jobs end.
+fn resize(sem: &Semaphore, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if old > new {
+        let mut left = old - new;
+        while left > 0 {
+            let taken = sem.forget_permits(left);
+            if taken == 0 {
+                break;
+            }
+            left -= taken;
+        }
+    }
 }
 
 /// The exec TLS certificate, for the banner.
@@ -284,15 +394,43 @@ impl Server {
         if has_exec && policy.refuses_root() {
             warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
         }
+        let stats = Arc::new(Stats::default());
+        let tracker = TaskTracker::new();
+        let limits = Limits {
+            echo_connections: Arc::new(Semaphore::new(config.echo.max_connections)),
+            exec_connections: Arc::new(Semaphore::new(config.exec.max_connections)),
+            jobs: Arc::new(Semaphore::new(config.exec.max_jobs)),
+        };
+        let exec = Arc::new(ExecShared::new(
+            exec::Live::new(config.exec.clone(), token, policy),
+            limits.jobs.clone(),
+            stats.exec.clone(),
+            tracker.clone(),
+            Arc::new(sources::Sources::default()),
+        ));
         Ok(Server {
             config: Arc::new(config),
             sockets,
-            stats: Arc::new(Stats::default()),
-            token,
+            stats,
             token_info,
-            policy,
             tls,
+            exec,
+            tracker,
+            limits,
+            has_exec,
         })
+    }
+
+    /// A handle that applies a new configuration to this server while it
+    /// runs (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            current: std::sync::Mutex::new((*self.config).clone()),
+            exec: self.exec.clone(),
+            limits: self.limits.clone(),
+            has_exec: self.has_exec,
+            native_exec: self.sockets.iter().any(|(b, _)| b.service == Service::Exec),
+        }
     }
 
     /// The TLS certificate in use, if any endpoint is `tls://`.
@@ -333,31 +471,18 @@ impl Server {
     /// the grace has run out (remaining tasks are aborted when the runtime
     /// ends).
     pub async fn run(self, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+        let tracker = self.tracker;
         let cfg = self.config;
         let stats = self.stats;
-        let echo_limit = Arc::new(Semaphore::new(cfg.echo.max_connections));
-        let exec_limit = Arc::new(Semaphore::new(cfg.exec.max_connections));
+        let echo_limit = self.limits.echo_connections.clone();
+        let exec_limit = self.limits.exec_connections.clone();
         let echo_sources = Arc::new(sources::Sources::default());
-        let exec_sources = Arc::new(sources::Sources::default());
+        let exec_shared = self.exec;
+        let exec_sources = exec_shared.sources.clone();
         let tls_acceptor = self
             .tls
             .as_ref()
             .map(|(c, _)| tokio_rustls::TlsAcceptor::from(c.clone()));
-        let auth_id = match &self.token {
-            Some(t) => format!("token:{}", t.id()),
-            None => "none".into(),
-        };
-        let exec_shared = Arc::new(ExecShared {
-            cfg: cfg.exec.clone(),
-            token: self.token,
-            job_slots: Arc::new(Semaphore::new(cfg.exec.max_jobs)),
-            counters: stats.exec.clone(),
-            tracker: tracker.clone(),
-            sources: exec_sources.clone(),
-            policy: self.policy,
-            auth_id,
-        });
         if self
             .sockets
             .iter()
@@ -449,7 +574,7 @@ impl Server {
                                 async move {
                                     // The TLS handshake has its own deadline (the exec
                                     // handshake's), so silent clients cannot hold slots.
-                                    let deadline = shared.cfg.handshake_timeout;
+                                    let deadline = shared.live().cfg.handshake_timeout;
                                     let tls = match tokio::time::timeout(
                                         deadline,
                                         acceptor.accept(stream),

@@ -56,19 +56,20 @@ pub async fn serve(
 /// `legacy_output_cap` bytes (the rest is read and discarded so the command
 /// can finish).
 async fn run(line: &str, shared: &ExecShared) -> Vec<u8> {
-    let cap = shared.cfg.legacy_output_cap;
+    let live = shared.live();
+    let cap = live.cfg.legacy_output_cap;
     let Ok(_slot) = shared.job_slots.clone().try_acquire_owned() else {
         return b"switchboard: the server is running its maximum of jobs\n".to_vec();
     };
     let command = Command::Shell(line.to_string());
-    if let Err(why) = shared
+    if let Err(why) = live
         .policy
         .check(&crate::proto::ExecRequest::shell(0, line))
     {
         shared.counters.forbidden.inc();
         return format!("switchboard: forbidden: {why}\n").into_bytes();
     }
-    let run_as = shared.policy.run_as.as_ref();
+    let run_as = live.policy.run_as.as_ref();
     let mut spawned = match job::spawn(&command, &BTreeMap::new(), None, false, run_as) {
         Ok(s) => s,
         Err(e) => return format!("switchboard: cannot run /bin/sh: {e}\n").into_bytes(),
@@ -78,7 +79,7 @@ async fn run(line: &str, shared: &ExecShared) -> Vec<u8> {
     let (out, err) = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
     let _ = spawned.child.wait().await;
     // Anything the command left running in its group goes with it.
-    job::kill_group(spawned.pgid, shared.cfg.kill_grace).await;
+    job::kill_group(spawned.pgid, live.cfg.kill_grace).await;
     let mut all = out;
     all.extend_from_slice(
         err.get(..cap.saturating_sub(all.len()).min(err.len()))

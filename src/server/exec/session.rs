@@ -65,7 +65,8 @@ pub async fn serve(
     // MaxStartups: a bounded number of connections may be unauthenticated
     // at once, in all and per source, so a flood of silent connections
     // cannot lock everyone else out until their handshake deadlines.
-    let cfg = &shared.cfg;
+    let live = shared.live();
+    let cfg = &live.cfg;
     let Ok(handshake_slot) = shared.sources.start_handshake(
         peer.ip(),
         cfg.max_unauthenticated,
@@ -76,14 +77,14 @@ pub async fn serve(
         return Ok(());
     };
     let (rd, wr) = stream.into_halves();
-    let codec = || FrameCodec::new(shared.cfg.max_header, shared.cfg.max_body);
+    let codec = || FrameCodec::new(cfg.max_header, cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
     let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
     let mut writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec()), rx));
 
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Handshake::Abandoned,
-        r = tokio::time::timeout(cfg.handshake_timeout, handshake(&mut reader, &tx, &shared)) => match r {
+        r = tokio::time::timeout(cfg.handshake_timeout, handshake(&mut reader, &tx, &live)) => match r {
             Ok(outcome) => outcome,
             Err(_) => {
                 debug!("handshake deadline passed");
@@ -119,7 +120,7 @@ pub async fn serve(
     drop(tx);
     // The writer flushes what is queued, then half-closes. Bounded, since
     // the peer may not be reading.
-    if tokio::time::timeout(shared.cfg.kill_grace, &mut writer)
+    if tokio::time::timeout(cfg.kill_grace, &mut writer)
         .await
         .is_err()
     {
@@ -163,7 +164,7 @@ enum Handshake {
 async fn handshake(
     reader: &mut FramedRead<BoxRead, FrameCodec>,
     tx: &mpsc::Sender<ServerMsg>,
-    shared: &ExecShared,
+    live: &super::Live,
 ) -> Handshake {
     let Ok(server_nonce) = auth::nonce() else {
         return Handshake::Abandoned;
@@ -171,13 +172,13 @@ async fn handshake(
     let hello = ServerMsg::Hello {
         version: VERSION,
         server: crate::VERSION.to_string(),
-        auth: if shared.token.is_some() {
+        auth: if live.token.is_some() {
             "hmac-sha256"
         } else {
             "none"
         }
         .into(),
-        nonce: shared.token.as_ref().map(|_| server_nonce.clone()),
+        nonce: live.token.as_ref().map(|_| server_nonce.clone()),
     };
     if tx.send(hello).await.is_err() {
         return Handshake::Abandoned;
@@ -215,7 +216,7 @@ async fn handshake(
             .await;
         return Handshake::Abandoned;
     }
-    let ready = match &shared.token {
+    let ready = match &live.token {
         None => ServerMsg::Ready { mac: None },
         Some(token) => {
             let ok = match (&client_nonce, &mac) {
@@ -264,7 +265,8 @@ impl Session {
         reader: &mut FramedRead<BoxRead, FrameCodec>,
         shutdown: &CancellationToken,
     ) {
-        let (idle, frame_timeout) = (self.shared.cfg.idle_timeout, self.shared.cfg.frame_timeout);
+        let live = self.shared.live();
+        let (idle, frame_timeout) = (live.cfg.idle_timeout, live.cfg.frame_timeout);
         let mut tick =
             tokio::time::interval((idle.min(frame_timeout) / 4).min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -399,6 +401,8 @@ impl Session {
 
     async fn exec(&mut self, req: ExecRequest) -> Result<(), ServerMsg> {
         let id = req.id;
+        // Limits and policy as they are now (SIGHUP may have changed them).
+        let live = self.shared.live();
         if self.jobs.contains_key(&id) {
             return Err(ServerMsg::error(
                 None,
@@ -408,7 +412,7 @@ impl Session {
         }
         job::check_request(&req.command, &req.env, req.cwd.as_deref())
             .map_err(|m| ServerMsg::error(None, ErrorCode::BadRequest, m))?;
-        if self.jobs.len() >= self.shared.cfg.max_jobs_per_connection {
+        if self.jobs.len() >= live.cfg.max_jobs_per_connection {
             return Err(ServerMsg::error(
                 None,
                 ErrorCode::Busy,
@@ -427,12 +431,12 @@ impl Session {
                     "the server is running its maximum of jobs",
                 )
             })?;
-        if let Err(why) = self.shared.policy.check(&req) {
+        if let Err(why) = live.policy.check(&req) {
             self.shared.counters.forbidden.inc();
             info!(id, command = ?req.command, %why, "forbidden");
             return Err(ServerMsg::error(None, ErrorCode::Forbidden, why));
         }
-        let run_as = self.shared.policy.run_as.as_ref();
+        let run_as = live.policy.run_as.as_ref();
         let spawned = job::spawn(
             &req.command,
             &req.env,
@@ -457,13 +461,13 @@ impl Session {
         let cancel = self.conn_cancel.child_token();
         let timeout = match req.timeout_ms {
             Some(ms) => Some(std::time::Duration::from_millis(ms)),
-            None if !self.shared.cfg.job_timeout.is_zero() => Some(self.shared.cfg.job_timeout),
+            None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
             None => None,
         };
         let timing = JobTiming {
             timeout,
-            kill_grace: self.shared.cfg.kill_grace,
-            drain_grace: self.shared.cfg.drain_grace,
+            kill_grace: live.cfg.kill_grace,
+            drain_grace: live.cfg.drain_grace,
         };
         let (out, done, job_cancel, pgid) = (
             self.tx.clone(),
@@ -474,7 +478,7 @@ impl Session {
         let started = std::time::Instant::now();
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
-        let (peer, who, pid) = (self.peer, self.shared.auth_id.clone(), spawned.pid);
+        let (peer, who, pid) = (self.peer, live.auth_id.clone(), spawned.pid);
         let (command, cwd) = (req.command, req.cwd);
         self.shared.tracker.spawn(async move {
             let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
@@ -516,7 +520,7 @@ impl Session {
     /// waits (bounded) for the job tasks to reap their processes.
     async fn close(mut self) {
         self.conn_cancel.cancel();
-        let grace = self.shared.cfg.kill_grace;
+        let grace = self.shared.live().cfg.kill_grace;
         let mut kills: Vec<_> = self
             .lingering
             .drain(..)
