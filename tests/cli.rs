@@ -806,3 +806,58 @@ fn metrics_change_as_load_arrives() {
     );
     assert!(scrape(&m, "/nope").starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn completions_man_page_version_and_json_logs() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = client(&["completions", shell], None);
+        assert!(o.status.success());
+        let text = stdout(&o);
+        assert!(
+            text.contains("switchboard") && text.contains("exec") && text.contains("--hosts"),
+            "{shell}"
+        );
+    }
+    let o = client(&["man"], None);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with(".ie") && stdout(&o).contains(".TH switchboard 1"));
+    let o = client(&["--version"], None);
+    assert_eq!(
+        stdout(&o),
+        format!("switchboard {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // Every subcommand's --help has examples.
+    for sub in [
+        "serve",
+        "echo",
+        "time",
+        "exec",
+        "bench",
+        "completions",
+        "man",
+    ] {
+        let o = client(&[sub, "--help"], None);
+        assert!(
+            stdout(&o).contains("Examples:"),
+            "{sub} --help has no examples"
+        );
+    }
+
+    let srv = spawn_serve(&[
+        "--log-format",
+        "json",
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+    ]);
+    let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "x"], None);
+    assert!(o.status.success());
+    let log = srv.log();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

@@ -22,8 +22,8 @@ use crate::config::{EchoMode, parse_duration};
 #[command(
     name = "switchboard",
     version,
-    about = "The socket tutorial's services done properly: upper-case echo (TCP/UDP) and UDP time, with their clients.",
-    after_help = "Examples:\n  switchboard serve\n  switchboard echo linhaifeng nb\n  switchboard time %H:%M:%S"
+    about = "The socket tutorial's services done properly: upper-case echo (TCP/UDP), UDP time and remote command execution, with their clients.",
+    after_help = "Examples:\n  switchboard serve\n  switchboard echo linhaifeng nb\n  switchboard time %H:%M:%S\n  switchboard exec -- uname -a\n  switchboard exec --hosts 'node[01-20]:8080' --gather -- uptime\n  switchboard bench echo --conns 100"
 )]
 pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
@@ -32,8 +32,18 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +73,19 @@ pub enum Command {
         after_help = "Examples:\n  switchboard bench echo --conns 1000 --duration 10s\n  switchboard bench udp-echo 127.0.0.1:9000 --conns 16 --size 32 --json\n  switchboard bench echo --server-pid $(pgrep -n switchboard)"
     )]
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  switchboard completions bash > /etc/bash_completion.d/switchboard\n  switchboard completions zsh > ~/.zfunc/_switchboard"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(
+        after_help = "Examples:\n  switchboard man > /usr/local/share/man/man1/switchboard.1\n  switchboard man | man -l -"
+    )]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -282,9 +305,35 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Time(args) => clients::time(args),
         Command::Bench(args) => clients::bench(args),
         Command::Exec(args) => exec::exec(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchboard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`switchboard man | head`) is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("switchboard: {e:#}");
             ExitCode::FAILURE
@@ -307,9 +356,12 @@ pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(color)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
