@@ -568,3 +568,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// contrib/switchboard.toml documents every setting with its default:
+    /// it must parse, and say exactly what the defaults are.
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/switchboard.toml");
+        let from_file = ServerConfig::from_file(&path).unwrap();
+        assert_eq!(
+            format!("{from_file:?}"),
+            format!("{:?}", ServerConfig::default())
+        );
+        // And it names every field: a setting missing from it would not be documented.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let debug = format!("{:?}", ServerConfig::default());
+        for field in debug
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|w| w.contains('_') && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        {
+            assert!(
+                text.contains(field),
+                "contrib/switchboard.toml does not mention {field}"
+            );
+        }
+    }
+}
