@@ -160,22 +160,26 @@ async fn a_udp_flood_from_one_source_does_not_starve_another() {
         let mut buf = [0u8; 64];
         for i in 0..20 {
             let msg = format!("victim {i}");
-            victim.send(msg.as_bytes()).await.unwrap();
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(500), victim.recv(&mut buf)).await
-                && buf[..n] == *msg.to_uppercase().as_bytes()
-            {
-                answered += 1;
+            // UDP: a datagram the kernel dropped under the flood is retried,
+            // as any UDP client does.
+            for _try in 0..3 {
+                victim.send(msg.as_bytes()).await.unwrap();
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), victim.recv(&mut buf)).await
+                    && buf[..n] == *msg.to_uppercase().as_bytes()
+                {
+                    answered += 1;
+                    break;
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         answered
     };
     let ((), answered) = tokio::join!(flood, ask);
-    // UDP may drop a few under a flood on a shared 2-core machine; the
-    // flooder's rate limit keeps the victim's share.
+    // The flooder's rate limit keeps the victim's share.
     assert!(
-        answered >= 15,
+        answered >= 18,
         "the other source got {answered} of 20 answers"
     );
 }

@@ -330,8 +330,9 @@ async fn udp_rate_limit_is_per_source_address() {
     {
         replies += 1;
     }
-    // The burst, plus what refilled while the test ran (5/s).
-    assert!((5..=10).contains(&replies), "replies: {replies}");
+    // The burst, plus what refilled while the test ran (5/s; the bound
+    // allows two slow seconds on a shared machine).
+    assert!((5..=15).contains(&replies), "replies: {replies}");
     assert!(srv.stats.echo_udp.dropped_rate_limited.get() >= 40);
     // Another source address has its own allowance.
     let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
