@@ -40,3 +40,35 @@ pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
         )
     }
 }
+
+/// The kernel's `struct sigaction` (x86_64 and arm64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Sets `sig` to its default action with the raw system call, which also
+/// works for the signals glibc reserves for itself (32, 33) and refuses to
+/// touch through `sigaction`. Async-signal-safe (usable after fork).
+pub fn default_action_raw(sig: i32) {
+    let k = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: a plain system call with a valid struct and no old-action out
+    // pointer; an invalid signal number just fails.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &k as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            std::mem::size_of::<u64>(),
+        );
+    }
+}

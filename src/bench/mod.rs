@@ -32,6 +32,16 @@ pub enum Mode {
     Exec,
     /// Exec output stream: one job `head -c --bytes /dev/zero`, MB/s.
     ExecStream,
+    /// TCP echo stream: `--bytes` written in `--size` writes while the
+    /// echo is read back and checked, on one connection; MB/s.
+    Stream,
+    /// A fresh TCP connection, one round trip, close: connections/s.
+    Connect,
+    /// A fresh exec connection, handshake and one job each time: jobs/s.
+    ExecConnect,
+    /// Hold `--conns` idle echo connections; with `--server-pid`, the
+    /// server's RSS per connection.
+    Idle,
 }
 
 impl Mode {
@@ -42,6 +52,10 @@ impl Mode {
             Mode::UdpTime => "udp-time",
             Mode::Exec => "exec",
             Mode::ExecStream => "exec-stream",
+            Mode::Stream => "stream",
+            Mode::Connect => "connect",
+            Mode::ExecConnect => "exec-connect",
+            Mode::Idle => "idle",
         }
     }
 }
@@ -103,8 +117,11 @@ fn payload(size: usize, conn: usize) -> Vec<u8> {
 
 /// Runs the load; all clients connect before the clock starts.
 pub async fn run(p: Params) -> anyhow::Result<Report> {
-    if p.mode == Mode::ExecStream {
-        return exec_stream(p).await;
+    match p.mode {
+        Mode::ExecStream => return exec_stream(p).await,
+        Mode::Stream => return stream(p).await,
+        Mode::Idle => return idle(p).await,
+        _ => {}
     }
     let mut clients = Vec::with_capacity(p.conns);
     for _ in 0..p.conns {
@@ -112,7 +129,14 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
             Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
             Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
             Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
-            Mode::Exec | Mode::ExecStream => {
+            Mode::Connect => Client::Connect(p.addr.clone(), p.timeout),
+            Mode::ExecConnect => Client::ExecConnect(
+                p.addr.clone(),
+                p.exec_auth.clone().unwrap_or_else(ClientAuth::none),
+                p.timeout,
+                p.cmd.clone(),
+            ),
+            Mode::Exec | Mode::ExecStream | Mode::Stream | Mode::Idle => {
                 let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
                 Client::Exec(
                     ExecClient::connect(&p.addr, &auth, p.timeout).await?,
@@ -267,6 +291,9 @@ enum Client {
     Echo(EchoClient),
     Time(TimeClient),
     Exec(ExecClient, String),
+    /// A new connection per request.
+    Connect(String, Duration),
+    ExecConnect(String, ClientAuth, Duration, String),
 }
 
 impl Client {
@@ -282,11 +309,25 @@ impl Client {
                 }
                 Ok(out.stdout)
             }
+            Client::Connect(addr, timeout) => {
+                let mut c = EchoClient::connect_tcp(addr, *timeout).await?;
+                let reply = c.request(req).await?;
+                c.finish().await?;
+                Ok(reply)
+            }
+            Client::ExecConnect(addr, auth, timeout, cmd) => {
+                let mut c = ExecClient::connect(addr, auth, *timeout).await?;
+                let out = c.run(cmd).await?;
+                if out.status != ExitStatus::Code(0) {
+                    return Err(ClientError::Server(format!("{:?}", out.status)));
+                }
+                Ok(out.stdout)
+            }
         }
     }
 
     fn is_exec(&self) -> bool {
-        matches!(self, Client::Exec(..))
+        matches!(self, Client::Exec(..) | Client::ExecConnect(..))
     }
 
     fn is_time(&self) -> bool {
@@ -314,9 +355,112 @@ impl std::fmt::Display for Report {
         if let Some(m) = self.mb_per_sec {
             write!(f, ", {m:.0} MB/s")?;
         }
+        if let (Some(a), Some(b), "idle") = (
+            self.server_rss_kib_before,
+            self.server_rss_kib_after,
+            self.mode.as_str(),
+        ) {
+            let per = (b.saturating_sub(a) as f64) / (self.conns.max(1) as f64);
+            write!(f, ", {per:.1} KiB of server RSS per idle connection")?;
+        }
         if let (Some(a), Some(b)) = (self.server_rss_kib_before, self.server_rss_kib_after) {
             write!(f, ", server RSS {a} -> {b} KiB")?;
         }
         Ok(())
     }
+}
+
+/// A report for one-shot modes (stream, idle).
+fn single(
+    p: &Params,
+    ok: bool,
+    seconds: f64,
+    mb: Option<f64>,
+    rss: (Option<u64>, Option<u64>),
+) -> Report {
+    Report {
+        mode: p.mode.name().to_string(),
+        conns: p.conns,
+        size: p.size,
+        requests: u64::from(ok),
+        errors: u64::from(!ok),
+        seconds,
+        requests_per_sec: 0.0,
+        p50_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        max_us: 0,
+        server_rss_kib_before: rss.0,
+        server_rss_kib_after: rss.1,
+        mb_per_sec: mb,
+    }
+}
+
+/// One connection: a writer sends `p.bytes` in `p.size`-byte writes while
+/// the reader checks every echoed byte.
+async fn stream(p: Params) -> anyhow::Result<Report> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = crate::client::connect_tcp(&p.addr, p.timeout).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let size = p.size.max(1);
+    let chunk: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    let want = chunk.to_ascii_uppercase();
+    let total = p.bytes;
+    let start = Instant::now();
+    let writer = async {
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(size as u64) as usize;
+            wr.write_all(chunk.get(..n).unwrap_or_default()).await?;
+            sent += n as u64;
+        }
+        wr.shutdown().await
+    };
+    let reader = async {
+        const READ: usize = 256 * 1024;
+        let mut buf = vec![0u8; READ];
+        // The expected bytes from any offset within one period, long
+        // enough for a whole read: each check is one slice comparison.
+        let expected: Vec<u8> = want.iter().copied().cycle().take(size + READ).collect();
+        let (mut got, mut good) = (0u64, true);
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let at = (got % size as u64) as usize;
+            good &= buf.get(..n) == expected.get(at..at + n);
+            got += n as u64;
+        }
+        Ok::<_, std::io::Error>((got, good))
+    };
+    let ((), (got, good)) = tokio::try_join!(writer, reader)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let ok = good && got == total;
+    Ok(single(
+        &p,
+        ok,
+        seconds,
+        Some(got as f64 / 1e6 / seconds.max(1e-9)),
+        (None, None),
+    ))
+}
+
+/// Holds `p.conns` idle echo connections for `p.duration` (one round trip
+/// each first, so the server has really accepted them).
+async fn idle(p: Params) -> anyhow::Result<Report> {
+    let before = p.server_pid.and_then(rss_kib);
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(p.conns);
+    let mut ok = true;
+    for _ in 0..p.conns {
+        let mut c = EchoClient::connect_tcp(&p.addr, p.timeout).await?;
+        ok &= c.request(b"x").await.map(|r| r == b"X").unwrap_or(false);
+        held.push(c);
+    }
+    tokio::time::sleep(p.duration.min(Duration::from_secs(60))).await;
+    let after = p.server_pid.and_then(rss_kib);
+    let seconds = start.elapsed().as_secs_f64();
+    drop(held);
+    Ok(single(&p, ok, seconds, None, (before, after)))
 }

@@ -150,14 +150,18 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     use crate::bench::{Mode, Params};
     let default_port = match args.mode {
         Mode::UdpTime => DEFAULT_TIME_PORT,
-        Mode::Exec | Mode::ExecStream => crate::config::DEFAULT_EXEC_PORT,
+        Mode::Exec | Mode::ExecStream | Mode::ExecConnect => crate::config::DEFAULT_EXEC_PORT,
         _ => DEFAULT_ECHO_PORT,
     };
     let exec_auth = match args.mode {
-        Mode::Exec | Mode::ExecStream if args.no_auth => Some(crate::client::ClientAuth::none()),
-        Mode::Exec | Mode::ExecStream => Some(crate::client::ClientAuth::token(
-            crate::proto::auth::client_token(args.token_file.as_deref())?.0,
-        )),
+        Mode::Exec | Mode::ExecStream | Mode::ExecConnect if args.no_auth => {
+            Some(crate::client::ClientAuth::none())
+        }
+        Mode::Exec | Mode::ExecStream | Mode::ExecConnect => {
+            Some(crate::client::ClientAuth::token(
+                crate::proto::auth::client_token(args.token_file.as_deref())?.0,
+            ))
+        }
         _ => None,
     };
     let addr = match &args.addr {
@@ -167,8 +171,12 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     if args.conns == 0 {
         bail!("--conns must be at least 1");
     }
-    if matches!(args.mode, Mode::UdpEcho | Mode::UdpTime) && args.size > crate::client::MAX_DATAGRAM
-    {
+    let size = args.size.unwrap_or(if args.mode == Mode::Stream {
+        64 * 1024
+    } else {
+        64
+    });
+    if matches!(args.mode, Mode::UdpEcho | Mode::UdpTime) && size > crate::client::MAX_DATAGRAM {
         bail!("--size is over the UDP maximum of 65,507 bytes");
     }
     let _ = crate::sys::raise_fd_limit();
@@ -176,7 +184,7 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         mode: args.mode,
         addr,
         conns: args.conns,
-        size: args.size,
+        size,
         duration: args.duration,
         requests: args.requests,
         timeout: args.timeout,

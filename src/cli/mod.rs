@@ -150,7 +150,7 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// echo (TCP), udp-echo, udp-time, exec or exec-stream.
+    /// echo, udp-echo, udp-time, stream, connect, idle, exec, exec-connect or exec-stream.
     #[arg(value_enum)]
     pub mode: crate::bench::Mode,
     /// Target HOST:PORT [default: 127.0.0.1:9000, or :9001 for udp-time].
@@ -158,9 +158,9 @@ pub struct BenchArgs {
     /// Connections (TCP) or sockets (UDP), each with one request in flight.
     #[arg(long, default_value_t = 16)]
     pub conns: usize,
-    /// Request size in bytes (echo modes).
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
+    /// Request size in bytes (echo modes) [default: 64]; write size for stream [default: 65536].
+    #[arg(long)]
+    pub size: Option<usize>,
     /// How long to run.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -179,7 +179,7 @@ pub struct BenchArgs {
     /// exec: the shell command each job runs.
     #[arg(long, default_value = "true")]
     pub cmd: String,
-    /// exec-stream: bytes the job writes.
+    /// stream: bytes to send; exec-stream: bytes the job writes.
     #[arg(long, default_value_t = 1 << 30)]
     pub bytes: u64,
     /// exec modes: token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
@@ -213,6 +213,9 @@ pub struct ServeArgs {
     /// Simultaneous TCP echo connections [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Simultaneous TCP echo connections from one source address; 0 = no limit [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
     /// Close echo connections idle this long, e.g. 300s, 5m [default: 300s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,

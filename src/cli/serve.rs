@@ -34,6 +34,9 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(n) = args.max_connections {
         cfg.echo.max_connections = n;
     }
+    if let Some(n) = args.max_connections_per_source {
+        cfg.echo.max_connections_per_source = n;
+    }
     if let Some(d) = args.idle_timeout {
         cfg.echo.idle_timeout = d;
     }
@@ -107,6 +110,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Before any thread exists: this reads and clears LISTEN_* variables.
     let passed = crate::activation::listen_fds()?;
+
     match crate::sys::raise_fd_limit() {
         Ok(n) => info!(open_files = n, "file-descriptor limit"),
         Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),

@@ -152,10 +152,15 @@ pub fn spawn(
     .stderr(Stdio::piped())
     .process_group(0)
     .kill_on_drop(false);
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (sigaction, sigprocmask) on its own
-    // stack data.
+    // The hook forces fork+exec where std would otherwise use posix_spawn.
+    // Measured: posix_spawn would give ~20% more jobs/s for `true`, but
+    // glibc's posix_spawn leaves its internal signals (32, 33) ignored in
+    // the child, and jobs must start with every disposition at its default
+    // (PROTOCOL.md §3.3); see docs/BENCHMARKS.md.
     let ids = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe calls (rt_sigaction, sigprocmask, setgroups,
+    // setgid, setuid) on data allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             reset_signals()?;
@@ -182,45 +187,16 @@ pub fn spawn(
     })
 }
 
-/// The kernel's `struct sigaction` (x86_64 and arm64 layout).
-#[repr(C)]
-struct KernelSigaction {
-    handler: libc::sighandler_t,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
-
 /// In the child: every signal back to its default action, none blocked, so
 /// whatever the server ignores or blocks does not leak into jobs.
 fn reset_signals() -> io::Result<()> {
-    // SAFETY: plain libc calls on zeroed local structs; async-signal-safe.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL
-                && sig != libc::SIGSTOP
-                && libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0
-            {
-                // glibc refuses to touch the signals it reserves for
-                // itself (32, 33), yet an ignored one is inherited across
-                // exec; the kernel call resets it.
-                let k = KernelSigaction {
-                    handler: libc::SIG_DFL,
-                    flags: 0,
-                    restorer: 0,
-                    mask: 0,
-                };
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &k as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
-            }
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            crate::sys::default_action_raw(sig);
         }
+    }
+    // SAFETY: sigemptyset/sigprocmask on a local set; async-signal-safe.
+    unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
