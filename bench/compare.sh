@@ -20,6 +20,8 @@ out_md=docs/BENCHMARKS-compare.md
 
 need=()
 for t in socat ncat iperf3; do command -v "$t" >/dev/null || need+=("$t"); done
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -48,7 +50,7 @@ start() {
 
 # Fixed loopback ports, one per server (the peers take an address).
 p_sb=19101 p_sbx=19102 p_tokio=19103 p_std=19104 p_stdu=19105 p_py=19106
-p_pyt=19107 p_socat=19108 p_ncat=19109 p_iperf=19110
+p_pyt=19107 p_socat=19108 p_ncat=19109 p_iperf=19110 p_ssh=19111
 
 start switchboard "$sb" serve -q --allow-root --echo "127.0.0.1:$p_sb" --time 127.0.0.1:0 \
   --exec "tcp://127.0.0.1:$p_sbx" --udp-rate-limit 0 --max-connections-per-source 0
@@ -61,6 +63,27 @@ start pythreaded python3 bench/peers/tutorial_server.py "$p_pyt" --threaded
 start socat socat "TCP-LISTEN:$p_socat,fork,reuseaddr,bind=127.0.0.1" EXEC:"stdbuf -o0 tr a-z A-Z"
 start ncat ncat -k -l 127.0.0.1 "$p_ncat" --sh-exec "stdbuf -o0 tr a-z A-Z"
 start iperf iperf3 -s -B 127.0.0.1 -p "$p_iperf"
+# A throwaway sshd on a loopback high port: its own host key, one client
+# key, /bin/sh as the user's shell (root here), nothing from /etc/ssh.
+ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$work/client_key"
+cp "$work/client_key.pub" "$work/authorized_keys"
+cat >"$work/sshd_config" <<CFG
+Port $p_ssh
+ListenAddress 127.0.0.1
+HostKey $work/host_key
+AuthorizedKeysFile $work/authorized_keys
+PidFile $work/sshd.pid
+PermitRootLogin yes
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+CFG
+mkdir -p /run/sshd
+start sshd /usr/sbin/sshd -D -e -f "$work/sshd_config"
+ssh_opts=(-p "$p_ssh" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+ssh_cm=(-o ControlMaster=auto -o "ControlPath=$work/cm-%r@%h:%p" -o ControlPersist=120)
 
 results=$work/results.jsonl
 : >"$results"
@@ -94,12 +117,34 @@ for peer in switchboard:$p_sb std:$p_stdu; do
   measure "UDP echo 32 B, 16 sockets" "${peer%%:*}" udp-echo "127.0.0.1:${peer##*:}" --conns 16 --size 32 --duration "${secs}s"
 done
 measure "exec true, 1 kept conn" switchboard exec "127.0.0.1:$p_sbx" --conns 1 --duration "${secs}s"
+measure "exec true, 1 conn, 8 jobs in flight" switchboard exec "127.0.0.1:$p_sbx" --conns 1 --inflight 8 --duration "${secs}s"
 measure "exec, fresh conn + handshake + job" switchboard exec-connect "127.0.0.1:$p_sbx" --conns 1 --duration "${secs}s"
 measure "exec stdout stream, head -c 1G" switchboard exec-stream "127.0.0.1:$p_sbx" --bytes 1073741824
 measure "idle echo conns (10,000)" switchboard idle "127.0.0.1:$p_sb" --conns 10000 --duration 2s --server-pid "$sb_pid"
 
+# jobs/s of `ssh host true` for SECONDS: fresh connections, or over a
+# ControlMaster connection (set up once before timing).
+ssh_rate() {
+  local n=0 start now
+  start=${EPOCHREALTIME/./}
+  now=$start
+  while [ $((now - start)) -lt $((secs * 1000000)) ]; do
+    ssh "${ssh_opts[@]}" "$@" root@127.0.0.1 true || return 1
+    n=$((n + 1))
+    now=${EPOCHREALTIME/./}
+  done
+  python3 -c "print($n * 1e6 / ($now - $start))"
+}
+ssh "${ssh_opts[@]}" "${ssh_cm[@]}" root@127.0.0.1 true || true
+
 # The floors and ceilings measured outside `switchboard bench`.
 for _ in $(seq "$runs"); do
+  if r=$(ssh_rate "${ssh_cm[@]}"); then
+    echo "{\"label\":\"exec true, 1 kept conn\",\"peer\":\"ssh ControlMaster\",\"raw\":{\"spawns_per_sec\":$r}}" >>"$results"
+  fi
+  if r=$(ssh_rate); then
+    echo "{\"label\":\"exec, fresh conn + handshake + job\",\"peer\":\"ssh (fresh)\",\"raw\":{\"spawns_per_sec\":$r}}" >>"$results"
+  fi
   "$ex/spawn_loop" "$secs" true | sed 's/^/{"label":"exec true, 1 kept conn","peer":"local spawn loop","raw":/; s/$/}/' >>"$results"
   iperf3 -c 127.0.0.1 -p "$p_iperf" -t "$secs" -J 2>/dev/null \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"label":"stream 64 KiB writes, 1 conn","peer":"iperf3","raw":{"mb_per_sec":d["end"]["sum_received"]["bits_per_second"]/8e6}}))' >>"$results" 2>/dev/null || true

@@ -77,6 +77,10 @@ pub struct Params {
     pub exec_auth: Option<ClientAuth>,
     pub cmd: String,
     pub bytes: u64,
+    /// exec: jobs in flight per connection.
+    pub inflight: usize,
+    /// Show a progress bar (on a terminal, not with --json).
+    pub progress: bool,
 }
 
 /// The result, also printed as one JSON line with `--json`.
@@ -118,6 +122,7 @@ fn payload(size: usize, conn: usize) -> Vec<u8> {
 /// Runs the load; all clients connect before the clock starts.
 pub async fn run(p: Params) -> anyhow::Result<Report> {
     match p.mode {
+        Mode::Exec if p.inflight > 1 => return exec_inflight(p).await,
         Mode::ExecStream => return exec_stream(p).await,
         Mode::Stream => return stream(p).await,
         Mode::Idle => return idle(p).await,
@@ -151,6 +156,7 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + p.duration;
+    let bar = progress(&p, issued.clone());
     let mut tasks = Vec::with_capacity(p.conns);
     for (i, mut client) in clients.into_iter().enumerate() {
         let (stop, issued) = (stop.clone(), issued.clone());
@@ -204,6 +210,9 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     let seconds = start.elapsed().as_secs_f64();
     let rss_after = p.server_pid.and_then(rss_kib);
     drop(open);
@@ -463,4 +472,138 @@ async fn idle(p: Params) -> anyhow::Result<Report> {
     let seconds = start.elapsed().as_secs_f64();
     drop(held);
     Ok(single(&p, ok, seconds, None, (before, after)))
+}
+
+/// A progress bar over the run's duration, counting requests, when asked.
+fn progress(p: &Params, count: Arc<AtomicU64>) -> Option<indicatif::ProgressBar> {
+    if !p.progress {
+        return None;
+    }
+    let total = p.duration.as_millis() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let b = bar.clone();
+    tokio::spawn(async move {
+        while !b.is_finished() {
+            let done = count.load(Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64().max(1e-3);
+            b.set_position((start.elapsed().as_millis() as u64).min(total));
+            b.set_message(format!("{done} requests, {:.0}/s", done as f64 / secs));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Some(bar)
+}
+
+/// Exec with `p.inflight` jobs outstanding on each of `p.conns`
+/// connections (jobs run concurrently on the server).
+async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
+    use std::collections::HashMap;
+    let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
+    let mut conns = Vec::with_capacity(p.conns);
+    for _ in 0..p.conns {
+        conns.push(
+            ExecClient::connect(&p.addr, &auth, p.timeout)
+                .await?
+                .split(),
+        );
+    }
+    let issued = Arc::new(AtomicU64::new(0));
+    let bar = progress(&p, issued.clone());
+    let start = Instant::now();
+    let deadline = start + p.duration;
+    let mut tasks = Vec::new();
+    for (mut tx, mut rx) in conns {
+        let (cmd, inflight, limit, issued) =
+            (p.cmd.clone(), p.inflight, p.requests, issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut pending: HashMap<u64, Instant> = HashMap::new();
+            let mut next = 0u64;
+            let more = |issued: &AtomicU64| {
+                Instant::now() < deadline
+                    && (limit == 0 || issued.fetch_add(1, Ordering::Relaxed) < limit)
+            };
+            while pending.len() < inflight && more(&issued) {
+                next += 1;
+                if tx
+                    .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                pending.insert(next, Instant::now());
+            }
+            while !pending.is_empty() {
+                let done = match rx.recv().await {
+                    Ok(Some(ServerMsg::Exit { id, status })) => {
+                        Some((id, status == ExitStatus::Code(0)))
+                    }
+                    Ok(Some(ServerMsg::Error { id: Some(id), .. })) => Some((id, false)),
+                    Ok(Some(_)) => None,
+                    Ok(None) | Err(_) => break,
+                };
+                let Some((id, good)) = done else { continue };
+                if let Some(t0) = pending.remove(&id) {
+                    if good {
+                        ok += 1;
+                        if let Some(h) = hist.as_mut() {
+                            let _ =
+                                h.record((t0.elapsed().as_micros().max(1) as u64).min(60_000_000));
+                        }
+                    } else {
+                        errors += 1;
+                    }
+                }
+                if more(&issued) {
+                    next += 1;
+                    if tx
+                        .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
+                        .await
+                        .is_ok()
+                    {
+                        pending.insert(next, Instant::now());
+                    }
+                }
+            }
+            errors += pending.len() as u64;
+            (ok, errors, hist)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut requests, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (ok, err, hist) = t.await?;
+        requests += ok;
+        errors += err;
+        if let Some(h) = hist {
+            total.add(h)?;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Report {
+        mode: format!("exec (inflight {})", p.inflight),
+        conns: p.conns,
+        size: p.size,
+        requests,
+        errors,
+        seconds,
+        requests_per_sec: requests as f64 / seconds.max(1e-9),
+        p50_us: total.value_at_quantile(0.50),
+        p99_us: total.value_at_quantile(0.99),
+        p999_us: total.value_at_quantile(0.999),
+        max_us: total.max(),
+        server_rss_kib_before: None,
+        server_rss_kib_after: None,
+        mb_per_sec: None,
+    })
 }

@@ -192,6 +192,8 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         exec_auth,
         cmd: args.cmd,
         bytes: args.bytes,
+        inflight: args.inflight.max(1),
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let report = rt.block_on(crate::bench::run(params))?;

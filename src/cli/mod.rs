@@ -176,6 +176,9 @@ pub struct BenchArgs {
     /// Print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// exec: jobs in flight per connection.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub inflight: usize,
     /// exec: the shell command each job runs.
     #[arg(long, default_value = "true")]
     pub cmd: String,
