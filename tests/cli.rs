@@ -457,6 +457,71 @@ fn bench_smoke_checks_every_reply() {
     assert_eq!(r["errors"], 0);
     assert!(r["server_rss_kib_before"].as_u64().unwrap() > 0);
 
+    // Every other mode, bounded in count and time.
+    let exec = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    for args in [
+        vec![
+            "stream",
+            tcp.as_str(),
+            "--bytes",
+            "4000000",
+            "--duration",
+            "10s",
+        ],
+        vec![
+            "connect",
+            tcp.as_str(),
+            "--conns",
+            "2",
+            "--requests",
+            "50",
+            "--duration",
+            "10s",
+        ],
+        vec![
+            "idle",
+            tcp.as_str(),
+            "--conns",
+            "20",
+            "--duration",
+            "100ms",
+            "--server-pid",
+            pid.as_str(),
+        ],
+        vec![
+            "exec",
+            exec.as_str(),
+            "--conns",
+            "1",
+            "--inflight",
+            "4",
+            "--requests",
+            "20",
+            "--duration",
+            "10s",
+        ],
+        vec![
+            "exec-connect",
+            exec.as_str(),
+            "--conns",
+            "1",
+            "--requests",
+            "5",
+            "--duration",
+            "10s",
+        ],
+        vec!["exec-stream", exec.as_str(), "--bytes", "3000000"],
+    ] {
+        let mut argv = vec!["bench"];
+        argv.extend(args.iter().copied());
+        argv.push("--json");
+        let o = client_in(home, &argv, None);
+        assert!(o.status.success(), "{argv:?}: {}{}", stdout(&o), stderr(&o));
+        let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert_eq!(r["errors"], 0, "{argv:?}: {r}");
+    }
+
     let time = srv.addr("time", Transport::Udp);
     let o = client(
         &[

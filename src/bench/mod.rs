@@ -216,22 +216,46 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     let seconds = start.elapsed().as_secs_f64();
     let rss_after = p.server_pid.and_then(rss_kib);
     drop(open);
-    Ok(Report {
-        mode: p.mode.name().to_string(),
-        conns: p.conns,
-        size: p.size,
+    let mut report = Report::from_latencies(
+        &p,
+        p.mode.name().to_string(),
         requests,
         errors,
         seconds,
-        requests_per_sec: requests as f64 / seconds.max(1e-9),
-        p50_us: total.value_at_quantile(0.50),
-        p99_us: total.value_at_quantile(0.99),
-        p999_us: total.value_at_quantile(0.999),
-        max_us: total.max(),
-        server_rss_kib_before: rss_before,
-        server_rss_kib_after: rss_after,
-        mb_per_sec: None,
-    })
+        &total,
+    );
+    report.server_rss_kib_before = rss_before;
+    report.server_rss_kib_after = rss_after;
+    Ok(report)
+}
+
+impl Report {
+    /// A request/response report from counts and a latency histogram.
+    fn from_latencies(
+        p: &Params,
+        mode: String,
+        requests: u64,
+        errors: u64,
+        seconds: f64,
+        h: &Histogram<u64>,
+    ) -> Report {
+        Report {
+            mode,
+            conns: p.conns,
+            size: p.size,
+            requests,
+            errors,
+            seconds,
+            requests_per_sec: requests as f64 / seconds.max(1e-9),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            server_rss_kib_before: None,
+            server_rss_kib_after: None,
+            mb_per_sec: None,
+        }
+    }
 }
 
 /// One job streaming `p.bytes` zero bytes; every byte counted.
@@ -590,20 +614,8 @@ async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
         b.finish_and_clear();
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(Report {
-        mode: format!("exec (inflight {})", p.inflight),
-        conns: p.conns,
-        size: p.size,
-        requests,
-        errors,
-        seconds,
-        requests_per_sec: requests as f64 / seconds.max(1e-9),
-        p50_us: total.value_at_quantile(0.50),
-        p99_us: total.value_at_quantile(0.99),
-        p999_us: total.value_at_quantile(0.999),
-        max_us: total.max(),
-        server_rss_kib_before: None,
-        server_rss_kib_after: None,
-        mb_per_sec: None,
-    })
+    let mode = format!("exec (inflight {})", p.inflight);
+    Ok(Report::from_latencies(
+        &p, mode, requests, errors, seconds, &total,
+    ))
 }
