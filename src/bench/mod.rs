@@ -388,6 +388,11 @@ impl std::fmt::Display for Report {
         if let Some(m) = self.mb_per_sec {
             write!(f, ", {m:.0} MB/s")?;
         }
+        if self.mode.starts_with("udp") {
+            let sent = self.requests + self.errors;
+            let pct = 100.0 * self.errors as f64 / (sent.max(1) as f64);
+            write!(f, ", lost {} of {sent} ({pct:.2}%)", self.errors)?;
+        }
         if let (Some(a), Some(b), "idle") = (
             self.server_rss_kib_before,
             self.server_rss_kib_after,
