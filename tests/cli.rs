@@ -396,7 +396,7 @@ fn ctrl_c_interrupts_the_remote_job() {
     let addr = srv.addr("exec", Transport::Tcp);
     let home = srv.home.path();
     let mut child = Command::new(bin())
-        .args(["exec", &addr, "--", "echo started; sleep 30"])
+        .args(["exec", &addr, "--", "echo started; exec sleep 30"])
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .stdin(Stdio::null())

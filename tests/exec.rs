@@ -294,11 +294,20 @@ async fn timeouts_and_signals_end_jobs() {
     assert_eq!(out.status, signal("KILL", true));
 
     let (mut tx, mut rx) = c.split();
-    tx.send(ClientMsg::Exec(req(2, "sleep 30"))).await.unwrap();
-    assert!(matches!(
-        rx.recv().await.unwrap().unwrap(),
-        ServerMsg::Started { id: 2, .. }
-    ));
+    // `exec`: no shell in between (a shell that has just forked can race a
+    // signal); wait until the job really is `sleep` before signalling it.
+    tx.send(ClientMsg::Exec(req(2, "exec sleep 30")))
+        .await
+        .unwrap();
+    let ServerMsg::Started { id: 2, pid } = rx.recv().await.unwrap().unwrap() else {
+        panic!("expected started");
+    };
+    for _ in 0..500 {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tx.send(ClientMsg::Signal {
         id: 2,
         signal: "INT".into(),
