@@ -302,22 +302,8 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
     };
     let seconds = start.elapsed().as_secs_f64();
     let ok = got == p.bytes && !nonzero && status == ExitStatus::Code(0);
-    Ok(Report {
-        mode: p.mode.name().to_string(),
-        conns: 1,
-        size: 0,
-        requests: u64::from(ok),
-        errors: u64::from(!ok),
-        seconds,
-        requests_per_sec: 0.0,
-        p50_us: 0,
-        p99_us: 0,
-        p999_us: 0,
-        max_us: 0,
-        server_rss_kib_before: rss_before,
-        server_rss_kib_after: rss_peak,
-        mb_per_sec: Some(got as f64 / 1e6 / seconds.max(1e-9)),
-    })
+    let mb = Some(got as f64 / 1e6 / seconds.max(1e-9));
+    Ok(single(&p, ok, seconds, mb, (rss_before, rss_peak)))
 }
 
 enum Client {
