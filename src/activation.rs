@@ -13,7 +13,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use anyhow::{Context, bail};
 
 use crate::endpoint::Transport;
-use crate::server::Service;
+use crate::exposure::Service;
 
 /// The first passed descriptor (`SD_LISTEN_FDS_START`).
 const FIRST_FD: i32 = 3;
@@ -99,16 +99,8 @@ pub fn listen_fds() -> anyhow::Result<Option<Vec<Passed>>> {
             (PassedSocket::Tcp(_), true) => Transport::Tls,
             (PassedSocket::Tcp(_), false) => Transport::Tcp,
         };
-        let fits = matches!(
-            (service, transport),
-            (Service::Echo, Transport::Tcp | Transport::Udp)
-                | (Service::Time, Transport::Udp)
-                | (Service::Exec, Transport::Tcp | Transport::Tls)
-                | (Service::ExecLegacy | Service::Metrics, Transport::Tcp)
-        );
-        if !fits {
-            bail!("passed socket {i} ({name}) has the wrong type for that service ({transport})");
-        }
+        crate::exposure::transport_allowed(service, transport)
+            .with_context(|| format!("passed socket {i} ({name})"))?;
         out.push(Passed {
             service,
             transport,

@@ -30,7 +30,7 @@
 //! token_file = "..."        # default: the user's config dir, switchboard/token
 //! max_connections = 256
 //! max_connections_per_source = 32
-//! max_unauthenticated = 64  # connections still in their handshake
+//! max_startups = "16:30:64" # handshakes in progress (TLS included): START:RATE:FULL
 //! max_unauthenticated_per_source = 8
 //! auth_penalty = "1s"       # after 3 failed auths; doubles per failure
 //! auth_penalty_max = "60s"
@@ -59,9 +59,14 @@
 //! [server]
 //! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
 //! metrics = ["tcp://127.0.0.1:9100"]   # Prometheus text at /metrics; default off
+//! source_netblock_v4 = 32   # per-source limits count addresses by network block
+//! source_netblock_v6 = 64
 //! ```
 
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -102,6 +107,99 @@ impl EchoMode {
     }
 }
 
+/// OpenSSH's `MaxStartups start:rate:full` for connections that have not
+/// authenticated yet. Default: `16:30:64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Startups {
+    /// Below this many, every connection is admitted.
+    pub start: usize,
+    /// Percent dropped at `start`, rising linearly to 100 at `full`.
+    pub rate: u32,
+    /// At this many, no connection is admitted (but see eviction).
+    pub full: usize,
+}
+
+impl Default for Startups {
+    fn default() -> Self {
+        Startups {
+            start: 16,
+            rate: 30,
+            full: 64,
+        }
+    }
+}
+
+impl fmt::Display for Startups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.start, self.rate, self.full)
+    }
+}
+
+impl FromStr for Startups {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected START:RATE:FULL (e.g. 16:30:64) or one number");
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
+        let st = match parts[..] {
+            [full] => {
+                let full = num(full)?;
+                Startups {
+                    start: full,
+                    rate: 100,
+                    full,
+                }
+            }
+            [start, rate, full] => Startups {
+                start: num(start)?,
+                rate: u32::try_from(num(rate)?).map_err(|_| bad())?,
+                full: num(full)?,
+            },
+            _ => return Err(bad()),
+        };
+        if st.full == 0 || st.start > st.full || st.rate > 100 {
+            return Err(format!(
+                "{s:?}: need 1 <= FULL, START <= FULL and RATE <= 100"
+            ));
+        }
+        Ok(st)
+    }
+}
+
+/// How addresses are grouped into sources: prefix lengths (OpenSSH's
+/// `PerSourceNetBlockSize`). Default: /32 for IPv4, /64 for IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetBlocks {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for NetBlocks {
+    fn default() -> Self {
+        NetBlocks { v4: 32, v6: 64 }
+    }
+}
+
+impl NetBlocks {
+    /// The source `ip` belongs to: its network block, as an address.
+    pub fn block(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.v4.min(32))).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(bits & mask))
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.v6.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(bits & mask))
+            }
+        }
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,9 +233,15 @@ pub struct ExecConfig {
     pub max_connections: usize,
     /// Simultaneous exec connections from one source address. Default: 32.
     pub max_connections_per_source: usize,
-    /// Connections still in their handshake, all sources. Default: 64.
-    pub max_unauthenticated: usize,
-    /// Connections still in their handshake from one source. Default: 8.
+    /// Connections still in their handshake (the TLS one included), all
+    /// sources, as OpenSSH's `MaxStartups START:RATE:FULL`: below START all
+    /// are admitted, from START on RATE% are dropped at random, rising to
+    /// 100% at FULL; at the limit a source holding at least two more than
+    /// the newcomer's source loses its oldest. Default: `16:30:64`.
+    #[serde(deserialize_with = "de_from_str")]
+    pub max_startups: Startups,
+    /// Connections still in their handshake from one source (network
+    /// block, see `server.source_netblock_v4`). Default: 8.
     pub max_unauthenticated_per_source: usize,
     /// After 3 failed authentications from a source, its connections are
     /// refused for this long, doubling with each further failure. 0 turns
@@ -216,7 +320,7 @@ impl Default for ExecConfig {
             token_file: None,
             max_connections: 256,
             max_connections_per_source: 32,
-            max_unauthenticated: 64,
+            max_startups: Startups::default(),
             max_unauthenticated_per_source: 8,
             auth_penalty: Duration::from_secs(1),
             auth_penalty_max: Duration::from_secs(60),
@@ -348,6 +452,21 @@ pub struct ProcessConfig {
     /// Serve Prometheus metrics here (`tcp://HOST:PORT`). Default: off.
     #[serde(deserialize_with = "de_tcp_listen")]
     pub metrics: Vec<Endpoint>,
+    /// Per-source limits and penalties count IPv4 addresses in blocks of
+    /// this prefix length (OpenSSH's `PerSourceNetBlockSize`). Default: 32.
+    pub source_netblock_v4: u8,
+    /// The same for IPv6, where one host usually has a /64. Default: 64.
+    pub source_netblock_v6: u8,
+}
+
+impl ProcessConfig {
+    /// How per-source accounting groups addresses.
+    pub fn netblocks(&self) -> NetBlocks {
+        NetBlocks {
+            v4: self.source_netblock_v4,
+            v6: self.source_netblock_v6,
+        }
+    }
 }
 
 impl Default for ProcessConfig {
@@ -355,6 +474,8 @@ impl Default for ProcessConfig {
         ProcessConfig {
             shutdown_grace: Duration::from_secs(5),
             metrics: Vec::new(),
+            source_netblock_v4: 32,
+            source_netblock_v6: 64,
         }
     }
 }
@@ -414,41 +535,130 @@ impl ServerConfig {
         if tls && !x.tls_self_signed && (x.tls_cert.is_none() || x.tls_key.is_none()) {
             bail!("tls:// exec endpoints need --tls-cert and --tls-key, or --tls-self-signed");
         }
-        if let Some(e) = x
-            .legacy_listen
-            .iter()
-            .find(|e| e.transport != Transport::Tcp)
-        {
-            bail!("legacy exec is plain TCP: {e} is not tcp://");
+        for (service, e) in crate::exposure::wanted(self) {
+            crate::exposure::transport_allowed(service, e.transport)
+                .with_context(|| format!("{service}: {e}"))?;
         }
-        if let Some(e) = self
-            .server
-            .metrics
-            .iter()
-            .find(|e| e.transport != Transport::Tcp)
-        {
-            bail!("metrics are served over plain TCP: {e}");
+        if x.max_unauthenticated_per_source == 0 {
+            bail!("exec.max_unauthenticated_per_source must be at least 1");
         }
-        if let Some(e) = self
-            .echo
-            .listen
-            .iter()
-            .find(|e| e.transport == Transport::Tls)
-        {
-            bail!("echo has no TLS: {e}");
-        }
-        if x.max_unauthenticated == 0 || x.max_unauthenticated_per_source == 0 {
-            bail!("exec.max_unauthenticated and max_unauthenticated_per_source must be at least 1");
-        }
-        if let Some(e) = self
-            .time
-            .listen
-            .iter()
-            .find(|e| e.transport != Transport::Udp)
-        {
-            bail!("time is a UDP service: {e} is not udp://");
+        if self.server.source_netblock_v4 > 32 || self.server.source_netblock_v6 > 128 {
+            bail!("server.source_netblock_v4 must be at most 32 and source_netblock_v6 at most 128");
         }
         Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// The settings that take effect only at a restart, each with its name
+    /// and value: a reload compares these as a whole and names every one
+    /// that changed. Every other setting is applied live (see
+    /// `server::Reloader`). The patterns below name every field, so a new
+    /// setting does not compile until it is put on one side or the other.
+    pub fn restart_settings(&self) -> Vec<(&'static str, String)> {
+        let ServerConfig {
+            echo,
+            time,
+            udp,
+            exec,
+            server,
+        } = self;
+        let EchoConfig {
+            listen: echo_listen,
+            mode,
+            max_connections: _,            // live: the limit is resized
+            max_connections_per_source: _, // live: read at each accept
+            idle_timeout: echo_idle,
+            buffer_size,
+        } = echo;
+        let TimeConfig {
+            listen: time_listen,
+            utc,
+            reply_cap,
+        } = time;
+        let UdpConfig {
+            rate_limit,
+            rate_burst,
+            max_sources,
+            recv_buffer,
+        } = udp;
+        // Exec settings are read per connection or per request from the
+        // live copy, except the sockets and the certificate.
+        let ExecConfig {
+            listen: exec_listen,
+            legacy_listen,
+            no_auth: _,
+            token_file: _,
+            max_connections: _,
+            max_connections_per_source: _,
+            max_startups: _,
+            max_unauthenticated_per_source: _,
+            auth_penalty: _,
+            auth_penalty_max: _,
+            idle_timeout: _,
+            frame_timeout: _,
+            max_jobs_per_connection: _,
+            max_jobs: _,
+            handshake_timeout: _,
+            kill_grace: _,
+            drain_grace: _,
+            job_timeout: _,
+            max_header: _,
+            max_body: _,
+            legacy_output_cap: _,
+            argv_only: _,
+            allowed_programs: _,
+            allow_env: _,
+            allow_cwd: _,
+            run_as: _,
+            allow_root: _,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
+            allow_plaintext: _, // live: judged by exposure against the bound sockets
+        } = exec;
+        let ProcessConfig {
+            shutdown_grace: _, // live: read when shutdown starts
+            metrics,
+            source_netblock_v4,
+            source_netblock_v6,
+        } = server;
+        macro_rules! named {
+            ($($name:literal => $v:expr),* $(,)?) => {
+                vec![$(($name, format!("{:?}", $v))),*]
+            };
+        }
+        named![
+            "echo.listen" => echo_listen,
+            "echo.mode" => mode,
+            "echo.idle_timeout" => echo_idle,
+            "echo.buffer_size" => buffer_size,
+            "time.listen" => time_listen,
+            "time.utc" => utc,
+            "time.reply_cap" => reply_cap,
+            "udp.rate_limit" => rate_limit,
+            "udp.rate_burst" => rate_burst,
+            "udp.max_sources" => max_sources,
+            "udp.recv_buffer" => recv_buffer,
+            "exec.listen" => exec_listen,
+            "exec.legacy_listen" => legacy_listen,
+            "exec.tls_cert" => tls_cert,
+            "exec.tls_key" => tls_key,
+            "exec.tls_self_signed" => tls_self_signed,
+            "server.metrics" => metrics,
+            "server.source_netblock_v4" => source_netblock_v4,
+            "server.source_netblock_v6" => source_netblock_v6,
+        ]
+    }
+
+    /// The restart-only settings that differ between `self` and `new`, by name.
+    pub fn restart_changes(&self, new: &ServerConfig) -> Vec<&'static str> {
+        self.restart_settings()
+            .into_iter()
+            .zip(new.restart_settings())
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.0)
+            .collect()
     }
 }
 
@@ -464,22 +674,17 @@ pub fn parse_echo_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
     })
 }
 
-/// Parses a time listen address: UDP only, a bare `HOST:PORT` means UDP.
+/// Parses a time listen address: a bare `HOST:PORT` means UDP. Whether
+/// the transport suits the service is judged by [`ServerConfig::validate`]
+/// (through [`crate::exposure`]).
 pub fn parse_time_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
-    let e = Endpoint::parse_with_default(s, Transport::Udp)?;
-    if e.transport != Transport::Udp {
-        bail!("time is a UDP service: {e} is not udp://");
-    }
-    Ok(vec![e])
+    Ok(vec![Endpoint::parse_with_default(s, Transport::Udp)?])
 }
 
-/// Parses an exec listen address: TCP only.
+/// Parses an exec, legacy or metrics listen address: a bare `HOST:PORT`
+/// means TCP. The transport is judged by [`ServerConfig::validate`].
 pub fn parse_tcp_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
-    let e = Endpoint::parse_with_default(s, Transport::Tcp)?;
-    if e.transport == Transport::Udp {
-        bail!("exec is a TCP service: {e} is not tcp:// or tls://");
-    }
-    Ok(vec![e])
+    Ok(vec![Endpoint::parse_with_default(s, Transport::Tcp)?])
 }
 
 /// Parses a duration such as `300s`, `5m`, `250ms`.
@@ -510,6 +715,11 @@ fn de_time_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::E
 
 fn de_tcp_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Endpoint>, D::Error> {
     de_listen(d, parse_tcp_listen)
+}
+
+fn de_from_str<'de, D: Deserializer<'de>, T: FromStr<Err = String>>(d: D) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -7,7 +7,8 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`endpoint`] | `tcp://HOST:PORT` / `udp://HOST:PORT` addresses, parsing and resolution |
-//! | [`config`] | [`config::ServerConfig`]: endpoints and every limit with its default; TOML loading |
+//! | [`config`] | [`config::ServerConfig`]: endpoints and every limit with its default; TOML loading; which settings need a restart |
+//! | [`exposure`] | the one set of rules for which service may listen where: transports, loopback-only services, plaintext and unauthenticated exec; every start, activation, `--check-config` and reload path calls it |
 //! | [`timefmt`] | pure `strftime` validation and formatting for the time service (never panics) |
 //! | [`server`] | [`server::Server`]: binds endpoints, runs the services, shuts down gracefully |
 //! | [`server::echo`] | TCP and UDP upper-case echo (PROTOCOL.md §1) |
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod endpoint;
+pub mod exposure;
 pub mod hosts;
 pub mod net;
 pub mod proto;

@@ -100,7 +100,12 @@ fn collect<T>(
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = config_from_args(&args)?;
     if args.check_config {
-        // What binding would find out too: the run-as user, the certificate.
+        // What starting would find out, short of binding: the exposure
+        // rules on the resolved addresses, the run-as user, the certificate.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::exposure::resolve_and_check(&cfg))?;
         crate::server::exec::policy::Policy::from_config(&cfg.exec)?;
         if let (Some(c), Some(k)) = (&cfg.exec.tls_cert, &cfg.exec.tls_key) {
             crate::tls::server_identity(c, k)?;

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::limit::Limit;
 use super::sources::Sources;
 use super::stats::TcpCounters;
 
@@ -70,13 +70,15 @@ pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> io::Result<UdpSocket> {
 #[derive(Clone)]
 pub struct AcceptContext {
     pub service: &'static str,
-    pub limit: Arc<Semaphore>,
+    /// The service's connection limit, every endpoint together.
+    pub limit: Arc<Limit>,
     pub counters: Arc<TcpCounters>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
-    /// Per-source bookkeeping and the per-source connection limit (0: none).
+    /// Per-source bookkeeping.
     pub sources: Arc<Sources>,
-    pub per_source: usize,
+    /// The per-source connection limit as configured now (0: none).
+    pub per_source: Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
 /// Accepts connections until `shutdown`, running `handle` for each in its
@@ -117,7 +119,7 @@ where
             drop(stream);
             continue;
         };
-        let source = match ctx.sources.connect(peer.ip(), ctx.per_source) {
+        let source = match ctx.sources.connect(peer.ip(), (ctx.per_source)()) {
             Ok(g) => g,
             Err(why) => {
                 ctx.counters.rejected_source.inc();

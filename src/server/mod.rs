@@ -15,71 +15,38 @@
 
 pub mod echo;
 pub mod exec;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
+pub mod reload;
 pub mod sources;
 pub mod stats;
 pub mod time;
 pub mod udp;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ServerConfig;
-use crate::endpoint::{Endpoint, Transport};
+use crate::endpoint::Transport;
+use crate::exposure;
 use crate::proto::auth::{self, TokenSource};
 use exec::ExecShared;
 use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
+use reload::{Limits, LiveConfig};
 use stats::Stats;
 
-/// The services a server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Echo,
-    Time,
-    /// Native remote execution (PROTOCOL.md §3).
-    Exec,
-    /// Tutorial-compatible remote execution (PROTOCOL.md §4).
-    ExecLegacy,
-    /// Prometheus metrics.
-    Metrics,
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `pad` so that banners can align with `{:<5}`.
-        f.pad(match self {
-            Service::Echo => "echo",
-            Service::Time => "time",
-            Service::Exec => "exec",
-            Service::ExecLegacy => "exec-legacy",
-            Service::Metrics => "metrics",
-        })
-    }
-}
-
 /// One bound endpoint: the service and the real local address.
-#[derive(Debug, Clone)]
-pub struct Bound {
-    pub service: Service,
-    pub transport: Transport,
-    pub addr: SocketAddr,
-}
-
-impl Bound {
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint::from_addr(self.transport, self.addr)
-    }
-}
+pub use crate::exposure::Listener as Bound;
+pub use crate::exposure::Service;
+pub use reload::Reloader;
 
 enum Socket {
     Tcp(TcpListener),
@@ -88,7 +55,7 @@ enum Socket {
 
 /// A server with all its sockets bound, ready to [`run`](Server::run).
 pub struct Server {
-    config: Arc<ServerConfig>,
+    live: Arc<LiveConfig>,
     sockets: Vec<(Bound, Socket)>,
     stats: Arc<Stats>,
     token_info: Option<TokenInfo>,
@@ -96,115 +63,6 @@ pub struct Server {
     exec: Arc<ExecShared>,
     tracker: TaskTracker,
     limits: Limits,
-    has_exec: bool,
-}
-
-/// The semaphores behind the limits that SIGHUP can resize.
-#[derive(Clone)]
-struct Limits {
-    echo_connections: Arc<Semaphore>,
-    exec_connections: Arc<Semaphore>,
-    jobs: Arc<Semaphore>,
-}
-
-/// Applies a new configuration to a running server (see [`Server::reloader`]).
-///
-/// Reloaded: the exec token (a rotated token file), the command policy,
-/// every exec limit and deadline read per connection or per request, and
-/// the sizes of the connection and job limits. Not reloaded, with a
-/// warning: endpoints, TLS certificates, echo/time/UDP settings.
-/// Connections stay up throughout; new settings apply to new connections
-/// and requests.
-pub struct Reloader {
-    current: std::sync::Mutex<ServerConfig>,
-    exec: Arc<ExecShared>,
-    limits: Limits,
-    has_exec: bool,
-    native_exec: bool,
-}
-
-impl Reloader {
-    /// Validates `new`, applies what can change live, and returns warnings
-    /// about what cannot. On error nothing changes.
-    pub fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
-        new.validate()?;
-        let token = if self.native_exec && !new.exec.no_auth {
-            Some(auth::server_token(new.exec.token_file.as_deref())?.0)
-        } else {
-            None
-        };
-        let policy = exec::policy::Policy::from_config(&new.exec)?;
-        let mut old = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let mut warnings = Vec::new();
-        let fixed = [
-            ("echo.listen", old.echo.listen != new.echo.listen),
-            ("time.listen", old.time.listen != new.time.listen),
-            (
-                "exec.listen",
-                old.exec.listen != new.exec.listen
-                    || old.exec.legacy_listen != new.exec.legacy_listen,
-            ),
-            ("server.metrics", old.server.metrics != new.server.metrics),
-            (
-                "exec TLS certificate",
-                old.exec.tls_cert != new.exec.tls_cert || old.exec.tls_key != new.exec.tls_key,
-            ),
-            (
-                "echo settings",
-                old.echo.mode != new.echo.mode
-                    || old.echo.idle_timeout != new.echo.idle_timeout
-                    || old.echo.buffer_size != new.echo.buffer_size,
-            ),
-            (
-                "time/udp settings",
-                old.time.utc != new.time.utc
-                    || old.time.reply_cap != new.time.reply_cap
-                    || old.udp.rate_limit != new.udp.rate_limit,
-            ),
-        ];
-        for (what, changed) in fixed {
-            if changed {
-                warnings.push(format!("{what} changed: takes effect at the next restart"));
-            }
-        }
-        resize(
-            &self.limits.echo_connections,
-            old.echo.max_connections,
-            new.echo.max_connections,
-        );
-        resize(
-            &self.limits.exec_connections,
-            old.exec.max_connections,
-            new.exec.max_connections,
-        );
-        resize(&self.limits.jobs, old.exec.max_jobs, new.exec.max_jobs);
-        if self.has_exec && policy.refuses_root() {
-            warnings.push(
-                "running as root without run_as or allow_root: exec jobs will be refused".into(),
-            );
-        }
-        self.exec
-            .replace(exec::Live::new(new.exec.clone(), token, policy));
-        *old = new;
-        Ok(warnings)
-    }
-}
-
-/// Grows or shrinks a limit's semaphore. Shrinking takes back only free
-/// permits; the rest go as connections or jobs end.
-fn resize(sem: &Semaphore, old: usize, new: usize) {
-    if new > old {
-        sem.add_permits(new - old);
-    } else if old > new {
-        let mut left = old - new;
-        while left > 0 {
-            let taken = sem.forget_permits(left);
-            if taken == 0 {
-                break;
-            }
-            left -= taken;
-        }
-    }
 }
 
 /// The exec TLS certificate, for the banner.
@@ -265,66 +123,24 @@ pub struct TokenInfo {
 }
 
 impl Server {
-    /// Validates `config` and binds every endpoint. Fails, naming the
-    /// endpoint, if any cannot be bound; nothing is served until [`run`](Server::run).
+    /// Validates `config`, judges its endpoints by the exposure rules and
+    /// binds every one. Fails, naming the endpoint, if any is refused or
+    /// cannot be bound; nothing is served until [`run`](Server::run).
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
         let mut sockets = Vec::new();
-        let wanted = config
-            .echo
-            .listen
-            .iter()
-            .map(|e| (Service::Echo, e))
-            .chain(config.time.listen.iter().map(|e| (Service::Time, e)))
-            .chain(config.exec.listen.iter().map(|e| (Service::Exec, e)))
-            .chain(
-                config
-                    .exec
-                    .legacy_listen
-                    .iter()
-                    .map(|e| (Service::ExecLegacy, e)),
-            )
-            .chain(config.server.metrics.iter().map(|e| (Service::Metrics, e)));
-        for (service, endpoint) in wanted {
-            let addrs = endpoint
-                .resolve()
-                .await
-                .with_context(|| format!("{service}: cannot resolve {endpoint}"))?;
-            for addr in addrs {
-                let unauthenticated = service == Service::ExecLegacy
-                    || (service == Service::Exec && config.exec.no_auth);
-                if unauthenticated && !addr.ip().is_loopback() {
-                    anyhow::bail!(
-                        "{service}: {endpoint} resolves to {addr}, which is not a loopback address; \
-                         unauthenticated exec is allowed on loopback only"
-                    );
-                }
-                if service == Service::Exec
-                    && endpoint.transport == Transport::Tcp
-                    && !addr.ip().is_loopback()
-                    && !config.exec.allow_plaintext
-                {
-                    anyhow::bail!(
-                        "exec: {endpoint} ({addr}) is not a loopback address: commands and their output \
-                         would cross the network in the clear; use tls://, or --allow-plaintext"
-                    );
-                }
-                let socket = match endpoint.transport {
-                    Transport::Tcp | Transport::Tls => bind_tcp(addr).map(Socket::Tcp),
-                    Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
-                }
-                .with_context(|| format!("{service}: cannot bind {endpoint} ({addr})"))?;
-                let addr = match &socket {
-                    Socket::Tcp(l) => l.local_addr()?,
-                    Socket::Udp(s) => s.local_addr()?,
-                };
-                let bound = Bound {
-                    service,
-                    transport: endpoint.transport,
-                    addr,
-                };
-                sockets.push((bound, socket));
+        for wanted in exposure::resolve_and_check(&config).await? {
+            let (service, endpoint) = (wanted.service, wanted.endpoint());
+            let socket = match wanted.transport {
+                Transport::Tcp | Transport::Tls => bind_tcp(wanted.addr).map(Socket::Tcp),
+                Transport::Udp => bind_udp(wanted.addr, config.udp.recv_buffer).map(Socket::Udp),
             }
+            .with_context(|| format!("{service}: cannot bind {endpoint}"))?;
+            let addr = match &socket {
+                Socket::Tcp(l) => l.local_addr()?,
+                Socket::Udp(s) => s.local_addr()?,
+            };
+            sockets.push((Bound { addr, ..wanted }, socket));
         }
         Self::assemble(config, sockets)
     }
@@ -353,33 +169,22 @@ impl Server {
                     (Socket::Udp(u), addr)
                 }
             };
-            let unauthenticated = p.service == Service::ExecLegacy
-                || (p.service == Service::Exec && config.exec.no_auth);
-            if unauthenticated && !addr.ip().is_loopback() {
-                anyhow::bail!(
-                    "{}: passed socket {addr} is not on a loopback address",
-                    p.service
-                );
-            }
-            sockets.push((
-                Bound {
-                    service: p.service,
-                    transport: p.transport,
-                    addr,
-                },
-                socket,
-            ));
+            let bound = Bound {
+                service: p.service,
+                transport: p.transport,
+                addr,
+            };
+            sockets.push((bound, socket));
         }
         Self::assemble(config, sockets)
     }
 
-    /// Everything after binding: token, TLS identity, policy.
+    /// Everything after binding, common to every way of getting sockets:
+    /// the exposure rules, then token, TLS identity, policy.
     fn assemble(config: ServerConfig, sockets: Vec<(Bound, Socket)>) -> anyhow::Result<Server> {
-        let has_exec = sockets
-            .iter()
-            .any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy));
-        let native = sockets.iter().any(|(b, _)| b.service == Service::Exec);
-        let (token, token_info) = if native && !config.exec.no_auth {
+        exposure::check(sockets.iter().map(|(b, _)| b), &config)?;
+        let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
+        let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
             let (token, source, created) = auth::server_token(config.exec.token_file.as_deref())?;
             (Some(token), Some(TokenInfo { source, created }))
         } else {
@@ -391,25 +196,21 @@ impl Server {
             None
         };
         let policy = exec::policy::Policy::from_config(&config.exec)?;
-        if has_exec && policy.refuses_root() {
+        if (has(Service::Exec) || has(Service::ExecLegacy)) && policy.refuses_root() {
             warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
         }
         let stats = Arc::new(Stats::default());
         let tracker = TaskTracker::new();
-        let limits = Limits {
-            echo_connections: Arc::new(Semaphore::new(config.echo.max_connections)),
-            exec_connections: Arc::new(Semaphore::new(config.exec.max_connections)),
-            jobs: Arc::new(Semaphore::new(config.exec.max_jobs)),
-        };
+        let limits = Limits::new(&config);
         let exec = Arc::new(ExecShared::new(
             exec::Live::new(config.exec.clone(), token, policy),
             limits.jobs.clone(),
             stats.exec.clone(),
             tracker.clone(),
-            Arc::new(sources::Sources::default()),
+            Arc::new(sources::Sources::new(config.server.netblocks())),
         ));
         Ok(Server {
-            config: Arc::new(config),
+            live: LiveConfig::new(config),
             sockets,
             stats,
             token_info,
@@ -417,7 +218,6 @@ impl Server {
             exec,
             tracker,
             limits,
-            has_exec,
         })
     }
 
@@ -425,11 +225,11 @@ impl Server {
     /// runs (SIGHUP).
     pub fn reloader(&self) -> Reloader {
         Reloader {
-            current: std::sync::Mutex::new((*self.config).clone()),
+            live: self.live.clone(),
             exec: self.exec.clone(),
             limits: self.limits.clone(),
-            has_exec: self.has_exec,
-            native_exec: self.sockets.iter().any(|(b, _)| b.service == Service::Exec),
+            listeners: self.endpoints(),
+            lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -457,8 +257,9 @@ impl Server {
         self.stats.clone()
     }
 
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
+    /// The configuration as it is now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.live.get()
     }
 
     /// Where the exec token is, if exec runs with authentication.
@@ -472,13 +273,11 @@ impl Server {
     /// ends).
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = self.tracker;
-        let cfg = self.config;
+        let live = self.live;
+        let cfg = live.get();
         let stats = self.stats;
-        let echo_limit = self.limits.echo_connections.clone();
-        let exec_limit = self.limits.exec_connections.clone();
-        let echo_sources = Arc::new(sources::Sources::default());
+        let echo_sources = Arc::new(sources::Sources::new(cfg.server.netblocks()));
         let exec_shared = self.exec;
-        let exec_sources = exec_shared.sources.clone();
         let tls_acceptor = self
             .tls
             .as_ref()
@@ -497,14 +296,15 @@ impl Server {
             let cfg = cfg.clone();
             match (bound.service, socket) {
                 (Service::Echo, Socket::Tcp(listener)) => {
+                    let live = live.clone();
                     let ctx = AcceptContext {
                         service: "echo",
-                        limit: echo_limit.clone(),
+                        limit: self.limits.echo_connections.clone(),
                         counters: stats.echo_tcp.clone(),
                         shutdown: shutdown.clone(),
                         tracker: tracker.clone(),
                         sources: echo_sources.clone(),
-                        per_source: cfg.echo.max_connections_per_source,
+                        per_source: Arc::new(move || live.get().echo.max_connections_per_source),
                     };
                     let counters = stats.echo_tcp.clone();
                     let echo = Arc::new(cfg.echo.clone());
@@ -548,69 +348,54 @@ impl Server {
                     );
                 }
                 (service @ (Service::Exec | Service::ExecLegacy), Socket::Tcp(listener)) => {
+                    let shared = exec_shared.clone();
                     let ctx = AcceptContext {
                         service: if service == Service::Exec {
                             "exec"
                         } else {
                             "exec-legacy"
                         },
-                        limit: exec_limit.clone(),
+                        limit: self.limits.exec_connections.clone(),
                         counters: stats.exec_tcp.clone(),
                         shutdown: shutdown.clone(),
                         tracker: tracker.clone(),
-                        sources: exec_sources.clone(),
-                        per_source: cfg.exec.max_connections_per_source,
+                        sources: shared.sources.clone(),
+                        per_source: {
+                            let shared = shared.clone();
+                            Arc::new(move || shared.live().cfg.max_connections_per_source)
+                        },
                     };
-                    let shared = exec_shared.clone();
-                    if bound.transport == Transport::Tls {
-                        let Some(acceptor) = tls_acceptor.clone() else {
-                            warn!("no TLS certificate loaded; endpoint ignored");
-                            continue;
-                        };
-                        tracker.spawn(
-                            accept_loop(listener, ctx, move |stream, peer| {
-                                let (acceptor, shared, shutdown) =
-                                    (acceptor.clone(), shared.clone(), shutdown.clone());
-                                async move {
-                                    // The TLS handshake has its own deadline (the exec
-                                    // handshake's), so silent clients cannot hold slots.
-                                    let deadline = shared.live().cfg.handshake_timeout;
-                                    let tls = match tokio::time::timeout(
-                                        deadline,
-                                        acceptor.accept(stream),
-                                    )
-                                    .await
-                                    {
-                                        Ok(Ok(s)) => s,
-                                        Ok(Err(e)) => {
-                                            tracing::debug!(error = %e, "TLS handshake failed");
-                                            return Ok(());
-                                        }
-                                        Err(_) => {
-                                            tracing::debug!("TLS handshake deadline passed");
-                                            return Ok(());
-                                        }
-                                    };
-                                    exec::session::serve(tls, peer, shared, shutdown).await
-                                }
-                            })
-                            .instrument(span),
-                        );
-                    } else if service == Service::Exec {
-                        tracker.spawn(
-                            accept_loop(listener, ctx, move |stream, peer| {
-                                exec::session::serve(stream, peer, shared.clone(), shutdown.clone())
-                            })
-                            .instrument(span),
-                        );
-                    } else {
+                    if service == Service::ExecLegacy {
                         tracker.spawn(
                             accept_loop(listener, ctx, move |stream, _peer| {
                                 exec::legacy::serve(stream, shared.clone(), shutdown.clone())
                             })
                             .instrument(span),
                         );
+                        continue;
                     }
+                    let tls = match bound.transport {
+                        Transport::Tls => match tls_acceptor.clone() {
+                            Some(a) => Some(a),
+                            None => {
+                                warn!("no TLS certificate loaded; endpoint ignored");
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    tracker.spawn(
+                        accept_loop(listener, ctx, move |stream, peer| {
+                            exec::session::accept(
+                                stream,
+                                peer,
+                                tls.clone(),
+                                shared.clone(),
+                                shutdown.clone(),
+                            )
+                        })
+                        .instrument(span),
+                    );
                 }
                 (Service::Metrics, Socket::Tcp(listener)) => {
                     tracker
@@ -618,21 +403,17 @@ impl Server {
                 }
                 (_, Socket::Udp(_)) => warn!("no UDP service here; endpoint ignored"),
                 (Service::Time, Socket::Tcp(_)) => {
-                    // `ServerConfig::validate` refuses tcp:// for time.
+                    // `exposure` refuses tcp:// for time.
                     warn!("time has no TCP service; endpoint ignored");
                 }
             }
         }
         tracker.close();
         shutdown.cancelled().await;
-        info!(
-            "shutting down: no new connections; open ones get {:?}",
-            cfg.server.shutdown_grace
-        );
-        if tokio::time::timeout(cfg.server.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
+        // The grace as configured now: SIGHUP may have changed it.
+        let grace = live.get().server.shutdown_grace;
+        info!("shutting down: no new connections; open ones get {grace:?}");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
                 open = stats.echo_tcp.open.get(),
                 "shutdown grace passed; closing the remaining connections"

@@ -9,9 +9,9 @@ pub mod session;
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use super::limit::Limit;
 use super::sources::Sources;
 use super::stats::ExecCounters;
 use crate::config::ExecConfig;
@@ -48,7 +48,7 @@ impl Live {
 pub struct ExecShared {
     live: std::sync::RwLock<Arc<Live>>,
     /// Running jobs over all connections.
-    pub job_slots: Arc<Semaphore>,
+    pub job_slots: Arc<Limit>,
     pub counters: Arc<ExecCounters>,
     /// Job tasks, so that shutdown can wait for them to kill and reap.
     pub tracker: TaskTracker,
@@ -59,7 +59,7 @@ pub struct ExecShared {
 impl ExecShared {
     pub fn new(
         live: Live,
-        job_slots: Arc<Semaphore>,
+        job_slots: Arc<Limit>,
         counters: Arc<ExecCounters>,
         tracker: TaskTracker,
         sources: Arc<Sources>,

@@ -23,12 +23,15 @@ use crate::net::{BoxRead, BoxWrite};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use nix::unistd::Pid;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::ExecShared;
+use crate::server::sources::HandshakeGuard;
 use super::job::{self, JobTiming};
 use crate::proto::auth::{self, is_nonce};
 use crate::proto::{
@@ -54,11 +57,14 @@ struct JobDone {
     status: ExitStatus,
 }
 
-/// Serves one connection until the client leaves, breaks the protocol, or
-/// `shutdown` fires.
-pub async fn serve(
-    stream: impl crate::net::IntoHalves,
+/// Takes a new exec connection: a handshake slot first (before TLS, so a
+/// TLS handshake counts as unauthenticated too), then the TLS handshake if
+/// any, then [`serve`]. One deadline, `handshake_timeout`, covers the TLS
+/// and the token handshakes together.
+pub async fn accept(
+    stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     shared: Arc<ExecShared>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -67,15 +73,53 @@ pub async fn serve(
     // cannot lock everyone else out until their handshake deadlines.
     let live = shared.live();
     let cfg = &live.cfg;
-    let Ok(handshake_slot) = shared.sources.start_handshake(
+    let Ok(slot) = shared.sources.start_handshake(
         peer.ip(),
-        cfg.max_unauthenticated,
+        cfg.max_startups,
         cfg.max_unauthenticated_per_source,
     ) else {
         shared.counters.rejected_handshake.inc();
         debug!("too many unauthenticated connections; closing");
         return Ok(());
     };
+    let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+    let Some(acceptor) = tls else {
+        return serve(stream, peer, slot, deadline, shared, shutdown).await;
+    };
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = slot.evicted().cancelled() => {
+            debug!("handshake slot taken over by another source");
+            return Ok(());
+        }
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                debug!("TLS handshake deadline passed");
+                return Ok(());
+            }
+        },
+    };
+    serve(stream, peer, slot, deadline, shared, shutdown).await
+}
+
+/// Serves one connection until the client leaves, breaks the protocol, or
+/// `shutdown` fires. `slot` is its handshake slot, given back once the
+/// handshake is over; the handshake must end by `deadline`.
+async fn serve(
+    stream: impl crate::net::IntoHalves,
+    peer: SocketAddr,
+    handshake_slot: HandshakeGuard,
+    deadline: tokio::time::Instant,
+    shared: Arc<ExecShared>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let live = shared.live();
+    let cfg = &live.cfg;
     let (rd, wr) = stream.into_halves();
     let codec = || FrameCodec::new(cfg.max_header, cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
@@ -84,7 +128,11 @@ pub async fn serve(
 
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Handshake::Abandoned,
-        r = tokio::time::timeout(cfg.handshake_timeout, handshake(&mut reader, &tx, &live)) => match r {
+        _ = handshake_slot.evicted().cancelled() => {
+            debug!("handshake slot taken over by another source");
+            Handshake::Abandoned
+        }
+        r = tokio::time::timeout_at(deadline, handshake(&mut reader, &tx, &live)) => match r {
             Ok(outcome) => outcome,
             Err(_) => {
                 debug!("handshake deadline passed");
@@ -419,7 +467,7 @@ impl Session {
                 format!("{} jobs running on this connection", self.jobs.len()),
             ));
         }
-        let permit: OwnedSemaphorePermit = self
+        let permit = self
             .shared
             .job_slots
             .clone()

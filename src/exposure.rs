@@ -1,0 +1,256 @@
+//! Exposure: which service may listen where, over which transport, and
+//! whether it may run without authentication or encryption. This module is
+//! the only place those rules are written; every path that puts a socket
+//! in service goes through [`check`]:
+//!
+//! ```text
+//! serve (bind) ───────────┐
+//! socket activation ──────┤
+//! --check-config ─────────┼──> check(listeners, config) ──> Ok | Refused
+//! SIGHUP reload ──────────┘    (the reload checks the sockets already bound
+//!                               against the new configuration)
+//! ```
+//!
+//! The rules:
+//!
+//! | service | transports | off loopback |
+//! |---|---|---|
+//! | echo | tcp, udp | yes |
+//! | time | udp | yes |
+//! | exec | tcp, tls | tls; tcp only with `allow_plaintext`; never with `no_auth` |
+//! | exec-legacy | tcp | never (it has no authentication) |
+//! | metrics | tcp | yes (read-only counters) |
+//!
+//! "Loopback" is judged on the address actually bound or passed in (a name
+//! such as `localhost` is resolved first), so `0.0.0.0` and `[::]` are not
+//! loopback, and an IPv4-mapped `::ffff:127.0.0.1` is.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::config::ServerConfig;
+use crate::endpoint::{Endpoint, Transport};
+
+/// The services a server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Echo,
+    Time,
+    /// Native remote execution (PROTOCOL.md §3).
+    Exec,
+    /// Tutorial-compatible remote execution (PROTOCOL.md §4).
+    ExecLegacy,
+    /// Prometheus metrics.
+    Metrics,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so that banners can align with `{:<5}`.
+        f.pad(match self {
+            Service::Echo => "echo",
+            Service::Time => "time",
+            Service::Exec => "exec",
+            Service::ExecLegacy => "exec-legacy",
+            Service::Metrics => "metrics",
+        })
+    }
+}
+
+/// One socket a service listens on (or would): what `check` judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub service: Service,
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_addr(self.transport, self.addr)
+    }
+}
+
+/// Why a listener may not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{service}: {transport}:// is not a transport of this service ({})", transports(*service))]
+    Transport {
+        service: Service,
+        transport: Transport,
+    },
+    #[error(
+        "{service}: {addr} is not a loopback address, and this service has no authentication; \
+         it may listen on loopback addresses only"
+    )]
+    LegacyOffLoopback { service: Service, addr: SocketAddr },
+    #[error(
+        "exec: {addr} is not a loopback address, and exec runs without authentication (no_auth); \
+         unauthenticated exec is allowed on loopback addresses only"
+    )]
+    NoAuthOffLoopback { addr: SocketAddr },
+    #[error(
+        "exec: tcp://{addr} is not a loopback address: commands and their output would cross \
+         the network in the clear; use tls://, or allow_plaintext (--allow-plaintext)"
+    )]
+    PlaintextOffLoopback { addr: SocketAddr },
+}
+
+/// The transports `service` can be served over, for messages.
+fn transports(service: Service) -> &'static str {
+    match service {
+        Service::Echo => "tcp or udp",
+        Service::Time => "udp",
+        Service::Exec => "tcp or tls",
+        Service::ExecLegacy | Service::Metrics => "tcp",
+    }
+}
+
+/// Whether `service` can be served over `transport` at all (no address
+/// involved: configuration validation and socket activation ask this).
+pub fn transport_allowed(service: Service, transport: Transport) -> Result<(), Refused> {
+    let ok = matches!(
+        (service, transport),
+        (Service::Echo, Transport::Tcp | Transport::Udp)
+            | (Service::Time, Transport::Udp)
+            | (Service::Exec, Transport::Tcp | Transport::Tls)
+            | (Service::ExecLegacy | Service::Metrics, Transport::Tcp)
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(Refused::Transport { service, transport })
+    }
+}
+
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Judges one listener under `config`.
+pub fn check_one(l: &Listener, config: &ServerConfig) -> Result<(), Refused> {
+    transport_allowed(l.service, l.transport)?;
+    if is_loopback(l.addr) {
+        return Ok(());
+    }
+    match l.service {
+        Service::ExecLegacy => Err(Refused::LegacyOffLoopback {
+            service: l.service,
+            addr: l.addr,
+        }),
+        Service::Exec if config.exec.no_auth => Err(Refused::NoAuthOffLoopback { addr: l.addr }),
+        Service::Exec if l.transport == Transport::Tcp && !config.exec.allow_plaintext => {
+            Err(Refused::PlaintextOffLoopback { addr: l.addr })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Judges every listener; the first refusal wins.
+pub fn check<'a>(
+    listeners: impl IntoIterator<Item = &'a Listener>,
+    config: &ServerConfig,
+) -> Result<(), Refused> {
+    listeners
+        .into_iter()
+        .try_for_each(|l| check_one(l, config))
+}
+
+/// Every endpoint the configuration asks for, with its service.
+pub fn wanted(config: &ServerConfig) -> impl Iterator<Item = (Service, &Endpoint)> {
+    config
+        .echo
+        .listen
+        .iter()
+        .map(|e| (Service::Echo, e))
+        .chain(config.time.listen.iter().map(|e| (Service::Time, e)))
+        .chain(config.exec.listen.iter().map(|e| (Service::Exec, e)))
+        .chain(
+            config
+                .exec
+                .legacy_listen
+                .iter()
+                .map(|e| (Service::ExecLegacy, e)),
+        )
+        .chain(config.server.metrics.iter().map(|e| (Service::Metrics, e)))
+}
+
+/// Resolves every endpoint of `config` into the listeners it would bind,
+/// and judges them: what `serve` does before binding, and what
+/// `--check-config` does instead of binding.
+pub async fn resolve_and_check(config: &ServerConfig) -> anyhow::Result<Vec<Listener>> {
+    use anyhow::Context;
+    let mut out = Vec::new();
+    for (service, endpoint) in wanted(config) {
+        let addrs = endpoint
+            .resolve()
+            .await
+            .with_context(|| format!("{service}: cannot resolve {endpoint}"))?;
+        for addr in addrs {
+            let l = Listener {
+                service,
+                transport: endpoint.transport,
+                addr,
+            };
+            check_one(&l, config).with_context(|| format!("{service}: {endpoint}"))?;
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(service: Service, transport: Transport, addr: &str) -> Listener {
+        Listener {
+            service,
+            transport,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_forbidden_combination_is_refused_and_loopback_is_fine() {
+        let base = ServerConfig::default();
+        let mut no_auth = base.clone();
+        no_auth.exec.no_auth = true;
+        let mut plaintext = base.clone();
+        plaintext.exec.allow_plaintext = true;
+        let mut both = plaintext.clone();
+        both.exec.no_auth = true;
+        use Service::*;
+        use Transport::*;
+        let cases: &[(&ServerConfig, Listener, bool)] = &[
+            (&base, l(Exec, Tcp, "127.0.0.1:1"), true),
+            (&base, l(Exec, Tcp, "[::1]:1"), true),
+            (&base, l(Exec, Tcp, "[::ffff:127.0.0.1]:1"), true),
+            (&base, l(Exec, Tcp, "0.0.0.0:1"), false),
+            (&base, l(Exec, Tcp, "[::]:1"), false),
+            (&base, l(Exec, Tls, "0.0.0.0:1"), true),
+            (&plaintext, l(Exec, Tcp, "0.0.0.0:1"), true),
+            (&no_auth, l(Exec, Tls, "0.0.0.0:1"), false),
+            (&no_auth, l(Exec, Tls, "127.0.0.1:1"), true),
+            (&both, l(Exec, Tcp, "0.0.0.0:1"), false),
+            (&base, l(ExecLegacy, Tcp, "0.0.0.0:1"), false),
+            (&plaintext, l(ExecLegacy, Tcp, "[::]:1"), false),
+            (&base, l(ExecLegacy, Tcp, "127.0.0.2:1"), true),
+            (&base, l(ExecLegacy, Tls, "127.0.0.1:1"), false),
+            (&base, l(Echo, Tls, "127.0.0.1:1"), false),
+            (&base, l(Echo, Udp, "0.0.0.0:1"), true),
+            (&base, l(Time, Tcp, "127.0.0.1:1"), false),
+            (&base, l(Metrics, Udp, "127.0.0.1:1"), false),
+            (&base, l(Metrics, Tcp, "0.0.0.0:1"), true),
+        ];
+        for (cfg, listener, ok) in cases {
+            assert_eq!(
+                check_one(listener, cfg).is_ok(),
+                *ok,
+                "{listener:?} no_auth={} allow_plaintext={}",
+                cfg.exec.no_auth,
+                cfg.exec.allow_plaintext
+            );
+        }
+    }
+}

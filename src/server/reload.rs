@@ -1,0 +1,109 @@
+//! SIGHUP: applying a new configuration to a running server.
+//!
+//! ```text
+//! new config ─ validate ─ exposure::check(bound sockets, new) ─ token, policy
+//!      │            any failure: nothing changes, the error is returned
+//!      ├─ restart-only settings (ServerConfig::restart_settings) compared
+//!      │  as a whole: each one that changed is named in a warning
+//!      └─ everything else applied: connection and job limits resized, the
+//!         live copy replaced (read per accept, connection and request)
+//! ```
+//!
+//! Connections stay up throughout; new settings apply to new connections
+//! and requests.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::exec::{self, ExecShared};
+use super::limit::Limit;
+use crate::config::ServerConfig;
+use crate::exposure::{self, Listener, Service};
+use crate::proto::auth;
+
+/// The configuration as it is now, for the readers that take it per
+/// accept or at shutdown.
+#[derive(Debug)]
+pub struct LiveConfig(RwLock<Arc<ServerConfig>>);
+
+impl LiveConfig {
+    pub fn new(config: ServerConfig) -> Arc<LiveConfig> {
+        Arc::new(LiveConfig(RwLock::new(Arc::new(config))))
+    }
+
+    pub fn get(&self) -> Arc<ServerConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, config: ServerConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
+/// The limits that SIGHUP can resize.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub echo_connections: Arc<Limit>,
+    pub exec_connections: Arc<Limit>,
+    pub jobs: Arc<Limit>,
+}
+
+impl Limits {
+    pub fn new(config: &ServerConfig) -> Limits {
+        Limits {
+            echo_connections: Limit::new(config.echo.max_connections),
+            exec_connections: Limit::new(config.exec.max_connections),
+            jobs: Limit::new(config.exec.max_jobs),
+        }
+    }
+
+    fn apply(&self, config: &ServerConfig) {
+        self.echo_connections.set_max(config.echo.max_connections);
+        self.exec_connections.set_max(config.exec.max_connections);
+        self.jobs.set_max(config.exec.max_jobs);
+    }
+}
+
+/// Applies a new configuration to a running server (see [`super::Server::reloader`]).
+pub struct Reloader {
+    pub(super) live: Arc<LiveConfig>,
+    pub(super) exec: Arc<ExecShared>,
+    pub(super) limits: Limits,
+    /// The sockets being served: the new configuration is judged against
+    /// them, since endpoints change only at a restart.
+    pub(super) listeners: Vec<Listener>,
+    /// Serialises reloads, so two signals in a row apply in order.
+    pub(super) lock: Mutex<()>,
+}
+
+impl Reloader {
+    /// Validates `new`, applies what can change live, and returns warnings
+    /// about what cannot. On error nothing changes.
+    pub fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        new.validate()?;
+        exposure::check(&self.listeners, &new)?;
+        let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
+        let token = if has(Service::Exec) && !new.exec.no_auth {
+            Some(auth::server_token(new.exec.token_file.as_deref())?.0)
+        } else {
+            None
+        };
+        let policy = exec::policy::Policy::from_config(&new.exec)?;
+        let old = self.live.get();
+        let mut warnings: Vec<String> = old
+            .restart_changes(&new)
+            .into_iter()
+            .map(|name| format!("{name} changed: takes effect at the next restart"))
+            .collect();
+        if (has(Service::Exec) || has(Service::ExecLegacy)) && policy.refuses_root() {
+            warnings.push(
+                "running as root without run_as or allow_root: exec jobs will be refused".into(),
+            );
+        }
+        self.limits.apply(&new);
+        self.exec
+            .replace(exec::Live::new(new.exec.clone(), token, policy));
+        self.live.set(new);
+        Ok(warnings)
+    }
+}
