@@ -186,7 +186,9 @@ impl NetBlocks {
         match ip.to_canonical() {
             IpAddr::V4(a) => {
                 let bits = u32::from(a);
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.v4.min(32))).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.v4.min(32)))
+                    .unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(bits & mask))
             }
             IpAddr::V6(a) => {
@@ -543,7 +545,9 @@ impl ServerConfig {
             bail!("exec.max_unauthenticated_per_source must be at least 1");
         }
         if self.server.source_netblock_v4 > 32 || self.server.source_netblock_v6 > 128 {
-            bail!("server.source_netblock_v4 must be at most 32 and source_netblock_v6 at most 128");
+            bail!(
+                "server.source_netblock_v4 must be at most 32 and source_netblock_v6 at most 128"
+            );
         }
         Ok(())
     }

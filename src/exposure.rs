@@ -151,9 +151,7 @@ pub fn check<'a>(
     listeners: impl IntoIterator<Item = &'a Listener>,
     config: &ServerConfig,
 ) -> Result<(), Refused> {
-    listeners
-        .into_iter()
-        .try_for_each(|l| check_one(l, config))
+    listeners.into_iter().try_for_each(|l| check_one(l, config))
 }
 
 /// Every endpoint the configuration asks for, with its service.

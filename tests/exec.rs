@@ -239,7 +239,7 @@ async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
             ServerMsg::Started { .. } => started += 1,
             ServerMsg::Stdout { id, data } => out.entry(id).or_default().extend_from_slice(&data),
             ServerMsg::Stderr { .. } => {}
-            ServerMsg::Exit { id, status } => {
+            ServerMsg::Exit { id, status, .. } => {
                 assert!(out.contains_key(&id), "exit {id} before its output");
                 exits.insert(id, status);
             }
@@ -262,7 +262,7 @@ async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
         .await
         .unwrap();
     loop {
-        if let ServerMsg::Exit { id: 3, status } = rx.recv().await.unwrap().unwrap() {
+        if let ServerMsg::Exit { id: 3, status, .. } = rx.recv().await.unwrap().unwrap() {
             assert_eq!(status, ExitStatus::Code(0));
             break;
         }
@@ -320,7 +320,7 @@ async fn timeouts_and_signals_end_jobs() {
         .unwrap()
         .unwrap()
     {
-        ServerMsg::Exit { id: 2, status } => assert_eq!(status, signal("INT", false)),
+        ServerMsg::Exit { id: 2, status, .. } => assert_eq!(status, signal("INT", false)),
         other => panic!("{other:?}"),
     }
     tx.send(ClientMsg::Signal {

@@ -557,7 +557,7 @@ async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
             }
             while !pending.is_empty() {
                 let done = match rx.recv().await {
-                    Ok(Some(ServerMsg::Exit { id, status })) => {
+                    Ok(Some(ServerMsg::Exit { id, status, .. })) => {
                         Some((id, status == ExitStatus::Code(0)))
                     }
                     Ok(Some(ServerMsg::Error { id: Some(id), .. })) => Some((id, false)),

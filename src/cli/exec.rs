@@ -162,8 +162,11 @@ async fn run_job(
                     None => return Err(ClientError::Protocol("the server closed the connection".into()).into()),
                     Some(ServerMsg::Stdout { id: i, data }) if i == id => out.write(false, &data, false).map_err(ClientError::Io)?,
                     Some(ServerMsg::Stderr { id: i, data }) if i == id => out.write(true, &data, false).map_err(ClientError::Io)?,
-                    Some(ServerMsg::Exit { id: i, status }) if i == id => {
+                    Some(ServerMsg::Exit { id: i, status, reason }) if i == id => {
                         out.finish().map_err(ClientError::Io)?;
+                        if let Some(why) = reason {
+                            eprintln!("switchboard: job ended: {why}");
+                        }
                         return Ok(status);
                     }
                     Some(ServerMsg::Error { id: about, code, message }) if about.is_none_or(|a| a == id) => {

@@ -335,7 +335,7 @@ impl ExecClient {
                 Some(ServerMsg::Stderr { id: i, data }) if i == id => {
                     stderr.extend_from_slice(&data)
                 }
-                Some(ServerMsg::Exit { id: i, status }) if i == id => {
+                Some(ServerMsg::Exit { id: i, status, .. }) if i == id => {
                     return Ok(Output {
                         stdout,
                         stderr,

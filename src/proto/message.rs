@@ -25,6 +25,9 @@ pub enum ErrorCode {
     Busy,
     SpawnFailed,
     Forbidden,
+    /// The server is shutting down (sent without an id, last, before it
+    /// closes the connection).
+    ShuttingDown,
     /// A code this build does not know (forward compatibility).
     #[serde(other)]
     Other,
@@ -42,6 +45,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::SpawnFailed => "spawn_failed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Other => "other",
         }
     }
@@ -138,6 +142,9 @@ pub enum ServerMsg {
     Exit {
         id: u64,
         status: ExitStatus,
+        /// Why the server ended the job, when it did so for a reason of its
+        /// own (`"server shutting down"`); absent otherwise.
+        reason: Option<String>,
     },
     Error {
         id: Option<u64>,
@@ -360,6 +367,8 @@ struct ExitFields {
     signal: Option<String>,
     #[serde(default)]
     timed_out: bool,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -418,7 +427,11 @@ impl ServerMsg {
                         });
                     }
                 };
-                ServerMsg::Exit { id: f.id, status }
+                ServerMsg::Exit {
+                    id: f.id,
+                    status,
+                    reason: f.reason,
+                }
             }
             "error" => {
                 let f: ErrorFields = fields(h)?;
@@ -462,8 +475,8 @@ impl ServerMsg {
             ),
             ServerMsg::Stdout { id, data } => (json!({"type": "stdout", "id": id}), data.clone()),
             ServerMsg::Stderr { id, data } => (json!({"type": "stderr", "id": id}), data.clone()),
-            ServerMsg::Exit { id, status } => {
-                let h = match status {
+            ServerMsg::Exit { id, status, reason } => {
+                let mut h = match status {
                     ExitStatus::Code(c) => json!({"type": "exit", "id": id, "code": c}),
                     ExitStatus::Signal { name, timed_out } => {
                         let mut h = json!({"type": "exit", "id": id, "signal": name});
@@ -473,6 +486,9 @@ impl ServerMsg {
                         h
                     }
                 };
+                if let Some(r) = reason {
+                    h["reason"] = json!(r);
+                }
                 (h, Bytes::new())
             }
             ServerMsg::Error { id, code, message } => {
@@ -570,10 +586,12 @@ mod tests {
                     name: "KILL".into(),
                     timed_out: true,
                 },
+                reason: None,
             },
             ServerMsg::Exit {
                 id: 2,
                 status: ExitStatus::Code(44),
+                reason: Some("server shutting down".into()),
             },
             ServerMsg::error(Some(3), ErrorCode::NoSuchJob, "no job 3"),
             ServerMsg::Pong,

@@ -240,7 +240,7 @@ impl Server {
 
     /// Every bound endpoint, with its real port.
     pub fn endpoints(&self) -> Vec<Bound> {
-        self.sockets.iter().map(|(b, _)| b.clone()).collect()
+        self.sockets.iter().map(|(b, _)| *b).collect()
     }
 
     /// The first bound address of `service` over `transport`, if any.

@@ -246,7 +246,7 @@ fn admit_early(total: usize, st: Startups) -> bool {
     let drop_pct = rate + (100 - rate) * into / span;
     // A uniform draw in 0..100; without randomness, refuse (the eviction
     // still lets newcomers in).
-    getrandom::u32().map_or(false, |r| u64::from(r % 100) >= drop_pct)
+    getrandom::u32().is_ok_and(|r| u64::from(r % 100) >= drop_pct)
 }
 
 /// A connection slot; given back on drop.

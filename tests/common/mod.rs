@@ -243,3 +243,75 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `switchboard serve ARGS` with `sockets` passed by socket activation
+/// (LISTEN_FDS, LISTEN_FDNAMES = `names`, LISTEN_PID = its own pid), HOME in
+/// `home`. Stdout piped (the banner), stderr piped (why it refused).
+pub fn activated_command(
+    sockets: &[std::os::fd::RawFd],
+    names: &str,
+    args: &[&str],
+    home: &std::path::Path,
+) -> Command {
+    use std::os::unix::process::CommandExt;
+    let fds = sockets.to_vec();
+    // systemd sets LISTEN_PID to the service's own pid: the shell's $$ is
+    // the server's pid after `exec`.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" serve \"$@\"", bin()])
+        .args(args)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("RUST_LOG")
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only dup2/close, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move out of the way first, so that a source already at 3..
+            // is not overwritten (dup2 also clears close-on-exec).
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(100 + i);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Waits up to `limit` for `child` to exit; kills it (by its PID) if it
+/// has not, and returns its status only if it exited by itself.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A TCP connection to `to` from the loopback address `from` (another
+/// "source" as far as per-source limits are concerned).
+pub fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let local: SocketAddr = format!("{from}:0").parse().map_err(std::io::Error::other)?;
+    s.bind(&local.into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
+}

@@ -31,16 +31,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::ExecShared;
-use crate::server::sources::HandshakeGuard;
 use super::job::{self, JobTiming};
 use crate::proto::auth::{self, is_nonce};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
 };
+use crate::server::sources::HandshakeGuard;
 
 /// Frames queued for the writer; small, so a client that stops reading
 /// stops the jobs quickly.
 const WRITE_QUEUE: usize = 16;
+/// Why jobs end and connections close when the server stops.
+const SHUTTING_DOWN: &str = "server shutting down";
 /// Stdin chunks queued per job.
 const STDIN_QUEUE: usize = 4;
 
@@ -163,7 +165,8 @@ async fn serve(
             peer,
         };
         session.run(&mut reader, &shutdown).await;
-        session.close().await;
+        let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
+        session.close(reason).await;
     }
     drop(tx);
     // The writer flushes what is queued, then half-closes. Bounded, since
@@ -377,9 +380,13 @@ impl Session {
             self.lingering.push(d.pgid);
         }
         self.lingering.retain(|&p| job::group_alive(p));
+        // Shutdown cancels the jobs at once (their tokens are children of
+        // it), so a job may end here before the loop sees the shutdown.
+        let reason = self.conn_cancel.is_cancelled().then(|| SHUTTING_DOWN.into());
         self.send(ServerMsg::Exit {
             id: d.id,
             status: d.status,
+            reason,
         })
         .await;
     }
@@ -565,8 +572,11 @@ impl Session {
     }
 
     /// Kills every job and every lingering group of this connection, and
-    /// waits (bounded) for the job tasks to reap their processes.
-    async fn close(mut self) {
+    /// waits (bounded) for the job tasks to reap their processes. With a
+    /// `reason` (the server is shutting down) the client still gets each
+    /// job's `exit`, carrying the reason, and then an error frame saying
+    /// why the connection closes: the end of the story, not a bare close.
+    async fn close(mut self, reason: Option<&'static str>) {
         self.conn_cancel.cancel();
         let grace = self.shared.live().cfg.kill_grace;
         let mut kills: Vec<_> = self
@@ -579,17 +589,25 @@ impl Session {
         }
         let pgids: Vec<Pid> = self.jobs.values().map(|j| j.pgid).collect();
         // Job tasks kill their own groups; wait for them to report.
-        let wait_jobs = async {
-            while !self.jobs.is_empty() {
-                match self.done.1.recv().await {
-                    Some(d) => {
-                        self.jobs.remove(&d.id);
-                    }
-                    None => break,
-                }
+        let deadline = tokio::time::Instant::now() + grace * 3;
+        while !self.jobs.is_empty() {
+            let Ok(Some(d)) = tokio::time::timeout_at(deadline, self.done.1.recv()).await else {
+                break;
+            };
+            self.jobs.remove(&d.id);
+            if let Some(why) = reason {
+                let exit = ServerMsg::Exit {
+                    id: d.id,
+                    status: d.status,
+                    reason: Some(why.into()),
+                };
+                let _ = tokio::time::timeout_at(deadline, self.tx.send(exit)).await;
             }
-        };
-        let _ = tokio::time::timeout(grace * 3, wait_jobs).await;
+        }
+        if let Some(why) = reason {
+            let bye = ServerMsg::error(None, ErrorCode::ShuttingDown, why);
+            let _ = tokio::time::timeout_at(deadline, self.tx.send(bye)).await;
+        }
         // Background members of the jobs' groups may have outlived the
         // main processes.
         kills.extend(pgids.into_iter().map(|p| job::kill_group(p, grace)));

@@ -1,0 +1,525 @@
+//! The exposure rules on every path that puts a socket in service (start,
+//! `--check-config`, socket activation, SIGHUP reload), the limits a reload
+//! changes, the handshake slots under a flood of silent connections, and
+//! the end of the story a client gets when the server shuts down.
+//!
+//! A "non-loopback" endpoint is bound to 0.0.0.0 and reached through
+//! 127.0.0.1: no traffic leaves the machine.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{activated_command, bin, connect_from, exit_within, spawn_serve};
+use nix::sys::signal::Signal;
+use switchboard::client::{ClientAuth, ExecClient};
+use switchboard::endpoint::Transport;
+use switchboard::proto::auth::Token;
+
+const BASE: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls the server's log until `needle` appears `times` times.
+fn wait_log(srv: &common::ServeProcess, needle: &str, times: usize) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if srv.log().matches(needle).count() >= times {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The `auth` field of the server's hello, read raw.
+fn hello_auth(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut head = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut head).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&head).unwrap();
+    v["auth"].as_str().unwrap().to_string()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Configurations that must never be served, and a word of the reason.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("[exec]\nlisten = [\"tcp://0.0.0.0:0\"]\n", "in the clear"),
+    (
+        "[exec]\nlisten = [\"tls://0.0.0.0:0\"]\ntls_self_signed = true\nno_auth = true\n",
+        "without authentication",
+    ),
+    (
+        "[exec]\nlisten = [\"tcp://[::]:0\"]\nallow_plaintext = true\nno_auth = true\n",
+        "without authentication",
+    ),
+    (
+        "[exec]\nlisten = []\nlegacy_listen = [\"tcp://0.0.0.0:0\"]\n",
+        "loopback addresses only",
+    ),
+    (
+        "[exec]\nlisten = []\nlegacy_listen = [\"tls://127.0.0.1:0\"]\n",
+        "not a transport",
+    ),
+    (
+        "[time]\nlisten = [\"tcp://127.0.0.1:0\"]\n",
+        "not a transport",
+    ),
+];
+
+fn serve_output(home: &Path, args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refused configuration exits at once; one that starts is stopped
+    // by its PID and reported as not having exited.
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+#[test]
+fn check_config_and_start_refuse_every_forbidden_exposure() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    for (cfg, why) in FORBIDDEN {
+        std::fs::write(&file, cfg).unwrap();
+        let f = file.to_str().unwrap();
+        let (st, err) = serve_output(dir.path(), &["--check-config", "--config", f]);
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "--check-config passed {cfg}"
+        );
+        assert!(err.contains(why), "{cfg}: {err}");
+        let (st, err) = serve_output(dir.path(), &[&BASE[..], &["--config", f]].concat());
+        assert!(st.is_some_and(|s| !s.success()), "serve started with {cfg}");
+        assert!(err.contains(why), "{cfg}: {err}");
+    }
+    // What is allowed off loopback passes the check.
+    std::fs::write(
+        &file,
+        "[exec]\nlisten = [\"tls://0.0.0.0:0\"]\ntls_self_signed = true\n",
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .env("HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let base = "[exec]\nallow_plaintext = true\n";
+    std::fs::write(&cfg, base).unwrap();
+    let srv = spawn_serve(
+        &[
+            &BASE[..],
+            &[
+                "--exec",
+                "tcp://0.0.0.0:0",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let port = srv
+        .addr("exec", Transport::Tcp)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(hello_auth(&addr), "hmac-sha256");
+
+    // no_auth on a socket bound to 0.0.0.0: refused, nothing changes.
+    std::fs::write(&cfg, format!("{base}no_auth = true\n")).unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(wait_log(&srv, "reload failed", 1), "{}", srv.log());
+    assert!(
+        srv.log().contains("without authentication"),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(hello_auth(&addr), "hmac-sha256");
+
+    // Taking allow_plaintext away while plaintext is served off loopback.
+    std::fs::write(&cfg, "[exec]\nmax_jobs = 9\n").unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(wait_log(&srv, "reload failed", 2), "{}", srv.log());
+    assert!(srv.log().contains("in the clear"), "{}", srv.log());
+
+    // A harmless change still applies, and clients still need the token.
+    std::fs::write(&cfg, format!("{base}max_jobs = 9\n")).unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(wait_log(&srv, "configuration reloaded", 1), "{}", srv.log());
+    assert_eq!(hello_auth(&addr), "hmac-sha256");
+    let token = Token::read(&srv.token_file()).unwrap();
+    let rt = rt();
+    let mut c = rt
+        .block_on(ExecClient::connect(
+            &addr,
+            &ClientAuth::token(token),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert_eq!(rt.block_on(c.run("echo ok")).unwrap().stdout, b"ok\n");
+}
+
+#[test]
+fn reload_of_a_tls_endpoint_off_loopback_refuses_no_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[exec]\n").unwrap();
+    let srv = spawn_serve(
+        &[
+            &BASE[..],
+            &[
+                "--exec",
+                "tls://0.0.0.0:0",
+                "--tls-self-signed",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(&cfg, "[exec]\nno_auth = true\n").unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(wait_log(&srv, "reload failed", 1), "{}", srv.log());
+    assert!(
+        !srv.log().contains("configuration reloaded"),
+        "{}",
+        srv.log()
+    );
+    // The endpoint still demands the token: a client with it gets in.
+    let port = srv
+        .addr("exec", Transport::Tls)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let fp = srv
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
+        .unwrap()
+        .to_string();
+    let o = Command::new(bin())
+        .args([
+            "exec",
+            "--tls-fingerprint",
+            &fp,
+            &format!("tls://127.0.0.1:{port}"),
+        ])
+        .args(["--", "echo still authenticated"])
+        .env("HOME", srv.home.path())
+        .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        "still authenticated\n",
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn socket_activation_applies_the_exposure_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let any = TcpListener::bind("0.0.0.0:0").unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("exec", &[], "in the clear"),
+        ("exec-legacy", &[], "loopback addresses only"),
+        (
+            "exec",
+            &["--allow-plaintext", "--no-auth"],
+            "without authentication",
+        ),
+        (
+            "exec-tls",
+            &["--tls-self-signed", "--no-auth"],
+            "without authentication",
+        ),
+    ];
+    for (name, args, why) in cases {
+        let mut child = activated_command(&[any.as_raw_fd()], name, args, dir.path())
+            .spawn()
+            .unwrap();
+        let st = exit_within(&mut child, Duration::from_secs(10));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            st.is_some_and(|s| !s.success()),
+            "{name} {args:?} was served"
+        );
+        assert!(err.contains(why), "{name} {args:?}: {err}");
+    }
+    // With --allow-plaintext the same socket is served (and then stopped).
+    let mut child = activated_command(
+        &[any.as_raw_fd()],
+        "exec",
+        &["--allow-plaintext", "--allow-root"],
+        dir.path(),
+    )
+    .spawn()
+    .unwrap();
+    let mut banner = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 512];
+    while !banner.contains("ready") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => banner.push_str(&text(&buf[..n])),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(banner.contains("ready"), "{banner}");
+}
+
+#[test]
+fn reload_resizes_limits_with_connections_open_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[exec]\nmax_connections = 8\n").unwrap();
+    let srv = spawn_serve(&[&BASE[..], &["--config", cfg.to_str().unwrap()]].concat());
+    let addr = srv.addr("exec", Transport::Tcp);
+    let echo = srv.addr("echo", Transport::Tcp);
+    let token = Token::read(&srv.token_file()).unwrap();
+    let rt = rt();
+    let connect = || {
+        rt.block_on(ExecClient::connect(
+            &addr,
+            &ClientAuth::token(token.clone()),
+            Duration::from_secs(5),
+        ))
+    };
+    let mut open: Vec<_> = (0..4).map(|_| connect().unwrap()).collect();
+
+    std::fs::write(
+        &cfg,
+        "[echo]\nmax_connections_per_source = 1\n[exec]\nmax_connections = 2\n\
+         [udp]\nrate_burst = 10\n[server]\nshutdown_grace = \"1s\"\n",
+    )
+    .unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(wait_log(&srv, "configuration reloaded", 1), "{}", srv.log());
+    let log = srv.log();
+    assert!(
+        log.contains("udp.rate_burst changed: takes effect at the next restart"),
+        "{log}"
+    );
+    for live in ["max_connections", "shutdown_grace", "per_source"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("changed:") && l.contains(live)),
+            "{live} is applied live, yet named as needing a restart: {log}"
+        );
+    }
+    // The four stay up; a fifth is turned away while more than two are open.
+    for c in &mut open {
+        rt.block_on(c.ping()).unwrap();
+    }
+    assert!(connect().is_err(), "over the shrunk limit");
+    open.truncate(1);
+    std::thread::sleep(Duration::from_millis(200)); // the server sees the closes
+    let _second = connect().expect("one of two slots free");
+    assert!(connect().is_err(), "at the shrunk limit");
+
+    // Echo's per-source limit, applied live: a second connection from
+    // 127.0.0.1 is closed at once.
+    let mut first = TcpStream::connect(&echo).unwrap();
+    first.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    first.read_exact(&mut b).unwrap();
+    let mut second = TcpStream::connect(&echo).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = second.write_all(b"b");
+    assert!(matches!(second.read(&mut b), Ok(0) | Err(_)), "not refused");
+}
+
+/// Silent connections held open from `sources` (127.0.0.2 ...), `each`
+/// attempts per source.
+fn flood(to: SocketAddr, sources: u8, each: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for s in 2..2 + sources {
+        for _ in 0..each {
+            if let Ok(c) = connect_from(&format!("127.0.0.{s}"), to) {
+                held.push(c);
+            }
+        }
+    }
+    held
+}
+
+#[test]
+fn a_silent_flood_from_a_few_sources_does_not_lock_out_a_client() {
+    let srv = spawn_serve(&BASE);
+    let addr: SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    // 8 sources x 12 attempts: every handshake slot a source may hold.
+    let held = flood(addr, 8, 12);
+    assert!(held.len() >= 64);
+    std::thread::sleep(Duration::from_millis(300));
+    let token = Token::read(&srv.token_file()).unwrap();
+    let rt = rt();
+    let started = Instant::now();
+    let mut c = rt
+        .block_on(ExecClient::connect(
+            &addr.to_string(),
+            &ClientAuth::token(token),
+            Duration::from_secs(5),
+        ))
+        .expect("a client from another source gets in during the flood");
+    assert_eq!(rt.block_on(c.run("echo in")).unwrap().stdout, b"in\n");
+    eprintln!(
+        "got in after {:?} with {} flood connections",
+        started.elapsed(),
+        held.len()
+    );
+    drop(held);
+}
+
+#[test]
+fn silent_tls_connections_count_as_unauthenticated_and_cannot_lock_out_a_client() {
+    let srv = spawn_serve(
+        &[
+            &BASE[..],
+            &["--exec", "tls://127.0.0.1:0", "--tls-self-signed"],
+        ]
+        .concat(),
+    );
+    let addr: SocketAddr = srv.addr("exec", Transport::Tls).parse().unwrap();
+    let fp = srv
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
+        .unwrap()
+        .to_string();
+    // 10 sources x 32: enough to fill max_connections (256) if TLS
+    // handshakes were not held to the handshake slots.
+    let held = flood(addr, 10, 32);
+    std::thread::sleep(Duration::from_millis(300));
+    let o = Command::new(bin())
+        .args(["exec", "--tls-fingerprint", &fp, &format!("tls://{addr}")])
+        .args(["--", "echo through the flood"])
+        .env("HOME", srv.home.path())
+        .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&o.stdout),
+        "through the flood\n",
+        "{}",
+        text(&o.stderr)
+    );
+    drop(held);
+}
+
+#[test]
+fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
+    use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
+    let mut srv = spawn_serve(&BASE);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token_file = srv.token_file();
+    // The command-line client, as a person would run it.
+    let mut cli = Command::new(bin())
+        .args(["exec", "--token-file"])
+        .arg(&token_file)
+        .args([&addr, "--", "sleep 31"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = rt();
+    let (mut tx, mut rx) = rt
+        .block_on(ExecClient::connect(
+            &addr,
+            &ClientAuth::token(Token::read(&token_file).unwrap()),
+            Duration::from_secs(5),
+        ))
+        .unwrap()
+        .split();
+    rt.block_on(tx.send(ClientMsg::Exec(ExecRequest::shell(7, "sleep 30"))))
+        .unwrap();
+    assert!(matches!(
+        rt.block_on(rx.recv()).unwrap(),
+        Some(ServerMsg::Started { id: 7, .. })
+    ));
+    assert!(wait_log(&srv, "job started", 2), "{}", srv.log());
+
+    srv.signal(Signal::SIGTERM);
+    let frames = rt.block_on(async {
+        let mut got = Vec::new();
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            got.push(m);
+        }
+        got
+    });
+    assert_eq!(
+        frames,
+        vec![
+            ServerMsg::Exit {
+                id: 7,
+                status: ExitStatus::Signal {
+                    name: "TERM".into(),
+                    timed_out: false
+                },
+                reason: Some("server shutting down".into()),
+            },
+            ServerMsg::error(None, ErrorCode::ShuttingDown, "server shutting down"),
+        ]
+    );
+    let st = exit_within(&mut cli, Duration::from_secs(10)).expect("the client ends");
+    let mut err = String::new();
+    cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(st.code(), Some(128 + 15), "{err}");
+    assert!(err.contains("server shutting down"), "{err}");
+    assert!(srv.wait_exit(Duration::from_secs(15)).is_some());
+}
