@@ -784,6 +784,39 @@ mod tests {
 }
 
 #[cfg(test)]
+mod restart {
+    use super::*;
+
+    #[test]
+    fn restart_settings_are_named_once_and_live_ones_are_not_among_them() {
+        let a = ServerConfig::default();
+        let names: Vec<_> = a.restart_settings().into_iter().map(|(n, _)| n).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+
+        let mut live = a.clone();
+        live.echo.max_connections = 1;
+        live.echo.max_connections_per_source = 1;
+        live.exec.max_connections = 1;
+        live.exec.no_auth = true;
+        live.exec.allowed_programs = vec!["x".into()];
+        live.server.shutdown_grace = Duration::from_secs(1);
+        assert!(a.restart_changes(&live).is_empty());
+
+        let mut restart = a.clone();
+        restart.udp.rate_burst = 1;
+        restart.exec.tls_cert = Some("c.pem".into());
+        restart.server.source_netblock_v6 = 48;
+        assert_eq!(
+            a.restart_changes(&restart),
+            ["udp.rate_burst", "exec.tls_cert", "server.source_netblock_v6"]
+        );
+    }
+}
+
+#[cfg(test)]
 mod example {
     use super::*;
 

@@ -382,7 +382,10 @@ impl Session {
         self.lingering.retain(|&p| job::group_alive(p));
         // Shutdown cancels the jobs at once (their tokens are children of
         // it), so a job may end here before the loop sees the shutdown.
-        let reason = self.conn_cancel.is_cancelled().then(|| SHUTTING_DOWN.into());
+        let reason = self
+            .conn_cancel
+            .is_cancelled()
+            .then(|| SHUTTING_DOWN.into());
         self.send(ServerMsg::Exit {
             id: d.id,
             status: d.status,
