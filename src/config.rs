@@ -811,7 +811,11 @@ mod restart {
         restart.server.source_netblock_v6 = 48;
         assert_eq!(
             a.restart_changes(&restart),
-            ["udp.rate_burst", "exec.tls_cert", "server.source_netblock_v6"]
+            [
+                "udp.rate_burst",
+                "exec.tls_cert",
+                "server.source_netblock_v6"
+            ]
         );
     }
 }

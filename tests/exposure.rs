@@ -410,15 +410,13 @@ impl Flood {
                         && matches!(c.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
                 });
                 for s in 2..2 + sources {
-                    while held.iter().filter(|(h, _)| *h == s).count() < each && made < 20_000 {
+                    // One attempt per source per round: what was refused
+                    // is seen closed on the next round.
+                    if held.iter().filter(|(h, _)| *h == s).count() < each && made < 20_000 {
                         made += 1;
-                        match connect_from(&format!("127.0.0.{s}"), to) {
-                            Ok(c) => held.push((s, c)),
-                            Err(_) => break,
+                        if let Ok(c) = connect_from(&format!("127.0.0.{s}"), to) {
+                            held.push((s, c));
                         }
-                        // One attempt per source per round: what was
-                        // refused is seen closed on the next round.
-                        break;
                     }
                 }
                 std::thread::sleep(Duration::from_millis(5));
