@@ -190,7 +190,7 @@ pub async fn resolve_and_check(config: &ServerConfig) -> anyhow::Result<Vec<List
                 transport: endpoint.transport,
                 addr,
             };
-            check_one(&l, config).with_context(|| format!("{service}: {endpoint}"))?;
+            check_one(&l, config).map_err(|e| anyhow::anyhow!("{e} (listen = {endpoint})"))?;
             out.push(l);
         }
     }

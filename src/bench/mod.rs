@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::{ClientAuth, ClientError, EchoClient, ExecClient, TimeClient};
-use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus, ServerMsg};
+use crate::client::{ClientAuth, ClientError, EchoClient, ExecClient, JobEvent, TimeClient};
+use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus};
 
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -285,8 +285,8 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
     let mut rss_peak = rss_before;
     let mut frames = 0u64;
     let status = loop {
-        match rx.recv().await? {
-            Some(ServerMsg::Stdout { data, .. }) => {
+        match rx.job_event(id).await? {
+            JobEvent::Stdout(data) => {
                 got += data.len() as u64;
                 nonzero |= data.iter().any(|&b| b != 0);
                 frames += 1;
@@ -294,10 +294,9 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
                     rss_peak = rss_peak.max(p.server_pid.and_then(rss_kib));
                 }
             }
-            Some(ServerMsg::Exit { status, .. }) => break status,
-            Some(ServerMsg::Error { message, .. }) => anyhow::bail!("server: {message}"),
-            Some(_) => {}
-            None => anyhow::bail!("the server closed the connection"),
+            JobEvent::Exit { status, .. } => break status,
+            JobEvent::Failed { message, .. } => anyhow::bail!("server: {message}"),
+            JobEvent::Started { .. } | JobEvent::Stderr(_) => {}
         }
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -556,11 +555,11 @@ async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
                 pending.insert(next, Instant::now());
             }
             while !pending.is_empty() {
-                let done = match rx.recv().await {
-                    Ok(Some(ServerMsg::Exit { id, status, .. })) => {
+                let done = match rx.event().await {
+                    Ok(Some((Some(id), JobEvent::Exit { status, .. }))) => {
                         Some((id, status == ExitStatus::Code(0)))
                     }
-                    Ok(Some(ServerMsg::Error { id: Some(id), .. })) => Some((id, false)),
+                    Ok(Some((Some(id), JobEvent::Failed { .. }))) => Some((id, false)),
                     Ok(Some(_)) => None,
                     Ok(None) | Err(_) => break,
                 };

@@ -16,11 +16,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, split_target, stdin_lines};
-use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender};
+use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
 use crate::proto::auth::client_token;
-use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus, ServerMsg};
+use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus};
 
 /// Exit status when the connection, the handshake or the protocol failed.
 pub const EXIT_CONNECTION: u8 = 255;
@@ -158,21 +158,20 @@ async fn run_job(
         let mut last_int: Option<Instant> = None;
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg? {
-                    None => return Err(ClientError::Protocol("the server closed the connection".into()).into()),
-                    Some(ServerMsg::Stdout { id: i, data }) if i == id => out.write(false, &data, false).map_err(ClientError::Io)?,
-                    Some(ServerMsg::Stderr { id: i, data }) if i == id => out.write(true, &data, false).map_err(ClientError::Io)?,
-                    Some(ServerMsg::Exit { id: i, status, reason }) if i == id => {
+                ev = rx.job_event(id) => match ev? {
+                    JobEvent::Started { .. } => {}
+                    JobEvent::Stdout(data) => out.write(false, &data, false).map_err(ClientError::Io)?,
+                    JobEvent::Stderr(data) => out.write(true, &data, false).map_err(ClientError::Io)?,
+                    JobEvent::Exit { status, reason } => {
                         out.finish().map_err(ClientError::Io)?;
                         if let Some(why) = reason {
                             eprintln!("switchboard: job ended: {why}");
                         }
                         return Ok(status);
                     }
-                    Some(ServerMsg::Error { id: about, code, message }) if about.is_none_or(|a| a == id) => {
+                    JobEvent::Failed { code, message } => {
                         return Err(ClientError::Job { code, message }.into());
                     }
-                    Some(_) => {}
                 },
                 _ = sigint.recv() => {
                     if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {

@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 
 use super::ExecArgs;
 use super::exec::{EXIT_CONNECTION, client_tls, exit_code, request_for};
-use crate::client::{ClientAuth, ClientError, ExecClient};
-use crate::proto::{ClientMsg, ExitStatus, ServerMsg};
+use crate::client::{ClientAuth, ClientError, ExecClient, JobEvent};
+use crate::proto::{ClientMsg, ExitStatus};
 
 /// How one host's run ended.
 #[derive(Debug, Clone)]
@@ -209,6 +209,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     };
     let (mut tx, mut rx) = client.split();
     let req = request_for(&plan.args, 1, plan.words.clone());
+    let id = req.id;
     let mut prefix = plan.stream.then(|| Prefixer {
         host: host.clone(),
         out: Vec::new(),
@@ -217,39 +218,30 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     let result = async {
         tx.send(ClientMsg::Exec(req)).await?;
         loop {
-            match rx.recv().await? {
-                None => {
-                    return Err(ClientError::Protocol(
-                        "the server closed the connection".into(),
-                    ));
-                }
-                Some(ServerMsg::Stdout { data, .. }) | Some(ServerMsg::Stderr { data, .. })
-                    if data.is_empty() => {}
-                Some(m @ (ServerMsg::Stdout { .. } | ServerMsg::Stderr { .. })) => {
-                    let (is_err, data) = match m {
-                        ServerMsg::Stderr { data, .. } => (true, data),
-                        ServerMsg::Stdout { data, .. } => (false, data),
-                        _ => continue,
-                    };
-                    if let Some(p) = prefix.as_mut() {
-                        p.feed(is_err, &data, false);
-                    }
-                    let (buf, count) = if is_err {
-                        (&mut run.stderr, &mut run.stderr_bytes)
-                    } else {
-                        (&mut run.stdout, &mut run.stdout_bytes)
-                    };
-                    *count += data.len() as u64;
-                    let room = plan.max_output.saturating_sub(buf.len()).min(data.len());
-                    buf.extend_from_slice(data.get(..room).unwrap_or_default());
-                    run.truncated |= room < data.len();
-                }
-                Some(ServerMsg::Exit { status, .. }) => return Ok(status),
-                Some(ServerMsg::Error { code, message, .. }) => {
+            let (is_err, data) = match rx.job_event(id).await? {
+                JobEvent::Exit { status, .. } => return Ok(status),
+                JobEvent::Failed { code, message } => {
                     return Err(ClientError::Job { code, message });
                 }
-                Some(_) => {}
+                JobEvent::Started { .. } => continue,
+                JobEvent::Stdout(data) => (false, data),
+                JobEvent::Stderr(data) => (true, data),
+            };
+            if data.is_empty() {
+                continue;
             }
+            if let Some(p) = prefix.as_mut() {
+                p.feed(is_err, &data, false);
+            }
+            let (buf, count) = if is_err {
+                (&mut run.stderr, &mut run.stderr_bytes)
+            } else {
+                (&mut run.stdout, &mut run.stdout_bytes)
+            };
+            *count += data.len() as u64;
+            let room = plan.max_output.saturating_sub(buf.len()).min(data.len());
+            buf.extend_from_slice(data.get(..room).unwrap_or_default());
+            run.truncated |= room < data.len();
         }
     }
     .await;

@@ -50,6 +50,49 @@ pub struct Output {
     pub status: ExitStatus,
 }
 
+/// What happened to a job, as the receiver saw it. `Exit` and `Failed`
+/// are a job's last event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    Started {
+        pid: u32,
+    },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The job ended; `reason` when the server ended it for a reason of
+    /// its own (shutdown).
+    Exit {
+        status: ExitStatus,
+        reason: Option<String>,
+    },
+    /// The request failed (before or instead of running), or the
+    /// connection failed for every job (an error frame without an id).
+    Failed {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl JobEvent {
+    /// The event a server message is, and the job it concerns (`None`: every
+    /// job of the connection); `None` for messages about no job.
+    pub fn from_msg(msg: ServerMsg) -> Option<(Option<u64>, JobEvent)> {
+        Some(match msg {
+            ServerMsg::Started { id, pid } => (Some(id), JobEvent::Started { pid }),
+            ServerMsg::Stdout { id, data } => (Some(id), JobEvent::Stdout(data)),
+            ServerMsg::Stderr { id, data } => (Some(id), JobEvent::Stderr(data)),
+            ServerMsg::Exit { id, status, reason } => (Some(id), JobEvent::Exit { status, reason }),
+            ServerMsg::Error { id, code, message } => (id, JobEvent::Failed { code, message }),
+            ServerMsg::Hello { .. } | ServerMsg::Ready { .. } | ServerMsg::Pong => return None,
+        })
+    }
+
+    /// Whether this is the job's last event.
+    pub fn is_end(&self) -> bool {
+        matches!(self, JobEvent::Exit { .. } | JobEvent::Failed { .. })
+    }
+}
+
 /// The sending half of a connection.
 pub struct ExecSender {
     sink: FramedWrite<BoxWrite, FrameCodec>,
@@ -105,6 +148,37 @@ impl ExecSender {
 }
 
 impl ExecReceiver {
+    /// The next event of any job, with the job's id (`None`: an error that
+    /// concerns every job); `Ok(None)` when the server closed the
+    /// connection. Messages about no job (`pong`) are skipped.
+    pub async fn event(&mut self) -> Result<Option<(Option<u64>, JobEvent)>, ClientError> {
+        loop {
+            let Some(msg) = self.recv().await? else {
+                return Ok(None);
+            };
+            if let Some(ev) = JobEvent::from_msg(msg) {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// The next event of job `id`, skipping other jobs'; an error without
+    /// an id counts as this job's. A close before the job's last event is
+    /// an error.
+    pub async fn job_event(&mut self, id: u64) -> Result<JobEvent, ClientError> {
+        loop {
+            match self.event().await? {
+                None => {
+                    return Err(ClientError::Protocol(
+                        "the server closed the connection mid-job".into(),
+                    ));
+                }
+                Some((about, ev)) if about.is_none_or(|a| a == id) => return Ok(ev),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// The next message; `Ok(None)` when the server closed the connection.
     pub async fn recv(&mut self) -> Result<Option<ServerMsg>, ClientError> {
         match self.stream.next().await {
@@ -323,33 +397,20 @@ impl ExecClient {
         self.tx.send(ClientMsg::Exec(req)).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
-            match self.rx.recv().await? {
-                None => {
-                    return Err(ClientError::Protocol(
-                        "the server closed the connection mid-job".into(),
-                    ));
-                }
-                Some(ServerMsg::Stdout { id: i, data }) if i == id => {
-                    stdout.extend_from_slice(&data)
-                }
-                Some(ServerMsg::Stderr { id: i, data }) if i == id => {
-                    stderr.extend_from_slice(&data)
-                }
-                Some(ServerMsg::Exit { id: i, status, .. }) if i == id => {
+            match self.rx.job_event(id).await? {
+                JobEvent::Started { .. } => {}
+                JobEvent::Stdout(data) => stdout.extend_from_slice(&data),
+                JobEvent::Stderr(data) => stderr.extend_from_slice(&data),
+                JobEvent::Exit { status, .. } => {
                     return Ok(Output {
                         stdout,
                         stderr,
                         status,
                     });
                 }
-                Some(ServerMsg::Error {
-                    id: about,
-                    code,
-                    message,
-                }) if about.is_none_or(|a| a == id) => {
+                JobEvent::Failed { code, message } => {
                     return Err(ClientError::Job { code, message });
                 }
-                Some(_) => {}
             }
         }
     }
