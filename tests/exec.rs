@@ -213,13 +213,12 @@ async fn stdin_streams_through_cat_in_64k_frames() {
 async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
     let fx = Fixture::new().await;
     let (mut tx, mut rx) = fx.client().await.split();
+    // Each job waits for its stdin to close, so all 64 are still running
+    // when the 65th arrives, however slow the machine.
     for id in 0..64u64 {
-        tx.send(ClientMsg::Exec(req(
-            id,
-            &format!("sleep 0.3; echo job {id}; echo e{id} >&2"),
-        )))
-        .await
-        .unwrap();
+        let mut r = req(id, &format!("read _; echo job {id}; echo e{id} >&2"));
+        r.stdin = true;
+        tx.send(ClientMsg::Exec(r)).await.unwrap();
     }
     tx.send(ClientMsg::Exec(req(64, "echo too many")))
         .await
@@ -229,7 +228,14 @@ async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
     let mut exits = HashMap::new();
     let mut errors = Vec::new();
     let mut started = 0;
+    let mut released = false;
     while exits.len() < 64 {
+        if !released && errors.len() == 2 {
+            for id in 0..64u64 {
+                tx.send(ClientMsg::Eof { id }).await.unwrap();
+            }
+            released = true;
+        }
         match tokio::time::timeout(T, rx.recv())
             .await
             .unwrap()
