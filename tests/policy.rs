@@ -397,9 +397,10 @@ fn run_bounded(home: &Path, args: &[&str], limit: Duration) -> (bool, bool, Stri
         std::thread::sleep(Duration::from_millis(20));
     }
     if status.is_none() {
+        // Still running past the limit (a server that started): stop it.
         let _ = child.kill();
-        let _ = child.wait();
     }
+    let _ = child.wait();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     (
         status.is_some(),
