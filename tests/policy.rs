@@ -80,7 +80,8 @@ async fn an_allowed_bash_script_cannot_be_hijacked_through_bash_env_or_functions
     let evil = script(
         work.path(),
         "evil",
-        &format!("touch {}\n", marker.display()),
+        // A shell builtin: works whatever PATH the job has.
+        &format!(": > {}\n", marker.display()),
     );
     let allowed_s = allowed.to_str().unwrap().to_string();
     let (srv, mut c, _dir) = policy_server(|cfg| {
@@ -92,12 +93,20 @@ async fn an_allowed_bash_script_cannot_be_hijacked_through_bash_env_or_functions
 
     let bash_env = [("BASH_ENV", evil.to_str().unwrap())];
     let r = c.run_request(argv(2, &[&allowed_s], &bash_env)).await;
-    assert!(is_forbidden(&r), "BASH_ENV: {r:?}");
-    let func = format!("() {{ touch {}; }}", marker.display());
+    assert!(
+        is_forbidden(&r),
+        "BASH_ENV: {r:?}, ran: {}",
+        marker.exists()
+    );
+    let func = format!("() {{ : > {}; }}", marker.display());
     let r = c
         .run_request(argv(3, &[&allowed_s], &[("BASH_FUNC_echo%%", &func)]))
         .await;
-    assert!(is_forbidden(&r), "BASH_FUNC_echo%%: {r:?}");
+    assert!(
+        is_forbidden(&r),
+        "BASH_FUNC_echo%%: {r:?}, ran: {}",
+        marker.exists()
+    );
     assert!(!marker.exists(), "other code ran under the allow-list");
     assert_eq!(srv.stats.exec.forbidden.get(), 2);
 }
@@ -124,7 +133,7 @@ async fn a_requests_path_does_not_choose_the_program() {
     script(
         work.path(),
         "true",
-        &format!("#!/bin/sh\ntouch {}\nexit 42\n", marker.display()),
+        &format!("#!/bin/sh\n: > {}\nexit 42\n", marker.display()),
     );
     let path = [("PATH", work.path().to_str().unwrap())];
 
@@ -134,7 +143,7 @@ async fn a_requests_path_does_not_choose_the_program() {
     })
     .await;
     let r = c.run_request(argv(1, &["true"], &path)).await;
-    assert!(is_forbidden(&r), "{r:?}");
+    assert!(is_forbidden(&r), "{r:?}, fake ran: {}", marker.exists());
 
     // Allow-list accepting PATH: the job gets it, the real `true` runs.
     let (_srv, mut c, _dir) = policy_server(|cfg| {
