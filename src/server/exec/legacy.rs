@@ -77,7 +77,8 @@ async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<
             if refusal.code == crate::proto::ErrorCode::Forbidden {
                 shared.counters.forbidden.inc();
             }
-            info!(%peer, id, command = ?line, why = ?refusal.message, "refused");
+            let code = refusal.code.as_str();
+            info!(%peer, id, command = ?line, code, why = ?refusal.message, "refused");
             return format!(
                 "switchboard: {}: {}\n",
                 refusal.code.as_str(),

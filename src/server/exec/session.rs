@@ -438,7 +438,8 @@ impl Session {
                 if refusal.code == ErrorCode::Forbidden {
                     self.shared.counters.forbidden.inc();
                 }
-                info!(id, command = ?req.command, why = ?refusal.message, "refused");
+                let code = refusal.code.as_str();
+                info!(id, command = ?req.command, code, why = ?refusal.message, "refused");
                 return Err(ServerMsg::error(None, refusal.code, refusal.message));
             }
         };
