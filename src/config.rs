@@ -48,6 +48,7 @@
 //! argv_only = false         # refuse shell command lines
 //! allowed_programs = []     # e.g. ["uptime", "/usr/bin/df"]; implies argv_only
 //! allow_env = true
+//! accept_env = []           # e.g. ["LANG", "LC_*"]; with allowed_programs, the only env a request may set
 //! allow_cwd = true
 //! run_as = "nobody"         # when the server runs as root
 //! allow_root = false        # root server without run_as: jobs are forbidden
@@ -291,6 +292,13 @@ pub struct ExecConfig {
     pub allowed_programs: Vec<String>,
     /// Allow requests to set `env`. Default: true.
     pub allow_env: bool,
+    /// Names a request's `env` may set, OpenSSH `AcceptEnv`-style (`*` and
+    /// `?` wildcards). With `allowed_programs`, only these are accepted
+    /// (empty: none), since `LD_PRELOAD`, `BASH_ENV` and the like would run
+    /// other code than the allowed program; without an allow-list, a
+    /// non-empty list restricts every request and an empty one leaves it to
+    /// `allow_env`. Default: empty.
+    pub accept_env: Vec<String>,
     /// Allow requests to set `cwd`. Default: true.
     pub allow_cwd: bool,
     /// Run jobs as this user (the server must be root). Default: none.
@@ -340,6 +348,7 @@ impl Default for ExecConfig {
             argv_only: false,
             allowed_programs: Vec::new(),
             allow_env: true,
+            accept_env: Vec::new(),
             allow_cwd: true,
             run_as: None,
             allow_root: false,
@@ -532,6 +541,21 @@ impl ServerConfig {
         }
         if x.handshake_timeout.is_zero() || x.idle_timeout.is_zero() || x.frame_timeout.is_zero() {
             bail!("exec.handshake_timeout, idle_timeout and frame_timeout must be above 0");
+        }
+        // A relative program path would resolve against the client's cwd.
+        if let Some(p) = x
+            .allowed_programs
+            .iter()
+            .find(|p| p.is_empty() || p.contains('\0') || (p.contains('/') && !p.starts_with('/')))
+        {
+            bail!("exec.allowed_programs: {p:?} must be a bare name or an absolute path");
+        }
+        if let Some(n) = x
+            .accept_env
+            .iter()
+            .find(|n| n.is_empty() || n.contains(['=', '\0']))
+        {
+            bail!("exec.accept_env: {n:?} is not a variable name pattern");
         }
         let tls = x.listen.iter().any(|e| e.transport == Transport::Tls);
         if tls && !x.tls_self_signed && (x.tls_cert.is_none() || x.tls_key.is_none()) {

@@ -66,7 +66,9 @@ pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity
         .first()
         .with_context(|| format!("no certificate in {}", cert.display()))?;
     let fingerprint = fingerprint(first);
-    let key = PrivateKeyDer::from_pem_file(key)
+    // Like ssh with a private key: one that others may read is refused.
+    let pem = crate::proto::auth::read_private(key, "TLS private key")?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .with_context(|| format!("cannot read a private key from {}", key.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -352,6 +354,11 @@ mod tests {
             0o600
         );
         let id1 = server_identity(&c, &k).unwrap();
+        // A key others may read is refused, with the fix in the message.
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = format!("{:#}", server_identity(&c, &k).err().unwrap());
+        assert!(e.contains(&format!("chmod 600 {}", k.display())), "{e}");
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
         let (_, _, created) = self_signed(dir.path(), &["localhost".into()]).unwrap();
         assert!(!created);
         assert_eq!(

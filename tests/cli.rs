@@ -624,6 +624,7 @@ fn exec_client_behaves_like_ssh() {
     // Wrong token, refused connection: 255 and one line.
     let bad = home.join("bad-token");
     std::fs::write(&bad, "wrong").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let o = client_in(
         home,
         &[
@@ -664,6 +665,7 @@ fn jobs_get_a_clean_environment_without_the_servers_secrets() {
     let home = tempfile::tempdir().unwrap();
     let tok = home.path().join("t");
     std::fs::write(&tok, "tok-secret-123\n").unwrap();
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let o = client_in(
         home.path(),
         &[

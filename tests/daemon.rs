@@ -173,6 +173,11 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
     let cfg = dir.path().join("switchboard.toml");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "first-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let base = format!("[exec]\ntoken_file = {:?}\n", token_file.to_str().unwrap());
     std::fs::write(&cfg, &base).unwrap();
     let srv = common::spawn_serve(&[

@@ -148,6 +148,11 @@ fn ca_signed_certificates_are_checked_against_the_ca() {
     std::fs::write(p("other-ca.pem"), other_ca.pem()).unwrap();
     std::fs::write(p("cert.pem"), leaf.pem()).unwrap();
     std::fs::write(p("key.pem"), leaf_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        p("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let (cert, key) = (p("cert.pem"), p("key.pem"));
     let srv = spawn_serve(
         &[

@@ -258,12 +258,15 @@ pub struct ServeArgs {
     /// Refuse shell command lines; exec jobs must send argv.
     #[arg(long)]
     pub argv_only: bool,
-    /// Only these programs may be run (argv[0] as written), repeatable; implies --argv-only.
+    /// Only these programs may be run (argv[0] as written: a bare name, looked up in the server's PATH, or an absolute path), repeatable; implies --argv-only.
     #[arg(long = "allow-program", value_name = "PROG")]
     pub allow_program: Vec<String>,
     /// Refuse requests that set environment variables.
     #[arg(long)]
     pub forbid_env: bool,
+    /// Environment variable names requests may set (`*`/`?` wildcards), repeatable; with --allow-program, the only ones [default: none].
+    #[arg(long = "accept-env", value_name = "NAME")]
+    pub accept_env: Vec<String>,
     /// Refuse requests that set a working directory.
     #[arg(long)]
     pub forbid_cwd: bool,

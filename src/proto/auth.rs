@@ -48,9 +48,12 @@ impl Token {
         Ok(Token(hex(&random_bytes::<32>()?)))
     }
 
+    /// Reads a token file, refusing one that group or others may read or
+    /// write (see [`read_private`]).
     pub fn read(path: &Path) -> anyhow::Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?;
+        let bytes = read_private(path, "token file")?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("token file {} is not UTF-8", path.display()))?;
         Token::new(&text).with_context(|| format!("token file {}", path.display()))
     }
 
@@ -209,6 +212,52 @@ pub fn server_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSo
     Ok((token, TokenSource::File(path), true))
 }
 
+/// The largest token file or TLS key read: 1 MiB, far above any real one,
+/// so a path naming a device or a huge file fails instead of filling memory.
+pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// Reads a secret file (`what`: "token file", "TLS private key"), as ssh
+/// reads a private key: refused when its mode gives group or others any
+/// access. Readable by others, the secret is no longer one; writable by
+/// others, it is whatever they chose (for a token, they then know it). The
+/// mode is checked on the opened file, so a rename in between cannot swap
+/// in another one.
+pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let mode = f
+        .metadata()
+        .with_context(|| format!("cannot read {what} {}", path.display()))?
+        .permissions()
+        .mode();
+    check_private_mode(path, what, mode)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        bail!(
+            "{what} {} is larger than {MAX_SECRET_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The mode rule of [`read_private`], with its one-line fix.
+pub fn check_private_mode(path: &Path, what: &str, mode: u32) -> anyhow::Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} {p} is accessible by group or others (mode {m:04o}); run: chmod 600 {p}",
+            p = path.display(),
+            m = mode & 0o7777,
+        );
+    }
+    Ok(())
+}
+
 /// Creates `path` with mode 0600 (never replacing an existing file).
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -256,6 +305,26 @@ mod tests {
         assert!(is_nonce(&a) && is_nonce(&b));
         assert_ne!(a, b);
         assert!(!is_nonce("ABCD"));
+    }
+
+    #[test]
+    fn token_files_open_to_group_or_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "secret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o610] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = format!("{:#}", Token::read(&path).unwrap_err());
+            assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(server_token(Some(&path)).is_err());
+            assert!(client_token(Some(&path)).is_err());
+        }
+        for mode in [0o600, 0o400, 0o700] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(Token::read(&path).is_ok(), "{mode:o}");
+        }
     }
 
     #[test]

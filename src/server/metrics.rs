@@ -1,6 +1,11 @@
 //! `--metrics ADDR`: the counters as Prometheus text (exposition format
 //! 0.0.4) over a minimal HTTP/1.1 responder. [`render`] is pure; [`serve`]
 //! answers `GET /metrics` (and `GET /`) and closes each connection.
+//!
+//! Like every other listener it is bounded: at most [`MAX_CONNECTIONS`]
+//! connections at once (the rest are closed as soon as they are accepted),
+//! and each gets [`EXCHANGE_TIMEOUT`] for the whole exchange, request and
+//! response, so silent or non-reading peers cannot pile up descriptors.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -8,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -15,8 +21,13 @@ use super::stats::{DURATION_BUCKETS, Stats};
 
 /// The most of a request head read; the rest is ignored.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A scraper that has not sent its request by then is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Metrics connections served at once; over this, new ones are closed at
+/// once. A scraper needs one; the headroom is for a few dashboards and
+/// probes. Default (fixed): 64.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole exchange (read the request, write the response) must be done
+/// within this, or the connection is dropped. Default (fixed): 5 s.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The counters in Prometheus text format.
 pub fn render(s: &Stats) -> String {
@@ -210,6 +221,7 @@ pub fn render(s: &Stats) -> String {
 
 /// Serves the metrics until `shutdown`.
 pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -222,11 +234,21 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: Cancellat
                 }
             },
         };
+        // Accepting and closing (rather than not accepting) keeps the
+        // backlog from filling with connections nobody will serve.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!("metrics connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
         let stats = stats.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &stats).await {
-                debug!(error = %e, "metrics request failed");
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &stats)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "metrics request failed"),
+                Err(_) => debug!("metrics exchange deadline passed"),
             }
+            drop(permit);
         });
     }
 }
@@ -234,18 +256,12 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: Cancellat
 async fn answer(mut stream: TcpStream, stats: &Stats) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
         }
-        Ok::<(), std::io::Error>(())
-    };
-    if tokio::time::timeout(REQUEST_TIMEOUT, read).await.is_err() {
-        return Ok(());
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
     }
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let ok = line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ");

@@ -367,8 +367,8 @@ impl Server {
                     };
                     if service == Service::ExecLegacy {
                         tracker.spawn(
-                            accept_loop(listener, ctx, move |stream, _peer| {
-                                exec::legacy::serve(stream, shared.clone(), shutdown.clone())
+                            accept_loop(listener, ctx, move |stream, peer| {
+                                exec::legacy::serve(stream, peer, shared.clone(), shutdown.clone())
                             })
                             .instrument(span),
                         );

@@ -2,6 +2,7 @@
 //! per connection, and [`job`], one per process) and the tutorial-compatible
 //! mode ([`legacy`]).
 
+pub mod audit;
 pub mod job;
 pub mod legacy;
 pub mod policy;

@@ -1,18 +1,33 @@
 //! The command policy: what an authenticated client may run, and as whom.
 //!
-//! A request the policy refuses gets `forbidden` and nothing is spawned.
+//! [`Policy::check`] is the one place a request is judged. A request it
+//! refuses gets `forbidden` and nothing is spawned; a request it approves
+//! comes back as the exact [`Command`] to run, with a bare program name
+//! already resolved to an absolute path through the server's own PATH, so
+//! the spawner cannot be steered by anything the request put in `env`.
 //! Checks, in order: jobs as root (refused unless the operator said
 //! `--allow-root` or named a `--run-as` user), shell jobs when only argv is
-//! allowed, programs outside the allow-list, `env` and `cwd` overrides when
-//! they are forbidden.
+//! allowed, programs outside the allow-list, `env` overrides (all of them
+//! when `allow_env` is off; by name against `accept_env` when there is an
+//! allow-list or `accept_env` is set), `cwd` overrides when they are
+//! forbidden.
+//!
+//! Why the environment is part of the allow-list: an allowed program is
+//! only as narrow as the environment it starts in. `LD_PRELOAD` runs code
+//! in any dynamically linked program, `BASH_ENV` and `BASH_FUNC_x%%` run
+//! code in any bash, and a request's `PATH` would choose which file an
+//! allowed bare name means. So with an allow-list, a request may set only
+//! the variables `accept_env` names (default: none), and the program is
+//! looked up in the server's PATH, never the request's.
 
 use std::ffi::CString;
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use nix::unistd::{Gid, Uid, User};
 
 use crate::config::ExecConfig;
-use crate::proto::{Command, ExecRequest};
+use crate::proto::{Command, ErrorCode, ExecRequest};
 
 /// The user jobs run as, resolved once at start-up (never between fork and
 /// exec, where looking up /etc/group is not safe).
@@ -49,16 +64,50 @@ impl RunAs {
     }
 }
 
+/// PATH for program lookup when the server was started without one.
+pub const DEFAULT_SEARCH_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The server's own PATH, fixed when the policy is built: the one bare
+/// program names are looked up in.
+pub fn server_search_path() -> String {
+    match std::env::var("PATH") {
+        Ok(p) if !p.is_empty() => p,
+        _ => DEFAULT_SEARCH_PATH.into(),
+    }
+}
+
+/// Why a request is not run, and the error code it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `forbidden` (the policy says no) or `spawn_failed` (a bare program
+    /// name that is not in the server's PATH).
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn forbidden(message: impl Into<String>) -> Refusal {
+        Refusal {
+            code: ErrorCode::Forbidden,
+            message: message.into(),
+        }
+    }
+}
+
 /// The policy of one server.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub argv_only: bool,
     pub allowed_programs: Vec<String>,
+    /// `accept_env` patterns (`*` and `?` wildcards).
+    pub accept_env: Vec<String>,
     pub allow_env: bool,
     pub allow_cwd: bool,
     pub run_as: Option<RunAs>,
     /// Jobs may run as root (the server is root and no run-as user is set).
     pub allow_root: bool,
+    /// Where bare program names are looked up: the server's PATH at start.
+    pub search_path: String,
 }
 
 impl Policy {
@@ -70,10 +119,12 @@ impl Policy {
         Ok(Policy {
             argv_only: cfg.argv_only || !cfg.allowed_programs.is_empty(),
             allowed_programs: cfg.allowed_programs.clone(),
+            accept_env: cfg.accept_env.clone(),
             allow_env: cfg.allow_env,
             allow_cwd: cfg.allow_cwd,
             run_as,
             allow_root: cfg.allow_root,
+            search_path: server_search_path(),
         })
     }
 
@@ -82,33 +133,132 @@ impl Policy {
         self.run_as.is_none() && Uid::effective().is_root() && !self.allow_root
     }
 
-    /// Checks a request; the error is the `forbidden` message.
-    pub fn check(&self, req: &ExecRequest) -> Result<(), String> {
+    /// Whether request `env` names are checked against `accept_env`: always
+    /// under an allow-list (an empty `accept_env` then accepts nothing), and
+    /// without one as soon as the operator wrote an `accept_env`.
+    fn restricts_env(&self) -> bool {
+        !self.allowed_programs.is_empty() || !self.accept_env.is_empty()
+    }
+
+    /// Judges a request. Approved, it returns the command to hand the
+    /// spawner unchanged: a shell line as sent, or argv with a bare
+    /// `argv[0]` replaced by its absolute path in the server's PATH.
+    pub fn check(&self, req: &ExecRequest) -> Result<Command, Refusal> {
         if self.refuses_root() {
-            return Err("the server runs as root and may not run jobs as root \
-                        (start it with --run-as USER, or --allow-root)"
-                .into());
+            return Err(Refusal::forbidden(
+                "the server runs as root and may not run jobs as root \
+                 (start it with --run-as USER, or --allow-root)",
+            ));
         }
         match &req.command {
             Command::Shell(_) if self.argv_only => {
-                return Err("shell commands are not allowed here; send argv".into());
+                return Err(Refusal::forbidden(
+                    "shell commands are not allowed here; send argv",
+                ));
             }
             Command::Argv(argv) if !self.allowed_programs.is_empty() => {
                 let prog = argv.first().map(String::as_str).unwrap_or_default();
                 if !self.allowed_programs.iter().any(|p| p == prog) {
-                    return Err(format!("program {prog:?} is not in the allow-list"));
+                    return Err(Refusal::forbidden(format!(
+                        "program {prog:?} is not in the allow-list"
+                    )));
                 }
             }
             _ => {}
         }
-        if !self.allow_env && !req.env.is_empty() {
-            return Err("env overrides are not allowed here".into());
+        if !req.env.is_empty() {
+            if !self.allow_env {
+                return Err(Refusal::forbidden("env overrides are not allowed here"));
+            }
+            if self.restricts_env()
+                && let Some(name) = req
+                    .env
+                    .keys()
+                    .find(|k| !self.accept_env.iter().any(|p| wildcard_match(p, k)))
+            {
+                return Err(Refusal::forbidden(format!(
+                    "environment variable {name:?} is not accepted here (exec.accept_env)"
+                )));
+            }
         }
         if !self.allow_cwd && req.cwd.is_some() {
-            return Err("cwd overrides are not allowed here".into());
+            return Err(Refusal::forbidden("cwd overrides are not allowed here"));
         }
-        Ok(())
+        match &req.command {
+            Command::Shell(line) => Ok(Command::Shell(line.clone())),
+            Command::Argv(argv) => {
+                let Some((prog, args)) = argv.split_first() else {
+                    return Err(Refusal {
+                        code: ErrorCode::BadRequest,
+                        message: "argv is empty".into(),
+                    });
+                };
+                let mut resolved = Vec::with_capacity(argv.len());
+                resolved.push(self.resolve(prog)?);
+                resolved.extend(args.iter().cloned());
+                Ok(Command::Argv(resolved))
+            }
+        }
     }
+
+    /// `prog` as the spawner must run it. A name with a slash is a path
+    /// and stays as written (allow-list entries with one are absolute, see
+    /// `ServerConfig::validate`); a bare name is looked up in the server's
+    /// PATH, skipping empty and relative entries, which would resolve
+    /// against the client-chosen cwd.
+    fn resolve(&self, prog: &str) -> Result<String, Refusal> {
+        if prog.contains('/') {
+            return Ok(prog.to_string());
+        }
+        self.search_path
+            .split(':')
+            .filter(|dir| dir.starts_with('/'))
+            .map(|dir| Path::new(dir).join(prog))
+            .find(|p| is_executable(p))
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or_else(|| Refusal {
+                code: ErrorCode::SpawnFailed,
+                message: format!("cannot run {prog:?}: not found in the server's PATH"),
+            })
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// OpenSSH-style pattern match (`AcceptEnv`): `*` is any run of
+/// characters, `?` exactly one; everything else matches itself, case
+/// sensitively. Linear in practice (greedy star with one backtrack point),
+/// at worst pattern length times name length.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0usize, 0usize);
+    // Where the last `*` was, and the name position it is matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || Some(&c) == n.get(ni) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
 }
 
 #[cfg(test)]
@@ -119,18 +269,30 @@ mod tests {
         Policy {
             argv_only: false,
             allowed_programs: vec![],
+            accept_env: vec![],
             allow_env: true,
             allow_cwd: true,
             run_as: None,
             allow_root: true,
+            search_path: DEFAULT_SEARCH_PATH.into(),
         }
+    }
+
+    fn argv(words: &[&str]) -> ExecRequest {
+        let mut r = ExecRequest::shell(1, "");
+        r.command = Command::Argv(words.iter().map(|w| w.to_string()).collect());
+        r
+    }
+
+    fn with_env(mut r: ExecRequest, k: &str) -> ExecRequest {
+        r.env.insert(k.into(), "v".into());
+        r
     }
 
     #[test]
     fn each_rule_refuses_what_it_names() {
         let shell = ExecRequest::shell(1, "ls");
-        let mut argv = ExecRequest::shell(1, "");
-        argv.command = Command::Argv(vec!["ls".into()]);
+        let ls = argv(&["ls"]);
         assert!(policy().check(&shell).is_ok());
 
         let p = Policy {
@@ -138,26 +300,25 @@ mod tests {
             ..policy()
         };
         assert!(p.check(&shell).is_err());
-        assert!(p.check(&argv).is_ok());
+        assert!(p.check(&ls).is_ok());
 
         let p = Policy {
             argv_only: true,
-            allowed_programs: vec!["/bin/date".into(), "uptime".into()],
+            allowed_programs: vec!["/bin/sh".into(), "true".into()],
             ..policy()
         };
-        assert!(p.check(&argv).unwrap_err().contains("allow-list"));
-        let mut ok = argv.clone();
-        ok.command = Command::Argv(vec!["uptime".into()]);
-        assert!(p.check(&ok).is_ok());
+        let refused = p.check(&ls).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+        assert!(refused.message.contains("allow-list"));
+        assert!(p.check(&argv(&["true"])).is_ok());
+        assert!(p.check(&argv(&["/bin/sh", "-c", "true"])).is_ok());
 
-        let mut with_env = shell.clone();
-        with_env.env.insert("K".into(), "V".into());
         assert!(
             Policy {
                 allow_env: false,
                 ..policy()
             }
-            .check(&with_env)
+            .check(&with_env(shell.clone(), "K"))
             .is_err()
         );
         let mut with_cwd = shell.clone();
@@ -170,5 +331,103 @@ mod tests {
             .check(&with_cwd)
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_allow_list_accepts_only_the_environment_named_in_accept_env() {
+        let listed = Policy {
+            argv_only: true,
+            allowed_programs: vec!["true".into()],
+            ..policy()
+        };
+        for name in ["LD_PRELOAD", "BASH_ENV", "BASH_FUNC_x%%", "PATH", "LANG"] {
+            let r = listed.check(&with_env(argv(&["true"]), name)).unwrap_err();
+            assert_eq!(r.code, ErrorCode::Forbidden, "{name}");
+        }
+        let accepting = Policy {
+            accept_env: vec!["LC_*".into(), "LANG".into(), "SB_?".into()],
+            ..listed.clone()
+        };
+        for ok in ["LANG", "LC_ALL", "LC_", "SB_1"] {
+            assert!(
+                accepting.check(&with_env(argv(&["true"]), ok)).is_ok(),
+                "{ok}"
+            );
+        }
+        for no in ["LANGUAGE", "SB_12", "SB_", "LD_PRELOAD", "lang"] {
+            assert!(
+                accepting.check(&with_env(argv(&["true"]), no)).is_err(),
+                "{no}"
+            );
+        }
+        // Without an allow-list: accept_env, once written, restricts every
+        // request; left empty, allow_env alone decides.
+        let open = policy();
+        assert!(open.check(&with_env(argv(&["true"]), "LD_PRELOAD")).is_ok());
+        let narrowed = Policy {
+            accept_env: vec!["LANG".into()],
+            ..policy()
+        };
+        assert!(
+            narrowed
+                .check(&with_env(ExecRequest::shell(1, "env"), "LANG"))
+                .is_ok()
+        );
+        assert!(
+            narrowed
+                .check(&with_env(ExecRequest::shell(1, "env"), "LD_PRELOAD"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bare_names_resolve_through_the_servers_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("true");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Policy {
+            search_path: format!("relative:::{}", dir.path().display()),
+            ..policy()
+        };
+        // The request's PATH plays no part.
+        let mut r = argv(&["true", "x"]);
+        r.env.insert("PATH".into(), "/somewhere/else".into());
+        assert_eq!(
+            p.check(&r).unwrap(),
+            Command::Argv(vec![fake.to_string_lossy().into_owned(), "x".into()])
+        );
+        let missing = p.check(&argv(&["no-such-program-here"])).unwrap_err();
+        assert_eq!(missing.code, ErrorCode::SpawnFailed);
+        // Paths are run as written; shell lines are untouched.
+        assert_eq!(
+            p.check(&argv(&["/bin/true"])).unwrap(),
+            Command::Argv(vec!["/bin/true".into()])
+        );
+        assert_eq!(
+            p.check(&ExecRequest::shell(1, "true")).unwrap(),
+            Command::Shell("true".into())
+        );
+    }
+
+    #[test]
+    fn wildcards_match_like_openssh() {
+        for (p, n, want) in [
+            ("*", "", true),
+            ("*", "ANY", true),
+            ("", "", true),
+            ("", "A", false),
+            ("LC_*", "LC_ALL", true),
+            ("LC_*", "LANG", false),
+            ("A?C", "ABC", true),
+            ("A?C", "AC", false),
+            ("*X*Y", "aXbXcY", true),
+            ("*X*Y", "aXbXcYz", false),
+            ("a**b", "ab", true),
+            ("?", "é", true),
+        ] {
+            assert_eq!(wildcard_match(p, n), want, "{p:?} {n:?}");
+        }
     }
 }

@@ -489,20 +489,21 @@ impl Session {
                     "the server is running its maximum of jobs",
                 )
             })?;
-        if let Err(why) = live.policy.check(&req) {
-            self.shared.counters.forbidden.inc();
-            info!(id, command = ?req.command, %why, "forbidden");
-            return Err(ServerMsg::error(None, ErrorCode::Forbidden, why));
-        }
+        // The policy hands back exactly what is to run (argv[0] resolved).
+        let approved = match live.policy.check(&req) {
+            Ok(command) => command,
+            Err(refusal) => {
+                if refusal.code == ErrorCode::Forbidden {
+                    self.shared.counters.forbidden.inc();
+                }
+                let code = refusal.code.as_str();
+                info!(id, command = ?req.command, code, why = ?refusal.message, "refused");
+                return Err(ServerMsg::error(None, refusal.code, refusal.message));
+            }
+        };
         let run_as = live.policy.run_as.as_ref();
-        let spawned = job::spawn(
-            &req.command,
-            &req.env,
-            req.cwd.as_deref(),
-            req.stdin,
-            run_as,
-        )
-        .map_err(|e| job::spawn_error(id, &e, &req.command))?;
+        let spawned = job::spawn(&approved, &req.env, req.cwd.as_deref(), req.stdin, run_as)
+            .map_err(|e| job::spawn_error(id, &e, &approved))?;
         self.shared.counters.jobs_started.inc();
         info!(id, pid = spawned.pid, command = ?req.command, "job started");
         self.send(ServerMsg::Started {
@@ -537,26 +538,24 @@ impl Session {
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
         let (peer, who, pid) = (self.peer, live.auth_id.clone(), spawned.pid);
-        let (command, cwd) = (req.command, req.cwd);
+        let (command, cwd) = (approved, req.cwd);
         self.shared.tracker.spawn(async move {
             let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
             drop(permit);
             counters.record_job(&end, started.elapsed());
-            // The audit trail: who ran what, where, and how it ended.
-            info!(
-                target: "switchboard::audit",
-                %peer,
-                who = %who,
+            super::audit::job(&super::audit::JobRecord {
+                via: super::audit::Via::Native,
+                peer,
+                who: &who,
                 id,
                 pid,
-                command = ?command,
-                cwd = cwd.as_deref().unwrap_or("-"),
-                status = ?end.status,
-                duration_ms = started.elapsed().as_millis() as u64,
-                stdout_bytes = end.stdout_bytes,
-                stderr_bytes = end.stderr_bytes,
-                "job"
-            );
+                command: &command,
+                cwd: cwd.as_deref(),
+                status: &end.status,
+                duration: started.elapsed(),
+                stdout_bytes: end.stdout_bytes,
+                stderr_bytes: end.stderr_bytes,
+            });
             let _ = done.send(JobDone {
                 id,
                 pgid,
