@@ -637,6 +637,7 @@ impl ServerConfig {
             argv_only: _,
             allowed_programs: _,
             allow_env: _,
+            accept_env: _,
             allow_cwd: _,
             run_as: _,
             allow_root: _,
