@@ -27,6 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
+use crate::config::ExecConfig;
 use crate::proto::auth::hex;
 
 fn provider() -> Arc<CryptoProvider> {
@@ -125,6 +126,60 @@ pub enum Trust {
     Fingerprint(String),
     /// Trust on first use, remembered in this known-hosts file.
     KnownHosts(PathBuf),
+}
+
+/// The exec TLS certificate, for the banner.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// SHA-256 of the certificate, lower-case hex.
+    pub fingerprint: String,
+    pub cert: std::path::PathBuf,
+    /// The self-signed certificate was created by this start.
+    pub created: bool,
+}
+
+/// The server side of exec's TLS: the operator's certificate, or the
+/// self-signed one created once and kept beside the token file (named for
+/// localhost, the loopback addresses, the host name and every `tls://`
+/// listen host).
+pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>, TlsInfo)> {
+    let (cert, key, created) = match (&x.tls_cert, &x.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ => {
+            let dir = match &x.token_file {
+                Some(t) => t
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default(),
+                None => crate::proto::auth::default_token_path()
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+                    .context("no config directory for the self-signed certificate")?,
+            };
+            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(h.trim().to_string());
+            }
+            for e in x
+                .listen
+                .iter()
+                .filter(|e| e.transport == crate::endpoint::Transport::Tls)
+            {
+                if !names.contains(&e.host) && e.host != "0.0.0.0" && e.host != "::" {
+                    names.push(e.host.clone());
+                }
+            }
+            self_signed(&dir, &names)?
+        }
+    };
+    let id = server_identity(&cert, &key)?;
+    Ok((
+        id.config,
+        TlsInfo {
+            fingerprint: id.fingerprint,
+            cert,
+            created,
+        },
+    ))
 }
 
 /// The default known-hosts file: `switchboard/known_hosts` in the user's

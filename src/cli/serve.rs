@@ -130,12 +130,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             None => Server::bind(cfg).await?,
         };
-        print_banner(&server)?;
-        if let Err(e) =
-            crate::activation::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
-        {
-            warn!(error = %e, "sd_notify failed");
-        }
         // SIGHUP: read the configuration again (file and flags) and apply
         // what can change while connections stay up.
         let reloader = server.reloader();
@@ -174,6 +168,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             warn!("second signal: exiting without waiting for connections");
             std::process::exit(130);
         });
+        // Ready only now that every signal has its handler: a SIGHUP sent
+        // as soon as the banner appears (or READY=1 arrives) would
+        // otherwise find the default action, and end the server.
+        print_banner(&server)?;
+        if let Err(e) =
+            crate::activation::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
+        {
+            warn!(error = %e, "sd_notify failed");
+        }
         server.run(shutdown).await;
         info!("stopped");
         Ok::<_, anyhow::Error>(())

@@ -25,10 +25,12 @@ pub mod stats;
 pub mod time;
 pub mod udp;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,59 +61,11 @@ pub struct Server {
     sockets: Vec<(Bound, Socket)>,
     stats: Arc<Stats>,
     token_info: Option<TokenInfo>,
-    tls: Option<(Arc<rustls::ServerConfig>, TlsInfo)>,
+    tls: Option<(Arc<rustls::ServerConfig>, crate::tls::TlsInfo)>,
     exec: Arc<ExecShared>,
     tracker: TaskTracker,
     limits: Limits,
-}
-
-/// The exec TLS certificate, for the banner.
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    /// SHA-256 of the certificate, lower-case hex.
-    pub fingerprint: String,
-    pub cert: std::path::PathBuf,
-    /// The self-signed certificate was created by this start.
-    pub created: bool,
-}
-
-/// Loads the operator's certificate, or creates/keeps the self-signed one
-/// beside the token file.
-fn load_tls(config: &ServerConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>, TlsInfo)> {
-    let x = &config.exec;
-    let (cert, key, created) = match (&x.tls_cert, &x.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
-        _ => {
-            let dir = match &x.token_file {
-                Some(t) => t
-                    .parent()
-                    .map(std::path::Path::to_path_buf)
-                    .unwrap_or_default(),
-                None => auth::default_token_path()
-                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-                    .context("no config directory for the self-signed certificate")?,
-            };
-            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-                names.push(h.trim().to_string());
-            }
-            for e in x.listen.iter().filter(|e| e.transport == Transport::Tls) {
-                if !names.contains(&e.host) && e.host != "0.0.0.0" && e.host != "::" {
-                    names.push(e.host.clone());
-                }
-            }
-            crate::tls::self_signed(&dir, &names)?
-        }
-    };
-    let id = crate::tls::server_identity(&cert, &key)?;
-    Ok((
-        id.config,
-        TlsInfo {
-            fingerprint: id.fingerprint,
-            cert,
-            created,
-        },
-    ))
+    echo_sources: Arc<sources::Sources>,
 }
 
 /// Where the exec token came from, for the banner.
@@ -191,7 +145,7 @@ impl Server {
             (None, None)
         };
         let tls = if sockets.iter().any(|(b, _)| b.transport == Transport::Tls) {
-            Some(load_tls(&config)?)
+            Some(crate::tls::load_server(&config.exec)?)
         } else {
             None
         };
@@ -209,6 +163,7 @@ impl Server {
             tracker.clone(),
             Arc::new(sources::Sources::new(config.server.netblocks())),
         ));
+        let echo_sources = Arc::new(sources::Sources::new(config.server.netblocks()));
         Ok(Server {
             live: LiveConfig::new(config),
             sockets,
@@ -218,6 +173,7 @@ impl Server {
             exec,
             tracker,
             limits,
+            echo_sources,
         })
     }
 
@@ -234,7 +190,7 @@ impl Server {
     }
 
     /// The TLS certificate in use, if any endpoint is `tls://`.
-    pub fn tls_info(&self) -> Option<&TlsInfo> {
+    pub fn tls_info(&self) -> Option<&crate::tls::TlsInfo> {
         self.tls.as_ref().map(|(_, info)| info)
     }
 
@@ -268,145 +224,63 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then gives open connections
-    /// `shutdown_grace` to finish. Returns once everything has stopped or
-    /// the grace has run out (remaining tasks are aborted when the runtime
-    /// ends).
+    /// `shutdown_grace` (as configured at that moment) to finish. Returns
+    /// once everything has stopped or the grace has run out (remaining
+    /// tasks are aborted when the runtime ends).
     pub async fn run(self, shutdown: CancellationToken) {
-        let tracker = self.tracker;
-        let live = self.live;
-        let cfg = live.get();
-        let stats = self.stats;
-        let echo_sources = Arc::new(sources::Sources::new(cfg.server.netblocks()));
-        let exec_shared = self.exec;
-        let tls_acceptor = self
-            .tls
-            .as_ref()
-            .map(|(c, _)| tokio_rustls::TlsAcceptor::from(c.clone()));
-        if self
-            .sockets
+        let Server {
+            live,
+            sockets,
+            stats,
+            tls,
+            exec,
+            tracker,
+            limits,
+            echo_sources,
+            ..
+        } = self;
+        if sockets
             .iter()
             .any(|(b, _)| matches!(b.service, Service::Exec | Service::ExecLegacy))
         {
             exec::become_subreaper();
         }
-        for (bound, socket) in self.sockets {
+        let run = Running {
+            cfg: live.get(),
+            live: live.clone(),
+            stats: stats.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            limits,
+            echo_sources,
+            exec,
+            tls: tls.map(|(c, _)| tokio_rustls::TlsAcceptor::from(c)),
+        };
+        for (bound, socket) in sockets {
             let span =
                 info_span!("listener", service = %bound.service, endpoint = %bound.endpoint());
-            let shutdown = shutdown.clone();
-            let cfg = cfg.clone();
-            match (bound.service, socket) {
-                (Service::Echo, Socket::Tcp(listener)) => {
-                    let live = live.clone();
-                    let ctx = AcceptContext {
-                        service: "echo",
-                        limit: self.limits.echo_connections.clone(),
-                        counters: stats.echo_tcp.clone(),
-                        shutdown: shutdown.clone(),
-                        tracker: tracker.clone(),
-                        sources: echo_sources.clone(),
-                        per_source: Arc::new(move || live.get().echo.max_connections_per_source),
-                    };
-                    let counters = stats.echo_tcp.clone();
-                    let echo = Arc::new(cfg.echo.clone());
-                    tracker.spawn(
-                        accept_loop(listener, ctx, move |stream, _peer| {
-                            echo::serve_tcp(
-                                stream,
-                                echo.clone(),
-                                counters.clone(),
-                                shutdown.clone(),
-                            )
-                        })
-                        .instrument(span),
-                    );
-                }
-                (Service::Echo, Socket::Udp(socket)) => {
-                    let counters = stats.echo_udp.clone();
-                    let mode = cfg.echo.mode;
-                    tracker.spawn(
-                        async move {
-                            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
-                                echo::udp_reply(mode, req, reply);
-                                false
-                            })
-                            .await
-                        }
-                        .instrument(span),
-                    );
-                }
-                (Service::Time, Socket::Udp(socket)) => {
-                    let counters = stats.time_udp.clone();
-                    tracker.spawn(
-                        async move {
-                            let (utc, cap) = (cfg.time.utc, cfg.time.reply_cap);
-                            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
-                                time::reply_now(req, utc, cap, reply)
-                            })
-                            .await
-                        }
-                        .instrument(span),
-                    );
-                }
-                (service @ (Service::Exec | Service::ExecLegacy), Socket::Tcp(listener)) => {
-                    let shared = exec_shared.clone();
-                    let ctx = AcceptContext {
-                        service: if service == Service::Exec {
-                            "exec"
-                        } else {
-                            "exec-legacy"
-                        },
-                        limit: self.limits.exec_connections.clone(),
-                        counters: stats.exec_tcp.clone(),
-                        shutdown: shutdown.clone(),
-                        tracker: tracker.clone(),
-                        sources: shared.sources.clone(),
-                        per_source: {
-                            let shared = shared.clone();
-                            Arc::new(move || shared.live().cfg.max_connections_per_source)
-                        },
-                    };
-                    if service == Service::ExecLegacy {
-                        tracker.spawn(
-                            accept_loop(listener, ctx, move |stream, peer| {
-                                exec::legacy::serve(stream, peer, shared.clone(), shutdown.clone())
-                            })
-                            .instrument(span),
-                        );
+            let task = match (bound.service, socket) {
+                (Service::Echo, Socket::Tcp(l)) => run.echo_tcp(l).boxed(),
+                (Service::Echo, Socket::Udp(s)) => run.echo_udp(s).boxed(),
+                (Service::Time, Socket::Udp(s)) => run.time(s).boxed(),
+                (Service::Exec, Socket::Tcp(l)) => match run.exec(l, bound.transport) {
+                    Some(task) => task.boxed(),
+                    None => {
+                        warn!("no TLS certificate loaded; endpoint ignored");
                         continue;
                     }
-                    let tls = match bound.transport {
-                        Transport::Tls => match tls_acceptor.clone() {
-                            Some(a) => Some(a),
-                            None => {
-                                warn!("no TLS certificate loaded; endpoint ignored");
-                                continue;
-                            }
-                        },
-                        _ => None,
-                    };
-                    tracker.spawn(
-                        accept_loop(listener, ctx, move |stream, peer| {
-                            exec::session::accept(
-                                stream,
-                                peer,
-                                tls.clone(),
-                                shared.clone(),
-                                shutdown.clone(),
-                            )
-                        })
-                        .instrument(span),
-                    );
+                },
+                (Service::ExecLegacy, Socket::Tcp(l)) => run.exec_legacy(l).boxed(),
+                (Service::Metrics, Socket::Tcp(l)) => {
+                    metrics::serve(l, stats.clone(), shutdown.clone()).boxed()
                 }
-                (Service::Metrics, Socket::Tcp(listener)) => {
-                    tracker
-                        .spawn(metrics::serve(listener, stats.clone(), shutdown).instrument(span));
+                // `exposure` refuses these before anything is bound.
+                (service, _) => {
+                    warn!("{service} has no such transport; endpoint ignored");
+                    continue;
                 }
-                (_, Socket::Udp(_)) => warn!("no UDP service here; endpoint ignored"),
-                (Service::Time, Socket::Tcp(_)) => {
-                    // `exposure` refuses tcp:// for time.
-                    warn!("time has no TCP service; endpoint ignored");
-                }
-            }
+            };
+            tracker.spawn(task.instrument(span));
         }
         tracker.close();
         shutdown.cancelled().await;
@@ -419,5 +293,128 @@ impl Server {
                 "shutdown grace passed; closing the remaining connections"
             );
         }
+    }
+}
+
+/// What the services of a running server share; one method per service
+/// builds the task that serves one of its sockets.
+struct Running {
+    /// The configuration at start, for what needs a restart to change.
+    cfg: Arc<ServerConfig>,
+    live: Arc<LiveConfig>,
+    stats: Arc<Stats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    limits: Limits,
+    echo_sources: Arc<sources::Sources>,
+    exec: Arc<ExecShared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Running {
+    fn accept_context(
+        &self,
+        service: &'static str,
+        limit: &Arc<limit::Limit>,
+        counters: &Arc<stats::TcpCounters>,
+        sources: &Arc<sources::Sources>,
+        per_source: Arc<dyn Fn() -> usize + Send + Sync>,
+    ) -> AcceptContext {
+        AcceptContext {
+            service,
+            limit: limit.clone(),
+            counters: counters.clone(),
+            shutdown: self.shutdown.clone(),
+            tracker: self.tracker.clone(),
+            sources: sources.clone(),
+            per_source,
+        }
+    }
+
+    fn echo_tcp(&self, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
+        let live = self.live.clone();
+        let ctx = self.accept_context(
+            "echo",
+            &self.limits.echo_connections,
+            &self.stats.echo_tcp,
+            &self.echo_sources,
+            Arc::new(move || live.get().echo.max_connections_per_source),
+        );
+        let (counters, shutdown) = (self.stats.echo_tcp.clone(), self.shutdown.clone());
+        let echo = Arc::new(self.cfg.echo.clone());
+        accept_loop(listener, ctx, move |stream, _peer| {
+            echo::serve_tcp(stream, echo.clone(), counters.clone(), shutdown.clone())
+        })
+    }
+
+    fn echo_udp(&self, socket: UdpSocket) -> impl Future<Output = ()> + Send + 'static {
+        let (cfg, counters, shutdown) = (
+            self.cfg.clone(),
+            self.stats.echo_udp.clone(),
+            self.shutdown.clone(),
+        );
+        async move {
+            let mode = cfg.echo.mode;
+            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
+                echo::udp_reply(mode, req, reply);
+                false
+            })
+            .await
+        }
+    }
+
+    fn time(&self, socket: UdpSocket) -> impl Future<Output = ()> + Send + 'static {
+        let (cfg, counters, shutdown) = (
+            self.cfg.clone(),
+            self.stats.time_udp.clone(),
+            self.shutdown.clone(),
+        );
+        async move {
+            let (utc, cap) = (cfg.time.utc, cfg.time.reply_cap);
+            udp::serve_udp(socket, &cfg.udp, counters, shutdown, |req, reply| {
+                time::reply_now(req, utc, cap, reply)
+            })
+            .await
+        }
+    }
+
+    fn exec_context(&self, service: &'static str) -> AcceptContext {
+        let shared = self.exec.clone();
+        self.accept_context(
+            service,
+            &self.limits.exec_connections,
+            &self.stats.exec_tcp,
+            &self.exec.sources,
+            Arc::new(move || shared.live().cfg.max_connections_per_source),
+        )
+    }
+
+    /// None for a `tls://` socket when no certificate was loaded.
+    fn exec(
+        &self,
+        listener: TcpListener,
+        transport: Transport,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let tls = match transport {
+            Transport::Tls => Some(self.tls.clone()?),
+            _ => None,
+        };
+        let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
+        Some(accept_loop(
+            listener,
+            self.exec_context("exec"),
+            move |stream, peer| {
+                exec::session::accept(stream, peer, tls.clone(), shared.clone(), shutdown.clone())
+            },
+        ))
+    }
+
+    fn exec_legacy(&self, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
+        let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
+        accept_loop(
+            listener,
+            self.exec_context("exec-legacy"),
+            move |stream, peer| exec::legacy::serve(stream, peer, shared.clone(), shutdown.clone()),
+        )
     }
 }
