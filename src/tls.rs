@@ -182,6 +182,31 @@ pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>,
     ))
 }
 
+impl Trust {
+    /// The trust a client's options name: a CA file, a pinned fingerprint,
+    /// or (neither given) trust on first use in `known_hosts`, by default
+    /// the user's file.
+    pub fn choose(
+        ca: Option<&Path>,
+        fingerprint: Option<&str>,
+        known_hosts: Option<&Path>,
+    ) -> anyhow::Result<Trust> {
+        Ok(match (ca, fingerprint) {
+            (Some(_), Some(_)) => bail!("--tls-ca and --tls-fingerprint exclude each other"),
+            (Some(ca), None) => Trust::Ca(ca.to_path_buf()),
+            (None, Some(fp)) => {
+                check_fingerprint(fp)?;
+                Trust::Fingerprint(fp.to_string())
+            }
+            (None, None) => Trust::KnownHosts(match known_hosts {
+                Some(p) => p.to_path_buf(),
+                None => default_known_hosts()
+                    .context("no config directory for known_hosts; use --known-hosts")?,
+            }),
+        })
+    }
+}
+
 /// The default known-hosts file: `switchboard/known_hosts` in the user's
 /// config directory.
 pub fn default_known_hosts() -> Option<PathBuf> {

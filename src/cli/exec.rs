@@ -5,40 +5,21 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use encoding_rs::{Decoder, Encoding};
-use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, split_target, stdin_lines};
+use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
 use crate::proto::auth::client_token;
-use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus};
-
-/// Exit status when the connection, the handshake or the protocol failed.
-pub const EXIT_CONNECTION: u8 = 255;
-/// Exit status when the job timed out (as `timeout(1)`).
-pub const EXIT_TIMED_OUT: u8 = 124;
-
-/// The exit status for a job's end (§3.4).
-pub fn exit_code(status: &ExitStatus) -> u8 {
-    match status {
-        ExitStatus::Code(c) => (*c & 0xff) as u8,
-        ExitStatus::Signal {
-            timed_out: true, ..
-        } => EXIT_TIMED_OUT,
-        ExitStatus::Signal { name, .. } => Signal::from_str(&format!("SIG{name}"))
-            .map(|s| 128u8.wrapping_add(s as i32 as u8))
-            .unwrap_or(EXIT_CONNECTION),
-    }
-}
+use crate::proto::{ClientMsg, ExecRequest, ExitStatus};
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
 /// or decoded from a legacy encoding (the tutorial's GBK problem).
@@ -190,85 +171,6 @@ async fn run_job(
     }
 }
 
-/// The shell command line for CMD words: one word is a command line as
-/// typed (`'ls | wc'`); several are quoted word by word, so
-/// `exec -- sh -c 'exit 7'` runs `sh` with the two arguments it was given
-/// (where ssh's plain join would lose the quoting).
-pub fn shell_command(words: &[String]) -> Command {
-    match words {
-        [one] => Command::Shell(one.clone()),
-        many => Command::Shell(
-            many.iter()
-                .map(|w| shell_quote(w))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-    }
-}
-
-fn shell_quote(w: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
-    if !w.is_empty() && w.chars().all(safe) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
-    }
-}
-
-/// The TLS trust for `addr` (`HOST:PORT`): a CA, a pinned fingerprint, or
-/// trust on first use in known_hosts.
-pub(super) fn client_tls(args: &ExecArgs, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
-    use crate::tls::{ClientTls, Trust, check_fingerprint, default_known_hosts};
-    let trust = match (&args.tls_ca, &args.tls_fingerprint) {
-        (Some(_), Some(_)) => bail!("--tls-ca and --tls-fingerprint exclude each other"),
-        (Some(ca), None) => Trust::Ca(ca.clone()),
-        (None, Some(fp)) => {
-            check_fingerprint(fp)?;
-            Trust::Fingerprint(fp.clone())
-        }
-        (None, None) => Trust::KnownHosts(match &args.known_hosts {
-            Some(p) => p.clone(),
-            None => default_known_hosts()
-                .context("no config directory for known_hosts; use --known-hosts")?,
-        }),
-    };
-    let (_, host, _) = crate::endpoint::Endpoint::parse_loose(addr)?;
-    ClientTls::new(&trust, &host, addr)
-}
-
-fn parse_env(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut env = std::collections::BTreeMap::new();
-    for p in pairs {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--env {p:?}: expected K=V"))?;
-        if k.is_empty() {
-            bail!("--env {p:?}: empty name");
-        }
-        env.insert(k.to_string(), v.to_string());
-    }
-    Ok(env)
-}
-
-/// The request CMD words make under the flags (`--argv`, `--env`, `--cwd`,
-/// `--timeout`); `--env` was checked by [`exec`].
-pub(super) fn request_for(args: &ExecArgs, id: u64, words: Vec<String>) -> ExecRequest {
-    ExecRequest {
-        id,
-        command: if args.argv {
-            Command::Argv(words)
-        } else {
-            shell_command(&words)
-        },
-        stdin: false,
-        env: parse_env(&args.env).unwrap_or_default(),
-        cwd: args.cwd.clone(),
-        timeout_ms: args
-            .timeout
-            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
-    }
-}
-
 pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let target = split_target(args.args.clone(), &format!("127.0.0.1:{DEFAULT_EXEC_PORT}"));
     if target.transport == Some(Transport::Udp) {
@@ -281,7 +183,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("unknown encoding {label:?}"))?,
         ),
     };
-    parse_env(&args.env)?;
+    super::request::parse_env(&args.env)?;
     let auth = match client_token(args.token_file.as_deref()) {
         Ok((token, _)) => ClientAuth {
             token: Some(token),
@@ -299,7 +201,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     let tls = if target.transport == Some(Transport::Tls) {
-        Some(client_tls(&args, &target.addr)?)
+        Some(args.client_tls(&target.addr)?)
     } else {
         None
     };
@@ -322,7 +224,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut next_id = 0u64;
     let mut request = |words: Vec<String>| {
         next_id += 1;
-        request_for(&args, next_id, words)
+        args.request(next_id, words)
     };
     let mut out = Output::new(encoding);
     let mut run = |req: ExecRequest, forward: bool| -> Result<u8, u8> {
@@ -391,39 +293,4 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(ExitCode::from(code))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn several_words_are_quoted_one_is_a_command_line() {
-        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            shell_command(&w(&["ls | wc"])),
-            Command::Shell("ls | wc".into())
-        );
-        assert_eq!(
-            shell_command(&w(&["sh", "-c", "exit 7"])),
-            Command::Shell("sh -c 'exit 7'".into())
-        );
-        assert_eq!(
-            shell_command(&w(&["echo", "it's", ""])),
-            Command::Shell("echo 'it'\\''s' ''".into())
-        );
-    }
-
-    #[test]
-    fn exit_codes_follow_the_protocol() {
-        assert_eq!(exit_code(&ExitStatus::Code(7)), 7);
-        assert_eq!(exit_code(&ExitStatus::Code(255)), 255);
-        let sig = |n: &str, t| ExitStatus::Signal {
-            name: n.into(),
-            timed_out: t,
-        };
-        assert_eq!(exit_code(&sig("KILL", false)), 137);
-        assert_eq!(exit_code(&sig("INT", false)), 130);
-        assert_eq!(exit_code(&sig("KILL", true)), 124);
-    }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::ExecArgs;
-use super::exec::{EXIT_CONNECTION, client_tls, exit_code, request_for};
+use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, JobEvent};
 use crate::proto::{ClientMsg, ExitStatus};
 
@@ -180,7 +180,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         truncated: false,
     };
     let (addr, tls) = match host.strip_prefix("tls://") {
-        Some(a) => match client_tls(&plan.args, a) {
+        Some(a) => match plan.args.client_tls(a) {
             Ok(t) => (a.to_string(), Some(t)),
             Err(e) => {
                 run.outcome = Outcome::Connect(format!("{e:#}"));
@@ -208,7 +208,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         }
     };
     let (mut tx, mut rx) = client.split();
-    let req = request_for(&plan.args, 1, plan.words.clone());
+    let req = plan.args.request(1, plan.words.clone());
     let id = req.id;
     let mut prefix = plan.stream.then(|| Prefixer {
         host: host.clone(),

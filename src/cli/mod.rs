@@ -8,6 +8,7 @@ mod clients;
 mod exec;
 mod fanout;
 mod input;
+mod request;
 mod serve;
 
 use std::path::PathBuf;

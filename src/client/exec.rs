@@ -5,6 +5,7 @@
 //! stream output, forward stdin and send signals at the same time (the CLI,
 //! the load generator).
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::net::{BoxRead, BoxWrite, IntoHalves};
@@ -15,6 +16,27 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use super::{ClientError, connect_tcp};
 use crate::proto::auth::{self, Token};
 use crate::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION};
+
+/// Exit status when the connection, the handshake or the protocol failed.
+pub const EXIT_CONNECTION: u8 = 255;
+/// Exit status when the job timed out (as `timeout(1)`).
+pub const EXIT_TIMED_OUT: u8 = 124;
+
+/// The exit status of `switchboard exec` for a job's end (PROTOCOL.md §3.4):
+/// its code, 128 + N for signal N, 124 when it timed out.
+pub fn exit_code(status: &ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => (*c & 0xff) as u8,
+        ExitStatus::Signal {
+            timed_out: true, ..
+        } => EXIT_TIMED_OUT,
+        ExitStatus::Signal { name, .. } => {
+            nix::sys::signal::Signal::from_str(&format!("SIG{name}"))
+                .map(|s| 128u8.wrapping_add(s as i32 as u8))
+                .unwrap_or(EXIT_CONNECTION)
+        }
+    }
+}
 
 /// How the client authenticates.
 #[derive(Debug, Clone)]
@@ -413,5 +435,23 @@ impl ExecClient {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_protocol() {
+        assert_eq!(exit_code(&ExitStatus::Code(7)), 7);
+        assert_eq!(exit_code(&ExitStatus::Code(255)), 255);
+        let sig = |n: &str, t| ExitStatus::Signal {
+            name: n.into(),
+            timed_out: t,
+        };
+        assert_eq!(exit_code(&sig("KILL", false)), 137);
+        assert_eq!(exit_code(&sig("INT", false)), 130);
+        assert_eq!(exit_code(&sig("KILL", true)), 124);
     }
 }

@@ -2,7 +2,7 @@
 //! load generator.
 
 mod echo;
-mod exec;
+pub mod exec;
 mod time;
 
 use std::io;

@@ -1,0 +1,106 @@
+//! What `switchboard exec`'s flags make: the request for CMD words, and
+//! the TLS trust for an address. Shared by the one-host client
+//! ([`super::exec`]) and fan-out ([`super::fanout`]).
+
+use anyhow::{Context, bail};
+
+use super::ExecArgs;
+use crate::proto::{Command, ExecRequest};
+
+impl ExecArgs {
+    /// The request CMD words make under the flags (`--argv`, `--env`,
+    /// `--cwd`, `--timeout`); `--env` was checked by `exec`.
+    pub(super) fn request(&self, id: u64, words: Vec<String>) -> ExecRequest {
+        ExecRequest {
+            id,
+            command: if self.argv {
+                Command::Argv(words)
+            } else {
+                shell_command(&words)
+            },
+            stdin: false,
+            env: parse_env(&self.env).unwrap_or_default(),
+            cwd: self.cwd.clone(),
+            timeout_ms: self
+                .timeout
+                .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        }
+    }
+
+    /// The TLS trust for `addr` (`HOST:PORT`): a CA, a pinned fingerprint,
+    /// or trust on first use in known_hosts.
+    pub(super) fn client_tls(&self, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
+        use crate::tls::{ClientTls, Trust};
+        let trust = Trust::choose(
+            self.tls_ca.as_deref(),
+            self.tls_fingerprint.as_deref(),
+            self.known_hosts.as_deref(),
+        )?;
+        let (_, host, _) = crate::endpoint::Endpoint::parse_loose(addr)?;
+        ClientTls::new(&trust, &host, addr)
+    }
+}
+
+/// The shell command line for CMD words: one word is a command line as
+/// typed (`'ls | wc'`); several are quoted word by word, so
+/// `exec -- sh -c 'exit 7'` runs `sh` with the two arguments it was given
+/// (where ssh's plain join would lose the quoting).
+pub fn shell_command(words: &[String]) -> Command {
+    match words {
+        [one] => Command::Shell(one.clone()),
+        many => Command::Shell(
+            many.iter()
+                .map(|w| shell_quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    }
+}
+
+fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// `--env K=V` pairs; an empty name or a pair without `=` is an error.
+pub(super) fn parse_env(
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--env {p:?}: expected K=V"))?;
+        if k.is_empty() {
+            bail!("--env {p:?}: empty name");
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_words_are_quoted_one_is_a_command_line() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shell_command(&w(&["ls | wc"])),
+            Command::Shell("ls | wc".into())
+        );
+        assert_eq!(
+            shell_command(&w(&["sh", "-c", "exit 7"])),
+            Command::Shell("sh -c 'exit 7'".into())
+        );
+        assert_eq!(
+            shell_command(&w(&["echo", "it's", ""])),
+            Command::Shell("echo 'it'\\''s' ''".into())
+        );
+    }
+}
