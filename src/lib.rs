@@ -37,6 +37,7 @@ pub mod exposure;
 pub mod hosts;
 pub mod net;
 pub mod proto;
+pub mod secrets;
 pub mod server;
 pub mod sys;
 pub mod timefmt;

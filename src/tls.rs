@@ -68,7 +68,7 @@ pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity
         .with_context(|| format!("no certificate in {}", cert.display()))?;
     let fingerprint = fingerprint(first);
     // Like ssh with a private key: one that others may read is refused.
-    let pem = crate::proto::auth::read_private(key, "TLS private key")?;
+    let pem = crate::secrets::read_private(key, "TLS private key")?;
     let key = PrivateKeyDer::from_pem_slice(&pem)
         .with_context(|| format!("cannot read a private key from {}", key.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -151,7 +151,7 @@ pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>,
                     .parent()
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default(),
-                None => crate::proto::auth::default_token_path()
+                None => crate::secrets::default_token_path()
                     .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
                     .context("no config directory for the self-signed certificate")?,
             };

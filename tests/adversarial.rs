@@ -46,7 +46,7 @@ async fn closed_by_server(s: &mut TcpStream, limit: Duration) -> bool {
 }
 
 async fn exec_client(srv: &ServeProcess) -> ExecClient {
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     ExecClient::connect(
         &srv.addr("exec", Transport::Tcp),
         &ClientAuth::token(token),
@@ -206,7 +206,7 @@ async fn many_unauthenticated_connections_from_one_source_do_not_lock_out_anothe
         stats.exec.rejected_handshake.get()
     );
     // A real client from another source gets in while they are held.
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
         .await
         .unwrap();
@@ -226,7 +226,7 @@ async fn failed_authentications_earn_the_source_a_penalty() {
     let mut cfg = exec_config(dir.path());
     cfg.exec.auth_penalty = Duration::from_millis(500);
     let srv = start(cfg).await;
-    let good = Token::read(&dir.path().join("token")).unwrap();
+    let good = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     let bad = Token::new("guess").unwrap();
     for _ in 0..3 {
         let r =
@@ -292,7 +292,7 @@ async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
     cfg.exec.frame_timeout = Duration::from_millis(600);
     cfg.exec.idle_timeout = Duration::from_millis(800);
     let srv = start(cfg).await;
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
 
     // Slowloris: one byte every 100 ms of a ping frame that never ends.
     let mut s = raw_auth(srv.exec, &token).await;
@@ -338,7 +338,7 @@ async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
 async fn a_client_that_vanishes_with_rst_mid_stream_loses_its_job() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(exec_config(dir.path())).await;
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     let mut s = raw_auth(srv.exec, &token).await;
     write_frame(&mut s, &json!({"type":"exec","id":1,"cmd":"yes"})).await;
     let started = read_frame(&mut s).await.unwrap();
@@ -414,7 +414,7 @@ async fn five_thousand_idle_echo_connections_then_churn() {
 async fn exec_connection_churn_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(exec_config(dir.path())).await;
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     for i in 0..100 {
         let mut c =
             ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token.clone()), T)
@@ -439,7 +439,7 @@ async fn the_command_policy_answers_forbidden() {
     cfg.exec.allowed_programs = vec!["echo".into()];
     cfg.exec.allow_cwd = false;
     let srv = start(cfg).await;
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     let mut c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
         .await
         .unwrap();

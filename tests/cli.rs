@@ -696,7 +696,7 @@ fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
     use switchboard::proto::{ClientMsg, ExecRequest};
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
     let addr = srv.addr("exec", Transport::Tcp);
-    let token = switchboard::proto::auth::Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -744,7 +744,7 @@ fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
         "5s",
     ]);
     let addr = srv.addr("exec", Transport::Tcp);
-    let token = switchboard::proto::auth::Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -35,7 +35,7 @@ impl Fixture {
     }
 
     fn token(&self) -> Token {
-        Token::read(&self.dir.path().join("token")).unwrap()
+        switchboard::secrets::read_token(&self.dir.path().join("token")).unwrap()
     }
 
     async fn client(&self) -> ExecClient {

@@ -19,7 +19,6 @@ use common::{activated_command, bin, connect_from, exit_within, spawn_serve};
 use nix::sys::signal::Signal;
 use switchboard::client::{ClientAuth, ExecClient};
 use switchboard::endpoint::Transport;
-use switchboard::proto::auth::Token;
 
 const BASE: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
 
@@ -187,7 +186,7 @@ fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
     srv.signal(Signal::SIGHUP);
     assert!(wait_log(&srv, "configuration reloaded", 1), "{}", srv.log());
     assert_eq!(hello_auth(&addr), "hmac-sha256");
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = rt();
     let mut c = rt
         .block_on(ExecClient::connect(
@@ -327,7 +326,7 @@ fn reload_resizes_limits_with_connections_open_and_names_what_needs_a_restart() 
     let srv = spawn_serve(&[&BASE[..], &["--config", cfg.to_str().unwrap()]].concat());
     let addr = srv.addr("exec", Transport::Tcp);
     let echo = srv.addr("echo", Transport::Tcp);
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = rt();
     let connect = || {
         rt.block_on(ExecClient::connect(
@@ -447,7 +446,7 @@ fn a_silent_flood_from_a_few_sources_does_not_lock_out_a_client() {
     // 8 sources x 8: every handshake slot, refilled as they are freed.
     let flood = Flood::start(addr, 8, 8);
     std::thread::sleep(Duration::from_millis(500));
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = rt();
     let started = Instant::now();
     let mut c = rt
@@ -520,7 +519,7 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
     let (mut tx, mut rx) = rt
         .block_on(ExecClient::connect(
             &addr,
-            &ClientAuth::token(Token::read(&token_file).unwrap()),
+            &ClientAuth::token(switchboard::secrets::read_token(&token_file).unwrap()),
             Duration::from_secs(5),
         ))
         .unwrap()

@@ -15,7 +15,6 @@ use common::{bin, exec_config, spawn_serve, start};
 use switchboard::ServerConfig;
 use switchboard::client::{ClientAuth, ClientError, ExecClient, Output};
 use switchboard::endpoint::Transport;
-use switchboard::proto::auth::Token;
 use switchboard::proto::{Command, ErrorCode, ExecRequest, ExitStatus};
 
 const T: Duration = Duration::from_secs(10);
@@ -61,7 +60,7 @@ async fn policy_server(
     let mut cfg = exec_config(dir.path());
     f(&mut cfg);
     let srv = start(cfg).await;
-    let token = Token::read(&dir.path().join("token")).unwrap();
+    let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
     let c = ExecClient::connect(&srv.exec.to_string(), &ClientAuth::token(token), T)
         .await
         .unwrap();
@@ -190,7 +189,7 @@ fn the_accept_env_flag_reaches_the_policy() {
     args.extend(["--allow-program", "printenv", "--accept-env", "SB_*"]);
     let srv = spawn_serve(&args);
     let addr = srv.addr("exec", Transport::Tcp);
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -352,7 +351,7 @@ fn silent_metrics_connections_are_capped_and_a_scrape_still_answers() {
     );
 
     // Exec is unaffected while they are held.
-    let token = Token::read(&srv.token_file()).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -159,7 +159,7 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         }
         Mode::Exec | Mode::ExecStream | Mode::ExecConnect => {
             Some(crate::client::ClientAuth::token(
-                crate::proto::auth::client_token(args.token_file.as_deref())?.0,
+                crate::secrets::client_token(args.token_file.as_deref())?.0,
             ))
         }
         _ => None,

@@ -18,8 +18,8 @@ use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
-use crate::proto::auth::client_token;
 use crate::proto::{ClientMsg, ExecRequest, ExitStatus};
+use crate::secrets::client_token;
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
 /// or decoded from a legacy encoding (the tutorial's GBK problem).
@@ -220,6 +220,9 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
     };
+    if let Some(fp) = client.newly_trusted() {
+        super::tell_newly_trusted(&target.addr, fp);
+    }
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
     let mut request = |words: Vec<String>| {

@@ -195,7 +195,12 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         None => ExecClient::connect(&addr, &plan.auth, timeout).await,
     };
     let client = match connected {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Some(fp) = c.newly_trusted() {
+                super::tell_newly_trusted(&addr, fp);
+            }
+            c
+        }
         Err(ClientError::AuthFailed(e)) => {
             run.outcome = Outcome::Auth(e);
             run.duration = started.elapsed();

@@ -375,3 +375,11 @@ pub fn init_tracing(cli: &Cli) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// Tells the user a server's certificate was trusted on first use (as ssh
+/// says "Permanently added ... to the list of known hosts").
+fn tell_newly_trusted(addr: &str, fingerprint: &str) {
+    eprintln!(
+        "switchboard: new server {addr}: certificate sha256:{fingerprint} recorded in known_hosts"
+    );
+}

@@ -130,6 +130,7 @@ pub struct ExecClient {
     tx: ExecSender,
     rx: ExecReceiver,
     next_id: u64,
+    newly_trusted: Option<String>,
 }
 
 impl ExecSender {
@@ -233,7 +234,8 @@ impl ExecClient {
 
     /// Connects with TLS 1.3 to `addr`, verifying the server as `tls` says,
     /// then authenticates; a first-seen certificate is recorded only once
-    /// the server has also proved it knows the token.
+    /// the server has also proved it knows the token (see
+    /// [`newly_trusted`](Self::newly_trusted)).
     pub async fn connect_tls(
         addr: &str,
         tls: &crate::tls::ClientTls,
@@ -260,11 +262,8 @@ impl ExecClient {
             timeout,
         )
         .await?;
-        if let Ok(Some(fp)) = tls.commit() {
-            eprintln!(
-                "switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts"
-            );
-        }
+        let mut client = client;
+        client.newly_trusted = tls.commit().ok().flatten();
         Ok(client)
     }
 
@@ -282,6 +281,7 @@ impl ExecClient {
                 stream: FramedRead::new(rd, FrameCodec::default()),
             },
             next_id: 0,
+            newly_trusted: None,
         };
         match tokio::time::timeout(timeout, client.handshake(auth)).await {
             Ok(r) => r?,
@@ -380,6 +380,12 @@ impl ExecClient {
                 "unknown auth method {other:?}"
             ))),
         }
+    }
+
+    /// The certificate fingerprint this connection recorded in known_hosts
+    /// (trust on first use), for the caller to tell the user.
+    pub fn newly_trusted(&self) -> Option<&str> {
+        self.newly_trusted.as_deref()
     }
 
     /// A fresh job id for this connection.

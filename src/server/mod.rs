@@ -39,7 +39,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::ServerConfig;
 use crate::endpoint::Transport;
 use crate::exposure;
-use crate::proto::auth::{self, TokenSource};
+use crate::secrets::TokenSource;
 use exec::ExecShared;
 use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
 use reload::{Limits, LiveConfig};
@@ -139,7 +139,8 @@ impl Server {
         exposure::check(sockets.iter().map(|(b, _)| b), &config)?;
         let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
         let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
-            let (token, source, created) = auth::server_token(config.exec.token_file.as_deref())?;
+            let (token, source, created) =
+                crate::secrets::server_token(config.exec.token_file.as_deref())?;
             (Some(token), Some(TokenInfo { source, created }))
         } else {
             (None, None)

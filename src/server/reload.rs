@@ -18,7 +18,6 @@ use super::exec::{self, ExecShared};
 use super::limit::Limit;
 use crate::config::ServerConfig;
 use crate::exposure::{self, Listener, Service};
-use crate::proto::auth;
 
 /// The configuration as it is now, for the readers that take it per
 /// accept or at shutdown.
@@ -84,7 +83,7 @@ impl Reloader {
         exposure::check(&self.listeners, &new)?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
         let token = if has(Service::Exec) && !new.exec.no_auth {
-            Some(auth::server_token(new.exec.token_file.as_deref())?.0)
+            Some(crate::secrets::server_token(new.exec.token_file.as_deref())?.0)
         } else {
             None
         };

@@ -1,0 +1,196 @@
+//! Secrets on disk and in the environment: where the exec token lives,
+//! how the client and the server find it, and how a secret file (the
+//! token, a TLS private key) is read and created. Files are read as ssh
+//! reads a private key: refused when group or others have any access.
+//!
+//! ```text
+//! client: $SWITCHBOARD_TOKEN | --token-file | ~/.config/switchboard/token
+//! server: $SWITCHBOARD_TOKEN | --token-file | ~/.config/switchboard/token,
+//!         created 0600 (directory 0700) with 32 random bytes when missing
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::proto::auth::Token;
+
+/// Environment variable that overrides the token file.
+pub const TOKEN_ENV: &str = "SWITCHBOARD_TOKEN";
+
+/// Reads a token file, refusing one that group or others may read or
+/// write (see [`read_private`]).
+pub fn read_token(path: &Path) -> anyhow::Result<Token> {
+    let bytes = read_private(path, "token file")?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("token file {} is not UTF-8", path.display()))?;
+    Token::new(&text).with_context(|| format!("token file {}", path.display()))
+}
+
+/// The default token file: `token` in the user's config directory
+/// (`$XDG_CONFIG_HOME/switchboard/token`, usually `~/.config/switchboard/token`).
+pub fn default_token_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "switchboard").map(|d| d.config_dir().join("token"))
+}
+
+/// Where a token came from, for messages.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Env,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Env => write!(f, "${TOKEN_ENV}"),
+            TokenSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The client's token: `SWITCHBOARD_TOKEN`, else `--token-file`, else the
+/// default file.
+pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSource)> {
+    if let Ok(t) = std::env::var(TOKEN_ENV)
+        && token_file.is_none()
+    {
+        return Ok((Token::new(&t).context(TOKEN_ENV)?, TokenSource::Env));
+    }
+    let path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => default_token_path()
+            .context("no config directory for the default token file; use --token-file")?,
+    };
+    Ok((read_token(&path)?, TokenSource::File(path)))
+}
+
+/// The server's token: `SWITCHBOARD_TOKEN`, else `--token-file` or the
+/// default file, created (mode 0600, random) when it does not exist.
+/// Returns the token, where it is, and whether it was just created.
+pub fn server_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSource, bool)> {
+    if let Ok(t) = std::env::var(TOKEN_ENV)
+        && token_file.is_none()
+    {
+        return Ok((Token::new(&t).context(TOKEN_ENV)?, TokenSource::Env, false));
+    }
+    let path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => default_token_path()
+            .context("no config directory for the default token file; use --token-file")?,
+    };
+    if path.exists() {
+        return Ok((read_token(&path)?, TokenSource::File(path), false));
+    }
+    let token = Token::generate()?;
+    write_private(&path, &format!("{}\n", token.expose()))?;
+    Ok((token, TokenSource::File(path), true))
+}
+
+/// The largest token file or TLS key read: 1 MiB, far above any real one,
+/// so a path naming a device or a huge file fails instead of filling memory.
+pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// Reads a secret file (`what`: "token file", "TLS private key"), as ssh
+/// reads a private key: refused when its mode gives group or others any
+/// access. Readable by others, the secret is no longer one; writable by
+/// others, it is whatever they chose (for a token, they then know it). The
+/// mode is checked on the opened file, so a rename in between cannot swap
+/// in another one.
+pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let mode = f
+        .metadata()
+        .with_context(|| format!("cannot read {what} {}", path.display()))?
+        .permissions()
+        .mode();
+    check_private_mode(path, what, mode)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        bail!(
+            "{what} {} is larger than {MAX_SECRET_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The mode rule of [`read_private`], with its one-line fix.
+pub fn check_private_mode(path: &Path, what: &str, mode: u32) -> anyhow::Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} {p} is accessible by group or others (mode {m:04o}); run: chmod 600 {p}",
+            p = path.display(),
+            m = mode & 0o7777,
+        );
+    }
+    Ok(())
+}
+
+/// Creates `path` with mode 0600 (never replacing an existing file).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create token file {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_files_open_to_group_or_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "secret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o610] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = format!("{:#}", read_token(&path).unwrap_err());
+            assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(server_token(Some(&path)).is_err());
+            assert!(client_token(Some(&path)).is_err());
+        }
+        for mode in [0o600, 0o400, 0o700] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(read_token(&path).is_ok(), "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn server_creates_a_private_token_file_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/token");
+        let (t1, _, created) = server_token(Some(&path)).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (t2, _, created) = server_token(Some(&path)).unwrap();
+        assert!(!created);
+        assert_eq!(t1.client_mac("a", "b"), t2.client_mac("a", "b"));
+        let (t3, _) = client_token(Some(&path)).unwrap();
+        assert_eq!(t1.client_mac("a", "b"), t3.client_mac("a", "b"));
+    }
+}
