@@ -1,0 +1,276 @@
+//! The keeper: a small process that kills the jobs' process groups when
+//! the server dies without cleaning up (`kill -9`, the OOM killer, a
+//! crash), so that nothing a job starts outlives its connection even then,
+//! and without systemd or cgroups.
+//!
+//! ```text
+//! server ──"+PGID\n" / "-PGID\n"──> pipe ──> switchboard __keeper (own process group)
+//!   dies: the pipe's write end closes ──> EOF ──> TERM every group held,
+//!                                                KILL after the grace, exit
+//! ```
+//!
+//! The write end is close-on-exec and held only by the server (a writer
+//! thread), so EOF means the server is gone. Records go through a bounded
+//! channel to that thread: the async runtime never blocks on the pipe. If
+//! the keeper dies the server logs a warning and goes on without it.
+//!
+//! The keeper re-executes the server's own binary (`/proc/self/exe`, which
+//! still works if the file was replaced by an upgrade), so only the
+//! `switchboard` binary starts it; a library embedding the server does not.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{ExitCode, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+/// The hidden subcommand that runs the keeper.
+pub const SUBCOMMAND: &str = "__keeper";
+/// Records waiting for the writer thread. Default 4,096 (a record is one
+/// job start or end; the pipe itself buffers 64 KiB beyond this).
+pub const QUEUE: usize = 4096;
+/// How often the keeper forgets groups that died on their own (a lingering
+/// group the server stopped tracking), so that it never signals a process
+/// group id that was reused. Default 1 s.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// The longest record line the keeper accepts ("+" or "-" and a pid).
+const MAX_LINE: usize = 32;
+
+static RECORDS: OnceLock<SyncSender<Record>> = OnceLock::new();
+
+enum Record {
+    Hold(i32),
+    Release(i32),
+}
+
+/// Starts the keeper for this server process with `grace` between TERM and
+/// KILL. Errors leave the server running without a keeper (logged).
+pub fn start(grace: Duration) {
+    if RECORDS.get().is_some() {
+        return;
+    }
+    let (tx, rx) = sync_channel(QUEUE);
+    match spawn_keeper(grace) {
+        Ok((pid, stdin)) => {
+            super::reaper::watch(pid);
+            let spawned = std::thread::Builder::new()
+                .name("keeper-writer".into())
+                .spawn(move || write_records(stdin, rx));
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start the keeper's writer thread");
+                return;
+            }
+            let _ = RECORDS.set(tx);
+            info!(pid, "keeper started: jobs die with the server");
+        }
+        Err(e) => warn!(
+            error = %e,
+            "cannot start the keeper: jobs would outlive a server that is killed"
+        ),
+    }
+}
+
+fn spawn_keeper(grace: Duration) -> io::Result<(u32, std::process::ChildStdin)> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg(SUBCOMMAND)
+        .arg(grace.as_millis().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        // Out of the server's group: a terminal's Ctrl-C must not reach it.
+        .process_group(0);
+    // SAFETY: runs between fork and exec; cloexec_from makes only system
+    // calls.
+    unsafe {
+        cmd.pre_exec(|| {
+            crate::sys::cloexec_from(3);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("no pipe to the keeper"))?;
+    // Not waited for here: the reaper collects it (and warns) if it exits.
+    Ok((child.id(), stdin))
+}
+
+fn write_records(mut pipe: std::process::ChildStdin, rx: Receiver<Record>) {
+    let mut broken = false;
+    while let Ok(r) = rx.recv() {
+        if broken {
+            continue;
+        }
+        let line = match r {
+            Record::Hold(p) => format!("+{p}\n"),
+            Record::Release(p) => format!("-{p}\n"),
+        };
+        if let Err(e) = pipe.write_all(line.as_bytes()) {
+            warn!(error = %e, "the keeper is gone: jobs are no longer killed if the server dies");
+            broken = true;
+        }
+    }
+}
+
+fn send(r: Record) {
+    let Some(tx) = RECORDS.get() else { return };
+    match tx.try_send(r) {
+        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+        Err(TrySendError::Full(_)) => {
+            warn!("keeper queue full: a job group is not covered if the server dies")
+        }
+    }
+}
+
+/// The keeper kills this group if the server dies. No-op without a keeper.
+pub fn hold(pgid: Pid) {
+    send(Record::Hold(pgid.as_raw()));
+}
+
+/// The group is gone; the keeper forgets it.
+pub fn release(pgid: Pid) {
+    send(Record::Release(pgid.as_raw()));
+}
+
+/// The keeper process: `switchboard __keeper GRACE_MS`, its stdin the read
+/// end of the server's pipe.
+pub fn main(args: &[String]) -> ExitCode {
+    let grace = args
+        .first()
+        .and_then(|a| a.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(2));
+    // A terminal's hang-up or Ctrl-C is the server's business; the keeper
+    // stops only when the server is gone.
+    for sig in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: setting a disposition to SIG_IGN installs no handler.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
+    }
+    let mut held = HashSet::new();
+    // Unbuffered: poll(2) must see every byte not yet consumed.
+    // SAFETY: descriptor 0 is the pipe from the server, owned by nobody
+    // else in this process.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(0) };
+    let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
+    let mut buf = [0u8; 4096];
+    let mut last_prune = Instant::now();
+    loop {
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            held.retain(|&p| killpg(Pid::from_raw(p), None) != Err(Errno::ESRCH));
+            last_prune = Instant::now();
+        }
+        if !readable(pipe.as_raw_fd(), PRUNE_EVERY) {
+            continue;
+        }
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &b in buf.get(..n).unwrap_or_default() {
+            if b != b'\n' {
+                // An over-long line is garbage; it is dropped whole.
+                if line.len() <= MAX_LINE {
+                    line.push(b);
+                }
+                continue;
+            }
+            apply(&mut held, &line);
+            line.clear();
+        }
+    }
+    kill_all(&held, grace);
+    ExitCode::SUCCESS
+}
+
+/// Whether `fd` has data or EOF within `wait`.
+fn readable(fd: RawFd, wait: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one pollfd we own.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+fn apply(held: &mut HashSet<i32>, line: &[u8]) {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return;
+    };
+    let (op, num) = text.split_at_checked(1).unwrap_or(("", ""));
+    let Ok(pgid) = num.parse::<i32>() else { return };
+    // Never 0 or 1 (the caller's group, init), never the keeper's own group.
+    if pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw() {
+        return;
+    }
+    match op {
+        "+" => {
+            held.insert(pgid);
+        }
+        "-" => {
+            held.remove(&pgid);
+        }
+        _ => {}
+    }
+}
+
+/// TERM to every group, KILL after `grace` to those still there.
+fn kill_all(held: &HashSet<i32>, grace: Duration) {
+    let alive = |p: &i32| killpg(Pid::from_raw(*p), None) != Err(Errno::ESRCH);
+    let mut left: Vec<i32> = held.iter().copied().filter(alive).collect();
+    if left.is_empty() {
+        return;
+    }
+    eprintln!(
+        "switchboard keeper: the server is gone; killing {} job group(s)",
+        left.len()
+    );
+    for &p in &left {
+        let _ = killpg(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left.retain(alive);
+    }
+    for &p in &left {
+        let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_parsed_and_garbage_ignored() {
+        let mut held = HashSet::new();
+        for l in [
+            "+100",
+            "+200",
+            "-100",
+            "+0",
+            "+1",
+            "+-5",
+            "x300",
+            "+",
+            "",
+            "+9999999999",
+        ] {
+            apply(&mut held, l.as_bytes());
+        }
+        assert_eq!(held, HashSet::from([200]));
+    }
+}
