@@ -205,7 +205,8 @@ mod tests {
     fn reads_its_own_stat() {
         let me = std::process::id() as i32;
         let s = stat(me).expect("own stat");
-        assert_eq!(s.state, 'R');
+        // The main thread's state: running or asleep, never a zombie.
+        assert!(matches!(s.state, 'R' | 'S'), "{}", s.state);
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
         assert!(s.start > 0);
     }
