@@ -240,10 +240,12 @@ fn kill_all(held: &HashSet<i32>, grace: Duration) {
     for &p in &left {
         let _ = killpg(Pid::from_raw(p), Signal::SIGTERM);
     }
+    // The server was the jobs' reaper; their zombies now wait for init,
+    // which may be slow to collect them, so a group of zombies is done.
     let deadline = Instant::now() + grace;
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        left.retain(alive);
+        left.retain(|&p| super::reaper::group_running(p));
     }
     for &p in &left {
         let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);

@@ -177,9 +177,27 @@ fn children(me: i32) -> Vec<i32> {
     out
 }
 
+/// Whether any process of group `pgid` is still running (a zombie, dead
+/// but not yet waited for by whoever adopted it, does not count). Reads
+/// every `/proc/PID/stat`.
+pub fn group_running(pgid: i32) -> bool {
+    let Ok(all) = std::fs::read_dir("/proc") else {
+        // No /proc: assume the worst.
+        return true;
+    };
+    all.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .and_then(stat)
+            .is_some_and(|s| s.pgid == pgid && s.state != 'Z')
+    })
+}
+
 struct Stat {
     state: char,
     ppid: i32,
+    pgid: i32,
     /// Start time after boot, in clock ticks (field 22).
     start: u64,
 }
@@ -189,10 +207,11 @@ fn stat(pid: i32) -> Option<Stat> {
     // The command name may contain spaces and ')': fields follow the last.
     let rest = text.get(text.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, ppid 4, start time 22.
+    // After the name: state is field 3, ppid 4, pgrp 5, start time 22.
     Some(Stat {
         state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
+        pgid: f.get(2)?.parse().ok()?,
         start: f.get(19)?.parse().ok()?,
     })
 }
@@ -209,5 +228,6 @@ mod tests {
         assert!(matches!(s.state, 'R' | 'S'), "{}", s.state);
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
         assert!(s.start > 0);
+        assert_eq!(s.pgid, nix::unistd::getpgrp().as_raw());
     }
 }
