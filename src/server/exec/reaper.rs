@@ -220,6 +220,35 @@ fn stat(pid: i32) -> Option<Stat> {
 mod tests {
     use super::*;
 
+    fn wait_zombie(pid: i32) -> bool {
+        for _ in 0..1000 {
+            if stat(pid).is_some_and(|s| s.state == 'Z') {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    // The only unit test that spawns or reaps processes: reap_once waits
+    // for every unregistered zombie child of the test process.
+    #[tokio::test]
+    async fn leaves_registered_mains_to_tokio_and_reaps_the_rest() {
+        ENABLED.store(true, Ordering::Release);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "exit 7"]);
+        let mut main = spawn_main(|| cmd.spawn(), |c| c.id()).expect("spawn");
+        let main_pid = main.id().expect("pid") as i32;
+        let stray = std::process::Command::new("true").spawn().expect("spawn");
+        let stray_pid = stray.id() as i32;
+        // The runtime is blocked here, so tokio cannot reap in between.
+        assert!(wait_zombie(main_pid) && wait_zombie(stray_pid));
+        assert!(reap_once() >= 1);
+        assert!(stat(stray_pid).is_none(), "the stray zombie was reaped");
+        let st = main.wait().await.expect("tokio still has its child");
+        assert_eq!(st.code(), Some(7));
+    }
+
     #[test]
     fn reads_its_own_stat() {
         let me = std::process::id() as i32;
