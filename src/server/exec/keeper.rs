@@ -155,6 +155,8 @@ pub fn main(args: &[String]) -> ExitCode {
         // SAFETY: setting a disposition to SIG_IGN installs no handler.
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
     }
+    // Holds no directory busy (an unmount, a deleted working directory).
+    let _ = std::env::set_current_dir("/");
     let mut held = HashSet::new();
     // Unbuffered: poll(2) must see every byte not yet consumed.
     // SAFETY: descriptor 0 is the pipe from the server, owned by nobody
