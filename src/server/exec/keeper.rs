@@ -9,10 +9,10 @@
 //!                                                KILL after the grace, exit
 //! ```
 //!
-//! The write end is close-on-exec and held only by the server (a writer
-//! thread), so EOF means the server is gone. Records go through a bounded
-//! channel to that thread: the async runtime never blocks on the pipe. If
-//! the keeper dies the server logs a warning and goes on without it.
+//! The write end is close-on-exec and held only by the server, so EOF
+//! means the server is gone. It is non-blocking: the async runtime never
+//! waits on the keeper. If the keeper dies the server logs a warning and
+//! goes on without it.
 //!
 //! The keeper re-executes the server's own binary (`/proc/self/exe`, which
 //! still works if the file was replaced by an upgrade), so only the
@@ -23,8 +23,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ExitCode, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -34,9 +34,6 @@ use tracing::{info, warn};
 
 /// The hidden subcommand that runs the keeper.
 pub const SUBCOMMAND: &str = "__keeper";
-/// Records waiting for the writer thread. Default 4,096 (a record is one
-/// job start or end; the pipe itself buffers 64 KiB beyond this).
-pub const QUEUE: usize = 4096;
 /// How often the keeper forgets groups that died on their own (a lingering
 /// group the server stopped tracking), so that it never signals a process
 /// group id that was reused. Default 1 s.
@@ -44,31 +41,21 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// The longest record line the keeper accepts ("+" or "-" and a pid).
 const MAX_LINE: usize = 32;
 
-static RECORDS: OnceLock<SyncSender<Record>> = OnceLock::new();
-
-enum Record {
-    Hold(i32),
-    Release(i32),
-}
+/// The pipe's write end (non-blocking), once the keeper runs.
+static PIPE: OnceLock<Mutex<std::process::ChildStdin>> = OnceLock::new();
+/// Set once a write failed for good: warned once, not retried.
+static BROKEN: AtomicBool = AtomicBool::new(false);
 
 /// Starts the keeper for this server process with `grace` between TERM and
 /// KILL. Errors leave the server running without a keeper (logged).
 pub fn start(grace: Duration) {
-    if RECORDS.get().is_some() {
+    if PIPE.get().is_some() {
         return;
     }
-    let (tx, rx) = sync_channel(QUEUE);
     match spawn_keeper(grace) {
-        Ok((pid, stdin)) => {
+        Ok((pid, pipe)) => {
             super::reaper::watch(pid);
-            let spawned = std::thread::Builder::new()
-                .name("keeper-writer".into())
-                .spawn(move || write_records(stdin, rx));
-            if let Err(e) = spawned {
-                warn!(error = %e, "cannot start the keeper's writer thread");
-                return;
-            }
-            let _ = RECORDS.set(tx);
+            let _ = PIPE.set(Mutex::new(pipe));
             info!(pid, "keeper started: jobs die with the server");
         }
         Err(e) => warn!(
@@ -96,49 +83,59 @@ fn spawn_keeper(grace: Duration) -> io::Result<(u32, std::process::ChildStdin)> 
         });
     }
     let mut child = cmd.spawn()?;
-    let stdin = child
+    let pipe = child
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("no pipe to the keeper"))?;
-    // Not waited for here: the reaper collects it (and warns) if it exits.
-    Ok((child.id(), stdin))
-}
-
-fn write_records(mut pipe: std::process::ChildStdin, rx: Receiver<Record>) {
-    let mut broken = false;
-    while let Ok(r) = rx.recv() {
-        if broken {
-            continue;
-        }
-        let line = match r {
-            Record::Hold(p) => format!("+{p}\n"),
-            Record::Release(p) => format!("-{p}\n"),
-        };
-        if let Err(e) = pipe.write_all(line.as_bytes()) {
-            warn!(error = %e, "the keeper is gone: jobs are no longer killed if the server dies");
-            broken = true;
+    // Non-blocking, so a stuck keeper can never stall the runtime. Only
+    // this end: the keeper's read end is a separate open file.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fd = pipe.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
         }
     }
+    // Not waited for here: the reaper collects it (and warns) if it exits.
+    Ok((child.id(), pipe))
 }
 
-fn send(r: Record) {
-    let Some(tx) = RECORDS.get() else { return };
-    match tx.try_send(r) {
-        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-        Err(TrySendError::Full(_)) => {
-            warn!("keeper queue full: a job group is not covered if the server dies")
+/// Writes one record at once, from the caller's thread: a record is queued
+/// in the kernel before the job's `started` frame goes out, so a server
+/// killed right after still has its job covered. Records are far below
+/// PIPE_BUF, so each write is whole or fails (EAGAIN: the keeper stopped
+/// reading 64 KiB ago).
+fn send(op: char, pgid: Pid) {
+    let Some(pipe) = PIPE.get() else { return };
+    if BROKEN.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format!("{op}{}\n", pgid.as_raw());
+    let mut pipe = pipe.lock().unwrap_or_else(|e| e.into_inner());
+    match pipe.write(line.as_bytes()) {
+        Ok(n) if n == line.len() => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            warn!(
+                pgid = pgid.as_raw(),
+                "the keeper is not reading: this job group is not covered if the server dies"
+            )
+        }
+        Ok(_) | Err(_) => {
+            BROKEN.store(true, Ordering::Relaxed);
+            warn!("the keeper is gone: jobs are no longer killed if the server dies");
         }
     }
 }
 
 /// The keeper kills this group if the server dies. No-op without a keeper.
 pub fn hold(pgid: Pid) {
-    send(Record::Hold(pgid.as_raw()));
+    send('+', pgid);
 }
 
 /// The group is gone; the keeper forgets it.
 pub fn release(pgid: Pid) {
-    send(Record::Release(pgid.as_raw()));
+    send('-', pgid);
 }
 
 /// The keeper process: `switchboard __keeper GRACE_MS`, its stdin the read
