@@ -10,9 +10,17 @@ use switchboard::server::exec::keeper;
 fn main() -> ExitCode {
     // The keeper the server starts from its own binary: not a user-facing
     // command, so it stays out of clap (help, completions, man page).
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(keeper::SUBCOMMAND) {
-        return keeper::main(args.get(2..).unwrap_or_default());
+    // args_os: any other command line may hold arguments that are not
+    // UTF-8 (`env::args` would panic on them).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == keeper::SUBCOMMAND)
+    {
+        let rest: Vec<String> = std::env::args_os()
+            .skip(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return keeper::main(&rest);
     }
     let cli = Cli::parse();
     cli::init_tracing(&cli);
