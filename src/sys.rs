@@ -72,3 +72,52 @@ pub fn default_action_raw(sig: i32) {
         );
     }
 }
+
+/// Highest descriptor the fallback of [`cloexec_from`] visits when the
+/// kernel lacks `close_range(CLOSE_RANGE_CLOEXEC)` (Linux < 5.11). Default
+/// 65,536: a loop of `fcntl` calls per spawn must stay cheap, and stray
+/// descriptors inherited at start-up sit at small numbers.
+pub const CLOEXEC_FALLBACK_LIMIT: i32 = 65_536;
+
+/// Marks every descriptor from `first` up close-on-exec, so that an exec
+/// keeps only those below it. Marking, not closing: std reports a failed
+/// exec through a close-on-exec pipe that must stay open until the exec.
+/// Async-signal-safe (usable after fork): plain system calls only.
+pub fn cloexec_from(first: u32) {
+    // SAFETY: close_range with the CLOEXEC flag only changes descriptor
+    // flags; no memory is touched.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // ENOSYS (before 5.9) or EINVAL (the flag before 5.11): one fcntl per
+    // descriptor, up to the open-file limit (capped).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        i32::try_from(lim.rlim_cur).unwrap_or(i32::MAX)
+    } else {
+        CLOEXEC_FALLBACK_LIMIT
+    };
+    let first = i32::try_from(first).unwrap_or(i32::MAX);
+    for fd in first..soft.min(CLOEXEC_FALLBACK_LIMIT) {
+        // SAFETY: fcntl on a descriptor number that may not be open: it
+        // then fails with EBADF and changes nothing.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}

@@ -121,6 +121,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(n) => info!(open_files = n, "file-descriptor limit"),
         Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),
     }
+    // This process is the server binary: it reaps every orphan and starts
+    // a keeper so jobs die with it.
+    crate::server::exec::own_process(cfg.exec.kill_grace);
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     rt.block_on(async move {
         let server = match passed {

@@ -1,4 +1,5 @@
-//! One job: a child process in its own process group, its pipes streamed
+//! One job: a child process in its own session and process group, its
+//! credentials and working directory set in the child, its pipes streamed
 //! as frames, its end reported once, and its group killed and reaped.
 //!
 //! ```text
@@ -115,8 +116,10 @@ pub fn check_request(
     Ok(())
 }
 
-/// Spawns `command` in a new process group with a clean environment,
-/// default signal dispositions and an empty signal mask.
+/// Spawns `command` in a new session and process group (whose id is the
+/// returned pid) with a clean environment, default signal dispositions, an
+/// empty signal mask, descriptors 0-2 only, as the run-as user and in
+/// `cwd` entered as that user. Registered with the reaper and the keeper.
 pub fn spawn(
     command: &Command,
     env: &BTreeMap<String, String>,
@@ -140,9 +143,13 @@ pub fn spawn(
         }
     };
     cmd.env_clear().envs(job_env(env, run_as));
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
+    // Entered in the child after the switch to the job's user (std's
+    // `current_dir` would enter it as the server, before `pre_exec`), so a
+    // directory the user cannot reach is refused. Allocated before the fork.
+    let dir = cwd
+        .map(|d| std::ffi::CString::new(d).map(|c| (d.to_string(), c)))
+        .transpose()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte"))?;
     cmd.stdin(if with_stdin {
         Stdio::piped()
     } else {
@@ -150,7 +157,6 @@ pub fn spawn(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
-    .process_group(0)
     .kill_on_drop(false);
     // The hook forces fork+exec where std would otherwise use posix_spawn.
     // Measured: posix_spawn would give ~20% more jobs/s for `true`, but
@@ -158,12 +164,22 @@ pub fn spawn(
     // the child, and jobs must start with every disposition at its default
     // (PROTOCOL.md §3.3); see docs/BENCHMARKS.md.
     let ids = run_as.map(|u| (u.uid, u.gid, u.groups.clone()));
+    let dir_c = dir.as_ref().map(|(_, c)| c.clone());
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (rt_sigaction, sigprocmask, setgroups,
-    // setgid, setuid) on data allocated before the fork.
+    // makes async-signal-safe calls (rt_sigaction, sigprocmask, setsid,
+    // close_range or fcntl, setgroups, setgid, setuid, chdir) on data
+    // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             reset_signals()?;
+            // A session of its own, not just a group: a process can move
+            // only to groups of its own session, so no job process can
+            // join the server's group (and escape the group kill) with
+            // setpgid. The group's id is still the job's pid.
+            nix::unistd::setsid()?;
+            // Descriptors the server inherited without close-on-exec stay
+            // out of the job: it gets 0, 1 and 2 only.
+            crate::sys::cloexec_from(3);
             // Groups first, then the group, then the user: each step needs
             // the privileges the next one drops.
             if let Some((uid, gid, groups)) = &ids {
@@ -171,21 +187,55 @@ pub fn spawn(
                 nix::unistd::setgid(*gid)?;
                 nix::unistd::setuid(*uid)?;
             }
+            if let Some(d) = &dir_c
+                && libc::chdir(d.as_ptr()) != 0
+            {
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                return Err(io::Error::from_raw_os_error(CWD_FAILED | errno));
+            }
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let mut child = super::reaper::spawn_main(|| cmd.spawn(), |c| c.id()).map_err(|e| {
+        match (e.raw_os_error(), &dir) {
+            (Some(code), Some((d, _))) if code & CWD_FAILED != 0 => {
+                let os = io::Error::from_raw_os_error(code & !CWD_FAILED);
+                io::Error::new(os.kind(), CwdError(format!("cannot enter {d}: {os}")))
+            }
+            _ => e,
+        }
+    })?;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+    let pgid = Pid::from_raw(pid as i32);
+    super::keeper::hold(pgid);
     let stdin = child.stdin.take();
     Ok(Spawned {
         child,
-        pgid: Pid::from_raw(pid as i32),
+        pgid,
         pid,
         stdin,
     })
 }
+
+/// Marks the errno of a failed `chdir` in the child. std passes the child's
+/// error to the parent as a bare errno; this bit (far above any errno)
+/// tells a cwd failure from an exec failure with the same errno (ENOENT,
+/// EACCES), so the error can name the directory.
+const CWD_FAILED: i32 = 0x4000_0000;
+
+/// The job's working directory could not be entered (as the job's user).
+#[derive(Debug)]
+struct CwdError(String);
+
+impl std::fmt::Display for CwdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CwdError {}
 
 /// In the child: every signal back to its default action, none blocked, so
 /// whatever the server ignores or blocks does not leak into jobs.
@@ -264,12 +314,14 @@ pub fn reap_group(pgid: Pid) {
 pub async fn kill_group(pgid: Pid, grace: Duration) {
     for sig in [Signal::SIGTERM, Signal::SIGKILL] {
         if !signal_group(pgid, sig) {
+            super::keeper::release(pgid);
             return;
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             reap_group(pgid);
             if !group_alive(pgid) {
+                super::keeper::release(pgid);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -346,6 +398,11 @@ pub async fn run(
     // every byte they read has been queued before `exit` is.
     let (stdout_bytes, stderr_bytes) = pumps.await.unwrap_or_default();
     reap_group(pgid);
+    // A group still alive lingers for the session to kill (which releases
+    // it); the keeper also forgets groups that die on their own.
+    if !group_alive(pgid) {
+        super::keeper::release(pgid);
+    }
     let status = match status {
         Ok(st) => to_status(st, timed_out),
         Err(e) => {
@@ -471,9 +528,9 @@ pub fn spawn_error(id: u64, e: &io::Error, command: &Command) -> ServerMsg {
         Command::Shell(_) => "/bin/sh".to_string(),
         Command::Argv(a) => a.first().cloned().unwrap_or_default(),
     };
-    ServerMsg::error(
-        Some(id),
-        ErrorCode::SpawnFailed,
-        format!("cannot run {what}: {e}"),
-    )
+    let message = match e.get_ref().and_then(|i| i.downcast_ref::<CwdError>()) {
+        Some(cwd) => format!("cannot run {what}: working directory: {cwd}"),
+        None => format!("cannot run {what}: {e}"),
+    };
+    ServerMsg::error(Some(id), ErrorCode::SpawnFailed, message)
 }

@@ -1,11 +1,15 @@
 //! Remote execution: the native `switchboard/1` service ([`session`], one
 //! per connection, and [`job`], one per process) and the tutorial-compatible
-//! mode ([`legacy`]).
+//! mode ([`legacy`]). Process handling that knows nothing of the protocol:
+//! [`reaper`] (orphans the server adopts) and [`keeper`] (job groups die
+//! with the server).
 
 pub mod audit;
 pub mod job;
+pub mod keeper;
 pub mod legacy;
 pub mod policy;
+pub mod reaper;
 pub mod session;
 
 use std::sync::Arc;
@@ -85,12 +89,39 @@ impl ExecShared {
     }
 }
 
+/// Set by the `switchboard` binary: the grace the keeper gives job groups
+/// between TERM and KILL.
+static OWN_PROCESS: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Declares that this process is the `switchboard` server and nothing else,
+/// which [`become_subreaper`] then relies on: every child it has is its to
+/// reap (so the [`reaper`] may wait for any zombie child that is not a
+/// job's main process), and its own executable is `switchboard` (so a
+/// [`keeper`] can be started from it, killing job groups with
+/// `kill_grace` if the server dies). Call before `Server::run`. A library
+/// embedding the server (the tests' in-process servers) leaves this off:
+/// its other children stay its own and no keeper runs; orphans are then
+/// reaped only by process group.
+pub fn own_process(kill_grace: std::time::Duration) {
+    let _ = OWN_PROCESS.set(kill_grace);
+}
+
 /// Makes this process the reaper of orphaned job processes: a background
 /// process whose parent (say, the job's shell) dies is re-parented to the
 /// server instead of to PID 1, which in a container may never reap it. The
-/// job code reaps such orphans by process group.
+/// job code reaps such orphans by process group; in a process declared
+/// with [`own_process`], the [`reaper`] also reaps those that left their
+/// group, and the [`keeper`] is started. Called by `Server::run` (inside
+/// the runtime) when an exec endpoint exists.
 pub fn become_subreaper() {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned job processes are left to PID 1");
+    }
+    if let Some(grace) = OWN_PROCESS.get() {
+        // The keeper first: it is a child the reaper must be free to reap
+        // from the start (it is not a job), and its spawn must not race
+        // the reaper's waits.
+        keeper::start(*grace);
+        reaper::start();
     }
 }

@@ -1,0 +1,428 @@
+//! Job processes against the operating system (security review, issue #10):
+//! the working directory entered as the job's user, orphans reaped, no
+//! stray descriptors inherited, and nothing outliving a server that dies.
+//! Real binary, real processes, loopback sockets only; every process a test
+//! starts is stopped by its PID or its process group's id.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ServeProcess, spawn_serve, spawn_serve_under};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use switchboard::client::{ClientAuth, ClientError, ExecClient};
+use switchboard::endpoint::Transport;
+use switchboard::proto::auth::Token;
+use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
+
+const T: Duration = Duration::from_secs(10);
+/// Keeps the default echo and time ports free: these tests need exec only.
+const QUIET: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
+
+async fn exec_client(srv: &ServeProcess) -> ExecClient {
+    let token = Token::read(&srv.token_file()).expect("token");
+    ExecClient::connect(
+        &srv.addr("exec", Transport::Tcp),
+        &ClientAuth::token(token),
+        T,
+    )
+    .await
+    .expect("connect")
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// `/proc/PID/stat` as (state, ppid, pgid); None once the process is gone.
+fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after
+    // the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    Some((state, ppid, pgid))
+}
+
+/// Every process whose parent is `parent`, with its state.
+fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some((state, ppid, _)) = proc_stat(pid)
+            && ppid == parent
+        {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A throwaway system user, deleted when dropped (also when the test fails).
+struct TempUser {
+    name: String,
+}
+
+impl TempUser {
+    /// None (and a loud message) where users cannot be created.
+    fn create() -> Option<TempUser> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("sbt{}x{}", std::process::id(), nanos % 100_000);
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/false"])
+            .arg(&name)
+            .status();
+        match st {
+            Ok(s) if s.success() => Some(TempUser { name }),
+            other => {
+                eprintln!("SKIPPED: cannot create a throwaway user with useradd: {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Finding 4: the job's working directory is entered with the job's own
+/// credentials, so a directory the run-as user cannot reach is refused
+/// (before, the server entered it as root and the job read what was there).
+#[test]
+fn cwd_is_entered_as_the_run_as_user() {
+    if !is_root() {
+        eprintln!("SKIPPED: --run-as needs a root server");
+        return;
+    }
+    let Some(user) = TempUser::create() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    chmod(tmp.path(), 0o755);
+    let secret = tmp.path().join("secret");
+    let inner = secret.join("inner");
+    std::fs::create_dir_all(&inner).expect("mkdir");
+    std::fs::write(inner.join("data.txt"), "top secret\n").expect("write");
+    chmod(&secret, 0o700);
+    chmod(&inner, 0o755);
+    chmod(&inner.join("data.txt"), 0o644);
+
+    let srv = spawn_serve(&[&QUIET[..], &["--run-as", &user.name]].concat());
+    runtime().block_on(async {
+        let mut c = exec_client(&srv).await;
+        let inner_s = inner.to_str().expect("utf-8 path").to_string();
+        let mut req = ExecRequest::shell(c.next_id(), "cat data.txt");
+        req.cwd = Some(inner_s.clone());
+        match c.run_request(req).await {
+            Err(ClientError::Job {
+                code: ErrorCode::SpawnFailed,
+                message,
+            }) => {
+                assert!(message.contains(&inner_s), "names the cwd: {message}");
+                assert!(message.contains("ermission denied"), "{message}");
+            }
+            other => panic!("expected spawn_failed, got {other:?}"),
+        }
+        // A directory the user may enter still works.
+        let mut req = ExecRequest::shell(c.next_id(), "pwd");
+        req.cwd = Some(tmp.path().to_str().expect("utf-8 path").to_string());
+        let out = c.run_request(req).await.expect("run in a reachable cwd");
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            tmp.path().to_str().unwrap_or_default()
+        );
+    });
+    drop(srv);
+}
+
+/// Finding 7: children that `setsid` away from their job and exit are
+/// re-parented to the server (a child subreaper) and must be reaped.
+#[test]
+fn orphans_that_left_their_group_are_reaped() {
+    if Command::new("setsid").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: setsid(1) not found");
+        return;
+    }
+    let srv = spawn_serve(&QUIET);
+    let server = srv.pid();
+    runtime().block_on(async {
+        let mut c = exec_client(&srv).await;
+        // The orphans hold the job's stdout, so the exit frame (sent once
+        // stdout reaches EOF) comes after every one of them has exited.
+        let out = c
+            .run("for i in $(seq 20); do (setsid sh -c 'exit 0' &); done")
+            .await
+            .expect("job");
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+    });
+    let zombies = || {
+        children_of(server)
+            .into_iter()
+            .filter(|(_, s)| *s == 'Z')
+            .count()
+    };
+    assert!(
+        poll(T, || zombies() == 0),
+        "{} zombie children of the server left",
+        zombies()
+    );
+    // The main processes' exit codes still reach the client: the reaper,
+    // woken by each orphan's end, does not take them from tokio.
+    runtime().block_on(async {
+        let mut c = exec_client(&srv).await;
+        for code in 0..100 {
+            let out = c
+                .run(&format!("(setsid sh -c 'exit 0' &); exit {code}"))
+                .await
+                .expect("job");
+            assert_eq!(out.status, ExitStatus::Code(code), "{out:?}");
+        }
+    });
+    assert!(poll(T, || zombies() == 0), "{} zombies left", zombies());
+}
+
+/// Finding 11: a job gets exactly descriptors 0, 1 and 2, even when the
+/// server inherited others without close-on-exec.
+#[test]
+fn jobs_do_not_inherit_stray_descriptors() {
+    // The shell opens descriptor 7 without close-on-exec, then becomes the
+    // server (same PID).
+    let srv = spawn_serve_under(
+        &["sh", "-c", "exec 7</dev/null; exec \"$@\"", "sh"],
+        &QUIET,
+        &[],
+    );
+    assert!(
+        Path::new(&format!("/proc/{}/fd/7", srv.pid())).exists(),
+        "the server did not inherit descriptor 7"
+    );
+    runtime().block_on(async {
+        let mut c = exec_client(&srv).await;
+        // `ls` run directly (a shell keeps descriptors of its own, e.g.
+        // dash's 10); ls's own handle on the directory it lists is left out.
+        let req = ExecRequest {
+            command: switchboard::proto::Command::Argv(
+                ["ls", "-l", "/proc/self/fd/"].map(String::from).to_vec(),
+            ),
+            ..ExecRequest::shell(c.next_id(), "")
+        };
+        let out = c.run_request(req).await.expect("job");
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fds: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_once(" -> "))
+            .filter(|(_, target)| !(target.starts_with("/proc/") && target.ends_with("/fd")))
+            .filter_map(|(left, _)| left.split_whitespace().last())
+            .collect();
+        assert_eq!(fds, ["0", "1", "2"], "{listing}");
+        // A program that cannot be run still fails to spawn (the exec-error
+        // pipe is not closed by the cleanup).
+        let req = ExecRequest {
+            command: switchboard::proto::Command::Argv(vec!["/no/such/program".into()]),
+            ..ExecRequest::shell(c.next_id(), "")
+        };
+        match c.run_request(req).await {
+            Err(ClientError::Job {
+                code: ErrorCode::SpawnFailed,
+                ..
+            }) => {}
+            other => panic!("expected spawn_failed, got {other:?}"),
+        }
+    });
+}
+
+/// Kills a process group by its id when dropped, so a failed test leaks
+/// nothing.
+struct GroupGuard(Pid);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = killpg(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Finding 12: `kill -9` of the server kills every process of its jobs
+/// (through the keeper), and the keeper then exits.
+#[test]
+fn jobs_die_with_a_server_that_is_killed() {
+    let mut srv = spawn_serve(&QUIET);
+    let server = srv.pid();
+    let rt = runtime();
+    let (pgid, client) = rt.block_on(async {
+        let c = exec_client(&srv).await;
+        let (mut tx, mut rx) = c.split();
+        let req = ExecRequest::shell(1, "sleep 314 & sleep 315");
+        tx.send(ClientMsg::Exec(req)).await.expect("send");
+        let pid = loop {
+            match tokio::time::timeout(T, rx.recv()).await {
+                Ok(Ok(Some(ServerMsg::Started { pid, .. }))) => break pid,
+                Ok(Ok(Some(_))) => continue,
+                other => panic!("no started frame: {other:?}"),
+            }
+        };
+        (Pid::from_raw(pid as i32), (tx, rx))
+    });
+    let _guard = GroupGuard(pgid);
+    // Both sleeps are running (so the group has a background member).
+    let sleeps = || {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .filter(|&p| proc_stat(p).is_some_and(|(_, _, g)| g == pgid.as_raw()))
+                    .filter(|&p| cmdline(p).starts_with("sleep 31"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(poll(T, || sleeps() == 2), "the job's sleeps did not start");
+    let keeper = children_of(server)
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|&p| cmdline(p).contains("__keeper"));
+
+    srv.signal(Signal::SIGKILL);
+    assert!(srv.wait_exit(T).is_some(), "the server did not die");
+    drop(client);
+    let group_gone = poll(Duration::from_secs(15), || {
+        killpg(pgid, None) == Err(Errno::ESRCH)
+    });
+    assert!(group_gone, "the job's group outlived the server");
+    let keeper = keeper.expect("no keeper process among the server's children");
+    // Gone, or a zombie waiting for whatever adopted it.
+    assert!(
+        poll(T, || proc_stat(keeper).is_none_or(|(s, _, _)| s == 'Z')),
+        "the keeper outlived the server"
+    );
+}
+
+/// The group id of the first process whose command line starts with
+/// `prefix`, within `limit`.
+fn group_of(prefix: &str, limit: Duration) -> Option<Pid> {
+    let mut found = None;
+    poll(limit, || {
+        found = std::fs::read_dir("/proc").ok().and_then(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .find(|&p| cmdline(p).starts_with(prefix))
+                .and_then(|p| proc_stat(p).map(|(_, _, g)| Pid::from_raw(g)))
+        });
+        found.is_some()
+    });
+    found
+}
+
+/// Finding 12, tutorial-compatible mode: its jobs are held by the keeper
+/// too (they are spawned by the same code).
+#[test]
+fn legacy_jobs_die_with_a_server_that_is_killed() {
+    use std::io::Write;
+    let mut srv = spawn_serve(
+        &[
+            &QUIET[..],
+            &["--exec-legacy", "tcp://127.0.0.1:0"],
+            &["--exec", "tcp://127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    let mut conn =
+        std::net::TcpStream::connect(srv.addr("exec-legacy", Transport::Tcp)).expect("connect");
+    // Unique arguments, so that the group found is this job's.
+    let tag = 400 + std::process::id() % 500;
+    conn.write_all(format!("sleep {tag}.1 & sleep {tag}.2").as_bytes())
+        .expect("send");
+    let pgid = group_of(&format!("sleep {tag}.2"), T).expect("the legacy job did not start");
+    let _guard = GroupGuard(pgid);
+    srv.signal(Signal::SIGKILL);
+    assert!(srv.wait_exit(T).is_some(), "the server did not die");
+    drop(conn);
+    assert!(
+        poll(Duration::from_secs(15), || killpg(pgid, None)
+            == Err(Errno::ESRCH)),
+        "the legacy job's group outlived the server"
+    );
+}
+
+/// Finding 7, the second hole: a job process cannot move itself into the
+/// server's process group (where the group kill would miss it), because
+/// every job runs in a session of its own.
+#[test]
+fn a_job_cannot_join_the_servers_process_group() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: python3 not found");
+        return;
+    }
+    let srv = spawn_serve(&QUIET);
+    let (_, _, server_pgid) = proc_stat(srv.pid()).expect("server stat");
+    runtime().block_on(async {
+        let mut c = exec_client(&srv).await;
+        let script = "import os, sys\n\
+                      try:\n    os.setpgid(0, int(sys.argv[1])); print('joined')\n\
+                      except OSError as e:\n    print('refused', e.errno)";
+        let req = ExecRequest {
+            command: switchboard::proto::Command::Argv(vec![
+                "python3".into(),
+                "-c".into(),
+                script.into(),
+                server_pgid.to_string(),
+            ]),
+            ..ExecRequest::shell(c.next_id(), "")
+        };
+        let out = c.run_request(req).await.expect("job");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("refused {}\n", libc::EPERM),
+            "{out:?}"
+        );
+    });
+}
