@@ -16,7 +16,6 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use switchboard::client::{ClientAuth, ClientError, ExecClient};
 use switchboard::endpoint::Transport;
-use switchboard::proto::auth::Token;
 use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
 const T: Duration = Duration::from_secs(10);
@@ -24,7 +23,7 @@ const T: Duration = Duration::from_secs(10);
 const QUIET: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
 
 async fn exec_client(srv: &ServeProcess) -> ExecClient {
-    let token = Token::read(&srv.token_file()).expect("token");
+    let token = switchboard::secrets::read_token(&srv.token_file()).expect("token");
     ExecClient::connect(
         &srv.addr("exec", Transport::Tcp),
         &ClientAuth::token(token),
