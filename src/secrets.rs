@@ -66,9 +66,14 @@ pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSo
 }
 
 /// The server's token: `SWITCHBOARD_TOKEN`, else `--token-file` or the
-/// default file, created (mode 0600, random) when it does not exist.
-/// Returns the token, where it is, and whether it was just created.
-pub fn server_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSource, bool)> {
+/// default file, created (mode 0600, random) when it does not exist and
+/// `create` says so (at start; a reload never creates one, since a fresh
+/// random token would lock every client out). Returns the token, where it
+/// is, and whether it was just created.
+pub fn server_token(
+    token_file: Option<&Path>,
+    create: bool,
+) -> anyhow::Result<(Token, TokenSource, bool)> {
     if let Ok(t) = std::env::var(TOKEN_ENV)
         && token_file.is_none()
     {
@@ -81,6 +86,12 @@ pub fn server_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSo
     };
     if path.exists() {
         return Ok((read_token(&path)?, TokenSource::File(path), false));
+    }
+    if !create {
+        bail!(
+            "token file {} does not exist (only a start creates one)",
+            path.display()
+        );
     }
     let token = Token::generate()?;
     write_private(&path, &format!("{}\n", token.expose()))?;
@@ -169,7 +180,7 @@ mod tests {
             let e = format!("{:#}", read_token(&path).unwrap_err());
             assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
             assert_eq!(e.lines().count(), 1, "{e}");
-            assert!(server_token(Some(&path)).is_err());
+            assert!(server_token(Some(&path), true).is_err());
             assert!(client_token(Some(&path)).is_err());
         }
         for mode in [0o600, 0o400, 0o700] {
@@ -183,11 +194,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/token");
-        let (t1, _, created) = server_token(Some(&path)).unwrap();
+        let (t1, _, created) = server_token(Some(&path), true).unwrap();
         assert!(created);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (t2, _, created) = server_token(Some(&path)).unwrap();
+        let (t2, _, created) = server_token(Some(&path), true).unwrap();
         assert!(!created);
         assert_eq!(t1.client_mac("a", "b"), t2.client_mac("a", "b"));
         let (t3, _) = client_token(Some(&path)).unwrap();

@@ -199,6 +199,53 @@ fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
 }
 
 #[test]
+fn reload_refuses_whatever_a_start_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let here = "[exec]\nlisten = [\"tcp://127.0.0.1:0\"]\n";
+    std::fs::write(&cfg, here).unwrap();
+    let srv =
+        common::spawn_serve_exact(&[&BASE[..], &["--config", cfg.to_str().unwrap()]].concat());
+    let addr = srv.addr("exec", Transport::Tcp);
+    // Each is refused by --check-config and at start; a reload must not
+    // take it either, even where the sockets being served would allow it.
+    let missing = dir.path().join("no-such-token");
+    let refused = [
+        "[exec]\nlisten = [\"tcp://0.0.0.0:0\"]\nno_auth = true\n".to_string(),
+        "[exec]\nlegacy_listen = [\"tcp://0.0.0.0:0\"]\n".to_string(),
+        "[exec]\nlisten = [\"tcp://0.0.0.0:0\"]\n".to_string(),
+        format!("{here}token_file = {:?}\n", missing.to_str().unwrap()),
+    ];
+    for (i, text) in refused.iter().enumerate() {
+        std::fs::write(&cfg, text).unwrap();
+        srv.signal(Signal::SIGHUP);
+        assert!(
+            wait_log(&srv, "reload failed", i + 1),
+            "{text}: {}",
+            srv.log()
+        );
+    }
+    assert!(
+        !srv.log().contains("configuration reloaded"),
+        "{}",
+        srv.log()
+    );
+    assert!(!missing.exists(), "a reload created a token file");
+    // The running configuration is intact: the old token still works.
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = rt();
+    let mut c = rt
+        .block_on(ExecClient::connect(
+            &addr,
+            &ClientAuth::token(token),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert_eq!(rt.block_on(c.run("echo same")).unwrap().stdout, b"same\n");
+    assert_eq!(hello_auth(&addr), "hmac-sha256");
+}
+
+#[test]
 fn reload_of_a_tls_endpoint_off_loopback_refuses_no_auth() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");

@@ -101,16 +101,10 @@ fn collect<T>(
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = config_from_args(&args)?;
     if args.check_config {
-        // What starting would find out, short of binding: the exposure
-        // rules on the resolved addresses, the run-as user, the certificate.
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(crate::exposure::resolve_and_check(&cfg))?;
-        crate::server::exec::policy::Policy::from_config(&cfg.exec)?;
-        if let (Some(c), Some(k)) = (&cfg.exec.tls_cert, &cfg.exec.tls_key) {
-            crate::tls::server_identity(c, k)?;
-        }
+            .block_on(Server::preflight(&cfg))?;
         println!("configuration OK");
         return Ok(ExitCode::SUCCESS);
     }
@@ -140,7 +134,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             while sighup.recv().await.is_some() {
                 let _ = crate::activation::notify("RELOADING=1");
-                match config_from_args(&args).and_then(|cfg| reloader.reload(cfg)) {
+                let reloaded = match config_from_args(&args) {
+                    Ok(cfg) => reloader.reload(cfg).await,
+                    Err(e) => Err(e),
+                };
+                match reloaded {
                     Ok(warnings) => {
                         for w in warnings {
                             warn!("reload: {w}");

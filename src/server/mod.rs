@@ -77,6 +77,21 @@ pub struct TokenInfo {
 }
 
 impl Server {
+    /// Everything a start checks short of binding and creating files: the
+    /// configuration's ranges, the exposure rules on its resolved
+    /// addresses, the command policy (the run-as user), the TLS
+    /// certificate and key. `--check-config` and SIGHUP reload run this, so
+    /// what they accept is what a start accepts.
+    pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
+        config.validate()?;
+        exposure::resolve_and_check(config).await?;
+        exec::policy::Policy::from_config(&config.exec)?;
+        if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
+            crate::tls::server_identity(c, k)?;
+        }
+        Ok(())
+    }
+
     /// Validates `config`, judges its endpoints by the exposure rules and
     /// binds every one. Fails, naming the endpoint, if any is refused or
     /// cannot be bound; nothing is served until [`run`](Server::run).
@@ -140,7 +155,7 @@ impl Server {
         let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
         let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
             let (token, source, created) =
-                crate::secrets::server_token(config.exec.token_file.as_deref())?;
+                crate::secrets::server_token(config.exec.token_file.as_deref(), true)?;
             (Some(token), Some(TokenInfo { source, created }))
         } else {
             (None, None)
@@ -186,7 +201,7 @@ impl Server {
             exec: self.exec.clone(),
             limits: self.limits.clone(),
             listeners: self.endpoints(),
-            lock: std::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -1,7 +1,9 @@
 //! SIGHUP: applying a new configuration to a running server.
 //!
 //! ```text
-//! new config ─ validate ─ exposure::check(bound sockets, new) ─ token, policy
+//! new config ─ preflight (as a start: validate, exposure on the resolved
+//!              endpoints, policy, TLS files) ─ exposure::check(bound
+//!              sockets, new) ─ token (never created) ─ policy
 //!      │            any failure: nothing changes, the error is returned
 //!      ├─ restart-only settings (ServerConfig::restart_settings) compared
 //!      │  as a whole: each one that changed is named in a warning
@@ -12,7 +14,7 @@
 //! Connections stay up throughout; new settings apply to new connections
 //! and requests.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::exec::{self, ExecShared};
 use super::limit::Limit;
@@ -71,19 +73,20 @@ pub struct Reloader {
     /// them, since endpoints change only at a restart.
     pub(super) listeners: Vec<Listener>,
     /// Serialises reloads, so two signals in a row apply in order.
-    pub(super) lock: Mutex<()>,
+    pub(super) lock: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    /// Validates `new`, applies what can change live, and returns warnings
-    /// about what cannot. On error nothing changes.
-    pub fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
-        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        new.validate()?;
+    /// Checks `new` as a start would ([`super::Server::preflight`]) and
+    /// against the sockets being served, applies what can change live, and
+    /// returns warnings about what cannot. On error nothing changes.
+    pub async fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
+        let _one_at_a_time = self.lock.lock().await;
+        super::Server::preflight(&new).await?;
         exposure::check(&self.listeners, &new)?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
         let token = if has(Service::Exec) && !new.exec.no_auth {
-            Some(crate::secrets::server_token(new.exec.token_file.as_deref())?.0)
+            Some(crate::secrets::server_token(new.exec.token_file.as_deref(), false)?.0)
         } else {
             None
         };

@@ -130,6 +130,16 @@ pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
 
 /// Like [`spawn_serve_env`], run under `prefix` (e.g. `prlimit --nofile=64`).
 pub fn spawn_serve_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+    spawn(prefix, args, env, !args.contains(&"--exec"))
+}
+
+/// `switchboard serve ARGS` with no exec endpoint added: the
+/// configuration file (or ARGS) must name one on port 0.
+pub fn spawn_serve_exact(args: &[&str]) -> ServeProcess {
+    spawn(&[], args, &[], false)
+}
+
+fn spawn(prefix: &[&str], args: &[&str], env: &[(&str, &str)], add_exec: bool) -> ServeProcess {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = match prefix.split_first() {
         Some((first, rest)) => {
@@ -140,7 +150,7 @@ pub fn spawn_serve_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -
         None => Command::new(bin()),
     };
     cmd.arg("serve").args(args);
-    if !args.contains(&"--exec") {
+    if add_exec {
         cmd.args(["--exec", "tcp://127.0.0.1:0"]);
     }
     // CI runs as root; the test of the refusal of root jobs sets SB_TEST_NO_ALLOW_ROOT.
