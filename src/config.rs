@@ -32,6 +32,7 @@
 //! max_connections_per_source = 32
 //! max_startups = "16:30:64" # handshakes in progress (TLS included): START:RATE:FULL
 //! max_unauthenticated_per_source = 8
+//! unauthenticated_penalty = "1s"  # under pressure, for a source that leaves a slot unauthenticated
 //! auth_penalty = "1s"       # after 3 failed auths; doubles per failure
 //! auth_penalty_max = "60s"
 //! idle_timeout = "600s"     # authenticated, no job running, nothing received
@@ -232,7 +233,9 @@ pub struct ExecConfig {
     /// The shared token's file. Default: `switchboard/token` in the user's
     /// config directory, created (0600, random) if missing.
     pub token_file: Option<PathBuf>,
-    /// Simultaneous exec connections (native and legacy). Default: 256.
+    /// Simultaneous exec connections, native and legacy each (legacy
+    /// connections never authenticate, so they cannot take native ones).
+    /// Default: 256.
     pub max_connections: usize,
     /// Simultaneous exec connections from one source address. Default: 32.
     pub max_connections_per_source: usize,
@@ -243,6 +246,13 @@ pub struct ExecConfig {
     /// the newcomer's source loses its oldest. Default: `16:30:64`.
     #[serde(deserialize_with = "de_from_str")]
     pub max_startups: Startups,
+    /// While at least START handshakes are in progress, a source whose
+    /// connection is refused, dropped, taken over, or leaves its handshake
+    /// without authenticating is refused for this long (OpenSSH's
+    /// PerSourcePenalties `noauth`), so no source can churn slots fast. 0
+    /// turns it off. Default: 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub unauthenticated_penalty: Duration,
     /// Connections still in their handshake from one source (network
     /// block, see `server.source_netblock_v4`). Default: 8.
     pub max_unauthenticated_per_source: usize,
@@ -331,6 +341,7 @@ impl Default for ExecConfig {
             max_connections: 256,
             max_connections_per_source: 32,
             max_startups: Startups::default(),
+            unauthenticated_penalty: Duration::from_secs(1),
             max_unauthenticated_per_source: 8,
             auth_penalty: Duration::from_secs(1),
             auth_penalty_max: Duration::from_secs(60),
@@ -620,6 +631,7 @@ impl ServerConfig {
             max_connections: _,
             max_connections_per_source: _,
             max_startups: _,
+            unauthenticated_penalty: _,
             max_unauthenticated_per_source: _,
             auth_penalty: _,
             auth_penalty_max: _,

@@ -546,6 +546,83 @@ fn silent_tls_connections_count_as_unauthenticated_and_cannot_lock_out_a_client(
     drop(flood);
 }
 
+/// Tries a real client (from 127.0.0.1, outside every flood's sources)
+/// until it runs a command, for at most 15 s; how long it took.
+fn client_gets_in(srv: &common::ServeProcess, tls: bool) -> Option<Duration> {
+    let (scheme, transport) = if tls {
+        ("tls", Transport::Tls)
+    } else {
+        ("tcp", Transport::Tcp)
+    };
+    let addr = format!("{scheme}://{}", srv.addr("exec", transport));
+    let fp = srv
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
+        .unwrap_or("")
+        .to_string();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let mut cmd = Command::new(bin());
+        cmd.arg("exec");
+        if tls {
+            cmd.args(["--tls-fingerprint", &fp]);
+        }
+        let o = cmd
+            .args(["--connect-timeout", "3s", &addr, "--", "echo in"])
+            .env("HOME", srv.home.path())
+            .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
+            .env_remove("SWITCHBOARD_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if o.stdout == b"in\n" {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+#[test]
+fn a_flood_spread_over_many_sources_does_not_lock_out_a_client() {
+    for tls in [false, true] {
+        let srv = if tls {
+            spawn_serve(
+                &[
+                    &BASE[..],
+                    &["--exec", "tls://127.0.0.1:0", "--tls-self-signed"],
+                ]
+                .concat(),
+            )
+        } else {
+            spawn_serve(&BASE)
+        };
+        let transport = if tls { Transport::Tls } else { Transport::Tcp };
+        let addr: SocketAddr = srv.addr("exec", transport).parse().unwrap();
+        // 100 sources, one silent connection each, reconnected as soon as
+        // the server closes it: no source ever holds more than another.
+        let flood = Flood::start(addr, 100, 1);
+        std::thread::sleep(Duration::from_millis(1000));
+        let took = client_gets_in(&srv, tls);
+        drop(flood);
+        let took = took.unwrap_or_else(|| panic!("tls={tls}: locked out; {}", srv.log()));
+        eprintln!("tls={tls}: got in after {took:?}");
+    }
+}
+
+#[test]
+fn idle_legacy_connections_cannot_take_the_native_endpoints_connections() {
+    let srv = spawn_serve(&[&BASE[..], &["--exec-legacy", "tcp://127.0.0.1:0"]].concat());
+    let legacy: SocketAddr = srv.addr("exec-legacy", Transport::Tcp).parse().unwrap();
+    // 10 sources x 32: more than exec.max_connections (256) in all.
+    let flood = Flood::start(legacy, 10, 32);
+    std::thread::sleep(Duration::from_millis(1000));
+    let took = client_gets_in(&srv, false);
+    drop(flood);
+    assert!(took.is_some(), "native exec locked out: {}", srv.log());
+}
+
 #[test]
 fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
     use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};

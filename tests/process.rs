@@ -14,7 +14,7 @@ use common::{ServeProcess, spawn_serve, spawn_serve_under};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use switchboard::client::{ClientAuth, ClientError, ExecClient};
+use switchboard::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender};
 use switchboard::endpoint::Transport;
 use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
@@ -424,4 +424,57 @@ fn a_job_cannot_join_the_servers_process_group() {
             "{out:?}"
         );
     });
+}
+
+/// Starts a TERM-ignoring job on `srv` and returns its group, with the
+/// connection kept open.
+fn stubborn_job(
+    srv: &ServeProcess,
+    rt: &tokio::runtime::Runtime,
+) -> (Pid, (ExecSender, ExecReceiver)) {
+    rt.block_on(async {
+        let c = exec_client(srv).await;
+        let (mut tx, mut rx) = c.split();
+        let req = ExecRequest::shell(1, "trap '' TERM; sleep 316");
+        tx.send(ClientMsg::Exec(req)).await.expect("send");
+        let pid = loop {
+            match tokio::time::timeout(T, rx.recv()).await {
+                Ok(Ok(Some(ServerMsg::Started { pid, .. }))) => break pid,
+                Ok(Ok(Some(_))) => continue,
+                other => panic!("no started frame: {other:?}"),
+            }
+        };
+        (Pid::from_raw(pid as i32), (tx, rx))
+    })
+}
+
+#[test]
+fn a_second_sigterm_or_a_short_grace_still_kills_every_job() {
+    // A second signal exits at once; a shutdown grace shorter than the
+    // kill grace ends the server before its sessions have killed their
+    // jobs. Either way the keeper finishes the job.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[exec]\nkill_grace = \"3s\"\n").expect("config");
+    let cfg = cfg.to_str().expect("utf-8 path");
+    for second_signal in [true, false] {
+        let grace = if second_signal { "5s" } else { "1s" };
+        let args = [&QUIET[..], &["--config", cfg, "--shutdown-grace", grace]].concat();
+        let mut srv = spawn_serve(&args);
+        let rt = runtime();
+        let (pgid, client) = stubborn_job(&srv, &rt);
+        let _guard = GroupGuard(pgid);
+        srv.signal(Signal::SIGTERM);
+        if second_signal {
+            std::thread::sleep(Duration::from_millis(300));
+            srv.signal(Signal::SIGTERM);
+        }
+        assert!(srv.wait_exit(T).is_some(), "the server did not exit");
+        drop(client);
+        assert!(
+            poll(Duration::from_secs(15), || killpg(pgid, None)
+                == Err(Errno::ESRCH)),
+            "second signal {second_signal}: the job outlived the server"
+        );
+    }
 }

@@ -268,6 +268,7 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
             limits,
+            legacy_sources: Arc::new(sources::Sources::new(live.get().server.netblocks())),
             echo_sources,
             exec,
             tls: tls.map(|(c, _)| tokio_rustls::TlsAcceptor::from(c)),
@@ -305,7 +306,7 @@ impl Server {
         info!("shutting down: no new connections; open ones get {grace:?}");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
-                open = stats.echo_tcp.open.get(),
+                open = stats.echo_tcp.open.get() + stats.exec_tcp.open.get(),
                 "shutdown grace passed; closing the remaining connections"
             );
         }
@@ -323,6 +324,8 @@ struct Running {
     shutdown: CancellationToken,
     limits: Limits,
     echo_sources: Arc<sources::Sources>,
+    /// Legacy connections count apart from native ones (see `Limits`).
+    legacy_sources: Arc<sources::Sources>,
     exec: Arc<ExecShared>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -394,13 +397,18 @@ impl Running {
         }
     }
 
-    fn exec_context(&self, service: &'static str) -> AcceptContext {
+    fn exec_context(
+        &self,
+        service: &'static str,
+        limit: &Arc<limit::Limit>,
+        sources: &Arc<sources::Sources>,
+    ) -> AcceptContext {
         let shared = self.exec.clone();
         self.accept_context(
             service,
-            &self.limits.exec_connections,
+            limit,
             &self.stats.exec_tcp,
-            &self.exec.sources,
+            sources,
             Arc::new(move || shared.live().cfg.max_connections_per_source),
         )
     }
@@ -418,7 +426,7 @@ impl Running {
         let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
         Some(accept_loop(
             listener,
-            self.exec_context("exec"),
+            self.exec_context("exec", &self.limits.exec_connections, &self.exec.sources),
             move |stream, peer| {
                 exec::session::accept(stream, peer, tls.clone(), shared.clone(), shutdown.clone())
             },
@@ -429,7 +437,11 @@ impl Running {
         let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
         accept_loop(
             listener,
-            self.exec_context("exec-legacy"),
+            self.exec_context(
+                "exec-legacy",
+                &self.limits.legacy_connections,
+                &self.legacy_sources,
+            ),
             move |stream, peer| exec::legacy::serve(stream, peer, shared.clone(), shutdown.clone()),
         )
     }

@@ -45,6 +45,9 @@ impl LiveConfig {
 pub struct Limits {
     pub echo_connections: Arc<Limit>,
     pub exec_connections: Arc<Limit>,
+    /// Legacy connections never authenticate, so they count apart: a
+    /// flood of them cannot take the native endpoint's connections.
+    pub legacy_connections: Arc<Limit>,
     pub jobs: Arc<Limit>,
 }
 
@@ -53,6 +56,7 @@ impl Limits {
         Limits {
             echo_connections: Limit::new(config.echo.max_connections),
             exec_connections: Limit::new(config.exec.max_connections),
+            legacy_connections: Limit::new(config.exec.max_connections),
             jobs: Limit::new(config.exec.max_jobs),
         }
     }
@@ -60,6 +64,7 @@ impl Limits {
     fn apply(&self, config: &ServerConfig) {
         self.echo_connections.set_max(config.echo.max_connections);
         self.exec_connections.set_max(config.exec.max_connections);
+        self.legacy_connections.set_max(config.exec.max_connections);
         self.jobs.set_max(config.exec.max_jobs);
     }
 }

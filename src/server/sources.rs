@@ -5,23 +5,28 @@
 //! /64, since one IPv6 host usually has a whole /64 to pick addresses from.
 //!
 //! ```text
-//! accept ─> penalty? ─close      (source failed auth repeatedly)
+//! accept ─> penalty? ─close      (failed auths; or, under pressure, a slot
+//!        │                        left unauthenticated: see below)
 //!        └> conns >= per-source limit? ─close
 //!        └> [exec] handshake slot (before TLS, so TLS handshakes count):
 //!             source at its per-source limit            ─close
 //!             total <  start                             admit
 //!             start <= total < full: drop with rate% rising to 100% at full
-//!             dropped or full: a source holding at least two more slots
-//!               than this one loses its oldest handshake, and this one is
-//!               admitted; else ─close
+//!             dropped or full: the source holding the most slots, if it
+//!               holds at least as many as this one would, loses its
+//!               oldest handshake and this one is admitted; else ─close
 //!        └> serve; the guards give the slots back when dropped
 //! ```
 //!
-//! The eviction is what keeps a flood from locking everyone out: silent
-//! connections from a few sources fill the slots, but each newcomer from
-//! another source takes one of theirs instead of being turned away. A flood
-//! spread over many sources that each hold one slot is met by the random
-//! early drop alone.
+//! Under pressure (at least `start` handshakes in progress) a source whose
+//! connection is dropped, refused, evicted, or leaves its handshake without
+//! authenticating is refused for `penalty` (OpenSSH's PerSourcePenalties
+//! `noauth`). That bounds how fast any source can churn slots, so a
+//! newcomer's handshake, which takes a round trip, is not evicted before it
+//! completes; and eviction (oldest first among the biggest holders) lets the
+//! newcomer in even when every slot is held, by few sources or by many. A
+//! flood from more sources than `full` × penalty-seconds per handshake
+//! time can still crowd clients out: that is a job for a firewall.
 //!
 //! One mutex-protected map: these checks run once per connection, not per
 //! byte, and an entry disappears when its source has nothing left in it.
@@ -41,13 +46,21 @@ pub const FAILURES_BEFORE_PENALTY: u32 = 3;
 #[derive(Debug, Default)]
 struct Source {
     conns: usize,
-    /// Handshakes in progress, oldest first: (id, eviction signal).
-    unauth: VecDeque<(u64, CancellationToken)>,
+    /// Handshakes in progress, oldest first: (id, eviction signal, start).
+    unauth: VecDeque<(u64, CancellationToken, Instant)>,
     failures: u32,
     penalty_until: Option<Instant>,
 }
 
 impl Source {
+    /// Refuses the source for `penalty` from `now` (never shortens one).
+    fn penalize(&mut self, now: Instant, penalty: Duration) {
+        if !penalty.is_zero() {
+            let until = now + penalty;
+            self.penalty_until = Some(self.penalty_until.map_or(until, |t| t.max(until)));
+        }
+    }
+
     fn is_idle(&self, now: Instant) -> bool {
         self.conns == 0
             && self.unauth.is_empty()
@@ -61,6 +74,38 @@ struct Table {
     map: HashMap<IpAddr, Source>,
     unauth_total: usize,
     next_id: u64,
+}
+
+impl Table {
+    /// Frees a slot for a newcomer from `block`, which holds `mine`: the
+    /// oldest handshake of the source holding the most slots, if that
+    /// source holds more than `mine` (so the newcomer never ends up holding
+    /// more than it). The loser's source serves `penalty`.
+    fn evict_for(&mut self, block: IpAddr, mine: usize, now: Instant, penalty: Duration) -> bool {
+        let victim = self
+            .map
+            .iter()
+            .filter(|(b, s)| **b != block && s.unauth.len() > mine)
+            .max_by(|(_, a), (_, b)| {
+                // Most slots first; among equals, the oldest handshake.
+                let oldest = |s: &Source| s.unauth.front().map(|u| u.2);
+                a.unauth
+                    .len()
+                    .cmp(&b.unauth.len())
+                    .then_with(|| oldest(b).cmp(&oldest(a)))
+            })
+            .map(|(b, _)| *b);
+        let Some(s) = victim.and_then(|v| self.map.get_mut(&v)) else {
+            return false;
+        };
+        let Some((_, evict, _)) = s.unauth.pop_front() else {
+            return false;
+        };
+        evict.cancel();
+        s.penalize(now, penalty);
+        self.unauth_total = self.unauth_total.saturating_sub(1);
+        true
+    }
 }
 
 /// The table, shared by a service's listeners.
@@ -118,39 +163,29 @@ impl Sources {
     /// Takes a handshake slot for `ip`'s source under `startups` and at
     /// most `per_source` per source (see the module's diagram). The
     /// guard's [`evicted`](HandshakeGuard::evicted) token fires if a
-    /// newcomer from another source takes the slot over.
+    /// newcomer takes the slot over; unless the guard is marked
+    /// [`authenticated`](HandshakeGuard::authenticated) before it is
+    /// dropped, the source serves `penalty` if the slots were under
+    /// pressure.
     pub fn start_handshake(
         self: &Arc<Self>,
         ip: IpAddr,
         startups: Startups,
         per_source: usize,
+        penalty: Duration,
     ) -> Result<HandshakeGuard, Refusal> {
         let block = self.blocks.block(ip);
+        let now = Instant::now();
         let mut t = self.lock();
+        let pressure = t.unauth_total >= startups.start;
         let mine = t.map.get(&block).map_or(0, |s| s.unauth.len());
-        if mine >= per_source {
-            return Err(Refusal::Unauthenticated);
-        }
-        let total = t.unauth_total;
-        if !admit_early(total, startups) {
-            // Take a slot from the source holding the most, if that is
-            // at least two more than this one holds.
-            let hog = t
-                .map
-                .iter()
-                .filter(|(b, _)| **b != block)
-                .max_by_key(|(_, s)| s.unauth.len())
-                .filter(|(_, s)| s.unauth.len() > mine + 1)
-                .map(|(b, _)| *b);
-            let Some(hog) = hog else {
-                return Err(Refusal::Unauthenticated);
-            };
-            if let Some(s) = t.map.get_mut(&hog)
-                && let Some((_, evict)) = s.unauth.pop_front()
-            {
-                evict.cancel();
-                t.unauth_total = t.unauth_total.saturating_sub(1);
+        let admitted = mine < per_source
+            && (admit_early(t.unauth_total, startups) || t.evict_for(block, mine, now, penalty));
+        if !admitted {
+            if pressure {
+                t.map.entry(block).or_default().penalize(now, penalty);
             }
+            return Err(Refusal::Unauthenticated);
         }
         t.next_id += 1;
         let id = t.next_id;
@@ -159,13 +194,16 @@ impl Sources {
             .entry(block)
             .or_default()
             .unauth
-            .push_back((id, evicted.clone()));
+            .push_back((id, evicted.clone(), now));
         t.unauth_total += 1;
         Ok(HandshakeGuard {
             sources: self.clone(),
             block,
             id,
             evicted,
+            authenticated: false,
+            pressure_at: startups.start,
+            penalty,
         })
     }
 
@@ -209,16 +247,34 @@ impl Sources {
     }
 
     fn release(&self, block: IpAddr, handshake: Option<u64>) {
+        self.release_and(block, handshake, None);
+    }
+
+    /// Gives a slot back; with `penalty`, the source serves it if the
+    /// handshake slots are under pressure (at least `pressure_at` in use,
+    /// this one included).
+    fn release_and(
+        &self,
+        block: IpAddr,
+        handshake: Option<u64>,
+        penalty: Option<(usize, Duration)>,
+    ) {
         let mut t = self.lock();
+        let total = t.unauth_total;
         let Some(s) = t.map.get_mut(&block) else {
             return;
         };
+        if let Some((pressure_at, p)) = penalty
+            && total >= pressure_at
+        {
+            s.penalize(Instant::now(), p);
+        }
         match handshake {
             None => s.conns = s.conns.saturating_sub(1),
             Some(id) => {
                 // Absent when it was evicted: the slot was given back then.
                 let before = s.unauth.len();
-                s.unauth.retain(|(i, _)| *i != id);
+                s.unauth.retain(|(i, _, _)| *i != id);
                 if s.unauth.len() < before {
                     t.unauth_total = t.unauth_total.saturating_sub(1);
                 }
@@ -269,9 +325,18 @@ pub struct HandshakeGuard {
     block: IpAddr,
     id: u64,
     evicted: CancellationToken,
+    authenticated: bool,
+    pressure_at: usize,
+    penalty: Duration,
 }
 
 impl HandshakeGuard {
+    /// The handshake succeeded: giving the slot back costs the source
+    /// nothing.
+    pub fn authenticated(mut self) {
+        self.authenticated = true;
+    }
+
     /// Fires when a newcomer from another source took this slot over: the
     /// connection should give up its handshake.
     pub fn evicted(&self) -> &CancellationToken {
@@ -281,7 +346,8 @@ impl HandshakeGuard {
 
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
-        self.sources.release(self.block, Some(self.id));
+        let penalty = (!self.authenticated).then_some((self.pressure_at, self.penalty));
+        self.sources.release_and(self.block, Some(self.id), penalty);
     }
 }
 
@@ -316,38 +382,78 @@ mod tests {
         assert!(t.connect(a, 2).is_ok());
     }
 
+    const NONE: Duration = Duration::ZERO;
+
     #[test]
-    fn handshakes_are_bounded_and_a_hog_gives_way_to_a_newcomer() {
+    fn handshakes_are_bounded_and_the_oldest_of_the_biggest_holder_gives_way() {
         let t = table();
         let a = ip("10.0.0.1");
-        let h1 = t.start_handshake(a, HARD, 1).unwrap();
+        let h1 = t.start_handshake(a, HARD, 1, NONE).unwrap();
         assert_eq!(
-            t.start_handshake(a, HARD, 1).err(),
+            t.start_handshake(a, HARD, 1, NONE).err(),
             Some(Refusal::Unauthenticated),
             "per source"
         );
-        let _h2 = t.start_handshake(ip("10.0.0.2"), HARD, 1).unwrap();
-        let _h3 = t.start_handshake(ip("10.0.0.3"), HARD, 1).unwrap();
-        assert_eq!(
-            t.start_handshake(ip("10.0.0.4"), HARD, 1).err(),
-            Some(Refusal::Unauthenticated),
-            "full, and nobody holds more than the newcomer + 1"
-        );
+        let h2 = t.start_handshake(ip("10.0.0.2"), HARD, 1, NONE).unwrap();
+        let _h3 = t.start_handshake(ip("10.0.0.3"), HARD, 1, NONE).unwrap();
+        // Full, every source holding one: a newcomer takes the oldest.
+        let h4 = t.start_handshake(ip("10.0.0.4"), HARD, 1, NONE).unwrap();
+        assert!(h1.evicted().is_cancelled());
+        assert!(!h2.evicted().is_cancelled());
+        assert_eq!(t.unauthenticated(), 3);
         drop(h1);
-        assert!(t.start_handshake(ip("10.0.0.4"), HARD, 1).is_ok());
+        assert_eq!(t.unauthenticated(), 3, "an evicted slot is given back once");
+        // A source may not take a slot from one holding no more than it.
+        assert_eq!(
+            t.start_handshake(ip("10.0.0.4"), HARD, 2, NONE).err(),
+            Some(Refusal::Unauthenticated)
+        );
+        drop(h4);
 
         // One source holds every slot: a newcomer takes its oldest.
         let t = table();
         let hog: Vec<_> = (0..3)
-            .map(|_| t.start_handshake(a, HARD, 8).unwrap())
+            .map(|_| t.start_handshake(a, HARD, 8, NONE).unwrap())
             .collect();
-        let newcomer = t.start_handshake(ip("10.0.0.9"), HARD, 8).unwrap();
+        let newcomer = t.start_handshake(ip("10.0.0.9"), HARD, 8, NONE).unwrap();
         assert!(hog[0].evicted().is_cancelled());
         assert!(!hog[1].evicted().is_cancelled());
         assert_eq!(t.unauthenticated(), 3);
         drop(hog);
         assert_eq!(t.unauthenticated(), 1);
         assert!(!newcomer.evicted().is_cancelled());
+    }
+
+    #[test]
+    fn under_pressure_a_slot_left_unauthenticated_costs_its_source_a_penalty() {
+        let t = table();
+        let p = Duration::from_secs(60);
+        // From one slot on, pressure; no random drop before two.
+        let st = Startups {
+            start: 1,
+            rate: 0,
+            full: 2,
+        };
+        let (a, b, c) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
+        // No pressure yet when a starts: still, a leaves unauthenticated
+        // while b's handshake keeps the slots at `start`.
+        let ha = t.start_handshake(a, st, 8, p).unwrap();
+        let hb = t.start_handshake(b, st, 8, p).unwrap();
+        hb.authenticated();
+        assert!(t.connect(b, 0).is_ok(), "authenticated: no penalty");
+        let hb2 = t.start_handshake(b, st, 8, p).unwrap();
+        drop(ha);
+        assert_eq!(t.connect(a, 0).err(), Some(Refusal::Penalty));
+        // Evicted under pressure: penalized too.
+        let _hc = t.start_handshake(c, st, 8, p).unwrap();
+        let _hd = t.start_handshake(ip("10.0.0.4"), st, 8, p).unwrap();
+        assert!(hb2.evicted().is_cancelled());
+        assert_eq!(t.connect(b, 0).err(), Some(Refusal::Penalty));
+        // Without pressure, leaving costs nothing.
+        let t = table();
+        let calm = Startups { start: 2, ..st };
+        drop(t.start_handshake(a, calm, 8, p).unwrap());
+        assert!(t.connect(a, 0).is_ok());
     }
 
     #[test]

@@ -138,10 +138,15 @@ pub struct ExecCounters {
 
 impl ExecCounters {
     /// A finished job: outcome, duration, output bytes; one fewer running.
-    pub fn record_job(&self, end: &crate::server::exec::job::JobEnd, elapsed: std::time::Duration) {
+    pub fn record_job(
+        &self,
+        status: &crate::proto::ExitStatus,
+        output_bytes: u64,
+        elapsed: std::time::Duration,
+    ) {
         use crate::proto::ExitStatus;
         self.jobs_running.dec();
-        match &end.status {
+        match status {
             ExitStatus::Code(0) => self.jobs_exit_zero.inc(),
             ExitStatus::Code(_) => self.jobs_exit_nonzero.inc(),
             ExitStatus::Signal {
@@ -150,7 +155,7 @@ impl ExecCounters {
             ExitStatus::Signal { .. } => self.jobs_signaled.inc(),
         }
         self.job_seconds.observe(elapsed);
-        self.bytes_out.add(end.stdout_bytes + end.stderr_bytes);
+        self.bytes_out.add(output_bytes);
     }
 }
 

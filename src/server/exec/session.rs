@@ -79,6 +79,7 @@ pub async fn accept(
         peer.ip(),
         cfg.max_startups,
         cfg.max_unauthenticated_per_source,
+        cfg.unauthenticated_penalty,
     ) else {
         shared.counters.rejected_handshake.inc();
         debug!("too many unauthenticated connections; closing");
@@ -142,16 +143,19 @@ async fn serve(
             }
         },
     };
-    drop(handshake_slot);
     match outcome {
-        Handshake::Ok => shared.sources.auth_ok(peer.ip()),
+        Handshake::Ok => {
+            handshake_slot.authenticated();
+            shared.sources.auth_ok(peer.ip());
+        }
         Handshake::Failed => {
+            drop(handshake_slot);
             shared.counters.auth_failures.inc();
             shared
                 .sources
                 .auth_failed(peer.ip(), cfg.auth_penalty, cfg.auth_penalty_max);
         }
-        Handshake::Abandoned => {}
+        Handshake::Abandoned => drop(handshake_slot),
     }
     let authed = outcome == Handshake::Ok;
     if authed {
@@ -542,7 +546,11 @@ impl Session {
         self.shared.tracker.spawn(async move {
             let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
             drop(permit);
-            counters.record_job(&end, started.elapsed());
+            counters.record_job(
+                &end.status,
+                end.stdout_bytes + end.stderr_bytes,
+                started.elapsed(),
+            );
             super::audit::job(&super::audit::JobRecord {
                 via: super::audit::Via::Native,
                 peer,
