@@ -242,8 +242,8 @@ pub struct ExecConfig {
     /// Connections still in their handshake (the TLS one included), all
     /// sources, as OpenSSH's `MaxStartups START:RATE:FULL`: below START all
     /// are admitted, from START on RATE% are dropped at random, rising to
-    /// 100% at FULL; at the limit a source holding at least two more than
-    /// the newcomer's source loses its oldest. Default: `16:30:64`.
+    /// 100% at FULL; at the limit the source holding the most, if it holds
+    /// more than the newcomer's, loses its oldest. Default: `16:30:64`.
     #[serde(deserialize_with = "de_from_str")]
     pub max_startups: Startups,
     /// While at least START handshakes are in progress, a source whose
