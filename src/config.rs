@@ -75,6 +75,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer};
 
 use crate::endpoint::{Endpoint, Transport};
+use crate::exposure::Service;
 use crate::timefmt;
 
 /// Default TCP/UDP echo port: the tutorial's.
@@ -327,6 +328,16 @@ pub struct ExecConfig {
     pub allow_plaintext: bool,
 }
 
+impl ExecConfig {
+    /// What the exposure rules need to know of these settings.
+    pub fn exposure(&self) -> crate::exposure::Rules {
+        crate::exposure::Rules {
+            no_auth: self.no_auth,
+            allow_plaintext: self.allow_plaintext,
+        }
+    }
+}
+
 impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig {
@@ -503,6 +514,23 @@ impl Default for ProcessConfig {
 }
 
 impl ServerConfig {
+    /// Every endpoint the configuration asks for, with its service.
+    pub fn listen_endpoints(&self) -> impl Iterator<Item = (Service, &Endpoint)> {
+        self.echo
+            .listen
+            .iter()
+            .map(|e| (Service::Echo, e))
+            .chain(self.time.listen.iter().map(|e| (Service::Time, e)))
+            .chain(self.exec.listen.iter().map(|e| (Service::Exec, e)))
+            .chain(
+                self.exec
+                    .legacy_listen
+                    .iter()
+                    .map(|e| (Service::ExecLegacy, e)),
+            )
+            .chain(self.server.metrics.iter().map(|e| (Service::Metrics, e)))
+    }
+
     /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -572,7 +600,7 @@ impl ServerConfig {
         if tls && !x.tls_self_signed && (x.tls_cert.is_none() || x.tls_key.is_none()) {
             bail!("tls:// exec endpoints need --tls-cert and --tls-key, or --tls-self-signed");
         }
-        for (service, e) in crate::exposure::wanted(self) {
+        for (service, e) in self.listen_endpoints() {
             crate::exposure::transport_allowed(service, e.transport)
                 .with_context(|| format!("{service}: {e}"))?;
         }

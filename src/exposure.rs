@@ -6,7 +6,7 @@
 //! ```text
 //! serve (bind) ───────────┐
 //! socket activation ──────┤
-//! --check-config ─────────┼──> check(listeners, config) ──> Ok | Refused
+//! --check-config ─────────┼──> check(listeners, rules) ──> Ok | Refused
 //! SIGHUP reload ──────────┘    (the reload checks the sockets already bound
 //!                               against the new configuration)
 //! ```
@@ -28,7 +28,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Transport};
 
 /// The services a server runs.
@@ -55,6 +54,15 @@ impl fmt::Display for Service {
             Service::Metrics => "metrics",
         })
     }
+}
+
+/// The settings the rules depend on (from `ExecConfig::exposure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rules {
+    /// Exec runs without authentication.
+    pub no_auth: bool,
+    /// The operator allows plaintext exec off loopback.
+    pub allow_plaintext: bool,
 }
 
 /// One socket a service listens on (or would): what `check` judges.
@@ -127,8 +135,8 @@ fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
-/// Judges one listener under `config`.
-pub fn check_one(l: &Listener, config: &ServerConfig) -> Result<(), Refused> {
+/// Judges one listener under `rules`.
+pub fn check_one(l: &Listener, rules: Rules) -> Result<(), Refused> {
     transport_allowed(l.service, l.transport)?;
     if is_loopback(l.addr) {
         return Ok(());
@@ -138,8 +146,8 @@ pub fn check_one(l: &Listener, config: &ServerConfig) -> Result<(), Refused> {
             service: l.service,
             addr: l.addr,
         }),
-        Service::Exec if config.exec.no_auth => Err(Refused::NoAuthOffLoopback { addr: l.addr }),
-        Service::Exec if l.transport == Transport::Tcp && !config.exec.allow_plaintext => {
+        Service::Exec if rules.no_auth => Err(Refused::NoAuthOffLoopback { addr: l.addr }),
+        Service::Exec if l.transport == Transport::Tcp && !rules.allow_plaintext => {
             Err(Refused::PlaintextOffLoopback { addr: l.addr })
         }
         _ => Ok(()),
@@ -149,37 +157,22 @@ pub fn check_one(l: &Listener, config: &ServerConfig) -> Result<(), Refused> {
 /// Judges every listener; the first refusal wins.
 pub fn check<'a>(
     listeners: impl IntoIterator<Item = &'a Listener>,
-    config: &ServerConfig,
+    rules: Rules,
 ) -> Result<(), Refused> {
-    listeners.into_iter().try_for_each(|l| check_one(l, config))
+    listeners.into_iter().try_for_each(|l| check_one(l, rules))
 }
 
-/// Every endpoint the configuration asks for, with its service.
-pub fn wanted(config: &ServerConfig) -> impl Iterator<Item = (Service, &Endpoint)> {
-    config
-        .echo
-        .listen
-        .iter()
-        .map(|e| (Service::Echo, e))
-        .chain(config.time.listen.iter().map(|e| (Service::Time, e)))
-        .chain(config.exec.listen.iter().map(|e| (Service::Exec, e)))
-        .chain(
-            config
-                .exec
-                .legacy_listen
-                .iter()
-                .map(|e| (Service::ExecLegacy, e)),
-        )
-        .chain(config.server.metrics.iter().map(|e| (Service::Metrics, e)))
-}
-
-/// Resolves every endpoint of `config` into the listeners it would bind,
+/// Resolves the endpoints a configuration asks for
+/// (`ServerConfig::listen_endpoints`) into the listeners they would bind,
 /// and judges them: what `serve` does before binding, and what
-/// `--check-config` does instead of binding.
-pub async fn resolve_and_check(config: &ServerConfig) -> anyhow::Result<Vec<Listener>> {
+/// `--check-config` and reload do instead of binding.
+pub async fn resolve_and_check(
+    wanted: impl Iterator<Item = (Service, &Endpoint)>,
+    rules: Rules,
+) -> anyhow::Result<Vec<Listener>> {
     use anyhow::Context;
     let mut out = Vec::new();
-    for (service, endpoint) in wanted(config) {
+    for (service, endpoint) in wanted {
         let addrs = endpoint
             .resolve()
             .await
@@ -190,7 +183,7 @@ pub async fn resolve_and_check(config: &ServerConfig) -> anyhow::Result<Vec<List
                 transport: endpoint.transport,
                 addr,
             };
-            check_one(&l, config).map_err(|e| anyhow::anyhow!("{e} (listen = {endpoint})"))?;
+            check_one(&l, rules).map_err(|e| anyhow::anyhow!("{e} (listen = {endpoint})"))?;
             out.push(l);
         }
     }
@@ -211,16 +204,22 @@ mod tests {
 
     #[test]
     fn every_forbidden_combination_is_refused_and_loopback_is_fine() {
-        let base = ServerConfig::default();
-        let mut no_auth = base.clone();
-        no_auth.exec.no_auth = true;
-        let mut plaintext = base.clone();
-        plaintext.exec.allow_plaintext = true;
-        let mut both = plaintext.clone();
-        both.exec.no_auth = true;
+        let base = Rules::default();
+        let no_auth = Rules {
+            no_auth: true,
+            ..base
+        };
+        let plaintext = Rules {
+            allow_plaintext: true,
+            ..base
+        };
+        let both = Rules {
+            no_auth: true,
+            allow_plaintext: true,
+        };
         use Service::*;
         use Transport::*;
-        let cases: &[(&ServerConfig, Listener, bool)] = &[
+        let cases: &[(&Rules, Listener, bool)] = &[
             (&base, l(Exec, Tcp, "127.0.0.1:1"), true),
             (&base, l(Exec, Tcp, "[::1]:1"), true),
             (&base, l(Exec, Tcp, "[::ffff:127.0.0.1]:1"), true),
@@ -243,11 +242,9 @@ mod tests {
         ];
         for (cfg, listener, ok) in cases {
             assert_eq!(
-                check_one(listener, cfg).is_ok(),
+                check_one(listener, **cfg).is_ok(),
                 *ok,
-                "{listener:?} no_auth={} allow_plaintext={}",
-                cfg.exec.no_auth,
-                cfg.exec.allow_plaintext
+                "{listener:?} {cfg:?}"
             );
         }
     }

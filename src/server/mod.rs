@@ -84,7 +84,7 @@ impl Server {
     /// what they accept is what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         config.validate()?;
-        exposure::resolve_and_check(config).await?;
+        exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
         exec::policy::Policy::from_config(&config.exec)?;
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
@@ -98,7 +98,9 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
         let mut sockets = Vec::new();
-        for wanted in exposure::resolve_and_check(&config).await? {
+        for wanted in
+            exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?
+        {
             let (service, endpoint) = (wanted.service, wanted.endpoint());
             let socket = match wanted.transport {
                 Transport::Tcp | Transport::Tls => bind_tcp(wanted.addr).map(Socket::Tcp),
@@ -151,7 +153,7 @@ impl Server {
     /// Everything after binding, common to every way of getting sockets:
     /// the exposure rules, then token, TLS identity, policy.
     fn assemble(config: ServerConfig, sockets: Vec<(Bound, Socket)>) -> anyhow::Result<Server> {
-        exposure::check(sockets.iter().map(|(b, _)| b), &config)?;
+        exposure::check(sockets.iter().map(|(b, _)| b), config.exec.exposure())?;
         let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
         let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
             let (token, source, created) =

@@ -88,7 +88,7 @@ impl Reloader {
     pub async fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
         let _one_at_a_time = self.lock.lock().await;
         super::Server::preflight(&new).await?;
-        exposure::check(&self.listeners, &new)?;
+        exposure::check(&self.listeners, new.exec.exposure())?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
         let token = if has(Service::Exec) && !new.exec.no_auth {
             Some(crate::secrets::server_token(new.exec.token_file.as_deref(), false)?.0)
