@@ -8,7 +8,6 @@
 //! ... repeated until the client closes
 //! ```
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -22,7 +21,7 @@ use tracing::{debug, info};
 
 use super::ExecShared;
 use super::audit::{self, JobRecord, Via};
-use super::job;
+use super::{job, process};
 use crate::proto::{ExecRequest, ExitStatus};
 
 /// One read is one command, as in the tutorial's `conn.recv(1024)`.
@@ -87,11 +86,13 @@ async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<
             .into_bytes();
         }
     };
-    let run_as = live.policy.run_as.as_ref();
+    let request = ExecRequest::shell(id, line);
+    let spawned = job::spec(&command, &request, live.policy.run_as.as_ref())
+        .and_then(|spec| process::spawn(&spec).map_err(|e| job::spawn_refusal(&e, &spec)));
     let started = Instant::now();
-    let mut spawned = match job::spawn(&command, &BTreeMap::new(), None, false, run_as) {
+    let mut spawned = match spawned {
         Ok(s) => s,
-        Err(e) => return format!("switchboard: cannot run /bin/sh: {e}\n").into_bytes(),
+        Err(r) => return format!("switchboard: {}: {}\n", r.code.as_str(), r.message).into_bytes(),
     };
     shared.counters.jobs_started.inc();
     let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
@@ -101,7 +102,7 @@ async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<
         Ok(st) => match (st.code(), st.signal()) {
             (Some(c), _) => ExitStatus::Code(c),
             (None, Some(sig)) => ExitStatus::Signal {
-                name: job::signal_name(sig),
+                name: process::signal_name(sig),
                 timed_out: false,
             },
             (None, None) => ExitStatus::Code(-1),
@@ -109,7 +110,7 @@ async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<
         Err(_) => ExitStatus::Code(-1),
     };
     // Anything the command left running in its group goes with it.
-    job::kill_group(spawned.pgid, live.cfg.kill_grace).await;
+    process::kill_group(spawned.pgid, live.cfg.kill_grace).await;
     audit::job(&JobRecord {
         via: Via::Legacy,
         peer,

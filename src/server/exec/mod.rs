@@ -9,6 +9,7 @@ pub mod job;
 pub mod keeper;
 pub mod legacy;
 pub mod policy;
+pub mod process;
 pub mod reaper;
 pub mod session;
 

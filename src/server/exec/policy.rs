@@ -20,59 +20,20 @@
 //! the variables `accept_env` names (default: none), and the program is
 //! looked up in the server's PATH, never the request's.
 
-use std::ffi::CString;
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::Uid;
 
+pub use super::process::RunAs;
 use crate::config::ExecConfig;
 use crate::proto::{Command, ErrorCode, ExecRequest};
-
-/// The user jobs run as, resolved once at start-up (never between fork and
-/// exec, where looking up /etc/group is not safe).
-#[derive(Debug, Clone)]
-pub struct RunAs {
-    pub name: String,
-    pub uid: Uid,
-    pub gid: Gid,
-    pub groups: Vec<Gid>,
-    pub home: String,
-    pub shell: String,
-}
-
-impl RunAs {
-    /// Looks `name` up; the server must be root to switch to it.
-    pub fn resolve(name: &str) -> anyhow::Result<RunAs> {
-        let user = User::from_name(name)
-            .with_context(|| format!("cannot look up user {name:?}"))?
-            .with_context(|| format!("no such user {name:?}"))?;
-        if !Uid::effective().is_root() {
-            bail!("--run-as needs the server to run as root");
-        }
-        let cname = CString::new(name).context("user name contains NUL")?;
-        let groups =
-            nix::unistd::getgrouplist(&cname, user.gid).context("cannot read the user's groups")?;
-        Ok(RunAs {
-            name: name.to_string(),
-            uid: user.uid,
-            gid: user.gid,
-            groups,
-            home: user.dir.to_string_lossy().into_owned(),
-            shell: user.shell.to_string_lossy().into_owned(),
-        })
-    }
-}
-
-/// PATH for program lookup when the server was started without one.
-pub const DEFAULT_SEARCH_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The server's own PATH, fixed when the policy is built: the one bare
 /// program names are looked up in.
 pub fn server_search_path() -> String {
     match std::env::var("PATH") {
         Ok(p) if !p.is_empty() => p,
-        _ => DEFAULT_SEARCH_PATH.into(),
+        _ => super::process::DEFAULT_PATH.into(),
     }
 }
 
@@ -86,6 +47,13 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
     fn forbidden(message: impl Into<String>) -> Refusal {
         Refusal {
             code: ErrorCode::Forbidden,
@@ -274,7 +242,7 @@ mod tests {
             allow_cwd: true,
             run_as: None,
             allow_root: true,
-            search_path: DEFAULT_SEARCH_PATH.into(),
+            search_path: crate::server::exec::process::DEFAULT_PATH.into(),
         }
     }
 

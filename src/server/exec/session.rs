@@ -30,8 +30,10 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::ExecShared;
 use super::job::{self, JobTiming};
+use super::policy::Refusal;
+use super::process::{self, JobSpec};
+use super::{ExecShared, audit};
 use crate::proto::auth::{self, is_nonce};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
@@ -45,6 +47,18 @@ const WRITE_QUEUE: usize = 16;
 const SHUTTING_DOWN: &str = "server shutting down";
 /// Stdin chunks queued per job.
 const STDIN_QUEUE: usize = 4;
+
+/// A request that passed every check, holding its job slot.
+struct Admission {
+    id: u64,
+    spec: JobSpec,
+    /// The command as the policy approved it, for the log and the audit.
+    approved: crate::proto::Command,
+    timing: JobTiming,
+    /// Who the connection authenticated as, for the audit.
+    who: String,
+    slot: crate::server::limit::LimitGuard,
+}
 
 struct JobHandle {
     pgid: Pid,
@@ -380,10 +394,10 @@ impl Session {
 
     async fn finish(&mut self, d: JobDone) {
         self.jobs.remove(&d.id);
-        if job::group_alive(d.pgid) {
+        if process::group_alive(d.pgid) {
             self.lingering.push(d.pgid);
         }
-        self.lingering.retain(|&p| job::group_alive(p));
+        self.lingering.retain(|&p| process::group_alive(p));
         // Shutdown cancels the jobs at once (their tokens are children of
         // it), so a job may end here before the loop sees the shutdown.
         let reason = self
@@ -411,8 +425,13 @@ impl Session {
             }
             ClientMsg::Exec(req) => {
                 let id = req.id;
-                if let Err(e) = self.exec(req).await {
-                    self.send(e.with_id(id)).await;
+                let started = match self.admit(req) {
+                    Ok(admission) => self.start(admission).await,
+                    Err(refusal) => Err(refusal),
+                };
+                if let Err(r) = started {
+                    self.send(ServerMsg::error(Some(id), r.code, r.message))
+                        .await;
                 }
             }
             ClientMsg::Stdin { id, data } => {
@@ -446,7 +465,7 @@ impl Session {
                 };
                 match job::client_signal(&signal) {
                     Some(sig) => {
-                        job::signal_group(job.pgid, sig);
+                        process::signal_group(job.pgid, sig);
                     }
                     None => {
                         self.send(ServerMsg::error(
@@ -461,60 +480,76 @@ impl Session {
         }
     }
 
-    async fn exec(&mut self, req: ExecRequest) -> Result<(), ServerMsg> {
+    /// Judges a request against the connection's jobs, the server's job
+    /// slots and the policy, as they are now (SIGHUP may have changed
+    /// them); admitted, it holds its job slot until the job ends.
+    fn admit(&self, req: ExecRequest) -> Result<Admission, Refusal> {
         let id = req.id;
-        // Limits and policy as they are now (SIGHUP may have changed them).
         let live = self.shared.live();
         if self.jobs.contains_key(&id) {
-            return Err(ServerMsg::error(
-                None,
+            return Err(Refusal::new(
                 ErrorCode::DuplicateId,
                 format!("job {id} is running"),
             ));
         }
-        job::check_request(&req.command, &req.env, req.cwd.as_deref())
-            .map_err(|m| ServerMsg::error(None, ErrorCode::BadRequest, m))?;
         if self.jobs.len() >= live.cfg.max_jobs_per_connection {
-            return Err(ServerMsg::error(
-                None,
+            return Err(Refusal::new(
                 ErrorCode::Busy,
                 format!("{} jobs running on this connection", self.jobs.len()),
             ));
         }
-        let permit = self
+        let slot = self
             .shared
             .job_slots
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
-                ServerMsg::error(
-                    None,
-                    ErrorCode::Busy,
-                    "the server is running its maximum of jobs",
-                )
+                Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        let approved = match live.policy.check(&req) {
-            Ok(command) => command,
-            Err(refusal) => {
-                if refusal.code == ErrorCode::Forbidden {
-                    self.shared.counters.forbidden.inc();
-                }
-                let code = refusal.code.as_str();
-                info!(id, command = ?req.command, code, why = ?refusal.message, "refused");
-                return Err(ServerMsg::error(None, refusal.code, refusal.message));
+        let approved = live.policy.check(&req).inspect_err(|refusal| {
+            if refusal.code == ErrorCode::Forbidden {
+                self.shared.counters.forbidden.inc();
             }
+            let code = refusal.code.as_str();
+            info!(id, command = ?req.command, code, why = ?refusal.message, "refused");
+        })?;
+        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref())?;
+        let timeout = match req.timeout_ms {
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
+            None => None,
         };
-        let run_as = live.policy.run_as.as_ref();
-        let spawned = job::spawn(&approved, &req.env, req.cwd.as_deref(), req.stdin, run_as)
-            .map_err(|e| job::spawn_error(id, &e, &approved))?;
-        self.shared.counters.jobs_started.inc();
-        info!(id, pid = spawned.pid, command = ?req.command, "job started");
-        self.send(ServerMsg::Started {
+        Ok(Admission {
             id,
-            pid: spawned.pid,
+            spec,
+            approved,
+            timing: JobTiming {
+                timeout,
+                kill_grace: live.cfg.kill_grace,
+                drain_grace: live.cfg.drain_grace,
+            },
+            who: live.auth_id.clone(),
+            slot,
         })
-        .await;
+    }
+
+    /// Starts an admitted job: spawn, `started`, and the task that streams
+    /// it to its end (then audits it and reports to the session loop).
+    async fn start(&mut self, a: Admission) -> Result<(), Refusal> {
+        let Admission {
+            id,
+            spec,
+            approved,
+            timing,
+            who,
+            slot,
+        } = a;
+        let spawned = process::spawn(&spec).map_err(|e| job::spawn_refusal(&e, &spec))?;
+        let (pid, pgid) = (spawned.pid, spawned.pgid);
+        self.shared.counters.jobs_started.inc();
+        info!(id, pid, command = ?approved, "job started");
+        self.send(ServerMsg::Started { id, pid }).await;
 
         let stdin = spawned.stdin.map(|pipe| {
             let (stx, srx) = mpsc::channel(STDIN_QUEUE);
@@ -522,53 +557,31 @@ impl Session {
             stx
         });
         let cancel = self.conn_cancel.child_token();
-        let timeout = match req.timeout_ms {
-            Some(ms) => Some(std::time::Duration::from_millis(ms)),
-            None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
-            None => None,
-        };
-        let timing = JobTiming {
-            timeout,
-            kill_grace: live.cfg.kill_grace,
-            drain_grace: live.cfg.drain_grace,
-        };
-        let (out, done, job_cancel, pgid) = (
-            self.tx.clone(),
-            self.done.0.clone(),
-            cancel.clone(),
-            spawned.pgid,
-        );
-        let started = std::time::Instant::now();
+        let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
-        let (peer, who, pid) = (self.peer, live.auth_id.clone(), spawned.pid);
-        let (command, cwd) = (approved, req.cwd);
+        let peer = self.peer;
         self.shared.tracker.spawn(async move {
+            let started = Instant::now();
             let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
-            drop(permit);
-            counters.record_job(
-                &end.status,
-                end.stdout_bytes + end.stderr_bytes,
-                started.elapsed(),
-            );
-            super::audit::job(&super::audit::JobRecord {
-                via: super::audit::Via::Native,
+            drop(slot);
+            let output = end.stdout_bytes + end.stderr_bytes;
+            counters.record_job(&end.status, output, started.elapsed());
+            audit::job(&audit::JobRecord {
+                via: audit::Via::Native,
                 peer,
                 who: &who,
                 id,
                 pid,
-                command: &command,
-                cwd: cwd.as_deref(),
+                command: &approved,
+                cwd: spec.cwd.as_deref(),
                 status: &end.status,
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
                 stderr_bytes: end.stderr_bytes,
             });
-            let _ = done.send(JobDone {
-                id,
-                pgid,
-                status: end.status,
-            });
+            let status = end.status;
+            let _ = done.send(JobDone { id, pgid, status });
         });
         self.jobs.insert(
             id,
@@ -592,7 +605,7 @@ impl Session {
         let mut kills: Vec<_> = self
             .lingering
             .drain(..)
-            .map(|p| job::kill_group(p, grace))
+            .map(|p| process::kill_group(p, grace))
             .collect();
         for job in self.jobs.values() {
             job.cancel.cancel();
@@ -620,7 +633,7 @@ impl Session {
         }
         // Background members of the jobs' groups may have outlived the
         // main processes.
-        kills.extend(pgids.into_iter().map(|p| job::kill_group(p, grace)));
+        kills.extend(pgids.into_iter().map(|p| process::kill_group(p, grace)));
         futures_util::future::join_all(kills).await;
     }
 }
@@ -631,21 +644,4 @@ fn no_such_job(id: u64) -> ServerMsg {
         ErrorCode::NoSuchJob,
         format!("no running job {id}"),
     )
-}
-
-trait WithId {
-    fn with_id(self, id: u64) -> ServerMsg;
-}
-
-impl WithId for ServerMsg {
-    fn with_id(self, id: u64) -> ServerMsg {
-        match self {
-            ServerMsg::Error { code, message, .. } => ServerMsg::Error {
-                id: Some(id),
-                code,
-                message,
-            },
-            other => other,
-        }
-    }
 }
