@@ -622,6 +622,7 @@ impl ServerConfig {
     /// that changed. Every other setting is applied live (see
     /// `server::Reloader`). The patterns below name every field, so a new
     /// setting does not compile until it is put on one side or the other.
+    /// Long by design (over 80 lines): naming every field is the point.
     pub fn restart_settings(&self) -> Vec<(&'static str, String)> {
         let ServerConfig {
             echo,

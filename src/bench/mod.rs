@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::{ClientAuth, ClientError, EchoClient, ExecClient, JobEvent, TimeClient};
+use crate::client::{
+    ClientAuth, ClientError, EchoClient, ExecClient, ExecReceiver, ExecSender, JobEvent, TimeClient,
+};
 use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus};
 
 /// What to run.
@@ -128,28 +130,7 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
         Mode::Idle => return idle(p).await,
         _ => {}
     }
-    let mut clients = Vec::with_capacity(p.conns);
-    for _ in 0..p.conns {
-        clients.push(match p.mode {
-            Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
-            Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
-            Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
-            Mode::Connect => Client::Connect(p.addr.clone(), p.timeout),
-            Mode::ExecConnect => Client::ExecConnect(
-                p.addr.clone(),
-                p.exec_auth.clone().unwrap_or_else(ClientAuth::none),
-                p.timeout,
-                p.cmd.clone(),
-            ),
-            Mode::Exec | Mode::ExecStream | Mode::Stream | Mode::Idle => {
-                let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
-                Client::Exec(
-                    ExecClient::connect(&p.addr, &auth, p.timeout).await?,
-                    p.cmd.clone(),
-                )
-            }
-        });
-    }
+    let clients = connect_all(&p).await?;
     // Connected and idle: the baseline for memory per connection.
     let rss_before = p.server_pid.and_then(rss_kib);
     let stop = Arc::new(AtomicBool::new(false));
@@ -158,44 +139,17 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     let deadline = start + p.duration;
     let bar = progress(&p, issued.clone());
     let mut tasks = Vec::with_capacity(p.conns);
-    for (i, mut client) in clients.into_iter().enumerate() {
+    for (i, client) in clients.into_iter().enumerate() {
         let (stop, issued) = (stop.clone(), issued.clone());
         let req = payload(p.size, i);
         let want = req.to_ascii_uppercase();
         let limit = p.requests;
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let (mut ok, mut errors) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if limit > 0 && issued.fetch_add(1, Ordering::Relaxed) >= limit {
-                    break;
-                }
-                let t0 = Instant::now();
-                let good = match client.round_trip(&req).await {
-                    Ok(reply) if client.is_time() => {
-                        !reply.starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
-                    }
-                    Ok(reply) if client.is_exec() => reply.is_empty(),
-                    Ok(reply) => reply == want,
-                    Err(_) => false,
-                };
-                if good {
-                    ok += 1;
-                    let us = t0.elapsed().as_micros().max(1) as u64;
-                    if let Some(h) = hist.as_mut() {
-                        let _ = h.record(us.min(60_000_000));
-                    }
-                } else {
-                    errors += 1;
-                    if errors > 100 && ok == 0 {
-                        break; // nothing works: do not spin
-                    }
-                }
-            }
-            // The client goes back to the caller so that connections are
-            // still open when the server's memory is read.
-            (ok, errors, hist, client)
-        }));
+        let budget = Budget {
+            deadline,
+            limit,
+            issued,
+        };
+        tasks.push(tokio::spawn(round_trips(client, req, want, stop, budget)));
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
@@ -227,6 +181,75 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     report.server_rss_kib_before = rss_before;
     report.server_rss_kib_after = rss_after;
     Ok(report)
+}
+
+/// One connection's share of a request/response run: round trips until
+/// the deadline, the request limit or `stop`; counts, latencies, and the
+/// client back, still connected (so the server's memory is read with every
+/// connection open).
+async fn round_trips(
+    mut client: Client,
+    req: Vec<u8>,
+    want: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    budget: Budget,
+) -> (u64, u64, Option<Histogram<u64>>, Client) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let (mut ok, mut errors) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) && budget.more() {
+        let t0 = Instant::now();
+        let good = match client.round_trip(&req).await {
+            Ok(reply) if client.is_time() => {
+                !reply.starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
+            }
+            Ok(reply) if client.is_exec() => reply.is_empty(),
+            Ok(reply) => reply == want,
+            Err(_) => false,
+        };
+        if good {
+            ok += 1;
+            let us = t0.elapsed().as_micros().max(1) as u64;
+            if let Some(h) = hist.as_mut() {
+                let _ = h.record(us.min(60_000_000));
+            }
+        } else {
+            errors += 1;
+            if errors > 100 && ok == 0 {
+                break; // nothing works: do not spin
+            }
+        }
+    }
+    // The client goes back to the caller so that connections are
+    // still open when the server's memory is read.
+    (ok, errors, hist, client)
+}
+
+/// The connections of a request/response run, all opened before the
+/// clock starts.
+async fn connect_all(p: &Params) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(p.conns);
+    for _ in 0..p.conns {
+        clients.push(match p.mode {
+            Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
+            Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
+            Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
+            Mode::Connect => Client::Connect(p.addr.clone(), p.timeout),
+            Mode::ExecConnect => Client::ExecConnect(
+                p.addr.clone(),
+                p.exec_auth.clone().unwrap_or_else(ClientAuth::none),
+                p.timeout,
+                p.cmd.clone(),
+            ),
+            Mode::Exec | Mode::ExecStream | Mode::Stream | Mode::Idle => {
+                let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
+                Client::Exec(
+                    ExecClient::connect(&p.addr, &auth, p.timeout).await?,
+                    p.cmd.clone(),
+                )
+            }
+        });
+    }
+    Ok(clients)
 }
 
 impl Report {
@@ -515,8 +538,84 @@ fn progress(p: &Params, count: Arc<AtomicU64>) -> Option<indicatif::ProgressBar>
 
 /// Exec with `p.inflight` jobs outstanding on each of `p.conns`
 /// connections (jobs run concurrently on the server).
-async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
+/// When a load run stops issuing: a deadline, and a request limit shared by
+/// every connection (0: none).
+struct Budget {
+    deadline: Instant,
+    limit: u64,
+    issued: Arc<AtomicU64>,
+}
+
+impl Budget {
+    /// Whether one more request may be issued (and counts it).
+    fn more(&self) -> bool {
+        Instant::now() < self.deadline
+            && (self.limit == 0 || self.issued.fetch_add(1, Ordering::Relaxed) < self.limit)
+    }
+}
+
+/// One connection keeping `inflight` jobs of `cmd` running until the
+/// budget is spent; jobs that succeeded (with their latencies) and failed.
+async fn jobs_in_flight(
+    mut tx: ExecSender,
+    mut rx: ExecReceiver,
+    cmd: String,
+    inflight: usize,
+    budget: Budget,
+) -> (u64, u64, Option<Histogram<u64>>) {
     use std::collections::HashMap;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let mut pending: HashMap<u64, Instant> = HashMap::new();
+    let mut next = 0u64;
+
+    while pending.len() < inflight && budget.more() {
+        next += 1;
+        if tx
+            .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        pending.insert(next, Instant::now());
+    }
+    while !pending.is_empty() {
+        let done = match rx.event().await {
+            Ok(Some((Some(id), JobEvent::Exit { status, .. }))) => {
+                Some((id, status == ExitStatus::Code(0)))
+            }
+            Ok(Some((Some(id), JobEvent::Failed { .. }))) => Some((id, false)),
+            Ok(Some(_)) => None,
+            Ok(None) | Err(_) => break,
+        };
+        let Some((id, good)) = done else { continue };
+        if let Some(t0) = pending.remove(&id) {
+            if good {
+                ok += 1;
+                if let Some(h) = hist.as_mut() {
+                    let _ = h.record((t0.elapsed().as_micros().max(1) as u64).min(60_000_000));
+                }
+            } else {
+                errors += 1;
+            }
+        }
+        if budget.more() {
+            next += 1;
+            if tx
+                .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
+                .await
+                .is_ok()
+            {
+                pending.insert(next, Instant::now());
+            }
+        }
+    }
+    errors += pending.len() as u64;
+    (ok, errors, hist)
+}
+
+async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
     let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
     let mut conns = Vec::with_capacity(p.conns);
     for _ in 0..p.conns {
@@ -531,64 +630,15 @@ async fn exec_inflight(p: Params) -> anyhow::Result<Report> {
     let start = Instant::now();
     let deadline = start + p.duration;
     let mut tasks = Vec::new();
-    for (mut tx, mut rx) in conns {
+    for (tx, rx) in conns {
         let (cmd, inflight, limit, issued) =
             (p.cmd.clone(), p.inflight, p.requests, issued.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let (mut ok, mut errors) = (0u64, 0u64);
-            let mut pending: HashMap<u64, Instant> = HashMap::new();
-            let mut next = 0u64;
-            let more = |issued: &AtomicU64| {
-                Instant::now() < deadline
-                    && (limit == 0 || issued.fetch_add(1, Ordering::Relaxed) < limit)
-            };
-            while pending.len() < inflight && more(&issued) {
-                next += 1;
-                if tx
-                    .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                pending.insert(next, Instant::now());
-            }
-            while !pending.is_empty() {
-                let done = match rx.event().await {
-                    Ok(Some((Some(id), JobEvent::Exit { status, .. }))) => {
-                        Some((id, status == ExitStatus::Code(0)))
-                    }
-                    Ok(Some((Some(id), JobEvent::Failed { .. }))) => Some((id, false)),
-                    Ok(Some(_)) => None,
-                    Ok(None) | Err(_) => break,
-                };
-                let Some((id, good)) = done else { continue };
-                if let Some(t0) = pending.remove(&id) {
-                    if good {
-                        ok += 1;
-                        if let Some(h) = hist.as_mut() {
-                            let _ =
-                                h.record((t0.elapsed().as_micros().max(1) as u64).min(60_000_000));
-                        }
-                    } else {
-                        errors += 1;
-                    }
-                }
-                if more(&issued) {
-                    next += 1;
-                    if tx
-                        .send(ClientMsg::Exec(ExecRequest::shell(next, cmd.clone())))
-                        .await
-                        .is_ok()
-                    {
-                        pending.insert(next, Instant::now());
-                    }
-                }
-            }
-            errors += pending.len() as u64;
-            (ok, errors, hist)
-        }));
+        let budget = Budget {
+            deadline,
+            limit,
+            issued,
+        };
+        tasks.push(tokio::spawn(jobs_in_flight(tx, rx, cmd, inflight, budget)));
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);

@@ -171,6 +171,94 @@ async fn run_job(
     }
 }
 
+/// The token to present: `SWITCHBOARD_TOKEN`, `--token-file` or the
+/// default file; none at all only with `--no-auth`.
+fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
+    match client_token(args.token_file.as_deref()) {
+        Ok((token, _)) => Ok(ClientAuth {
+            token: Some(token),
+            allow_unauthenticated: args.no_auth,
+        }),
+        Err(_) if args.no_auth => Ok(ClientAuth::none()),
+        Err(e) => Err(e.context(
+            "no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)",
+        )),
+    }
+}
+
+/// Tells how a job ended and gives its exit status: `Ok` to go on with the
+/// next command (REPL, pipe), `Err` to stop (the connection is gone).
+fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
+    match result {
+        Ok(status) => {
+            if let ExitStatus::Signal { name, timed_out } = &status {
+                let why = if *timed_out {
+                    "timed out; killed by"
+                } else {
+                    "killed by"
+                };
+                eprintln!("switchboard: job {why} SIG{name}");
+            }
+            Ok(exit_code(&status))
+        }
+        Err(Failure::Interrupted) => {
+            eprintln!("switchboard: interrupted; disconnecting");
+            Err(130)
+        }
+        Err(Failure::Client(e @ ClientError::Job { .. })) => {
+            eprintln!("switchboard: {e}");
+            Ok(EXIT_CONNECTION)
+        }
+        Err(Failure::Client(e)) => {
+            eprintln!("switchboard: {e}");
+            Err(EXIT_CONNECTION)
+        }
+    }
+}
+
+/// Runs the command the words make, or one per REPL or input line (see
+/// [`Mode`]); `run` gets the words and whether local stdin goes to the
+/// job. The exit status: the one job's; the REPL's last; the pipe's worst;
+/// or the first that ended the connection.
+fn each_command(
+    words: Vec<String>,
+    mut run: impl FnMut(Vec<String>, bool) -> Result<u8, u8>,
+) -> anyhow::Result<u8> {
+    Ok(match Mode::pick(&words) {
+        Mode::Once(_) => run(words, !std::io::stdin().is_terminal()).unwrap_or_else(|c| c),
+        Mode::Repl => {
+            let mut repl = Repl::new("exec", "exec> ")?;
+            let mut last = 0;
+            while let Some(line) = repl.next_line() {
+                match run(vec![line], false) {
+                    Ok(0) => last = 0,
+                    Ok(c) => {
+                        eprintln!("[exit {c}]");
+                        last = c;
+                    }
+                    Err(c) => return Ok(c),
+                }
+            }
+            last
+        }
+        Mode::Pipe => {
+            let mut worst = 0;
+            for line in stdin_lines() {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match run(vec![line], false) {
+                    Ok(0) => {}
+                    Ok(c) => worst = c,
+                    Err(c) => return Ok(c),
+                }
+            }
+            worst
+        }
+    })
+}
+
 pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let target = split_target(args.args.clone(), &format!("127.0.0.1:{DEFAULT_EXEC_PORT}"));
     if target.transport == Some(Transport::Udp) {
@@ -184,14 +272,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     super::request::parse_env(&args.env)?;
-    let auth = match client_token(args.token_file.as_deref()) {
-        Ok((token, _)) => ClientAuth {
-            token: Some(token),
-            allow_unauthenticated: args.no_auth,
-        },
-        Err(_) if args.no_auth => ClientAuth::none(),
-        Err(e) => return Err(e.context("no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)")),
-    };
+    let auth = client_auth(&args)?;
     if let Some(hosts) = args.hosts.clone() {
         let words = args.args.clone();
         return super::fanout::fanout(args, &hosts, words, auth);
@@ -200,10 +281,9 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let tls = if target.transport == Some(Transport::Tls) {
-        Some(args.client_tls(&target.addr)?)
-    } else {
-        None
+    let tls = match target.transport {
+        Some(Transport::Tls) => Some(args.client_tls(&target.addr)?),
+        _ => None,
     };
     let connect = async {
         match &tls {
@@ -225,75 +305,13 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     }
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
-    let mut request = |words: Vec<String>| {
-        next_id += 1;
-        args.request(next_id, words)
-    };
     let mut out = Output::new(encoding);
-    let mut run = |req: ExecRequest, forward: bool| -> Result<u8, u8> {
-        match rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)) {
-            Ok(status) => {
-                if let ExitStatus::Signal { name, timed_out } = &status {
-                    let why = if *timed_out {
-                        "timed out; killed by"
-                    } else {
-                        "killed by"
-                    };
-                    eprintln!("switchboard: job {why} SIG{name}");
-                }
-                Ok(exit_code(&status))
-            }
-            Err(Failure::Interrupted) => {
-                eprintln!("switchboard: interrupted; disconnecting");
-                Err(130)
-            }
-            Err(Failure::Client(e @ ClientError::Job { .. })) => {
-                eprintln!("switchboard: {e}");
-                Ok(EXIT_CONNECTION)
-            }
-            Err(Failure::Client(e)) => {
-                eprintln!("switchboard: {e}");
-                Err(EXIT_CONNECTION)
-            }
-        }
+    let run = |words: Vec<String>, forward: bool| {
+        next_id += 1;
+        let mut req = args.request(next_id, words);
+        req.stdin = forward;
+        report(rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)))
     };
-    let code = match Mode::pick(&target.words) {
-        Mode::Once(_) => {
-            let forward = !std::io::stdin().is_terminal();
-            let mut req = request(target.words);
-            req.stdin = forward;
-            run(req, forward).unwrap_or_else(|c| c)
-        }
-        Mode::Repl => {
-            let mut repl = Repl::new("exec", "exec> ")?;
-            let mut last = 0;
-            while let Some(line) = repl.next_line() {
-                match run(request(vec![line]), false) {
-                    Ok(0) => last = 0,
-                    Ok(c) => {
-                        eprintln!("[exit {c}]");
-                        last = c;
-                    }
-                    Err(c) => return Ok(ExitCode::from(c)),
-                }
-            }
-            last
-        }
-        Mode::Pipe => {
-            let mut worst = 0;
-            for line in stdin_lines() {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match run(request(vec![line]), false) {
-                    Ok(0) => {}
-                    Ok(c) => worst = c,
-                    Err(c) => return Ok(ExitCode::from(c)),
-                }
-            }
-            worst
-        }
-    };
+    let code = each_command(target.words, run)?;
     Ok(ExitCode::from(code))
 }

@@ -167,6 +167,48 @@ struct Plan {
     max_output: usize,
 }
 
+/// Connects to one host (`tls://` for TLS) and authenticates; the failure
+/// as the host's outcome.
+async fn connect_host(host: &str, plan: &Plan) -> Result<ExecClient, Outcome> {
+    let (addr, tls) = match host.strip_prefix("tls://") {
+        Some(a) => match plan.args.client_tls(a) {
+            Ok(t) => (a, Some(t)),
+            Err(e) => return Err(Outcome::Connect(format!("{e:#}"))),
+        },
+        None => (host, None),
+    };
+    let timeout = plan.args.connect_timeout;
+    let connected = match &tls {
+        Some(t) => ExecClient::connect_tls(addr, t, &plan.auth, timeout).await,
+        None => ExecClient::connect(addr, &plan.auth, timeout).await,
+    };
+    match connected {
+        Ok(c) => {
+            if let Some(fp) = c.newly_trusted() {
+                super::tell_newly_trusted(addr, fp);
+            }
+            Ok(c)
+        }
+        Err(ClientError::AuthFailed(e)) => Err(Outcome::Auth(e)),
+        Err(e) => Err(Outcome::Connect(e.to_string())),
+    }
+}
+
+impl HostRun {
+    /// Counts a chunk of output and keeps what fits under `max` bytes.
+    fn keep(&mut self, is_err: bool, data: &[u8], max: usize) {
+        let (buf, count) = if is_err {
+            (&mut self.stderr, &mut self.stderr_bytes)
+        } else {
+            (&mut self.stdout, &mut self.stdout_bytes)
+        };
+        *count += data.len() as u64;
+        let room = max.saturating_sub(buf.len()).min(data.len());
+        buf.extend_from_slice(data.get(..room).unwrap_or_default());
+        self.truncated |= room < data.len();
+    }
+}
+
 async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     let started = Instant::now();
     let mut run = HostRun {
@@ -179,35 +221,10 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         stderr_bytes: 0,
         truncated: false,
     };
-    let (addr, tls) = match host.strip_prefix("tls://") {
-        Some(a) => match plan.args.client_tls(a) {
-            Ok(t) => (a.to_string(), Some(t)),
-            Err(e) => {
-                run.outcome = Outcome::Connect(format!("{e:#}"));
-                return run;
-            }
-        },
-        None => (host.clone(), None),
-    };
-    let timeout = plan.args.connect_timeout;
-    let connected = match &tls {
-        Some(t) => ExecClient::connect_tls(&addr, t, &plan.auth, timeout).await,
-        None => ExecClient::connect(&addr, &plan.auth, timeout).await,
-    };
-    let client = match connected {
-        Ok(c) => {
-            if let Some(fp) = c.newly_trusted() {
-                super::tell_newly_trusted(&addr, fp);
-            }
-            c
-        }
-        Err(ClientError::AuthFailed(e)) => {
-            run.outcome = Outcome::Auth(e);
-            run.duration = started.elapsed();
-            return run;
-        }
-        Err(e) => {
-            run.outcome = Outcome::Connect(e.to_string());
+    let client = match connect_host(&host, &plan).await {
+        Ok(c) => c,
+        Err(outcome) => {
+            run.outcome = outcome;
             run.duration = started.elapsed();
             return run;
         }
@@ -238,15 +255,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
             if let Some(p) = prefix.as_mut() {
                 p.feed(is_err, &data, false);
             }
-            let (buf, count) = if is_err {
-                (&mut run.stderr, &mut run.stderr_bytes)
-            } else {
-                (&mut run.stdout, &mut run.stdout_bytes)
-            };
-            *count += data.len() as u64;
-            let room = plan.max_output.saturating_sub(buf.len()).min(data.len());
-            buf.extend_from_slice(data.get(..room).unwrap_or_default());
-            run.truncated |= room < data.len();
+            run.keep(is_err, &data, plan.max_output);
         }
     }
     .await;
@@ -265,53 +274,13 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     run
 }
 
-pub fn fanout(
-    args: ExecArgs,
-    hosts_spec: &str,
-    words: Vec<String>,
-    auth: ClientAuth,
-) -> anyhow::Result<ExitCode> {
-    let hosts = crate::hosts::expand(hosts_spec, crate::config::DEFAULT_EXEC_PORT)?;
-    if words.is_empty() {
-        anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
-    }
-    let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
-    let width = args.fanout.max(1);
-    let plan = Arc::new(Plan {
-        stream: !gather && !json,
-        max_output: args.max_output,
-        args,
-        auth,
-        words,
-    });
-    let _ = crate::sys::raise_fd_limit();
-    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-    let results: Vec<HostRun> = rt.block_on(async {
-        let slots = Arc::new(Semaphore::new(width));
-        let done = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for (i, host) in hosts.iter().enumerate() {
-            let (slots, plan, done, host) =
-                (slots.clone(), plan.clone(), done.clone(), host.clone());
-            tasks.push(tokio::spawn(async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
-                    return;
-                };
-                let r = run_host(host, plan).await;
-                done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let mut v = std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner()));
-        v.sort_by_key(|(i, _)| *i);
-        v.into_iter().map(|(_, r)| r).collect()
-    });
-
+/// Prints the hosts' records (`--json`) or their output grouped by
+/// identical output and status (`--gather`); streamed output was printed
+/// as it came.
+fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        for r in &results {
+        for r in results {
             writeln!(out, "{}", serde_json::to_string(&r.record())?)?;
         }
     } else if gather {
@@ -337,8 +306,56 @@ pub fn fanout(
         }
     }
     out.flush()?;
-    drop(out);
+    Ok(())
+}
 
+/// Runs the command on every host, at most `width` at a time; the results
+/// in the hosts' order.
+async fn run_all(hosts: &[String], plan: Arc<Plan>, width: usize) -> Vec<HostRun> {
+    let slots = Arc::new(Semaphore::new(width));
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let (slots, plan, done, host) = (slots.clone(), plan.clone(), done.clone(), host.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            let r = run_host(host, plan).await;
+            done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner()));
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+pub fn fanout(
+    args: ExecArgs,
+    hosts_spec: &str,
+    words: Vec<String>,
+    auth: ClientAuth,
+) -> anyhow::Result<ExitCode> {
+    let hosts = crate::hosts::expand(hosts_spec, crate::config::DEFAULT_EXEC_PORT)?;
+    if words.is_empty() {
+        anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
+    }
+    let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
+    let width = args.fanout.max(1);
+    let plan = Arc::new(Plan {
+        stream: !gather && !json,
+        max_output: args.max_output,
+        args,
+        auth,
+        words,
+    });
+    let _ = crate::sys::raise_fd_limit();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let results = rt.block_on(run_all(&hosts, plan, width));
+    print_results(&results, json, gather)?;
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {
         eprintln!(

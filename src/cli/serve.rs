@@ -127,48 +127,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             None => Server::bind(cfg).await?,
         };
-        // SIGHUP: read the configuration again (file and flags) and apply
-        // what can change while connections stay up.
-        let reloader = server.reloader();
-        let mut sighup = signal(SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while sighup.recv().await.is_some() {
-                let _ = crate::activation::notify("RELOADING=1");
-                let reloaded = match config_from_args(&args) {
-                    Ok(cfg) => reloader.reload(cfg).await,
-                    Err(e) => Err(e),
-                };
-                match reloaded {
-                    Ok(warnings) => {
-                        for w in warnings {
-                            warn!("reload: {w}");
-                        }
-                        info!("configuration reloaded");
-                    }
-                    Err(e) => error!("reload failed, keeping the running configuration: {e:#}"),
-                }
-                let _ = crate::activation::notify("READY=1");
-            }
-        });
-        let shutdown = CancellationToken::new();
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let trigger = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = sigint.recv() => info!("SIGINT received"),
-                _ = sigterm.recv() => info!("SIGTERM received"),
-            }
-            let _ = crate::activation::notify("STOPPING=1");
-            trigger.cancel();
-            // A second signal means "now": skip the grace period.
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
-            }
-            warn!("second signal: exiting without waiting for connections");
-            std::process::exit(130);
-        });
+        reload_on_sighup(server.reloader(), args)?;
+        let shutdown = stop_on_signals()?;
         // Ready only now that every signal has its handler: a SIGHUP sent
         // as soon as the banner appears (or READY=1 arrives) would
         // otherwise find the default action, and end the server.
@@ -185,6 +145,56 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Connection tasks still running after the grace are dropped here.
     rt.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reads the configuration again (file and flags) and applies
+/// what can change while connections stay up.
+fn reload_on_sighup(reloader: crate::server::Reloader, args: ServeArgs) -> anyhow::Result<()> {
+    let mut sighup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            let _ = crate::activation::notify("RELOADING=1");
+            let reloaded = match config_from_args(&args) {
+                Ok(cfg) => reloader.reload(cfg).await,
+                Err(e) => Err(e),
+            };
+            match reloaded {
+                Ok(warnings) => {
+                    for w in warnings {
+                        warn!("reload: {w}");
+                    }
+                    info!("configuration reloaded");
+                }
+                Err(e) => error!("reload failed, keeping the running configuration: {e:#}"),
+            }
+            let _ = crate::activation::notify("READY=1");
+        }
+    });
+    Ok(())
+}
+
+/// SIGINT or SIGTERM cancels the returned token (graceful shutdown); a
+/// second one exits at once (the keeper then kills what jobs are left).
+fn stop_on_signals() -> anyhow::Result<CancellationToken> {
+    let shutdown = CancellationToken::new();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => info!("SIGINT received"),
+            _ = sigterm.recv() => info!("SIGTERM received"),
+        }
+        let _ = crate::activation::notify("STOPPING=1");
+        trigger.cancel();
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+        warn!("second signal: exiting without waiting for connections");
+        std::process::exit(130);
+    });
+    Ok(shutdown)
 }
 
 /// Prints what was bound, real ports included, on stdout (so scripts and

@@ -29,7 +29,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// within this, or the connection is dropped. Default (fixed): 5 s.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The counters in Prometheus text format.
+/// The counters in Prometheus text format. Long by design (over 80
+/// lines): one block per metric family, in exposition order, so the list
+/// reads as the page it renders; splitting it would scatter the list.
 pub fn render(s: &Stats) -> String {
     let mut o = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {

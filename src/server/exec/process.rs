@@ -124,6 +124,8 @@ pub fn job_env(
 /// returned pid) with a clean environment, default signal dispositions, an
 /// empty signal mask, descriptors 0-2 only, as the run-as user and in the
 /// cwd entered as that user. Registered with the reaper and the keeper.
+/// Kept whole (over 80 lines): what the child does between fork and exec
+/// is one closure, so its async-signal safety is read in one place.
 pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
     let (prog, args) = spec
         .argv

@@ -230,6 +230,8 @@ enum Handshake {
 }
 
 /// Runs §3.2; `Ok` when the client is authenticated and `ready` is queued.
+/// One step after another as the protocol text has them (a little over 80
+/// lines), so the two can be read side by side.
 async fn handshake(
     reader: &mut FramedRead<BoxRead, FrameCodec>,
     tx: &mpsc::Sender<ServerMsg>,
