@@ -35,7 +35,14 @@ pub struct Passed {
 /// when `LISTEN_PID` is not this process (the variables are then for
 /// someone else and are left alone). The variables are removed so that
 /// nothing started later inherits them.
-pub fn listen_fds() -> anyhow::Result<Option<Vec<Passed>>> {
+///
+/// # Safety
+///
+/// Call it once, before any other thread exists: it removes environment
+/// variables (which another thread could be reading), and it takes
+/// ownership of descriptors 3 .. 3 + `LISTEN_FDS`, which nothing else in
+/// the process may own or close.
+pub unsafe fn listen_fds() -> anyhow::Result<Option<Vec<Passed>>> {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -52,8 +59,7 @@ pub fn listen_fds() -> anyhow::Result<Option<Vec<Passed>>> {
         .split(':')
         .map(str::to_string)
         .collect();
-    // SAFETY: called once at start-up, before any thread that could read
-    // the environment concurrently is started.
+    // SAFETY: the caller promised no other thread exists.
     unsafe {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
@@ -78,8 +84,8 @@ pub fn listen_fds() -> anyhow::Result<Option<Vec<Passed>>> {
                  echo, time, exec, exec-tls, exec-legacy or metrics"
             ),
         };
-        // SAFETY: the service manager passed us fd 3.. as open sockets that
-        // this process now owns; each is taken exactly once.
+        // SAFETY: the service manager passed fd 3.. as open sockets, the
+        // caller promised nothing else owns them, and each is taken once.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let sock = socket2::Socket::from(owned);
         // The descriptors come without close-on-exec; jobs must not inherit them.

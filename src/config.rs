@@ -84,7 +84,7 @@ pub const DEFAULT_ECHO_PORT: u16 = 9000;
 pub const DEFAULT_TIME_PORT: u16 = 9001;
 
 /// Echo's reply transformation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EchoMode {
     /// ASCII a-z to A-Z, every other byte unchanged (Python's `bytes.upper()`).
@@ -102,10 +102,22 @@ impl EchoMode {
         }
     }
 
+    pub const ALL: [EchoMode; 2] = [EchoMode::Upper, EchoMode::Plain];
+
     pub fn name(self) -> &'static str {
         match self {
             EchoMode::Upper => "upper",
             EchoMode::Plain => "plain",
+        }
+    }
+
+    /// One line for `--help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            EchoMode::Upper => {
+                "ASCII a-z to A-Z, every other byte unchanged (Python's `bytes.upper()`)"
+            }
+            EchoMode::Plain => "Bytes back unchanged (RFC 862)",
         }
     }
 }

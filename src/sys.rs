@@ -41,7 +41,9 @@ pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
     }
 }
 
-/// The kernel's `struct sigaction` (x86_64 and arm64 layout).
+/// The kernel's `struct sigaction`, in the layout of x86_64 and arm64
+/// (other architectures differ: see the fallback below).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 struct KernelSigaction {
     handler: libc::sighandler_t,
@@ -53,6 +55,7 @@ struct KernelSigaction {
 /// Sets `sig` to its default action with the raw system call, which also
 /// works for the signals glibc reserves for itself (32, 33) and refuses to
 /// touch through `sigaction`. Async-signal-safe (usable after fork).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub fn default_action_raw(sig: i32) {
     let k = KernelSigaction {
         handler: libc::SIG_DFL,
@@ -119,5 +122,18 @@ pub fn cloexec_from(first: u32) {
                 libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
             }
         }
+    }
+}
+
+/// Elsewhere, the C library's `sigaction`: every signal but the C
+/// library's own (which it refuses to touch) goes back to its default.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub fn default_action_raw(sig: i32) {
+    // SAFETY: sigaction with a zeroed (SIG_DFL, empty mask) action and no
+    // old-action pointer; async-signal-safe; an invalid signal just fails.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &action, std::ptr::null_mut());
     }
 }

@@ -21,7 +21,7 @@ use crate::client::{
 use crate::proto::{ClientMsg, Command, ExecRequest, ExitStatus};
 
 /// What to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// TCP echo, request/response per connection.
     Echo,
@@ -47,6 +47,39 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub const ALL: [Mode; 9] = [
+        Mode::Echo,
+        Mode::UdpEcho,
+        Mode::UdpTime,
+        Mode::Exec,
+        Mode::ExecStream,
+        Mode::Stream,
+        Mode::Connect,
+        Mode::ExecConnect,
+        Mode::Idle,
+    ];
+
+    /// One line for `--help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            Mode::Echo => "TCP echo, request/response per connection",
+            Mode::UdpEcho => "UDP echo, one datagram in flight per socket",
+            Mode::UdpTime => "UDP time (`%Y-%m-%d %X`), one datagram in flight per socket",
+            Mode::Exec => {
+                "Exec: jobs of `--cmd` (default `true`) over kept authenticated connections, one job at a time per connection"
+            }
+            Mode::ExecStream => "Exec output stream: one job `head -c --bytes /dev/zero`, MB/s",
+            Mode::Stream => {
+                "TCP echo stream: `--bytes` written in `--size` writes while the echo is read back and checked, on one connection; MB/s"
+            }
+            Mode::Connect => "A fresh TCP connection, one round trip, close: connections/s",
+            Mode::ExecConnect => "A fresh exec connection, handshake and one job each time: jobs/s",
+            Mode::Idle => {
+                "Hold `--conns` idle echo connections; with `--server-pid`, the server's RSS per connection"
+            }
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Echo => "echo",

@@ -383,3 +383,26 @@ fn tell_newly_trusted(addr: &str, fingerprint: &str) {
         "switchboard: new server {addr}: certificate sha256:{fingerprint} recorded in known_hosts"
     );
 }
+
+// The value lists of `--echo-mode` and `bench MODE`: the library's enums
+// know their names and help lines, the command line turns them into clap
+// values (so the library does not depend on clap).
+impl clap::ValueEnum for crate::config::EchoMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
+    }
+}
+
+impl clap::ValueEnum for crate::bench::Mode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
+    }
+}

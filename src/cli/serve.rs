@@ -108,8 +108,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("configuration OK");
         return Ok(ExitCode::SUCCESS);
     }
-    // Before any thread exists: this reads and clears LISTEN_* variables.
-    let passed = crate::activation::listen_fds()?;
+    // SAFETY: no other thread exists yet (the runtime starts below), and
+    // descriptors 3.. were opened by no one in this process.
+    let passed = unsafe { crate::activation::listen_fds()? };
 
     match crate::sys::raise_fd_limit() {
         Ok(n) => info!(open_files = n, "file-descriptor limit"),
