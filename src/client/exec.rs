@@ -138,7 +138,7 @@ impl ExecSender {
         self.sink
             .send(msg.to_frame())
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+            .map_err(ClientError::from)
     }
 
     /// Sends `data` as stdin frames of at most 64 KiB.
@@ -152,21 +152,14 @@ impl ExecSender {
                     }
                     .to_frame(),
                 )
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                .await?;
         }
-        self.sink
-            .flush()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        self.sink.flush().await.map_err(ClientError::from)
     }
 
     /// Half-closes the connection.
     pub async fn close(&mut self) -> Result<(), ClientError> {
-        self.sink
-            .close()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        self.sink.close().await.map_err(ClientError::from)
     }
 }
 
@@ -206,10 +199,8 @@ impl ExecReceiver {
     pub async fn recv(&mut self) -> Result<Option<ServerMsg>, ClientError> {
         match self.stream.next().await {
             None => Ok(None),
-            Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
-            Some(Ok(frame)) => ServerMsg::parse(frame)
-                .map(Some)
-                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(frame)) => ServerMsg::parse(frame).map(Some).map_err(ClientError::from),
         }
     }
 }
@@ -333,7 +324,7 @@ impl ExecClient {
                     .filter(|n| auth::is_nonce(n))
                     .ok_or_else(|| ClientError::Protocol("hello without a valid nonce".into()))?;
                 let client_nonce =
-                    auth::nonce().map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    auth::nonce().map_err(|e| ClientError::Io(std::io::Error::other(e)))?;
                 let mac = token.client_mac(&server_nonce, &client_nonce);
                 self.tx
                     .send(ClientMsg::Auth {

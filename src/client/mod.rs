@@ -44,6 +44,12 @@ pub enum ClientError {
     AuthFailed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A frame broke the codec's rules (or the connection failed under it).
+    #[error("protocol error: {0}")]
+    Frame(#[from] crate::proto::frame::FrameError),
+    /// A well-formed frame that is not a valid server message.
+    #[error("protocol error: {0}")]
+    Message(#[from] crate::proto::ParseError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("the server refused the job ({}): {message}", code.as_str())]
