@@ -1,69 +1,22 @@
 //! Server configuration: endpoints and every limit, each with its default.
 //!
 //! Precedence: built-in defaults, then the TOML file (`--config`), then
-//! command-line flags. The file says the same things as the flags:
+//! command-line flags. Every setting's default is stated once, on its field
+//! and in the `Default` impl beside it; `contrib/switchboard.toml` lists
+//! them all as a file (a test keeps it equal to `ServerConfig::default()`),
+//! and `serve --help` takes its defaults from `Default` too.
 //!
-//! ```toml
-//! [echo]
-//! listen = ["tcp://127.0.0.1:9000", "udp://127.0.0.1:9000"]  # bare HOST:PORT = both
-//! mode = "upper"            # or "plain" (RFC 862)
-//! max_connections = 10000   # TCP; excess connections are closed at once
-//! max_connections_per_source = 4096   # 0 = no per-source limit
-//! idle_timeout = "300s"     # nothing received (or no send progress) for this long: close
-//! buffer_size = 65536       # per active connection; bounds memory per client
-//!
-//! [time]
-//! listen = ["udp://127.0.0.1:9001"]
-//! utc = false
-//! reply_cap = 1024          # 64 ..= 65507
-//!
-//! [udp]                     # applies to UDP echo and time
-//! rate_limit = 2000         # datagrams/s answered per source IP; 0 = off
-//! rate_burst = 2000
-//! max_sources = 65536       # source IPs tracked by the rate limiter
-//! recv_buffer = 4194304     # SO_RCVBUF asked for (the kernel may cap it)
-//!
-//! [exec]                    # remote execution (PROTOCOL.md §3-4)
-//! listen = ["tcp://127.0.0.1:8080"]
-//! legacy_listen = []        # tutorial-compatible mode; loopback addresses only
-//! no_auth = false           # loopback endpoints only
-//! token_file = "..."        # default: the user's config dir, switchboard/token
-//! max_connections = 256
-//! max_connections_per_source = 32
-//! max_startups = "16:30:64" # handshakes in progress (TLS included): START:RATE:FULL
-//! max_unauthenticated_per_source = 8
-//! unauthenticated_penalty = "1s"  # under pressure, for a source that leaves a slot unauthenticated
-//! auth_penalty = "1s"       # after 3 failed auths; doubles per failure
-//! auth_penalty_max = "60s"
-//! idle_timeout = "600s"     # authenticated, no job running, nothing received
-//! frame_timeout = "30s"     # a started frame must complete within this
-//! max_jobs_per_connection = 64
-//! max_jobs = 512            # all connections together
-//! handshake_timeout = "10s"
-//! kill_grace = "2s"         # TERM, then KILL after this
-//! drain_grace = "1s"        # after the main process exits, for pipes held by others
-//! job_timeout = "0s"        # default per-job timeout; 0 = none
-//! max_header = 65536
-//! max_body = 1048576
-//! legacy_output_cap = 67108864
-//! argv_only = false         # refuse shell command lines
-//! allowed_programs = []     # e.g. ["uptime", "/usr/bin/df"]; implies argv_only
-//! allow_env = true
-//! accept_env = []           # e.g. ["LANG", "LC_*"]; with allowed_programs, the only env a request may set
-//! allow_cwd = true
-//! run_as = "nobody"         # when the server runs as root
-//! allow_root = false        # root server without run_as: jobs are forbidden
-//! tls_cert = "/etc/switchboard/cert.pem"   # for tls:// endpoints
-//! tls_key = "/etc/switchboard/key.pem"
-//! tls_self_signed = false   # or: create and keep one in the config dir
-//! allow_plaintext = false   # tcp:// exec on a non-loopback address
-//!
-//! [server]
-//! shutdown_grace = "5s"     # how long open connections get to finish on SIGTERM
-//! metrics = ["tcp://127.0.0.1:9100"]   # Prometheus text at /metrics; default off
-//! source_netblock_v4 = 32   # per-source limits count addresses by network block
-//! source_netblock_v6 = 64
+//! ```text
+//! [echo]  listen, mode, connection limits, idle timeout, buffer
+//! [time]  listen, utc, reply_cap
+//! [udp]   rate limit, burst, tracked sources, SO_RCVBUF (echo and time)
+//! [exec]  listen, legacy_listen, auth and token, TLS, limits and deadlines,
+//!         handshake slots (max_startups), the command policy, run_as
+//! [server] shutdown_grace, metrics, per-source network blocks
 //! ```
+//!
+//! Which settings a SIGHUP applies and which wait for a restart is
+//! [`ServerConfig::restart_settings`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -214,20 +214,15 @@ pub struct ServeArgs {
     /// Time replies in UTC instead of local time.
     #[arg(long)]
     pub utc: bool,
-    /// Simultaneous TCP echo connections [default: 10000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Simultaneous TCP echo connections", defaults().echo.max_connections))]
     pub max_connections: Option<usize>,
-    /// Simultaneous TCP echo connections from one source address; 0 = no limit [default: 4096].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Simultaneous TCP echo connections from one source address; 0 = no limit", defaults().echo.max_connections_per_source))]
     pub max_connections_per_source: Option<usize>,
-    /// Close echo connections idle this long, e.g. 300s, 5m [default: 300s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = with_default("Close echo connections idle this long, e.g. 300s, 5m", humantime::format_duration(defaults().echo.idle_timeout)))]
     pub idle_timeout: Option<Duration>,
-    /// Longest time reply in bytes, 64-65507 [default: 1024].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Longest time reply in bytes, 64-65507", defaults().time.reply_cap))]
     pub time_reply_cap: Option<usize>,
-    /// UDP datagrams answered per second per source IP; 0 = unlimited [default: 2000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("UDP datagrams answered per second per source IP; 0 = unlimited", defaults().udp.rate_limit))]
     pub udp_rate_limit: Option<u32>,
     /// Native exec endpoint, repeatable: tcp://HOST:PORT or tls://HOST:PORT [default: tcp://127.0.0.1:8080].
     #[arg(long = "exec", value_name = "ENDPOINT")]
@@ -277,8 +272,7 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long = "metrics", value_name = "ADDR")]
     pub metrics: Vec<String>,
-    /// How long open connections get to finish on SIGINT/SIGTERM [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = with_default("How long open connections get to finish on SIGINT/SIGTERM", humantime::format_duration(defaults().server.shutdown_grace)))]
     pub shutdown_grace: Option<Duration>,
 }
 
@@ -405,4 +399,16 @@ impl clap::ValueEnum for crate::bench::Mode {
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.name()).help(self.help()))
     }
+}
+
+/// The built-in configuration: the one source of the defaults that
+/// `serve --help` shows.
+fn defaults() -> crate::config::ServerConfig {
+    crate::config::ServerConfig::default()
+}
+
+/// A flag's help line with its default, taken from the configuration's
+/// `Default` (so the two cannot disagree).
+fn with_default(text: &str, value: impl std::fmt::Display) -> String {
+    format!("{text} [default: {value}]")
 }
