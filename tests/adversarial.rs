@@ -251,40 +251,6 @@ async fn failed_authentications_earn_the_source_a_penalty() {
     c.ping().await.unwrap();
 }
 
-async fn raw_auth(addr: SocketAddr, token: &Token) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let hello = read_frame(&mut s).await.unwrap();
-    let sn = hello["nonce"].as_str().unwrap().to_string();
-    let cn = "cd".repeat(32);
-    write_frame(
-        &mut s,
-        &json!({"type":"auth","version":1,"nonce":cn,"mac":token.client_mac(&sn, &cn)}),
-    )
-    .await;
-    assert_eq!(read_frame(&mut s).await.unwrap()["type"], "ready");
-    s
-}
-
-async fn write_frame(s: &mut TcpStream, h: &serde_json::Value) {
-    let b = serde_json::to_vec(h).unwrap();
-    s.write_all(&(b.len() as u32).to_be_bytes()).await.unwrap();
-    s.write_all(&b).await.unwrap();
-}
-
-async fn read_frame(s: &mut TcpStream) -> Option<serde_json::Value> {
-    let mut len = [0u8; 4];
-    tokio::time::timeout(T, s.read_exact(&mut len))
-        .await
-        .ok()?
-        .ok()?;
-    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut h).await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&h).ok()?;
-    let mut body = vec![0u8; v["size"].as_u64().unwrap_or(0) as usize];
-    s.read_exact(&mut body).await.ok()?;
-    Some(v)
-}
-
 #[tokio::test]
 async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,7 +261,7 @@ async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
     let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
 
     // Slowloris: one byte every 100 ms of a ping frame that never ends.
-    let mut s = raw_auth(srv.exec, &token).await;
+    let mut s = common::raw::authed(srv.exec, &token).await;
     let frame =
         br#"{"type":"ping","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
     s.write_all(&(frame.len() as u32).to_be_bytes())
@@ -321,7 +287,7 @@ async fn a_frame_dribbled_slowly_is_closed_and_idle_sessions_end() {
     );
 
     // Idle: nothing sent and no job running.
-    let mut s = raw_auth(srv.exec, &token).await;
+    let mut s = common::raw::authed(srv.exec, &token).await;
     assert!(closed_by_server(&mut s, T).await, "idle session kept open");
 
     // A running job keeps a quiet session open past the idle timeout.
@@ -339,12 +305,12 @@ async fn a_client_that_vanishes_with_rst_mid_stream_loses_its_job() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(exec_config(dir.path())).await;
     let token = switchboard::secrets::read_token(&dir.path().join("token")).unwrap();
-    let mut s = raw_auth(srv.exec, &token).await;
-    write_frame(&mut s, &json!({"type":"exec","id":1,"cmd":"yes"})).await;
-    let started = read_frame(&mut s).await.unwrap();
+    let mut s = common::raw::authed(srv.exec, &token).await;
+    common::raw::send(&mut s, json!({"type":"exec","id":1,"cmd":"yes"}), b"").await;
+    let (started, _) = common::raw::recv(&mut s).await.unwrap();
     let pid = started["pid"].as_u64().unwrap();
     for _ in 0..10 {
-        read_frame(&mut s).await.unwrap();
+        common::raw::recv(&mut s).await.unwrap();
     }
     // Vanish with a reset, not a clean close.
     socket2::SockRef::from(&s)

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{exec_config, start};
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard::client::{ClientAuth, ClientError, ExecClient};
 use switchboard::proto::auth::Token;
 use switchboard::proto::{ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
@@ -457,48 +457,8 @@ async fn disconnect_kills_and_reaps_the_whole_group_grandchildren_included() {
 
 // ---- raw frames, written by hand from PROTOCOL.md ----
 
-async fn send_raw(s: &mut TcpStream, header: Value, body: &[u8]) {
-    let h = serde_json::to_vec(&header).unwrap();
-    s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
-    s.write_all(&h).await.unwrap();
-    s.write_all(body).await.unwrap();
-}
-
-/// Reads one frame; None at EOF.
-async fn recv_raw(s: &mut TcpStream) -> Option<(Value, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    tokio::time::timeout(T, s.read_exact(&mut len))
-        .await
-        .unwrap()
-        .ok()?;
-    let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut h).await.ok()?;
-    let header: Value = serde_json::from_slice(&h).unwrap();
-    let mut body = vec![0u8; header["size"].as_u64().unwrap_or(0) as usize];
-    s.read_exact(&mut body).await.ok()?;
-    Some((header, body))
-}
-
 async fn raw_authed(fx: &Fixture) -> TcpStream {
-    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
-    let (hello, _) = recv_raw(&mut s).await.unwrap();
-    assert_eq!(hello["type"], "hello");
-    assert_eq!(hello["version"], 1);
-    assert_eq!(hello["auth"], "hmac-sha256");
-    let sn = hello["nonce"].as_str().unwrap().to_string();
-    assert_eq!(sn.len(), 64);
-    let cn = "ab".repeat(32);
-    let token = fx.token();
-    send_raw(
-        &mut s,
-        json!({"type":"auth","version":1,"nonce":cn,"mac":token.client_mac(&sn, &cn)}),
-        b"",
-    )
-    .await;
-    let (ready, _) = recv_raw(&mut s).await.unwrap();
-    assert_eq!(ready["type"], "ready");
-    assert!(token.verify_server(&sn, &cn, ready["mac"].as_str().unwrap()));
-    s
+    common::raw::authed(fx.srv.exec, &fx.token()).await
 }
 
 #[tokio::test]
@@ -509,38 +469,41 @@ async fn wrong_mac_and_frames_before_auth_run_nothing() {
 
     // An exec before auth.
     let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
-    recv_raw(&mut s).await.unwrap();
-    send_raw(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::recv(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(
         (e["type"].as_str(), e["code"].as_str()),
         (Some("error"), Some("auth_failed"))
     );
-    assert!(recv_raw(&mut s).await.is_none(), "closed after auth_failed");
+    assert!(
+        common::raw::recv(&mut s).await.is_none(),
+        "closed after auth_failed"
+    );
 
     // A wrong MAC, then an exec anyway.
     let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
-    let (hello, _) = recv_raw(&mut s).await.unwrap();
+    let (hello, _) = common::raw::recv(&mut s).await.unwrap();
     let sn = hello["nonce"].as_str().unwrap();
     let wrong = Token::new("not the token")
         .unwrap()
         .client_mac(sn, &"cd".repeat(32));
-    send_raw(
+    common::raw::send(
         &mut s,
         json!({"type":"auth","version":1,"nonce":"cd".repeat(32),"mac":wrong}),
         b"",
     )
     .await;
-    send_raw(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"exec","id":1,"cmd":touch}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "auth_failed");
-    assert!(recv_raw(&mut s).await.is_none());
+    assert!(common::raw::recv(&mut s).await.is_none());
 
     // Version 2.
     let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
-    recv_raw(&mut s).await.unwrap();
-    send_raw(&mut s, json!({"type":"auth","version":2}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::recv(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"auth","version":2}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "protocol");
 
     // The typed client reports a wrong token clearly.
@@ -566,56 +529,56 @@ async fn wrong_mac_and_frames_before_auth_run_nothing() {
 async fn raw_frames_errors_keep_or_close_the_connection_as_specified() {
     let fx = Fixture::new().await;
     let mut s = raw_authed(&fx).await;
-    send_raw(&mut s, json!({"type":"launch","id":9}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"launch","id":9}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "unknown_type");
-    send_raw(&mut s, json!({"type":"exec","id":"x","cmd":"true"}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"exec","id":"x","cmd":"true"}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "bad_request");
-    send_raw(&mut s, json!({"type":"eof","id":77}), b"").await;
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    common::raw::send(&mut s, json!({"type":"eof","id":77}), b"").await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(
         (e["code"].as_str(), e["id"].as_u64()),
         (Some("no_such_job"), Some(77))
     );
-    send_raw(&mut s, json!({"type":"ping","future_field":[1,2]}), b"").await;
-    assert_eq!(recv_raw(&mut s).await.unwrap().0["type"], "pong");
+    common::raw::send(&mut s, json!({"type":"ping","future_field":[1,2]}), b"").await;
+    assert_eq!(common::raw::recv(&mut s).await.unwrap().0["type"], "pong");
 
     // A job through raw frames: started, stdout, exit.
-    send_raw(
+    common::raw::send(
         &mut s,
         json!({"type":"exec","id":5,"argv":["sh","-c","printf hi; exit 44"]}),
         b"",
     )
     .await;
-    let (st, _) = recv_raw(&mut s).await.unwrap();
+    let (st, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(
         (st["type"].as_str(), st["id"].as_u64()),
         (Some("started"), Some(5))
     );
     assert!(st["pid"].as_u64().unwrap() > 1);
-    let (o, body) = recv_raw(&mut s).await.unwrap();
+    let (o, body) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(
         (o["type"].as_str(), body.as_slice()),
         (Some("stdout"), &b"hi"[..])
     );
-    let (x, _) = recv_raw(&mut s).await.unwrap();
+    let (x, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(x, json!({"type":"exit","id":5,"code":44}));
 
     // Duplicate keys are a protocol error: error frame, then close.
     let h = br#"{"type":"ping","type":"ping"}"#;
     s.write_all(&(h.len() as u32).to_be_bytes()).await.unwrap();
     s.write_all(h).await.unwrap();
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "protocol");
-    assert!(recv_raw(&mut s).await.is_none());
+    assert!(common::raw::recv(&mut s).await.is_none());
 
     // An oversize header length is refused before anything is read.
     let mut s = raw_authed(&fx).await;
     s.write_all(&(70_000u32).to_be_bytes()).await.unwrap();
-    let (e, _) = recv_raw(&mut s).await.unwrap();
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(e["code"], "protocol");
-    assert!(recv_raw(&mut s).await.is_none());
+    assert!(common::raw::recv(&mut s).await.is_none());
 }
 
 #[tokio::test]
@@ -649,10 +612,10 @@ async fn unauthenticated_mode_on_loopback_and_clients_refuse_it_by_default() {
 async fn handshake_deadline_closes_silent_clients() {
     let fx = Fixture::with(|c| c.exec.handshake_timeout = Duration::from_millis(300)).await;
     let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
-    let (hello, _) = recv_raw(&mut s).await.unwrap();
+    let (hello, _) = common::raw::recv(&mut s).await.unwrap();
     assert_eq!(hello["type"], "hello");
     // Say nothing: the server closes.
-    assert!(recv_raw(&mut s).await.is_none());
+    assert!(common::raw::recv(&mut s).await.is_none());
 }
 
 #[tokio::test]

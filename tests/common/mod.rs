@@ -325,3 +325,69 @@ pub fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<std::net::Tcp
     s.connect(&to.into())?;
     Ok(s.into())
 }
+
+/// Raw `switchboard/1` frames over a plain TCP stream, for tests that must
+/// send what no well-behaved client would.
+pub mod raw {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use switchboard::proto::auth::Token;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// How long a read may wait before the test fails.
+    const T: Duration = Duration::from_secs(10);
+
+    /// Writes one frame: `header` as JSON, then `body` (its size must be in
+    /// the header, or not, as the test wants).
+    pub async fn send(s: &mut TcpStream, header: Value, body: &[u8]) {
+        let h = serde_json::to_vec(&header).expect("json");
+        s.write_all(&(h.len() as u32).to_be_bytes())
+            .await
+            .expect("write");
+        s.write_all(&h).await.expect("write");
+        s.write_all(body).await.expect("write");
+    }
+
+    /// Reads one frame; None at EOF (or a broken connection). Fails the
+    /// test if nothing arrives within 10 s.
+    pub async fn recv(s: &mut TcpStream) -> Option<(Value, Vec<u8>)> {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(T, s.read_exact(&mut len))
+            .await
+            .expect("a frame or EOF within 10 s")
+            .ok()?;
+        let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut h).await.ok()?;
+        let header: Value = serde_json::from_slice(&h).expect("a JSON header");
+        let mut body = vec![0u8; header["size"].as_u64().unwrap_or(0) as usize];
+        s.read_exact(&mut body).await.ok()?;
+        Some((header, body))
+    }
+
+    /// Connects and authenticates with `token`, checking the server's hello
+    /// and its proof of the token.
+    pub async fn authed(addr: SocketAddr, token: &Token) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let (hello, _) = recv(&mut s).await.expect("hello");
+        assert_eq!(hello["type"], "hello");
+        assert_eq!(hello["version"], 1);
+        assert_eq!(hello["auth"], "hmac-sha256");
+        let sn = hello["nonce"].as_str().expect("nonce").to_string();
+        assert_eq!(sn.len(), 64);
+        let cn = "ab".repeat(32);
+        let mac = token.client_mac(&sn, &cn);
+        send(
+            &mut s,
+            json!({"type":"auth","version":1,"nonce":cn,"mac":mac}),
+            b"",
+        )
+        .await;
+        let (ready, _) = recv(&mut s).await.expect("ready");
+        assert_eq!(ready["type"], "ready");
+        assert!(token.verify_server(&sn, &cn, ready["mac"].as_str().expect("mac")));
+        s
+    }
+}
