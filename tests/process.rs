@@ -397,10 +397,6 @@ fn legacy_jobs_die_with_a_server_that_is_killed() {
 /// every job runs in a session of its own.
 #[test]
 fn a_job_cannot_join_the_servers_process_group() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: python3 not found");
-        return;
-    }
     let srv = spawn_serve(&QUIET);
     let (_, _, server_pgid) = proc_stat(srv.pid()).expect("server stat");
     runtime().block_on(async {

@@ -190,7 +190,7 @@ const FORMATS: &[&str] = &[
     "linhaifeng %Y年%m月%d日 nb",
 ];
 
-fn python_strftime(formats: &[&str]) -> Option<Vec<String>> {
+fn python_strftime(formats: &[&str]) -> Vec<String> {
     let script =
         "import sys, time\nsys.stdout.write('\\0'.join(time.strftime(f) for f in sys.argv[1:]))";
     let out = Command::new("python3")
@@ -200,19 +200,19 @@ fn python_strftime(formats: &[&str]) -> Option<Vec<String>> {
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
         .output()
-        .ok()?;
+        .expect(
+            "python3 is required (it is on every machine of this project; .ci/run checks for it)",
+        );
     assert!(
         out.status.success(),
         "python3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split('\0')
-            .map(str::to_string)
-            .collect(),
-    )
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]
@@ -229,10 +229,7 @@ async fn formats_match_python_time_strftime() {
     for f in FORMATS {
         before.push(c.query(f).await.unwrap());
     }
-    let Some(python) = python_strftime(FORMATS) else {
-        eprintln!("skipped: python3 not found");
-        return;
-    };
+    let python = python_strftime(FORMATS);
     let mut after = Vec::new();
     for f in FORMATS {
         after.push(c.query(f).await.unwrap());
