@@ -152,12 +152,8 @@ fn pipe_mode_sends_one_request_per_line() {
 
 #[test]
 fn refused_and_silent_servers_give_one_clear_line() {
-    // A port nobody listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port where connections are refused.
+    let (_held, port) = common::refusing_port();
     let addr = format!("127.0.0.1:{port}");
     let o = client(&["echo", &addr, "hello"], None);
     assert!(!o.status.success());
@@ -636,11 +632,7 @@ fn exec_client_behaves_like_ssh() {
     );
     assert_eq!(exec_status(&o), 255);
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_held, port) = common::refusing_port();
     let o = client_in(
         home,
         &["exec", &format!("127.0.0.1:{port}"), "--", "true"],

@@ -29,13 +29,11 @@ async fn fifty_servers_with_five_down_and_three_refusing() {
         servers.push(srv);
     }
     let mut down = BTreeSet::new();
+    let mut held = Vec::new();
     for _ in 0..5 {
-        // A port that was just free: nothing listens there now.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Bound and not listening, for the whole test: refused.
+        let (socket, port) = common::refusing_port();
+        held.push(socket);
         let host = format!("127.0.0.1:{port}");
         down.insert(host.clone());
         hosts.push(host);

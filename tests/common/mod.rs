@@ -391,3 +391,20 @@ pub mod raw {
         s
     }
 }
+
+/// A loopback port where connections are refused, held so for as long as
+/// the returned socket lives: bound but not listening, so no other process
+/// can start listening there meanwhile (a port merely closed again could).
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    s.bind(&any.into()).expect("bind");
+    let port = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .expect("a bound port");
+    (s, port)
+}
