@@ -88,14 +88,26 @@ pub fn server_token(
         return Ok((read_token(&path)?, TokenSource::File(path), false));
     }
     if !create {
-        bail!(
-            "token file {} does not exist (only a start creates one)",
-            path.display()
-        );
+        return Err(NoTokenFile(path).into());
     }
     let token = Token::generate()?;
     write_private(&path, &format!("{}\n", token.expose()))?;
     Ok((token, TokenSource::File(path), true))
+}
+
+/// The server's token file does not exist (and was not to be created).
+#[derive(Debug, thiserror::Error)]
+#[error("token file {} does not exist (only a start creates one)", .0.display())]
+pub struct NoTokenFile(pub PathBuf);
+
+/// What a start would find of the server's token without creating it: an
+/// existing file must pass [`read_token`]; a missing one is fine (a start
+/// creates it). For `--check-config`.
+pub fn check_server_token(token_file: Option<&Path>) -> anyhow::Result<()> {
+    match server_token(token_file, false) {
+        Err(e) if e.downcast_ref::<NoTokenFile>().is_some() => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// The largest token file or TLS key read: 1 MiB, far above any real one,
@@ -110,15 +122,22 @@ pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
 /// in another one.
 pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let f = std::fs::File::open(path)
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    // Non-blocking, so a FIFO (or a device) named as the secret fails the
+    // checks below instead of hanging the open until a writer appears.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let mode = f
+    let meta = f
         .metadata()
-        .with_context(|| format!("cannot read {what} {}", path.display()))?
-        .permissions()
-        .mode();
-    check_private_mode(path, what, mode)?;
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} {} is not a regular file", path.display());
+    }
+    check_private_owner(path, what, meta.uid())?;
+    check_private_mode(path, what, meta.permissions().mode())?;
     let mut bytes = Vec::new();
     f.take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut bytes)
@@ -130,6 +149,20 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(bytes)
+}
+
+/// A secret file must belong to the user reading it (or to root), as ssh
+/// requires of private keys: whoever owns it can change its mode, and then
+/// read or replace the secret.
+pub fn check_private_owner(path: &Path, what: &str, uid: u32) -> anyhow::Result<()> {
+    let me = nix::unistd::Uid::effective().as_raw();
+    if uid != me && uid != 0 {
+        bail!(
+            "{what} {p} belongs to uid {uid}, not to this user (uid {me}) or root; run: chown {me} {p}",
+            p = path.display(),
+        );
+    }
+    Ok(())
 }
 
 /// The mode rule of [`read_private`], with its one-line fix.

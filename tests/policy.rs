@@ -499,3 +499,50 @@ fn a_tls_key_others_can_read_is_refused() {
         srv.banner
     );
 }
+
+#[test]
+fn secret_files_must_be_plain_files_of_their_owner_and_check_config_reads_them() {
+    let home = tempfile::tempdir().unwrap();
+    let serve_with = |token: &Path, extra: &[&str]| {
+        let mut args = vec!["serve"];
+        args.extend(QUIET);
+        args.extend([
+            "--exec",
+            "tcp://127.0.0.1:0",
+            "--allow-root",
+            "--token-file",
+        ]);
+        args.push(token.to_str().unwrap());
+        args.extend(extra);
+        run_bounded(home.path(), &args, T)
+    };
+    // A FIFO: refused at once, not a server hung in open() until a writer
+    // comes (and then trusting whatever it wrote).
+    let fifo = home.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (exited, ok, err) = serve_with(&fifo, &[]);
+    assert!(exited && !ok, "FIFO token: {err}");
+    assert!(err.contains("not a regular file"), "{err}");
+
+    // Owned by someone else (even at 0600): that user could rewrite it.
+    let owned = home.path().join("owned");
+    std::fs::write(&owned, "shared-secret\n").unwrap();
+    chmod(&owned, 0o600);
+    std::os::unix::fs::chown(&owned, Some(65534), None).unwrap();
+    let (exited, ok, err) = serve_with(&owned, &[]);
+    assert!(exited && !ok, "foreign token: {err}");
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+
+    // --check-config reads an existing token as a start would.
+    let loose = home.path().join("loose");
+    std::fs::write(&loose, "shared-secret\n").unwrap();
+    chmod(&loose, 0o644);
+    let (exited, ok, err) = serve_with(&loose, &["--check-config"]);
+    assert!(exited && !ok, "--check-config passed a 0644 token: {err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    // A missing one is fine there: a start creates it.
+    let (exited, ok, err) = serve_with(&home.path().join("new"), &["--check-config"]);
+    assert!(exited && ok, "{err}");
+}

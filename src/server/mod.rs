@@ -79,13 +79,16 @@ pub struct TokenInfo {
 impl Server {
     /// Everything a start checks short of binding and creating files: the
     /// configuration's ranges, the exposure rules on its resolved
-    /// addresses, the command policy (the run-as user), the TLS
-    /// certificate and key. `--check-config` and SIGHUP reload run this, so
+    /// addresses, the command policy (the run-as user), the token file if
+    /// it exists, the TLS certificate and key. `--check-config` and SIGHUP reload run this, so
     /// what they accept is what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         config.validate()?;
         exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
         exec::policy::Policy::from_config(&config.exec)?;
+        if !config.exec.listen.is_empty() && !config.exec.no_auth {
+            crate::secrets::check_server_token(config.exec.token_file.as_deref())?;
+        }
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
         }
