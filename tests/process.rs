@@ -392,6 +392,55 @@ fn legacy_jobs_die_with_a_server_that_is_killed() {
     );
 }
 
+/// A legacy job ends with its connection, closed or reset, and is audited;
+/// the server goes on serving.
+#[test]
+fn legacy_jobs_die_with_their_connection() {
+    use std::io::Write;
+    let srv = spawn_serve(
+        &[
+            &QUIET[..],
+            &["--exec-legacy", "tcp://127.0.0.1:0"],
+            &["--exec", "tcp://127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    let addr = srv.addr("exec-legacy", Transport::Tcp);
+    let tag = 500 + std::process::id() % 400;
+    for (i, reset) in [false, true].into_iter().enumerate() {
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+        conn.write_all(format!("sleep {tag}.{i}1 & sleep {tag}.{i}2").as_bytes())
+            .expect("send");
+        let pgid = group_of(&format!("sleep {tag}.{i}2"), T).expect("the job did not start");
+        let _guard = GroupGuard(pgid);
+        if reset {
+            // SO_LINGER 0: the close sends RST.
+            socket2::SockRef::from(&conn)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
+        }
+        drop(conn);
+        assert!(
+            poll(T, || killpg(pgid, None) == Err(Errno::ESRCH)),
+            "reset={reset}: the job outlived its connection"
+        );
+    }
+    assert!(
+        poll(T, || srv.log().matches("via=\"legacy\"").count() >= 2),
+        "two audit records: {}",
+        srv.log()
+    );
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+    conn.write_all(b"echo still here").expect("send");
+    let mut reply = Vec::new();
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).expect("reply length");
+    reply.resize(i32::from_le_bytes(len) as usize, 0);
+    conn.read_exact(&mut reply).expect("reply");
+    assert_eq!(reply, b"still here\n");
+}
+
 /// Finding 7, the second hole: a job process cannot move itself into the
 /// server's process group (where the group kill would miss it), because
 /// every job runs in a session of its own.

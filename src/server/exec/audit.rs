@@ -1,17 +1,20 @@
-//! The audit trail of exec: one record per job that ran, native or legacy,
-//! on the `switchboard::audit` target.
+//! The audit trail of exec, on the `switchboard::audit` target: one record
+//! per job that ran, native or legacy (with the names of the variables its
+//! request set; never their values, which may be secrets), and one per
+//! request refused before anything ran.
 //!
 //! Every string a peer chose (the command, its cwd) is written with `Debug`
 //! formatting, so a newline or a control character in it is logged escaped
 //! and cannot start a line of its own: a forged audit record would need the
 //! log to print the peer's bytes raw, which nothing here does.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tracing::info;
 
-use crate::proto::{Command, ExitStatus};
+use crate::proto::{Command, ErrorCode, ExitStatus};
 
 /// Which protocol a job came in by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub struct JobRecord<'a> {
     pub pid: u32,
     pub command: &'a Command,
     pub cwd: Option<&'a str>,
+    /// The variables the request set (only their names are logged).
+    pub env: &'a BTreeMap<String, String>,
     pub status: &'a ExitStatus,
     pub duration: Duration,
     pub stdout_bytes: u64,
@@ -60,11 +65,37 @@ pub fn job(r: &JobRecord<'_>) {
         pid = r.pid,
         command = ?r.command,
         cwd = ?r.cwd.unwrap_or("-"),
+        env = ?r.env.keys().collect::<Vec<_>>(),
         status = ?r.status,
         duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
         stdout_bytes = r.stdout_bytes,
         stderr_bytes = r.stderr_bytes,
         "job"
+    );
+}
+
+/// Writes the record of a request refused before anything ran (policy,
+/// limits, a program that cannot be started): attempts are part of the
+/// trail too.
+pub fn refused(
+    via: Via,
+    peer: SocketAddr,
+    who: &str,
+    id: u64,
+    command: &Command,
+    code: ErrorCode,
+    why: &str,
+) {
+    info!(
+        target: "switchboard::audit",
+        via = via.name(),
+        peer = %peer,
+        who = ?who,
+        id,
+        command = ?command,
+        code = code.as_str(),
+        why = ?why,
+        "refused"
     );
 }
 
@@ -93,6 +124,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let command = Command::Shell("true\nFORGED audit line".into());
+        let env = BTreeMap::from([("K\nFORGED".to_string(), "secret".to_string())]);
         tracing::subscriber::with_default(subscriber, || {
             job(&JobRecord {
                 via: Via::Legacy,
@@ -102,6 +134,7 @@ mod tests {
                 pid: 2,
                 command: &command,
                 cwd: Some("/tmp\nFORGED"),
+                env: &env,
                 status: &ExitStatus::Code(0),
                 duration: Duration::from_millis(3),
                 stdout_bytes: 0,
@@ -112,5 +145,7 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(r"true\nFORGED audit line"), "{text}");
         assert!(text.contains(r"/tmp\nFORGED"), "{text}");
+        assert!(text.contains(r"K\nFORGED"), "{text}");
+        assert!(!text.contains("secret"), "values are never logged: {text}");
     }
 }

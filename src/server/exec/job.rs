@@ -101,7 +101,8 @@ pub fn client_signal(name: &str) -> Option<Signal> {
     })
 }
 
-fn to_status(st: std::process::ExitStatus, timed_out: bool) -> ExitStatus {
+/// How a process ended, as the protocol reports it.
+pub fn exit_status(st: std::process::ExitStatus, timed_out: bool) -> ExitStatus {
     match (st.code(), st.signal()) {
         (Some(c), _) => ExitStatus::Code(c),
         (None, Some(sig)) => ExitStatus::Signal {
@@ -187,7 +188,7 @@ pub async fn run(
         super::keeper::release(pgid);
     }
     let status = match status {
-        Ok(st) => to_status(st, timed_out),
+        Ok(st) => exit_status(st, timed_out),
         Err(e) => {
             debug!(id, error = %e, "wait failed");
             ExitStatus::Code(-1)

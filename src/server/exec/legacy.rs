@@ -10,7 +10,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,8 +20,9 @@ use tracing::{debug, info};
 
 use super::ExecShared;
 use super::audit::{self, JobRecord, Via};
+use super::policy::Refusal;
 use super::{job, process};
-use crate::proto::{ExecRequest, ExitStatus};
+use crate::proto::{ErrorCode, ExecRequest, ExitStatus};
 
 /// One read is one command, as in the tutorial's `conn.recv(1024)`.
 const READ_SIZE: usize = 1024;
@@ -50,9 +50,24 @@ pub async fn serve(
         let line = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
         // Debug, not Display: the line is the peer's, newlines included.
         info!(%peer, id = seq, command = ?line, "legacy command");
+        // The job ends with its connection, as a native one does: a peer
+        // that goes away, or a shutdown, cancels it (killed, reaped and
+        // audited all the same).
+        let cancel = CancellationToken::new();
+        let mut job = std::pin::pin!(run(&line, peer, seq, &shared, &cancel));
         let output = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            o = run(&line, peer, seq, &shared) => o,
+            o = &mut job => o,
+            _ = shutdown.cancelled() => {
+                cancel.cancel();
+                job.await;
+                return Ok(());
+            }
+            _ = peer_gone(&stream) => {
+                debug!("peer left mid-command; killing the job");
+                cancel.cancel();
+                job.await;
+                return Ok(());
+            }
         };
         // The reply's length is an i32; the cap keeps it well inside.
         let len = i32::try_from(output.len()).unwrap_or(i32::MAX);
@@ -61,52 +76,78 @@ pub async fn serve(
     }
 }
 
+/// Ends when the peer has closed or reset the connection. Bytes it sent
+/// meanwhile (its next command) are left unread for the next round, and
+/// then the peer counts as present.
+async fn peer_gone(stream: &TcpStream) {
+    let mut b = [0u8; 1];
+    match stream.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
 /// Runs `line` with `sh -c` and returns stdout followed by stderr, at most
 /// `legacy_output_cap` bytes (the rest is read and discarded so the command
-/// can finish). The job is audited like a native one.
-async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<u8> {
+/// can finish). `cancel` kills it (its whole group). Audited like a native
+/// job, refusals included.
+async fn run(
+    line: &str,
+    peer: SocketAddr,
+    id: u64,
+    shared: &ExecShared,
+    cancel: &CancellationToken,
+) -> Vec<u8> {
     let live = shared.live();
     let cap = live.cfg.legacy_output_cap;
-    let Ok(_slot) = shared.job_slots.clone().try_acquire_owned() else {
-        return b"switchboard: the server is running its maximum of jobs\n".to_vec();
-    };
-    let command = match live.policy.check(&ExecRequest::shell(id, line)) {
-        Ok(command) => command,
-        Err(refusal) => {
-            if refusal.code == crate::proto::ErrorCode::Forbidden {
-                shared.counters.forbidden.inc();
-            }
-            let code = refusal.code.as_str();
-            info!(%peer, id, command = ?line, code, why = ?refusal.message, "refused");
-            return format!(
-                "switchboard: {}: {}\n",
-                refusal.code.as_str(),
-                refusal.message
-            )
-            .into_bytes();
-        }
-    };
     let request = ExecRequest::shell(id, line);
-    let spawned = job::spec(&command, &request, live.policy.run_as.as_ref())
+    let refused = |r: Refusal| {
+        if r.code == ErrorCode::Forbidden {
+            shared.counters.forbidden.inc();
+        }
+        audit::refused(
+            Via::Legacy,
+            peer,
+            "none",
+            id,
+            &request.command,
+            r.code,
+            &r.message,
+        );
+        format!("switchboard: {}: {}\n", r.code.as_str(), r.message).into_bytes()
+    };
+    let Ok(_slot) = shared.job_slots.clone().try_acquire_owned() else {
+        return refused(Refusal::new(
+            ErrorCode::Busy,
+            "the server is running its maximum of jobs",
+        ));
+    };
+    let approved = match live.policy.check(&request) {
+        Ok(c) => c,
+        Err(r) => return refused(r),
+    };
+    let spawned = job::spec(&approved, &request, live.policy.run_as.as_ref())
         .and_then(|spec| process::spawn(&spec).map_err(|e| job::spawn_refusal(&e, &spec)));
     let started = Instant::now();
     let mut spawned = match spawned {
         Ok(s) => s,
-        Err(r) => return format!("switchboard: {}: {}\n", r.code.as_str(), r.message).into_bytes(),
+        Err(r) => return refused(r),
     };
     shared.counters.jobs_started.inc();
     let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
-    let ((out, out_total), (err, err_total)) =
-        tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
-    let status = match spawned.child.wait().await {
-        Ok(st) => match (st.code(), st.signal()) {
-            (Some(c), _) => ExitStatus::Code(c),
-            (None, Some(sig)) => ExitStatus::Signal {
-                name: process::signal_name(sig),
-                timed_out: false,
-            },
-            (None, None) => ExitStatus::Code(-1),
-        },
+    let outputs = async {
+        let outputs = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
+        (outputs, spawned.child.wait().await)
+    };
+    let (((out, out_total), (err, err_total)), waited) = tokio::select! {
+        done = outputs => done,
+        _ = cancel.cancelled() => {
+            let st = process::kill_and_wait(&mut spawned.child, spawned.pgid, live.cfg.kill_grace).await;
+            (((Vec::new(), 0), (Vec::new(), 0)), st)
+        }
+    };
+    let status = match waited {
+        Ok(st) => job::exit_status(st, false),
         Err(_) => ExitStatus::Code(-1),
     };
     // Anything the command left running in its group goes with it.
@@ -117,8 +158,9 @@ async fn run(line: &str, peer: SocketAddr, id: u64, shared: &ExecShared) -> Vec<
         who: "none",
         id,
         pid: spawned.pid,
-        command: &command,
+        command: &approved,
         cwd: None,
+        env: &request.env,
         status: &status,
         duration: started.elapsed(),
         stdout_bytes: out_total,

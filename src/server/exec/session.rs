@@ -509,14 +509,23 @@ impl Session {
                 Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        let approved = live.policy.check(&req).inspect_err(|refusal| {
-            if refusal.code == ErrorCode::Forbidden {
+        let refused = |r: &Refusal| {
+            if r.code == ErrorCode::Forbidden {
                 self.shared.counters.forbidden.inc();
             }
-            let code = refusal.code.as_str();
-            info!(id, command = ?req.command, code, why = ?refusal.message, "refused");
-        })?;
-        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref())?;
+            let who = &live.auth_id;
+            audit::refused(
+                audit::Via::Native,
+                self.peer,
+                who,
+                id,
+                &req.command,
+                r.code,
+                &r.message,
+            );
+        };
+        let approved = live.policy.check(&req).inspect_err(refused)?;
+        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref()).inspect_err(refused)?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
@@ -547,7 +556,20 @@ impl Session {
             who,
             slot,
         } = a;
-        let spawned = process::spawn(&spec).map_err(|e| job::spawn_refusal(&e, &spec))?;
+        let spawned = process::spawn(&spec)
+            .map_err(|e| job::spawn_refusal(&e, &spec))
+            .inspect_err(|r| {
+                let peer = self.peer;
+                audit::refused(
+                    audit::Via::Native,
+                    peer,
+                    &who,
+                    id,
+                    &approved,
+                    r.code,
+                    &r.message,
+                );
+            })?;
         let (pid, pgid) = (spawned.pid, spawned.pgid);
         self.shared.counters.jobs_started.inc();
         info!(id, pid, command = ?approved, "job started");
@@ -577,6 +599,7 @@ impl Session {
                 pid,
                 command: &approved,
                 cwd: spec.cwd.as_deref(),
+                env: &spec.env,
                 status: &end.status,
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
