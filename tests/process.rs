@@ -392,6 +392,58 @@ fn legacy_jobs_die_with_a_server_that_is_killed() {
     );
 }
 
+/// Processes running `sleep ARG` (argv[0] as resolved), by pid.
+fn sleeps_with(arg: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| cmdline(p).trim_end().ends_with(&format!("sleep {arg}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A server killed while it is still spawning jobs: every job already
+/// forked is known to the keeper (the child registers itself before it
+/// runs the program), so none survives.
+#[test]
+fn jobs_being_spawned_when_the_server_is_killed_die_too() {
+    let arg = format!("{}.77", 600 + std::process::id() % 300);
+    let mut running_at_kill = 0;
+    for round in 0..5u64 {
+        let mut srv = spawn_serve(&QUIET);
+        let rt = runtime();
+        let client = rt.block_on(async {
+            let c = exec_client(&srv).await;
+            let (mut tx, rx) = c.split();
+            for id in 0..20 {
+                let mut req = ExecRequest::shell(id, "");
+                req.command = switchboard::proto::Command::Argv(vec!["sleep".into(), arg.clone()]);
+                tx.send(ClientMsg::Exec(req)).await.expect("send");
+            }
+            (tx, rx)
+        });
+        // Kill it somewhere in the middle of the spawning.
+        std::thread::sleep(Duration::from_millis(1 + round * 3));
+        running_at_kill += sleeps_with(&arg).len();
+        srv.signal(Signal::SIGKILL);
+        assert!(srv.wait_exit(T).is_some(), "the server did not die");
+        drop(client);
+        let gone = poll(Duration::from_secs(15), || sleeps_with(&arg).is_empty());
+        let left = sleeps_with(&arg);
+        for pid in &left {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        assert!(gone, "round {round}: jobs outlived the server: {left:?}");
+    }
+    // Else the test would prove nothing.
+    assert!(
+        running_at_kill > 0,
+        "no job was running when the server was killed"
+    );
+}
+
 /// A legacy job ends with its connection, closed or reset, and is audited;
 /// the server goes on serving.
 #[test]

@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,10 @@ const MAX_LINE: usize = 32;
 static PIPE: OnceLock<Mutex<std::process::ChildStdin>> = OnceLock::new();
 /// Set once a write failed for good: warned once, not retried.
 static BROKEN: AtomicBool = AtomicBool::new(false);
+/// The same write end as a bare descriptor (-1: no keeper), for a job's
+/// child process to register itself between fork and exec, where no lock
+/// may be taken.
+static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Starts the keeper for this server process with `grace` between TERM and
 /// KILL. Errors leave the server running without a keeper (logged).
@@ -55,6 +59,7 @@ pub fn start(grace: Duration) {
     match spawn_keeper(grace) {
         Ok((pid, pipe)) => {
             super::reaper::watch(pid);
+            PIPE_FD.store(pipe.as_raw_fd(), Ordering::Relaxed);
             let _ = PIPE.set(Mutex::new(pipe));
             info!(pid, "keeper started: jobs die with the server");
         }
@@ -131,6 +136,44 @@ fn send(op: char, pgid: Pid) {
 /// The keeper kills this group if the server dies. No-op without a keeper.
 pub fn hold(pgid: Pid) {
     send('+', pgid);
+}
+
+/// In a job's child, between fork and exec, once it leads its own group:
+/// registers that group with the keeper itself. The parent's [`hold`]
+/// comes only after the spawn returns, and a server killed in between
+/// would leave the job unknown to the keeper; the child's copy of the
+/// pipe's write end keeps the keeper from seeing EOF until this record is
+/// in. Async-signal-safe: an atomic load, `getpid`, `write`, no allocation.
+pub fn hold_self_in_child() {
+    let fd = PIPE_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: getpid cannot fail.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        if let Some(d) = digits.get_mut(n) {
+            *d = b'0' + (pid % 10) as u8;
+        }
+        n += 1;
+        pid /= 10;
+        if pid == 0 || n == digits.len() {
+            break;
+        }
+    }
+    let mut line = [0u8; 12];
+    line[0] = b'+';
+    for i in 0..n {
+        line[1 + i] = digits[n - 1 - i];
+    }
+    line[1 + n] = b'\n';
+    // SAFETY: a write of our own buffer to a descriptor we hold; a failure
+    // (EAGAIN on a full pipe) leaves the parent's record to cover it.
+    unsafe {
+        libc::write(fd, line.as_ptr().cast(), n + 2);
+    }
 }
 
 /// The group is gone; the keeper forgets it.

@@ -164,8 +164,8 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
     let dir_c = dir.as_ref().map(|(_, c)| c.clone());
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe calls (rt_sigaction, sigprocmask, setsid,
-    // close_range or fcntl, setgroups, setgid, setuid, chdir) on data
-    // allocated before the fork.
+    // getpid and write, close_range or fcntl, setgroups, setgid, setuid,
+    // chdir) on data allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             reset_signals()?;
@@ -174,6 +174,9 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
             // join the server's group (and escape the group kill) with
             // setpgid. The group's id is still the job's pid.
             nix::unistd::setsid()?;
+            // Known to the keeper before the program runs, even if the
+            // server dies before `spawn` returns.
+            super::keeper::hold_self_in_child();
             // Descriptors the server inherited without close-on-exec stay
             // out of the job: it gets 0, 1 and 2 only.
             crate::sys::cloexec_from(3);
