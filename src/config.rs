@@ -444,7 +444,9 @@ impl Default for UdpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessConfig {
-    /// On SIGINT/SIGTERM, how long open connections get to finish. Default: 5 s.
+    /// On SIGINT/SIGTERM, how long open connections get to finish; never
+    /// less than `exec.kill_grace` + 1 s, so that a job ignoring TERM is
+    /// still killed and its end reported. Default: 5 s.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
     /// Serve Prometheus metrics here (`tcp://HOST:PORT`). Default: off.

@@ -685,3 +685,65 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
     assert!(err.contains("server shutting down"), "{err}");
     assert!(srv.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+#[test]
+fn a_short_shutdown_grace_still_reports_jobs_that_ignore_term() {
+    use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ServerMsg};
+    let mut srv = spawn_serve(&[&BASE[..], &["--shutdown-grace", "300ms"]].concat());
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = rt();
+    let (mut tx, mut rx) = rt
+        .block_on(ExecClient::connect(
+            &addr,
+            &ClientAuth::token(token),
+            Duration::from_secs(5),
+        ))
+        .unwrap()
+        .split();
+    for (id, cmd) in [
+        (1, "sleep 30"),
+        (2, "trap '' TERM; sleep 31"),
+        (3, "trap '' TERM; sleep 32"),
+    ] {
+        rt.block_on(tx.send(ClientMsg::Exec(ExecRequest::shell(id, cmd))))
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(rx.recv()).unwrap(),
+            Some(ServerMsg::Started { .. })
+        ));
+    }
+    // The shells have set their traps once their sleeps run.
+    std::thread::sleep(Duration::from_millis(300));
+    srv.signal(Signal::SIGTERM);
+    let frames = rt.block_on(async {
+        let mut got = Vec::new();
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            got.push(m);
+        }
+        got
+    });
+    let exits: Vec<_> = frames
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Exit { id, reason, .. } => Some((*id, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exits.len(), 3, "{frames:?}");
+    assert!(
+        exits
+            .iter()
+            .all(|(_, r)| r.as_deref() == Some("server shutting down")),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames.last(),
+        Some(&ServerMsg::error(
+            None,
+            ErrorCode::ShuttingDown,
+            "server shutting down"
+        ))
+    );
+    assert!(srv.wait_exit(Duration::from_secs(15)).is_some());
+}

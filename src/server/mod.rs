@@ -28,6 +28,7 @@ pub mod udp;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::FutureExt;
@@ -306,8 +307,14 @@ impl Server {
         }
         tracker.close();
         shutdown.cancelled().await;
-        // The grace as configured now: SIGHUP may have changed it.
-        let grace = live.get().server.shutdown_grace;
+        // The grace as configured now (SIGHUP may have changed it), and
+        // never shorter than what it takes to kill a job that ignores TERM
+        // and tell its client: clients get every job's end.
+        let now = live.get();
+        let grace = now
+            .server
+            .shutdown_grace
+            .max(now.exec.kill_grace + Duration::from_secs(1));
         info!("shutting down: no new connections; open ones get {grace:?}");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
