@@ -133,17 +133,11 @@ fn send(op: char, pgid: Pid) {
     }
 }
 
-/// The keeper kills this group if the server dies. No-op without a keeper.
-pub fn hold(pgid: Pid) {
-    send('+', pgid);
-}
-
 /// In a job's child, between fork and exec, once it leads its own group:
-/// registers that group with the keeper itself. The parent's [`hold`]
-/// comes only after the spawn returns, and a server killed in between
-/// would leave the job unknown to the keeper; the child's copy of the
-/// pipe's write end keeps the keeper from seeing EOF until this record is
-/// in. Async-signal-safe: an atomic load, `getpid`, `write`, no allocation.
+/// registers that group with the keeper. Done by the child, not by the
+/// server after the spawn returns, so that a server killed in between
+/// leaves no job unknown: the child's copy of the pipe's write end keeps
+/// the keeper from seeing EOF until this record is in. Async-signal-safe: an atomic load, `getpid`, `write`, no allocation.
 pub fn hold_self_in_child() {
     let fd = PIPE_FD.load(Ordering::Relaxed);
     if fd < 0 {

@@ -208,8 +208,8 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+    // The child has registered its group with the keeper already.
     let pgid = Pid::from_raw(pid as i32);
-    super::keeper::hold(pgid);
     let stdin = child.stdin.take();
     Ok(Spawned {
         child,

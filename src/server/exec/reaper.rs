@@ -9,12 +9,14 @@
 //! client never gets.
 //!
 //! ```text
-//! spawn ── lock ── fork/exec ── register (pid, start time) ── unlock
-//! SIGCHLD or tick ── scan zombie children ── lock ── not registered? waitpid(pid)
+//! spawn ── gate (shared) ── fork/exec ── register (pid, start time) ── release
+//! SIGCHLD (+50 ms) or tick ── gate (exclusive) ── scan zombie children
+//!                             ── not registered? waitpid(pid)
 //! ```
 //!
-//! The lock held across the spawn means the reaper never sees a main
-//! process it does not know about. Entries are matched by pid and start
+//! The gate held across the spawn means the reaper never sees a main
+//! process it does not know about; spawns share it, so they do not wait on
+//! each other. Entries are matched by pid and start
 //! time and dropped once that process is gone, so a reused pid is never
 //! mistaken for a job's main process.
 //!
@@ -24,8 +26,8 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -37,11 +39,20 @@ use tracing::{debug, warn};
 /// Default 5 s.
 pub const REAP_TICK: Duration = Duration::from_secs(5);
 
+/// How long after a SIGCHLD the reaper waits before its pass, so that a
+/// burst of job ends costs one scan of /proc, not one each. Default 50 ms.
+pub const REAP_BATCH: Duration = Duration::from_millis(50);
+
 /// Main processes of jobs: pid -> start time (clock ticks after boot).
 static MAINS: Mutex<Option<HashMap<i32, u64>>> = Mutex::new(None);
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// A child that is not a job but whose end is worth a warning (the keeper).
 static WATCHED: AtomicI32 = AtomicI32::new(0);
+
+/// Spawns hold it shared from before the fork until their main process is
+/// registered; a reaper pass holds it exclusively, so it never sees a main
+/// process that is not registered yet.
+static GATE: RwLock<()> = RwLock::new(());
 
 fn mains() -> std::sync::MutexGuard<'static, Option<HashMap<i32, u64>>> {
     MAINS.lock().unwrap_or_else(|e| e.into_inner())
@@ -57,12 +68,15 @@ pub fn spawn_main<T>(
     if !ENABLED.load(Ordering::Acquire) {
         return spawn();
     }
-    let mut guard = mains();
+    // Shared: spawns run side by side; the reaper's pass waits for them.
+    let _gate = GATE.read().unwrap_or_else(|e| e.into_inner());
     let child = spawn()?;
     if let Some(pid) = pid_of(&child).and_then(|p| i32::try_from(p).ok())
         && let Some(st) = stat(pid)
     {
-        guard.get_or_insert_with(HashMap::new).insert(pid, st.start);
+        mains()
+            .get_or_insert_with(HashMap::new)
+            .insert(pid, st.start);
     }
     Ok(child)
 }
@@ -72,8 +86,8 @@ pub fn watch(pid: u32) {
     WATCHED.store(i32::try_from(pid).unwrap_or(0), Ordering::Relaxed);
 }
 
-/// Starts the reaper task: a pass on every SIGCHLD and every
-/// [`REAP_TICK`]. Call once, inside the runtime, before any job spawns.
+/// Starts the reaper task: a pass [`REAP_BATCH`] after a SIGCHLD, and
+/// every [`REAP_TICK`]. Call once, inside the runtime, before any job spawns.
 pub fn start() {
     if ENABLED.swap(true, Ordering::AcqRel) {
         return;
@@ -96,7 +110,12 @@ pub fn start() {
                         Some(s) => { s.recv().await; }
                         None => std::future::pending::<()>().await,
                     }
-                } => {}
+                } => {
+                    // Busy servers see a SIGCHLD per job: one pass per
+                    // REAP_BATCH covers them all (the kernel and tokio
+                    // coalesce the signals meanwhile).
+                    tokio::time::sleep(REAP_BATCH).await;
+                }
                 _ = tick.tick() => {}
             }
             // /proc reads and a lock that a spawn (fork) may hold: off the
@@ -109,6 +128,7 @@ pub fn start() {
 /// One pass: waits for every zombie child that is not a job's main
 /// process. Returns how many were reaped.
 pub fn reap_once() -> usize {
+    let _gate = GATE.write().unwrap_or_else(|e| e.into_inner());
     let me = nix::unistd::getpid().as_raw();
     let zombies: Vec<i32> = children(me)
         .into_iter()
