@@ -207,15 +207,7 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
     std::fs::write(&token_file, "second-token\n").unwrap();
     std::fs::write(&cfg, format!("{base}argv_only = true\n")).unwrap();
     srv.signal(nix::sys::signal::Signal::SIGHUP);
-    let mut reloaded = false;
-    for _ in 0..200 {
-        if srv.log().contains("configuration reloaded") {
-            reloaded = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(reloaded, "{}", srv.log());
+    assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
 
     // The connection made before is still up; new requests meet the new policy.
     rt.block_on(held.ping()).unwrap();
@@ -248,14 +240,6 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
     // A broken file is refused and the running configuration kept.
     std::fs::write(&cfg, "[exec]\nmax_jobs = 0\n").unwrap();
     srv.signal(nix::sys::signal::Signal::SIGHUP);
-    let mut refused = false;
-    for _ in 0..200 {
-        if srv.log().contains("reload failed") {
-            refused = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(refused, "{}", srv.log());
+    assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
     rt.block_on(fresh.ping()).unwrap();
 }

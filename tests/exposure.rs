@@ -26,18 +26,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Polls the server's log until `needle` appears `times` times.
-fn wait_log(srv: &common::ServeProcess, needle: &str, times: usize) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if srv.log().matches(needle).count() >= times {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 /// The `auth` field of the server's hello, read raw.
 fn hello_auth(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -167,7 +155,7 @@ fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
     // no_auth on a socket bound to 0.0.0.0: refused, nothing changes.
     std::fs::write(&cfg, format!("{base}no_auth = true\n")).unwrap();
     srv.signal(Signal::SIGHUP);
-    assert!(wait_log(&srv, "reload failed", 1), "{}", srv.log());
+    assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
     assert!(
         srv.log().contains("without authentication"),
         "{}",
@@ -178,13 +166,13 @@ fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
     // Taking allow_plaintext away while plaintext is served off loopback.
     std::fs::write(&cfg, "[exec]\nmax_jobs = 9\n").unwrap();
     srv.signal(Signal::SIGHUP);
-    assert!(wait_log(&srv, "reload failed", 2), "{}", srv.log());
+    assert!(srv.wait_log("reload failed", 2), "{}", srv.log());
     assert!(srv.log().contains("in the clear"), "{}", srv.log());
 
     // A harmless change still applies, and clients still need the token.
     std::fs::write(&cfg, format!("{base}max_jobs = 9\n")).unwrap();
     srv.signal(Signal::SIGHUP);
-    assert!(wait_log(&srv, "configuration reloaded", 1), "{}", srv.log());
+    assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
     assert_eq!(hello_auth(&addr), "hmac-sha256");
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = rt();
@@ -220,7 +208,7 @@ fn reload_refuses_whatever_a_start_would_refuse() {
         std::fs::write(&cfg, text).unwrap();
         srv.signal(Signal::SIGHUP);
         assert!(
-            wait_log(&srv, "reload failed", i + 1),
+            srv.wait_log("reload failed", i + 1),
             "{text}: {}",
             srv.log()
         );
@@ -265,7 +253,7 @@ fn reload_of_a_tls_endpoint_off_loopback_refuses_no_auth() {
     );
     std::fs::write(&cfg, "[exec]\nno_auth = true\n").unwrap();
     srv.signal(Signal::SIGHUP);
-    assert!(wait_log(&srv, "reload failed", 1), "{}", srv.log());
+    assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
     assert!(
         !srv.log().contains("configuration reloaded"),
         "{}",
@@ -391,7 +379,7 @@ fn reload_resizes_limits_with_connections_open_and_names_what_needs_a_restart() 
     )
     .unwrap();
     srv.signal(Signal::SIGHUP);
-    assert!(wait_log(&srv, "configuration reloaded", 1), "{}", srv.log());
+    assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
     let log = srv.log();
     assert!(
         log.contains("udp.rate_burst changed: takes effect at the next restart"),
@@ -654,7 +642,7 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
         rt.block_on(rx.recv()).unwrap(),
         Some(ServerMsg::Started { id: 7, .. })
     ));
-    assert!(wait_log(&srv, "job started", 2), "{}", srv.log());
+    assert!(srv.wait_log("job started", 2), "{}", srv.log());
 
     srv.signal(Signal::SIGTERM);
     let frames = rt.block_on(async {

@@ -213,6 +213,18 @@ impl ServeProcess {
         std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Waits (at most 10 s) until the log holds `needle` `times` times.
+    pub fn wait_log(&self, needle: &str, times: usize) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.log().matches(needle).count() >= times {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// The server's token file.
     pub fn token_file(&self) -> std::path::PathBuf {
         self.home.path().join(".config/switchboard/token")
