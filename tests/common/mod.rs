@@ -2,9 +2,10 @@
 //! spawned as a child process (stopped by its PID when dropped).
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -419,4 +420,56 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
         .map(|a| a.port())
         .expect("a bound port");
     (s, port)
+}
+
+// Helpers for running the binary as a client.
+
+/// Runs the client binary with `args` and `input` on stdin, with HOME in a
+/// temporary directory so no history lands in the real one.
+pub fn client(args: &[&str], input: Option<&[u8]>) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    client_in(home.path(), args, input)
+}
+
+/// Runs the client binary with HOME (and the XDG directories) at `home`.
+pub fn client_in(home: &std::path::Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn serve_all() -> ServeProcess {
+    spawn_serve(&["--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"])
+}
+
+pub fn exec_status(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
 }

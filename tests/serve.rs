@@ -1,0 +1,361 @@
+//! `switchboard serve` as a process: its banner, the config file, signals,
+//! memory under clients that never read, the jobs' environment, metrics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, client, client_in, exec_status, serve_all, spawn_serve, stderr, stdout};
+use nix::sys::signal::Signal;
+use switchboard::endpoint::Transport;
+
+#[test]
+fn banner_lists_every_endpoint_with_its_real_port() {
+    let srv = serve_all();
+    assert!(
+        srv.banner[0].starts_with("switchboard "),
+        "{:?}",
+        srv.banner
+    );
+    assert_eq!(srv.endpoints.len(), 4, "{:?}", srv.banner);
+    // The token was created in the (temporary) config directory, private.
+    let token = srv.token_file();
+    assert!(
+        srv.banner
+            .iter()
+            .any(|l| l.contains("token created") && l.contains(token.to_str().unwrap()))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for (_, e) in &srv.endpoints {
+        assert_ne!(e.port, 0, "{e}");
+    }
+    assert!(srv.banner.iter().any(|l| l.contains("mode=upper")));
+}
+
+#[test]
+fn config_file_says_what_flags_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &path,
+        "[echo]\nlisten = [\"tcp://127.0.0.1:0\"]\nmode = \"plain\"\n[time]\nlisten = [\"127.0.0.1:0\"]\nutc = true\n",
+    )
+    .unwrap();
+    let srv = spawn_serve(&["--config", path.to_str().unwrap()]);
+    assert_eq!(srv.endpoints.len(), 3, "echo, time, exec: {:?}", srv.banner);
+    let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "Plain"], None);
+    assert_eq!(stdout(&o), "Plain\n");
+    let o = client(&["time", &srv.addr("time", Transport::Udp), "%Z"], None);
+    assert_eq!(stdout(&o), "UTC\n");
+
+    // Flags override the file.
+    let srv = spawn_serve(&["--config", path.to_str().unwrap(), "--echo-mode", "upper"]);
+    let o = client(&["echo", &srv.addr("echo", Transport::Tcp), "Plain"], None);
+    assert_eq!(stdout(&o), "PLAIN\n");
+
+    // A bad file is one clear error and a failure status.
+    std::fs::write(&path, "[echo]\nmax_connections = 0\n").unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("max_connections"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_closes_connections_and_exits_zero() {
+    let mut srv = spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "2s",
+    ]);
+    let mut conn = TcpStream::connect(srv.addr("echo", Transport::Tcp)).unwrap();
+    conn.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"BEFORE");
+
+    srv.signal(Signal::SIGTERM);
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exited");
+    assert!(status.success(), "{status:?}");
+    // The connection was closed by the server, not left open.
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let r = conn.read_to_end(&mut rest);
+    assert!(matches!(r, Ok(0) | Err(_)) && rest.is_empty(), "{r:?}");
+}
+
+#[test]
+fn server_memory_stays_flat_while_a_client_floods_without_reading() {
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("echo", Transport::Tcp);
+    // Warm up: one ordinary exchange so the baseline includes a used connection path.
+    let o = client(&["echo", &addr, "warm"], None);
+    assert_eq!(stdout(&o), "WARM\n");
+    let before = srv.rss_kib();
+
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let s = TcpStream::connect(&addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        floods.push(s);
+    }
+    let chunk = vec![b'z'; 256 * 1024];
+    let start = Instant::now();
+    let mut written = 0usize;
+    'outer: while start.elapsed() < Duration::from_secs(4) {
+        for s in floods.iter_mut() {
+            match s.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break 'outer, // blocked for 500 ms: back-pressure
+            }
+        }
+    }
+    let after = srv.rss_kib();
+    eprintln!("flooded {written} bytes; server RSS {before} KiB -> {after} KiB");
+    assert!(
+        written < 4 * 64 * 1024 * 1024,
+        "the server kept accepting: {written} bytes"
+    );
+    // Four connections may each hold one 64 KiB buffer; allow generous slack.
+    assert!(
+        after < before + 8 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[test]
+fn jobs_get_a_clean_environment_without_the_servers_secrets() {
+    let srv = common::spawn_serve_env(
+        &["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"],
+        &[
+            ("SWITCHBOARD_TOKEN", "tok-secret-123"),
+            ("MY_SERVER_SECRET", "s3cr3t"),
+        ],
+    );
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = tempfile::tempdir().unwrap();
+    let tok = home.path().join("t");
+    std::fs::write(&tok, "tok-secret-123\n").unwrap();
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = client_in(
+        home.path(),
+        &[
+            "exec",
+            &addr,
+            "--token-file",
+            tok.to_str().unwrap(),
+            "--",
+            "env; grep -E '^Sig(Blk|Ign)' /proc/self/status",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = stdout(&o);
+    assert!(
+        !env.contains("tok-secret-123") && !env.contains("MY_SERVER_SECRET"),
+        "{env}"
+    );
+    assert!(env.contains("PATH="), "{env}");
+    // Nothing blocked, nothing ignored: default dispositions.
+    assert!(env.contains("SigBlk:\t0000000000000000"), "{env}");
+    assert!(env.contains("SigIgn:\t0000000000000000"), "{env}");
+}
+
+#[test]
+fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::{ClientMsg, ExecRequest};
+    let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let auth = ClientAuth::token(token);
+        let c = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = c.split();
+        let req = ExecRequest::shell(1, "yes linhaifeng");
+        tx.send(ClientMsg::Exec(req)).await.unwrap();
+        // Read a little, so the flood is under way, then stop reading.
+        for _ in 0..50 {
+            rx.recv().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = srv.rss_kib();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = srv.rss_kib();
+        eprintln!("server RSS while the client does not read: {before} KiB -> {after} KiB");
+        assert!(
+            after < before + 4 * 1024,
+            "RSS grew from {before} KiB to {after} KiB"
+        );
+        // Another client is still served meanwhile.
+        let mut other = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(other.run("echo fine").await.unwrap().stdout, b"fine\n");
+        drop((tx, rx));
+    });
+}
+
+#[test]
+fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::{ClientMsg, ExecRequest, ServerMsg};
+    let mut srv = spawn_serve(&[
+        "--echo",
+        "tcp://127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "5s",
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = rt.block_on(async {
+        let c = ExecClient::connect(&addr, &ClientAuth::token(token), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut tx, mut rx) = c.split();
+        let mut pids = Vec::new();
+        for id in 0..3 {
+            let req = ExecRequest::shell(id, "sleep 300 & trap '' TERM; sleep 300");
+            tx.send(ClientMsg::Exec(req)).await.unwrap();
+            if let Some(ServerMsg::Started { pid, .. }) = rx.recv().await.unwrap() {
+                pids.push(pid);
+            }
+        }
+        std::mem::forget((tx, rx)); // keep the connection open through the shutdown
+        pids
+    });
+    assert_eq!(pids.len(), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    srv.signal(Signal::SIGTERM);
+    let status = srv
+        .wait_exit(Duration::from_secs(15))
+        .expect("server exited");
+    assert!(status.success(), "{status:?}");
+    eprintln!("server exited {:?} after SIGTERM", started.elapsed());
+    for pid in pids {
+        // Killed with their groups, and reaped (no zombie left behind).
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok();
+        assert!(!alive, "job {pid} survived the server");
+    }
+}
+
+fn scrape(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn metrics_change_as_load_arrives() {
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let m = srv.addr("metrics", Transport::Tcp);
+    let before = scrape(&m, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
+    assert!(before.contains("# TYPE switchboard_connections_total counter"));
+    assert_eq!(
+        metric(&before, "switchboard_connections_total{service=\"echo\"}"),
+        0
+    );
+    assert_eq!(metric(&before, "switchboard_job_duration_seconds_count"), 0);
+
+    let echo = srv.addr("echo", Transport::Tcp);
+    for _ in 0..3 {
+        assert_eq!(stdout(&client(&["echo", &echo, "hi"], None)), "HI\n");
+    }
+    let udp = srv.addr("echo", Transport::Udp);
+    client(&["echo", "--udp", &udp, "x"], None);
+    let o = client_in(
+        srv.home.path(),
+        &[
+            "exec",
+            &srv.addr("exec", Transport::Tcp),
+            "--",
+            "echo job; exit 2",
+        ],
+        None,
+    );
+    assert_eq!(exec_status(&o), 2);
+
+    let after = scrape(&m, "/metrics");
+    assert_eq!(
+        metric(&after, "switchboard_connections_total{service=\"echo\"}"),
+        3
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_bytes_received_total{service=\"echo\",transport=\"tcp\"}"
+        ),
+        6
+    );
+    assert_eq!(
+        metric(&after, "switchboard_udp_replies_total{service=\"echo\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&after, "switchboard_jobs_total{outcome=\"exit_nonzero\"}"),
+        1
+    );
+    assert_eq!(metric(&after, "switchboard_job_duration_seconds_count"), 1);
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_job_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_bytes_sent_total{service=\"exec\",transport=\"tcp\"}"
+        ),
+        4
+    );
+    assert!(scrape(&m, "/nope").starts_with("HTTP/1.1 404"));
+}
