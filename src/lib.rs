@@ -1,31 +1,43 @@
 //! switchboard: the classic socket-tutorial services (upper-case echo over
-//! TCP and UDP, a UDP time service) done the way a production daemon would
-//! do them, and the typed clients that talk to them.
+//! TCP and UDP, a UDP time service, remote command execution with a framed
+//! protocol) done the way a production daemon would do them, and the typed
+//! clients that talk to them.
 //!
-//! Module map:
+//! Module map (one line each; `server` and `cli` have their own maps):
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`endpoint`] | `tcp://HOST:PORT` / `udp://HOST:PORT` addresses, parsing and resolution |
-//! | [`config`] | [`config::ServerConfig`]: endpoints and every limit with its default; TOML loading; which settings need a restart |
-//! | [`exposure`] | the one set of rules for which service may listen where: transports, loopback-only services, plaintext and unauthenticated exec; every start, activation, `--check-config` and reload path calls it |
-//! | [`timefmt`] | pure `strftime` validation and formatting for the time service (never panics) |
-//! | [`server`] | [`server::Server`]: binds endpoints, runs the services, shuts down gracefully |
-//! | [`server::echo`] | TCP and UDP upper-case echo (PROTOCOL.md §1) |
-//! | [`server::time`] | UDP time (PROTOCOL.md §2) |
-//! | [`client`] | [`client::EchoClient`] and [`client::TimeClient`], shared by the CLI, tests and bench |
+//! | [`config`] | [`config::ServerConfig`]: every setting and its default, TOML, validation, which settings need a restart |
+//! | [`exposure`] | the one set of rules for which service may listen where (transports, loopback-only, plaintext and unauthenticated exec) |
+//! | [`endpoint`] | `tcp://` `udp://` `tls://` addresses: parsing and resolution |
 //! | [`activation`] | systemd socket activation (LISTEN_FDS) and readiness (sd_notify) |
-//! | [`bench`] | the load generator behind `switchboard bench` |
-//! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe) |
-//! | [`sys`] | process-wide OS settings (file-descriptor limit) |
-//! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
+//! | [`server`] | [`server::Server`]: binds, runs each service, reloads, shuts down; `server::exec` runs jobs |
+//! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, the HMAC handshake's cryptography |
+//! | [`secrets`] | the token's lookup and creation, secret files read as ssh reads keys |
+//! | [`tls`] | TLS 1.3: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
 //! | [`net`] | plain-or-TLS connections split into reader and writer halves |
-//! | [`tls`] | TLS 1.3 for exec: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
-//! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, HMAC handshake |
+//! | [`timefmt`] | pure `strftime` validation and formatting for the time service |
+//! | [`client`] | one typed client per service ([`EchoClient`], [`TimeClient`], [`ExecClient`]), shared by the CLI, tests and bench |
+//! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
+//! | [`bench`](mod@bench) | the load generator behind `switchboard bench` |
+//! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe, fan-out) |
+//! | [`sys`] | process-wide OS settings (descriptor limit, signal dispositions, close-on-exec) |
 //!
-//! Data flows one way: bytes from a socket, into a pure function that
-//! computes the reply (upper-casing, time formatting), back to the socket.
-//! Sockets live only in the per-connection / per-socket tasks of `server`.
+//! How the parts meet:
+//!
+//! ```text
+//!  flags + TOML ─> config ─> exposure::check ─┬─ Server::bind / from_activation ─> run
+//!                  (SIGHUP: server::reload ───┘   (same check on the bound sockets))
+//!
+//!  socket ─> listener (limits, per-source, MaxStartups) ─> service task
+//!    echo/time:  bytes ─> pure function (upper-case, timefmt) ─> bytes
+//!    exec:       bytes ─> proto::frame ─> proto::message ─> session
+//!                  session ─ admit (policy) ─> job::spec ─> process::spawn
+//!                  process pipes ─> job (frames, back-pressure) ─> session ─> socket
+//!                  keeper / reaper: nothing a job starts outlives it
+//!
+//!  client (CLI, fan-out, bench, tests) ─> proto ─> socket
+//! ```
 
 pub mod activation;
 pub mod bench;

@@ -3,10 +3,11 @@
 //! histogram. Every run is bounded by `--duration` and, optionally,
 //! `--requests`.
 //!
-//! Modes so far: `echo` (TCP, `--conns` connections each doing one request
-//! at a time) and `udp-echo` / `udp-time` (`--conns` sockets). With
-//! `--server-pid` the server's resident memory is read from /proc before and
-//! after the run.
+//! Modes ([`Mode`]): request/response (`echo`, `udp-echo`, `udp-time`,
+//! `exec`, with `--inflight` jobs per connection), streams (`stream`,
+//! `exec-stream`, MB/s), fresh connections (`connect`, `exec-connect`) and
+//! held idle connections (`idle`). With `--server-pid` the server's
+//! resident memory is read from /proc before and after the run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -12,6 +12,16 @@
 //!
 //! Services take an already-bound socket and a cancellation token, so tests
 //! bind `127.0.0.1:0` and read the real port back (mini-redis's habit).
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`listener`] | binding, the TCP accept loop (limits, per-source checks, back-off) |
+//! | [`limit`] | resizable connection and job limits |
+//! | [`sources`] | per-source accounting: connections, MaxStartups handshake slots, penalties |
+//! | [`reload`] | SIGHUP: the live configuration and what a reload applies |
+//! | [`echo`], [`time`], [`udp`], [`ratelimit`] | the echo and time services |
+//! | [`exec`] | remote execution: sessions, jobs, processes, policy, audit, keeper, reaper |
+//! | [`metrics`], [`stats`] | counters and their Prometheus page |
 
 pub mod echo;
 pub mod exec;

@@ -75,7 +75,7 @@ struct JobDone {
 
 /// Takes a new exec connection: a handshake slot first (before TLS, so a
 /// TLS handshake counts as unauthenticated too), then the TLS handshake if
-/// any, then [`serve`]. One deadline, `handshake_timeout`, covers the TLS
+/// any, then `serve`. One deadline, `handshake_timeout`, covers the TLS
 /// and the token handshakes together.
 pub async fn accept(
     stream: TcpStream,
