@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -32,38 +31,8 @@ fn socket_activation_serves_passed_sockets_and_notifies_readiness() {
         .unwrap();
     let fds = [echo.as_raw_fd(), time.as_raw_fd(), exec.as_raw_fd()];
 
-    // systemd sets LISTEN_PID to the service's own pid: the shell's $$ is
-    // the server's pid after `exec`.
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" serve --allow-root", bin()])
-        .env("LISTEN_FDS", "3")
-        .env("LISTEN_FDNAMES", "echo:time:exec")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("HOME", dir.path())
-        .env("XDG_CONFIG_HOME", dir.path().join(".config"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: only dup2/close, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move out of the way first, so that a source already at 3..5
-            // is not overwritten (dup2 also clears close-on-exec).
-            for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(*fd, 100 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for i in 0..fds.len() as i32 {
-                if libc::dup2(100 + i, 3 + i) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(100 + i);
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = common::activated_command(&fds, "echo:time:exec", &["--allow-root"], dir.path());
+    cmd.env("NOTIFY_SOCKET", &notify_path).stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     struct Kill(std::process::Child);
     impl Drop for Kill {

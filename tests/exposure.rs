@@ -174,16 +174,7 @@ fn reload_cannot_turn_on_unauthenticated_or_plaintext_exec_off_loopback() {
     srv.signal(Signal::SIGHUP);
     assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
     assert_eq!(hello_auth(&addr), "hmac-sha256");
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = rt();
-    let mut c = rt
-        .block_on(ExecClient::connect(
-            &addr,
-            &ClientAuth::token(token),
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    assert_eq!(rt.block_on(c.run("echo ok")).unwrap().stdout, b"ok\n");
+    assert_eq!(srv.run_job(&addr, "echo ok"), b"ok\n");
 }
 
 #[test]
@@ -220,16 +211,7 @@ fn reload_refuses_whatever_a_start_would_refuse() {
     );
     assert!(!missing.exists(), "a reload created a token file");
     // The running configuration is intact: the old token still works.
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = rt();
-    let mut c = rt
-        .block_on(ExecClient::connect(
-            &addr,
-            &ClientAuth::token(token),
-            Duration::from_secs(5),
-        ))
-        .unwrap();
-    assert_eq!(rt.block_on(c.run("echo same")).unwrap().stdout, b"same\n");
+    assert_eq!(srv.run_job(&addr, "echo same"), b"same\n");
     assert_eq!(hello_auth(&addr), "hmac-sha256");
 }
 

@@ -226,6 +226,24 @@ impl ServeProcess {
         false
     }
 
+    /// Runs `cmd` on this server's exec endpoint `addr` with its token, in
+    /// a runtime of its own; the job's stdout.
+    pub fn run_job(&self, addr: &str, cmd: &str) -> Vec<u8> {
+        use switchboard::client::{ClientAuth, ExecClient};
+        let token = switchboard::secrets::read_token(&self.token_file()).expect("token");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let auth = ClientAuth::token(token);
+            let mut c = ExecClient::connect(addr, &auth, Duration::from_secs(5))
+                .await
+                .expect("connect");
+            c.run(cmd).await.expect("run").stdout
+        })
+    }
+
     /// The server's token file.
     pub fn token_file(&self) -> std::path::PathBuf {
         self.home.path().join(".config/switchboard/token")
