@@ -45,6 +45,29 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The server's certificate fingerprint, from its banner.
+fn fingerprint(srv: &common::ServeProcess) -> String {
+    srv.banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `switchboard exec --tls-fingerprint FP tls://ADDR -- CMD` as a person
+/// would run it, with the server's HOME (so its token).
+fn tls_exec(srv: &common::ServeProcess, addr: &str, cmd: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(["exec", "--tls-fingerprint", &fingerprint(srv)])
+        .args([&format!("tls://{addr}"), "--", cmd])
+        .env("HOME", srv.home.path())
+        .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// Configurations that must never be served, and a word of the reason.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("[exec]\nlisten = [\"tcp://0.0.0.0:0\"]\n", "in the clear"),
@@ -248,26 +271,11 @@ fn reload_of_a_tls_endpoint_off_loopback_refuses_no_auth() {
         .next()
         .unwrap()
         .to_string();
-    let fp = srv
-        .banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
-        .unwrap()
-        .to_string();
-    let o = Command::new(bin())
-        .args([
-            "exec",
-            "--tls-fingerprint",
-            &fp,
-            &format!("tls://127.0.0.1:{port}"),
-        ])
-        .args(["--", "echo still authenticated"])
-        .env("HOME", srv.home.path())
-        .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
-        .env_remove("SWITCHBOARD_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = tls_exec(
+        &srv,
+        &format!("127.0.0.1:{port}"),
+        "echo still authenticated",
+    );
     assert_eq!(
         text(&o.stdout),
         "still authenticated\n",
@@ -488,25 +496,11 @@ fn silent_tls_connections_count_as_unauthenticated_and_cannot_lock_out_a_client(
         .concat(),
     );
     let addr: SocketAddr = srv.addr("exec", Transport::Tls).parse().unwrap();
-    let fp = srv
-        .banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
-        .unwrap()
-        .to_string();
     // 10 sources x 32: enough to fill max_connections (256) if TLS
     // handshakes were not held to the handshake slots.
     let flood = Flood::start(addr, 10, 32);
     std::thread::sleep(Duration::from_millis(500));
-    let o = Command::new(bin())
-        .args(["exec", "--tls-fingerprint", &fp, &format!("tls://{addr}")])
-        .args(["--", "echo through the flood"])
-        .env("HOME", srv.home.path())
-        .env("XDG_CONFIG_HOME", srv.home.path().join(".config"))
-        .env_remove("SWITCHBOARD_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = tls_exec(&srv, &addr.to_string(), "echo through the flood");
     assert_eq!(
         text(&o.stdout),
         "through the flood\n",
@@ -525,12 +519,7 @@ fn client_gets_in(srv: &common::ServeProcess, tls: bool) -> Option<Duration> {
         ("tcp", Transport::Tcp)
     };
     let addr = format!("{scheme}://{}", srv.addr("exec", transport));
-    let fp = srv
-        .banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("tls   fingerprint sha256:"))
-        .unwrap_or("")
-        .to_string();
+    let fp = fingerprint(srv);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(15) {
         let mut cmd = Command::new(bin());

@@ -297,20 +297,7 @@ fn jobs_die_with_a_server_that_is_killed() {
     let mut srv = spawn_serve(&QUIET);
     let server = srv.pid();
     let rt = runtime();
-    let (pgid, client) = rt.block_on(async {
-        let c = exec_client(&srv).await;
-        let (mut tx, mut rx) = c.split();
-        let req = ExecRequest::shell(1, "sleep 314 & sleep 315");
-        tx.send(ClientMsg::Exec(req)).await.expect("send");
-        let pid = loop {
-            match tokio::time::timeout(T, rx.recv()).await {
-                Ok(Ok(Some(ServerMsg::Started { pid, .. }))) => break pid,
-                Ok(Ok(Some(_))) => continue,
-                other => panic!("no started frame: {other:?}"),
-            }
-        };
-        (Pid::from_raw(pid as i32), (tx, rx))
-    });
+    let (pgid, client) = started_job(&srv, &rt, "sleep 314 & sleep 315");
     let _guard = GroupGuard(pgid);
     // Both sleeps are running (so the group has a background member).
     let sleeps = || {
@@ -523,16 +510,17 @@ fn a_job_cannot_join_the_servers_process_group() {
     });
 }
 
-/// Starts a TERM-ignoring job on `srv` and returns its group, with the
-/// connection kept open.
-fn stubborn_job(
+/// Starts the shell line `cmd` on `srv` and returns its group once it has
+/// started, with the connection kept open.
+fn started_job(
     srv: &ServeProcess,
     rt: &tokio::runtime::Runtime,
+    cmd: &str,
 ) -> (Pid, (ExecSender, ExecReceiver)) {
     rt.block_on(async {
         let c = exec_client(srv).await;
         let (mut tx, mut rx) = c.split();
-        let req = ExecRequest::shell(1, "trap '' TERM; sleep 316");
+        let req = ExecRequest::shell(1, cmd);
         tx.send(ClientMsg::Exec(req)).await.expect("send");
         let pid = loop {
             match tokio::time::timeout(T, rx.recv()).await {
@@ -559,7 +547,7 @@ fn a_second_sigterm_or_a_short_grace_still_kills_every_job() {
         let args = [&QUIET[..], &["--config", cfg, "--shutdown-grace", grace]].concat();
         let mut srv = spawn_serve(&args);
         let rt = runtime();
-        let (pgid, client) = stubborn_job(&srv, &rt);
+        let (pgid, client) = started_job(&srv, &rt, "trap '' TERM; sleep 316");
         let _guard = GroupGuard(pgid);
         srv.signal(Signal::SIGTERM);
         if second_signal {
