@@ -11,7 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -134,24 +134,8 @@ async fn run(
         Err(r) => return refused(r),
     };
     shared.counters.jobs_started.inc();
-    let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
-    let outputs = async {
-        let outputs = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
-        (outputs, spawned.child.wait().await)
-    };
-    let (((out, out_total), (err, err_total)), waited) = tokio::select! {
-        done = outputs => done,
-        _ = cancel.cancelled() => {
-            let st = process::kill_and_wait(&mut spawned.child, spawned.pgid, live.cfg.kill_grace).await;
-            (((Vec::new(), 0), (Vec::new(), 0)), st)
-        }
-    };
-    let status = match waited {
-        Ok(st) => job::exit_status(st, false),
-        Err(_) => ExitStatus::Code(-1),
-    };
-    // Anything the command left running in its group goes with it.
-    process::kill_group(spawned.pgid, live.cfg.kill_grace).await;
+    let ((out, out_total), (err, err_total), status) =
+        collect(&mut spawned, cap, cancel, live.cfg.kill_grace).await;
     audit::job(&JobRecord {
         via: Via::Legacy,
         peer,
@@ -173,6 +157,36 @@ async fn run(
     );
     debug!(bytes = all.len(), "legacy reply");
     all
+}
+
+/// A legacy job's output (at most `cap` bytes of each stream, with the
+/// totals read) and how it ended; `cancel` kills it. Anything it left
+/// running in its group goes with it.
+async fn collect(
+    spawned: &mut process::Spawned,
+    cap: usize,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> ((Vec<u8>, u64), (Vec<u8>, u64), ExitStatus) {
+    let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
+    let child = &mut spawned.child;
+    let outputs = async {
+        let outputs = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));
+        (outputs, child.wait().await)
+    };
+    let ((out, err), waited) = tokio::select! {
+        done = outputs => done,
+        _ = cancel.cancelled() => {
+            let st = process::kill_and_wait(&mut spawned.child, spawned.pgid, grace).await;
+            (((Vec::new(), 0), (Vec::new(), 0)), st)
+        }
+    };
+    let status = match waited {
+        Ok(st) => job::exit_status(st, false),
+        Err(_) => ExitStatus::Code(-1),
+    };
+    process::kill_group(spawned.pgid, grace).await;
+    (out, err, status)
 }
 
 /// Reads a pipe to EOF; returns the first `cap` bytes and the total read.
