@@ -500,8 +500,9 @@ impl ServerConfig {
 
     /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let bytes = crate::secrets::read_regular(path, "config")?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("config {} is not UTF-8", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("bad config {}", path.display()))
     }
 

@@ -84,7 +84,9 @@ pub fn server_token(
         None => default_token_path()
             .context("no config directory for the default token file; use --token-file")?,
     };
-    if path.exists() {
+    // Anything there, a dangling link included, is read (and refused if it
+    // is not a good token file); only a free name is created.
+    if path.symlink_metadata().is_ok() {
         return Ok((read_token(&path)?, TokenSource::File(path), false));
     }
     if !create {
@@ -110,8 +112,8 @@ pub fn check_server_token(token_file: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
-/// The largest token file or TLS key read: 1 MiB, far above any real one,
-/// so a path naming a device or a huge file fails instead of filling memory.
+/// The largest secret, certificate or configuration file read: 1 MiB, far
+/// above any real one, so a huge file fails instead of filling memory.
 pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
 
 /// Reads a secret file (`what`: "token file", "TLS private key"), as ssh
@@ -121,10 +123,30 @@ pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
 /// mode is checked on the opened file, so a rename in between cannot swap
 /// in another one.
 pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    read_checked(path, what, |meta| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        check_private_owner(path, what, meta.uid())?;
+        check_private_mode(path, what, meta.permissions().mode())
+    })
+}
+
+/// Reads a file the server or client must not block on or be flooded by
+/// (configuration, certificates, known hosts): a regular file of at most
+/// [`MAX_SECRET_FILE`] bytes, opened non-blocking, so a FIFO or a device
+/// named there fails at once instead of hanging a start or a reload.
+pub fn read_regular(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    read_checked(path, what, |_| Ok(()))
+}
+
+fn read_checked(
+    path: &Path,
+    what: &str,
+    check: impl FnOnce(&std::fs::Metadata) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    // Non-blocking, so a FIFO (or a device) named as the secret fails the
-    // checks below instead of hanging the open until a writer appears.
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so a FIFO (or a device) fails the checks below instead
+    // of hanging the open until a writer appears.
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -136,8 +158,7 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     if !meta.is_file() {
         bail!("{what} {} is not a regular file", path.display());
     }
-    check_private_owner(path, what, meta.uid())?;
-    check_private_mode(path, what, meta.permissions().mode())?;
+    check(&meta)?;
     let mut bytes = Vec::new();
     f.take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut bytes)

@@ -59,8 +59,8 @@ pub struct ServerIdentity {
 
 /// Loads a PEM certificate chain and private key.
 pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read {}", cert.display()))?
+    let pem = crate::secrets::read_regular(cert, "TLS certificate")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("bad certificate PEM in {}", cert.display()))?;
     let first = chain
@@ -234,9 +234,8 @@ impl ClientTls {
         let (config, tofu) = match trust {
             Trust::Ca(path) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?
-                {
+                let pem = crate::secrets::read_regular(path, "CA file")?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
                     roots
                         .add(cert.context("bad CA PEM")?)
                         .context("bad CA certificate")?;
@@ -325,8 +324,9 @@ struct Pinning {
 
 /// The fingerprint recorded for `key` in a known-hosts file.
 pub fn known_fingerprint(path: &Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
+    let bytes = crate::secrets::read_regular(path, "known_hosts").ok()?;
+    String::from_utf8_lossy(&bytes)
+        .lines()
         .filter_map(|l| l.split_once(' '))
         .find(|(k, _)| *k == key)
         .map(|(_, fp)| normalize_fingerprint(fp))

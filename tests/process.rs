@@ -446,12 +446,22 @@ fn legacy_jobs_die_with_their_connection() {
     );
     let addr = srv.addr("exec-legacy", Transport::Tcp);
     let tag = 500 + std::process::id() % 400;
-    for (i, reset) in [false, true].into_iter().enumerate() {
+    // Closed; reset; closed after sending the next command early (which
+    // must neither hide the close nor run).
+    for (i, (reset, early)) in [(false, false), (true, false), (false, true)]
+        .into_iter()
+        .enumerate()
+    {
         let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
         conn.write_all(format!("sleep {tag}.{i}1 & sleep {tag}.{i}2").as_bytes())
             .expect("send");
         let pgid = group_of(&format!("sleep {tag}.{i}2"), T).expect("the job did not start");
         let _guard = GroupGuard(pgid);
+        if early {
+            conn.write_all(format!("sleep {tag}.{i}9").as_bytes())
+                .expect("send");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if reset {
             // SO_LINGER 0: the close sends RST.
             socket2::SockRef::from(&conn)
@@ -461,12 +471,16 @@ fn legacy_jobs_die_with_their_connection() {
         drop(conn);
         assert!(
             poll(T, || killpg(pgid, None) == Err(Errno::ESRCH)),
-            "reset={reset}: the job outlived its connection"
+            "reset={reset} early={early}: the job outlived its connection"
+        );
+        assert!(
+            group_of(&format!("sleep {tag}.{i}9"), Duration::from_millis(300)).is_none(),
+            "a command sent by a client that then left was run"
         );
     }
     assert!(
-        poll(T, || srv.log().matches("via=\"legacy\"").count() >= 2),
-        "two audit records: {}",
+        poll(T, || srv.log().matches("via=\"legacy\"").count() >= 3),
+        "three audit records: {}",
         srv.log()
     );
     let mut conn = std::net::TcpStream::connect(&addr).expect("connect");

@@ -35,19 +35,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; READ_SIZE];
+    // What the peer sent while its last command ran: its next command.
+    let mut ahead: Vec<u8> = Vec::new();
     // Numbers the connection's commands for the audit log, as a native
     // client's job ids do.
     let mut seq: u64 = 0;
     loop {
-        let n = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = stream.read(&mut buf) => r?,
+        let line = if ahead.is_empty() {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = stream.read(&mut buf) => r?,
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned()
+        } else {
+            String::from_utf8_lossy(&std::mem::take(&mut ahead)).into_owned()
         };
-        if n == 0 {
-            return Ok(());
-        }
         seq += 1;
-        let line = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
         // Debug, not Display: the line is the peer's, newlines included.
         info!(%peer, id = seq, command = ?line, "legacy command");
         // The job ends with its connection, as a native one does: a peer
@@ -62,7 +68,7 @@ pub async fn serve(
                 job.await;
                 return Ok(());
             }
-            _ = peer_gone(&stream) => {
+            _ = peer_gone(&mut stream, &mut ahead) => {
                 debug!("peer left mid-command; killing the job");
                 cancel.cancel();
                 job.await;
@@ -76,14 +82,22 @@ pub async fn serve(
     }
 }
 
-/// Ends when the peer has closed or reset the connection. Bytes it sent
-/// meanwhile (its next command) are left unread for the next round, and
-/// then the peer counts as present.
-async fn peer_gone(stream: &TcpStream) {
-    let mut b = [0u8; 1];
-    match stream.peek(&mut b).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+/// Ends when the peer has closed (or half-closed) or reset the connection.
+/// What it sends meanwhile is kept in `ahead` as its next command, up to
+/// one read's worth ([`READ_SIZE`]); reading goes on, so a close is still
+/// seen after it. A peer that sends more than that ahead is no longer
+/// watched until the command ends.
+async fn peer_gone(stream: &mut TcpStream, ahead: &mut Vec<u8>) {
+    let mut buf = [0u8; READ_SIZE];
+    loop {
+        let room = READ_SIZE.saturating_sub(ahead.len());
+        if room == 0 {
+            return std::future::pending().await;
+        }
+        match stream.read(buf.get_mut(..room).unwrap_or_default()).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => ahead.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
     }
 }
 
