@@ -546,3 +546,49 @@ fn secret_files_must_be_plain_files_of_their_owner_and_check_config_reads_them()
     let (exited, ok, err) = serve_with(&home.path().join("new"), &["--check-config"]);
     assert!(exited && ok, "{err}");
 }
+
+#[test]
+fn every_refused_exec_request_leaves_an_audit_record() {
+    let srv = spawn_serve(&QUIET);
+    let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut s = common::raw::authed(addr, &token).await;
+        for frame in [
+            serde_json::json!({"type":"exec","id":1,"cmd":"sleep 5","env":{"SECRET_NAME":"hunter2"}}),
+            // The same id again: duplicate_id.
+            serde_json::json!({"type":"exec","id":1,"cmd":"true"}),
+            // Neither cmd nor argv: bad_request, before any command is known.
+            serde_json::json!({"type":"exec","id":2}),
+        ] {
+            common::raw::send(&mut s, frame, b"").await;
+        }
+        let mut codes = Vec::new();
+        while codes.len() < 2 {
+            let (h, _) = common::raw::recv(&mut s).await.expect("a frame");
+            if h["type"] == "error" {
+                codes.push(h["code"].as_str().unwrap_or("").to_string());
+            }
+        }
+        assert_eq!(codes, ["duplicate_id", "bad_request"]);
+    });
+    let refused = |code: &str| {
+        srv.log()
+            .lines()
+            .filter(|l| l.contains("switchboard::audit") && l.contains("refused"))
+            .any(|l| l.contains(code))
+    };
+    let start = std::time::Instant::now();
+    while !(refused("duplicate_id") && refused("bad_request")) && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = srv.log();
+    assert!(refused("duplicate_id"), "{log}");
+    assert!(refused("bad_request"), "{log}");
+    // Names of variables may be logged, their values never.
+    assert!(!log.contains("hunter2"), "{log}");
+}

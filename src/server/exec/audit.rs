@@ -74,25 +74,31 @@ pub fn job(r: &JobRecord<'_>) {
     );
 }
 
-/// Writes the record of a request refused before anything ran (policy,
-/// limits, a program that cannot be started): attempts are part of the
-/// trail too.
-pub fn refused(
-    via: Via,
-    peer: SocketAddr,
-    who: &str,
-    id: u64,
-    command: &Command,
-    code: ErrorCode,
-    why: &str,
-) {
+/// A request, as far as it is known when it is refused.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub via: Via,
+    pub peer: SocketAddr,
+    pub who: &'a str,
+    pub id: u64,
+    /// None when the frame was not even a valid request.
+    pub command: Option<&'a Command>,
+    /// The variables it asked to set (only their names are logged).
+    pub env: &'a BTreeMap<String, String>,
+}
+
+/// Writes the record of a request refused before anything ran (a
+/// malformed request, limits, policy, a program that cannot be started):
+/// attempts are part of the trail too.
+pub fn refused(r: &Request<'_>, code: ErrorCode, why: &str) {
     info!(
         target: "switchboard::audit",
-        via = via.name(),
-        peer = %peer,
-        who = ?who,
-        id,
-        command = ?command,
+        via = r.via.name(),
+        peer = %r.peer,
+        who = ?r.who,
+        id = r.id,
+        command = ?r.command,
+        env = ?r.env.keys().collect::<Vec<_>>(),
         code = code.as_str(),
         why = ?why,
         "refused"

@@ -119,15 +119,15 @@ async fn run(
         if r.code == ErrorCode::Forbidden {
             shared.counters.forbidden.inc();
         }
-        audit::refused(
-            Via::Legacy,
+        let what = audit::Request {
+            via: Via::Legacy,
             peer,
-            "none",
+            who: "none",
             id,
-            &request.command,
-            r.code,
-            &r.message,
-        );
+            command: Some(&request.command),
+            env: &request.env,
+        };
+        audit::refused(&what, r.code, &r.message);
         format!("switchboard: {}: {}\n", r.code.as_str(), r.message).into_bytes()
     };
     let Ok(_slot) = shared.job_slots.clone().try_acquire_owned() else {

@@ -380,14 +380,36 @@ impl Session {
                     }
                     Some(Ok(frame)) => {
                         last_activity = Instant::now();
+                        let is_exec = frame.kind() == "exec";
                         match ClientMsg::parse(frame) {
                             Ok(msg) => self.handle(msg).await,
-                            Err(e) => self.send(ServerMsg::error(e.id(), e.code(), e.to_string())).await,
+                            Err(e) => {
+                                if is_exec {
+                                    self.audit_malformed(&e);
+                                }
+                                self.send(ServerMsg::error(e.id(), e.code(), e.to_string())).await
+                            }
                         }
                     }
                 },
             }
         }
+    }
+
+    /// An `exec` frame that is not a valid request is refused before
+    /// anything is known of its command; it still gets its audit record.
+    fn audit_malformed(&self, e: &ParseError) {
+        let who = self.shared.live().auth_id.clone();
+        let none = std::collections::BTreeMap::new();
+        let what = audit::Request {
+            via: audit::Via::Native,
+            peer: self.peer,
+            who: &who,
+            id: e.id().unwrap_or(0),
+            command: None,
+            env: &none,
+        };
+        audit::refused(&what, e.code(), &e.to_string());
     }
 
     async fn send(&self, msg: ServerMsg) {
@@ -486,6 +508,25 @@ impl Session {
     /// slots and the policy, as they are now (SIGHUP may have changed
     /// them); admitted, it holds its job slot until the job ends.
     fn admit(&self, req: ExecRequest) -> Result<Admission, Refusal> {
+        let (id, command, env) = (req.id, req.command.clone(), req.env.clone());
+        self.judge(req).inspect_err(|r| {
+            if r.code == ErrorCode::Forbidden {
+                self.shared.counters.forbidden.inc();
+            }
+            let who = self.shared.live().auth_id.clone();
+            let what = audit::Request {
+                via: audit::Via::Native,
+                peer: self.peer,
+                who: &who,
+                id,
+                command: Some(&command),
+                env: &env,
+            };
+            audit::refused(&what, r.code, &r.message);
+        })
+    }
+
+    fn judge(&self, req: ExecRequest) -> Result<Admission, Refusal> {
         let id = req.id;
         let live = self.shared.live();
         if self.jobs.contains_key(&id) {
@@ -509,23 +550,8 @@ impl Session {
                 Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        let refused = |r: &Refusal| {
-            if r.code == ErrorCode::Forbidden {
-                self.shared.counters.forbidden.inc();
-            }
-            let who = &live.auth_id;
-            audit::refused(
-                audit::Via::Native,
-                self.peer,
-                who,
-                id,
-                &req.command,
-                r.code,
-                &r.message,
-            );
-        };
-        let approved = live.policy.check(&req).inspect_err(refused)?;
-        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref()).inspect_err(refused)?;
+        let approved = live.policy.check(&req)?;
+        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref())?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
@@ -559,16 +585,15 @@ impl Session {
         let spawned = process::spawn(&spec)
             .map_err(|e| job::spawn_refusal(&e, &spec))
             .inspect_err(|r| {
-                let peer = self.peer;
-                audit::refused(
-                    audit::Via::Native,
-                    peer,
-                    &who,
+                let what = audit::Request {
+                    via: audit::Via::Native,
+                    peer: self.peer,
+                    who: &who,
                     id,
-                    &approved,
-                    r.code,
-                    &r.message,
-                );
+                    command: Some(&approved),
+                    env: &spec.env,
+                };
+                audit::refused(&what, r.code, &r.message);
             })?;
         let (pid, pgid) = (spawned.pid, spawned.pgid);
         self.shared.counters.jobs_started.inc();
