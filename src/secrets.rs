@@ -11,20 +11,77 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use std::io;
 
 use crate::proto::auth::Token;
 
 /// Environment variable that overrides the token file.
 pub const TOKEN_ENV: &str = "SWITCHBOARD_TOKEN";
 
+/// The largest secret, certificate or configuration file read: 1 MiB, far
+/// above any real one, so a huge file fails instead of filling memory.
+pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// What is wrong with a secret (or a file read like one). Each says what
+/// to do about it in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{what} {} is not a regular file", path.display())]
+    NotRegular { what: &'static str, path: PathBuf },
+    #[error(
+        "{what} {p} belongs to uid {uid}, not to this user (uid {me}) or root; run: chown {me} {p}",
+        p = path.display()
+    )]
+    Owner {
+        what: &'static str,
+        path: PathBuf,
+        uid: u32,
+        me: u32,
+    },
+    #[error(
+        "{what} {p} is accessible by group or others (mode {mode:04o}); run: chmod 600 {p}",
+        p = path.display()
+    )]
+    Mode {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("{what} {} is larger than {MAX_SECRET_FILE} bytes", path.display())]
+    TooLarge { what: &'static str, path: PathBuf },
+    #[error("{from} is not UTF-8")]
+    NotUtf8 { from: String },
+    #[error("{from}: the token is empty")]
+    EmptyToken { from: String },
+    /// The server's token file does not exist (and was not to be created).
+    #[error("token file {} does not exist (only a start creates one)", .0.display())]
+    NoTokenFile(PathBuf),
+    #[error("no config directory for the default token file; use --token-file")]
+    NoConfigDir,
+    #[error("cannot create {}: {source}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+}
+
+/// A token from text, or why it is none (`from` names where it came from).
+fn token(text: &str, from: impl std::fmt::Display) -> Result<Token, SecretError> {
+    Token::new(text).map_err(|_| SecretError::EmptyToken {
+        from: from.to_string(),
+    })
+}
+
 /// Reads a token file, refusing one that group or others may read or
 /// write (see [`read_private`]).
-pub fn read_token(path: &Path) -> anyhow::Result<Token> {
+pub fn read_token(path: &Path) -> Result<Token, SecretError> {
     let bytes = read_private(path, "token file")?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("token file {} is not UTF-8", path.display()))?;
-    Token::new(&text).with_context(|| format!("token file {}", path.display()))
+    let from = || format!("token file {}", path.display());
+    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 { from: from() })?;
+    token(&text, from())
 }
 
 /// The default token file: `token` in the user's config directory
@@ -49,19 +106,27 @@ impl std::fmt::Display for TokenSource {
     }
 }
 
+/// The token in the environment, when it applies (no `--token-file`).
+fn env_token(token_file: Option<&Path>) -> Option<Result<Token, SecretError>> {
+    let t = std::env::var(TOKEN_ENV).ok()?;
+    token_file.is_none().then(|| token(&t, TOKEN_ENV))
+}
+
+/// The token file's path: `--token-file`, else the default.
+fn token_path(token_file: Option<&Path>) -> Result<PathBuf, SecretError> {
+    match token_file {
+        Some(p) => Ok(p.to_path_buf()),
+        None => default_token_path().ok_or(SecretError::NoConfigDir),
+    }
+}
+
 /// The client's token: `SWITCHBOARD_TOKEN`, else `--token-file`, else the
 /// default file.
-pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSource)> {
-    if let Ok(t) = std::env::var(TOKEN_ENV)
-        && token_file.is_none()
-    {
-        return Ok((Token::new(&t).context(TOKEN_ENV)?, TokenSource::Env));
+pub fn client_token(token_file: Option<&Path>) -> Result<(Token, TokenSource), SecretError> {
+    if let Some(t) = env_token(token_file) {
+        return Ok((t?, TokenSource::Env));
     }
-    let path = match token_file {
-        Some(p) => p.to_path_buf(),
-        None => default_token_path()
-            .context("no config directory for the default token file; use --token-file")?,
-    };
+    let path = token_path(token_file)?;
     Ok((read_token(&path)?, TokenSource::File(path)))
 }
 
@@ -73,56 +138,44 @@ pub fn client_token(token_file: Option<&Path>) -> anyhow::Result<(Token, TokenSo
 pub fn server_token(
     token_file: Option<&Path>,
     create: bool,
-) -> anyhow::Result<(Token, TokenSource, bool)> {
-    if let Ok(t) = std::env::var(TOKEN_ENV)
-        && token_file.is_none()
-    {
-        return Ok((Token::new(&t).context(TOKEN_ENV)?, TokenSource::Env, false));
+) -> Result<(Token, TokenSource, bool), SecretError> {
+    if let Some(t) = env_token(token_file) {
+        return Ok((t?, TokenSource::Env, false));
     }
-    let path = match token_file {
-        Some(p) => p.to_path_buf(),
-        None => default_token_path()
-            .context("no config directory for the default token file; use --token-file")?,
-    };
+    let path = token_path(token_file)?;
     // Anything there, a dangling link included, is read (and refused if it
     // is not a good token file); only a free name is created.
     if path.symlink_metadata().is_ok() {
         return Ok((read_token(&path)?, TokenSource::File(path), false));
     }
     if !create {
-        return Err(NoTokenFile(path).into());
+        return Err(SecretError::NoTokenFile(path));
     }
-    let token = Token::generate()?;
+    let token = Token::generate().map_err(|e| SecretError::Create {
+        path: path.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
     write_private(&path, &format!("{}\n", token.expose()))?;
     Ok((token, TokenSource::File(path), true))
 }
 
-/// The server's token file does not exist (and was not to be created).
-#[derive(Debug, thiserror::Error)]
-#[error("token file {} does not exist (only a start creates one)", .0.display())]
-pub struct NoTokenFile(pub PathBuf);
-
 /// What a start would find of the server's token without creating it: an
 /// existing file must pass [`read_token`]; a missing one is fine (a start
 /// creates it). For `--check-config`.
-pub fn check_server_token(token_file: Option<&Path>) -> anyhow::Result<()> {
+pub fn check_server_token(token_file: Option<&Path>) -> Result<(), SecretError> {
     match server_token(token_file, false) {
-        Err(e) if e.downcast_ref::<NoTokenFile>().is_some() => Ok(()),
+        Err(SecretError::NoTokenFile(_)) => Ok(()),
         other => other.map(|_| ()),
     }
 }
 
-/// The largest secret, certificate or configuration file read: 1 MiB, far
-/// above any real one, so a huge file fails instead of filling memory.
-pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
-
 /// Reads a secret file (`what`: "token file", "TLS private key"), as ssh
-/// reads a private key: refused when its mode gives group or others any
-/// access. Readable by others, the secret is no longer one; writable by
-/// others, it is whatever they chose (for a token, they then know it). The
-/// mode is checked on the opened file, so a rename in between cannot swap
-/// in another one.
-pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+/// reads a private key: refused unless it is a regular file owned by this
+/// user (or root) that group and others have no access to. Readable by
+/// others, the secret is no longer one; writable by others, it is whatever
+/// they chose (for a token, they then know it). The checks are made on the
+/// opened file, so a rename in between cannot swap in another one.
+pub fn read_private(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretError> {
     read_checked(path, what, |meta| {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         check_private_owner(path, what, meta.uid())?;
@@ -134,40 +187,46 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 /// (configuration, certificates, known hosts): a regular file of at most
 /// [`MAX_SECRET_FILE`] bytes, opened non-blocking, so a FIFO or a device
 /// named there fails at once instead of hanging a start or a reload.
-pub fn read_regular(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+pub fn read_regular(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretError> {
     read_checked(path, what, |_| Ok(()))
 }
 
 fn read_checked(
     path: &Path,
-    what: &str,
-    check: impl FnOnce(&std::fs::Metadata) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<u8>> {
+    what: &'static str,
+    check: impl FnOnce(&std::fs::Metadata) -> Result<(), SecretError>,
+) -> Result<Vec<u8>, SecretError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    let failed = |source| SecretError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     // Non-blocking, so a FIFO (or a device) fails the checks below instead
     // of hanging the open until a writer appears.
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let meta = f
-        .metadata()
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        .map_err(failed)?;
+    let meta = f.metadata().map_err(failed)?;
     if !meta.is_file() {
-        bail!("{what} {} is not a regular file", path.display());
+        return Err(SecretError::NotRegular {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     check(&meta)?;
     let mut bytes = Vec::new();
     f.take(MAX_SECRET_FILE + 1)
         .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        .map_err(failed)?;
     if bytes.len() as u64 > MAX_SECRET_FILE {
-        bail!(
-            "{what} {} is larger than {MAX_SECRET_FILE} bytes",
-            path.display()
-        );
+        return Err(SecretError::TooLarge {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(bytes)
 }
@@ -175,31 +234,33 @@ fn read_checked(
 /// A secret file must belong to the user reading it (or to root), as ssh
 /// requires of private keys: whoever owns it can change its mode, and then
 /// read or replace the secret.
-pub fn check_private_owner(path: &Path, what: &str, uid: u32) -> anyhow::Result<()> {
+pub fn check_private_owner(path: &Path, what: &'static str, uid: u32) -> Result<(), SecretError> {
     let me = nix::unistd::Uid::effective().as_raw();
     if uid != me && uid != 0 {
-        bail!(
-            "{what} {p} belongs to uid {uid}, not to this user (uid {me}) or root; run: chown {me} {p}",
-            p = path.display(),
-        );
+        return Err(SecretError::Owner {
+            what,
+            path: path.to_path_buf(),
+            uid,
+            me,
+        });
     }
     Ok(())
 }
 
 /// The mode rule of [`read_private`], with its one-line fix.
-pub fn check_private_mode(path: &Path, what: &str, mode: u32) -> anyhow::Result<()> {
+pub fn check_private_mode(path: &Path, what: &'static str, mode: u32) -> Result<(), SecretError> {
     if mode & 0o077 != 0 {
-        bail!(
-            "{what} {p} is accessible by group or others (mode {m:04o}); run: chmod 600 {p}",
-            p = path.display(),
-            m = mode & 0o7777,
-        );
+        return Err(SecretError::Mode {
+            what,
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
 }
 
 /// Creates `path` with mode 0600 (never replacing an existing file).
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+fn write_private(path: &Path, text: &str) -> Result<(), SecretError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
@@ -207,16 +268,22 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+            .map_err(|source| SecretError::Create {
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
+    let created = |source| SecretError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create token file {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+        .map_err(created)?;
+    f.write_all(text.as_bytes()).map_err(created)
 }
 
 #[cfg(test)]

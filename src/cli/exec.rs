@@ -180,7 +180,7 @@ fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
             allow_unauthenticated: args.no_auth,
         }),
         Err(_) if args.no_auth => Ok(ClientAuth::none()),
-        Err(e) => Err(e.context(
+        Err(e) => Err(anyhow::Error::new(e).context(
             "no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)",
         )),
     }
