@@ -169,25 +169,47 @@ pub fn check<'a>(
 pub async fn resolve_and_check(
     wanted: impl Iterator<Item = (Service, &Endpoint)>,
     rules: Rules,
-) -> anyhow::Result<Vec<Listener>> {
-    use anyhow::Context;
+) -> Result<Vec<Listener>, ResolveError> {
     let mut out = Vec::new();
     for (service, endpoint) in wanted {
         let addrs = endpoint
             .resolve()
             .await
-            .with_context(|| format!("{service}: cannot resolve {endpoint}"))?;
+            .map_err(|source| ResolveError::Resolve {
+                service,
+                endpoint: endpoint.clone(),
+                source,
+            })?;
         for addr in addrs {
             let l = Listener {
                 service,
                 transport: endpoint.transport,
                 addr,
             };
-            check_one(&l, rules).map_err(|e| anyhow::anyhow!("{e} (listen = {endpoint})"))?;
+            check_one(&l, rules).map_err(|refused| ResolveError::Refused {
+                refused,
+                endpoint: endpoint.clone(),
+            })?;
             out.push(l);
         }
     }
     Ok(out)
+}
+
+/// Why the endpoints a configuration asks for cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{service}: cannot resolve {endpoint}")]
+    Resolve {
+        service: Service,
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
+    #[error("{refused} (listen = {endpoint})")]
+    Refused {
+        refused: Refused,
+        endpoint: Endpoint,
+    },
 }
 
 #[cfg(test)]

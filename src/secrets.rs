@@ -26,7 +26,7 @@ pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
 /// to do about it in one line.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -64,7 +64,7 @@ pub enum SecretError {
     NoTokenFile(PathBuf),
     #[error("no config directory for the default token file; use --token-file")]
     NoConfigDir,
-    #[error("cannot create {}: {source}", path.display())]
+    #[error("cannot create {}", path.display())]
     Create { path: PathBuf, source: io::Error },
 }
 
