@@ -571,6 +571,13 @@ impl ServerConfig {
         for (service, e) in self.listen_endpoints() {
             crate::exposure::transport_allowed(service, e.transport)
                 .with_context(|| format!("{service}: {e}"))?;
+            // Listeners are IPv6-only, so an IPv4-mapped address cannot be
+            // bound: say so here, where --check-config sees it too.
+            if let Ok(v6) = e.host.parse::<Ipv6Addr>()
+                && let Some(v4) = v6.to_ipv4_mapped()
+            {
+                bail!("{service}: {e} is an IPv4-mapped address; listen on {v4} instead");
+            }
         }
         if x.max_unauthenticated_per_source == 0 {
             bail!("exec.max_unauthenticated_per_source must be at least 1");
@@ -808,6 +815,7 @@ mod tests {
             "[echo]\nlisten = [\"nope\"]",
             "[echo]\nidle_timeout = \"soon\"",
             "[echo]\nbogus = 1",
+            "[exec]\nlegacy_listen = [\"tcp://[::ffff:127.0.0.1]:0\"]",
         ] {
             assert!(
                 ServerConfig::from_toml(bad).is_err(),
