@@ -45,17 +45,6 @@ async fn closed_by_server(s: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
-async fn exec_client(srv: &ServeProcess) -> ExecClient {
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    ExecClient::connect(
-        &srv.addr("exec", Transport::Tcp),
-        &ClientAuth::token(token),
-        T,
-    )
-    .await
-    .unwrap()
-}
-
 fn serve() -> ServeProcess {
     spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"])
 }
@@ -65,7 +54,7 @@ async fn garbage_on_the_exec_port_is_refused_and_nothing_leaks() {
     let srv = serve();
     let addr: SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     // Warm up so lazily opened descriptors are counted in the baseline.
-    exec_client(&srv).await.run("true").await.unwrap();
+    srv.exec_client().await.run("true").await.unwrap();
     // The baseline once the warm-up's descriptors have settled.
     let mut fds_before = fd_count(srv.pid());
     for _ in 0..50 {
@@ -126,7 +115,7 @@ async fn garbage_on_the_exec_port_is_refused_and_nothing_leaks() {
     }
     // Still serving, and back to its baseline of descriptors.
     assert_eq!(
-        exec_client(&srv)
+        srv.exec_client()
             .await
             .run("echo alive")
             .await
@@ -468,7 +457,7 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let r = exec_client(&srv).await.run("id -u").await;
+        let r = srv.exec_client().await.run("id -u").await;
         match r {
             Err(ClientError::Job {
                 code: ErrorCode::Forbidden,
@@ -491,7 +480,8 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
         .as_raw();
     let srv = common::spawn_serve_env(&[&args[..], &["--run-as", user]].concat(), &[]);
     rt.block_on(async {
-        let out = exec_client(&srv)
+        let out = srv
+            .exec_client()
             .await
             .run("id -u; echo $USER")
             .await

@@ -38,11 +38,18 @@ fn hello_auth(addr: &str) -> String {
     v["auth"].as_str().unwrap().to_string()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// Every frame the server sends until it closes (10 s at most per frame).
+fn until_closed(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut switchboard::client::ExecReceiver,
+) -> Vec<switchboard::proto::ServerMsg> {
+    rt.block_on(async {
+        let mut got = Vec::new();
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            got.push(m);
+        }
+        got
+    })
 }
 
 /// The server's certificate fingerprint, from its banner.
@@ -352,7 +359,7 @@ fn reload_resizes_limits_with_connections_open_and_names_what_needs_a_restart() 
     let addr = srv.addr("exec", Transport::Tcp);
     let echo = srv.addr("echo", Transport::Tcp);
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = rt();
+    let rt = common::runtime();
     let connect = || {
         rt.block_on(ExecClient::connect(
             &addr,
@@ -472,7 +479,7 @@ fn a_silent_flood_from_a_few_sources_does_not_lock_out_a_client() {
     let flood = Flood::start(addr, 8, 8);
     std::thread::sleep(Duration::from_millis(500));
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = rt();
+    let rt = common::runtime();
     let started = Instant::now();
     let mut c = rt
         .block_on(ExecClient::connect(
@@ -598,7 +605,7 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let rt = rt();
+    let rt = common::runtime();
     let (mut tx, mut rx) = rt
         .block_on(ExecClient::connect(
             &addr,
@@ -616,13 +623,7 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
     assert!(srv.wait_log("job started", 2), "{}", srv.log());
 
     srv.signal(Signal::SIGTERM);
-    let frames = rt.block_on(async {
-        let mut got = Vec::new();
-        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-            got.push(m);
-        }
-        got
-    });
+    let frames = until_closed(&rt, &mut rx);
     assert_eq!(
         frames,
         vec![
@@ -651,7 +652,7 @@ fn a_short_shutdown_grace_still_reports_jobs_that_ignore_term() {
     let mut srv = spawn_serve(&[&BASE[..], &["--shutdown-grace", "300ms"]].concat());
     let addr = srv.addr("exec", Transport::Tcp);
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = rt();
+    let rt = common::runtime();
     let (mut tx, mut rx) = rt
         .block_on(ExecClient::connect(
             &addr,
@@ -675,13 +676,7 @@ fn a_short_shutdown_grace_still_reports_jobs_that_ignore_term() {
     // The shells have set their traps once their sleeps run.
     std::thread::sleep(Duration::from_millis(300));
     srv.signal(Signal::SIGTERM);
-    let frames = rt.block_on(async {
-        let mut got = Vec::new();
-        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-            got.push(m);
-        }
-        got
-    });
+    let frames = until_closed(&rt, &mut rx);
     let exits: Vec<_> = frames
         .iter()
         .filter_map(|m| match m {

@@ -188,16 +188,8 @@ fn the_accept_env_flag_reaches_the_policy() {
     let mut args = QUIET.to_vec();
     args.extend(["--allow-program", "printenv", "--accept-env", "SB_*"]);
     let srv = spawn_serve(&args);
-    let addr = srv.addr("exec", Transport::Tcp);
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = ExecClient::connect(&addr, &ClientAuth::token(token), T)
-            .await
-            .unwrap();
+    common::runtime().block_on(async {
+        let mut c = srv.exec_client().await;
         let out = c
             .run_request(argv(1, &["printenv", "SB_X"], &[("SB_X", "y")]))
             .await
@@ -352,10 +344,7 @@ fn silent_metrics_connections_are_capped_and_a_scrape_still_answers() {
 
     // Exec is unaffected while they are held.
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let out = rt.block_on(async {
         let mut c = ExecClient::connect(&exec, &ClientAuth::token(token), T)
             .await
@@ -552,10 +541,7 @@ fn every_refused_exec_request_leaves_an_audit_record() {
     let srv = spawn_serve(&QUIET);
     let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let mut s = common::raw::authed(addr, &token).await;
         for frame in [

@@ -10,28 +10,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, spawn_serve, spawn_serve_under};
+use common::{ServeProcess, runtime, spawn_serve, spawn_serve_under};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use switchboard::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender};
+use switchboard::client::{ClientError, ExecReceiver, ExecSender};
 use switchboard::endpoint::Transport;
 use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
 const T: Duration = Duration::from_secs(10);
 /// Keeps the default echo and time ports free: these tests need exec only.
 const QUIET: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
-
-async fn exec_client(srv: &ServeProcess) -> ExecClient {
-    let token = switchboard::secrets::read_token(&srv.token_file()).expect("token");
-    ExecClient::connect(
-        &srv.addr("exec", Transport::Tcp),
-        &ClientAuth::token(token),
-        T,
-    )
-    .await
-    .expect("connect")
-}
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -85,13 +74,6 @@ fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// A throwaway system user, deleted when dropped (also when the test fails).
@@ -156,7 +138,7 @@ fn cwd_is_entered_as_the_run_as_user() {
 
     let srv = spawn_serve(&[&QUIET[..], &["--run-as", &user.name]].concat());
     runtime().block_on(async {
-        let mut c = exec_client(&srv).await;
+        let mut c = srv.exec_client().await;
         let inner_s = inner.to_str().expect("utf-8 path").to_string();
         let mut req = ExecRequest::shell(c.next_id(), "cat data.txt");
         req.cwd = Some(inner_s.clone());
@@ -194,7 +176,7 @@ fn orphans_that_left_their_group_are_reaped() {
     let srv = spawn_serve(&QUIET);
     let server = srv.pid();
     runtime().block_on(async {
-        let mut c = exec_client(&srv).await;
+        let mut c = srv.exec_client().await;
         // The orphans hold the job's stdout, so the exit frame (sent once
         // stdout reaches EOF) comes after every one of them has exited.
         let out = c
@@ -217,7 +199,7 @@ fn orphans_that_left_their_group_are_reaped() {
     // The main processes' exit codes still reach the client: the reaper,
     // woken by each orphan's end, does not take them from tokio.
     runtime().block_on(async {
-        let mut c = exec_client(&srv).await;
+        let mut c = srv.exec_client().await;
         for code in 0..100 {
             let out = c
                 .run(&format!("(setsid sh -c 'exit 0' &); exit {code}"))
@@ -245,7 +227,7 @@ fn jobs_do_not_inherit_stray_descriptors() {
         "the server did not inherit descriptor 7"
     );
     runtime().block_on(async {
-        let mut c = exec_client(&srv).await;
+        let mut c = srv.exec_client().await;
         // `ls` run directly (a shell keeps descriptors of its own, e.g.
         // dash's 10); ls's own handle on the directory it lists is left out.
         let req = ExecRequest {
@@ -402,7 +384,7 @@ fn jobs_being_spawned_when_the_server_is_killed_die_too() {
         let mut srv = spawn_serve(&QUIET);
         let rt = runtime();
         let client = rt.block_on(async {
-            let c = exec_client(&srv).await;
+            let c = srv.exec_client().await;
             let (mut tx, rx) = c.split();
             for id in 0..20 {
                 let mut req = ExecRequest::shell(id, "");
@@ -502,7 +484,7 @@ fn a_job_cannot_join_the_servers_process_group() {
     let srv = spawn_serve(&QUIET);
     let (_, _, server_pgid) = proc_stat(srv.pid()).expect("server stat");
     runtime().block_on(async {
-        let mut c = exec_client(&srv).await;
+        let mut c = srv.exec_client().await;
         let script = "import os, sys\n\
                       try:\n    os.setpgid(0, int(sys.argv[1])); print('joined')\n\
                       except OSError as e:\n    print('refused', e.errno)";
@@ -532,7 +514,7 @@ fn started_job(
     cmd: &str,
 ) -> (Pid, (ExecSender, ExecReceiver)) {
     rt.block_on(async {
-        let c = exec_client(srv).await;
+        let c = srv.exec_client().await;
         let (mut tx, mut rx) = c.split();
         let req = ExecRequest::shell(1, cmd);
         tx.send(ClientMsg::Exec(req)).await.expect("send");

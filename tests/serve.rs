@@ -183,10 +183,7 @@ fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
     let addr = srv.addr("exec", Transport::Tcp);
     let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let auth = ClientAuth::token(token);
         let c = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
@@ -219,7 +216,6 @@ fn server_memory_stays_flat_while_an_exec_client_refuses_to_read() {
 
 #[test]
 fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
-    use switchboard::client::{ClientAuth, ExecClient};
     use switchboard::proto::{ClientMsg, ExecRequest, ServerMsg};
     let mut srv = spawn_serve(&[
         "--echo",
@@ -229,16 +225,8 @@ fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
         "--shutdown-grace",
         "5s",
     ]);
-    let addr = srv.addr("exec", Transport::Tcp);
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let pids: Vec<u32> = rt.block_on(async {
-        let c = ExecClient::connect(&addr, &ClientAuth::token(token), Duration::from_secs(5))
-            .await
-            .unwrap();
+    let pids: Vec<u32> = common::runtime().block_on(async {
+        let c = srv.exec_client().await;
         let (mut tx, mut rx) = c.split();
         let mut pids = Vec::new();
         for id in 0..3 {

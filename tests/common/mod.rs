@@ -93,6 +93,14 @@ impl Drop for TestServer {
     }
 }
 
+/// A current-thread runtime for tests that drive a server process.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Polls `cond` every 10 ms until it holds or `limit` passes.
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -224,6 +232,17 @@ impl ServeProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// An authenticated client of this server's (first tcp://) exec
+    /// endpoint, with its token.
+    pub async fn exec_client(&self) -> switchboard::client::ExecClient {
+        use switchboard::client::{ClientAuth, ExecClient};
+        let token = switchboard::secrets::read_token(&self.token_file()).expect("token");
+        let addr = self.addr("exec", Transport::Tcp);
+        ExecClient::connect(&addr, &ClientAuth::token(token), Duration::from_secs(10))
+            .await
+            .expect("connect")
     }
 
     /// Runs `cmd` on this server's exec endpoint `addr` with its token, in
