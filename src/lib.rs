@@ -14,11 +14,13 @@
 //! | [`server`] | [`server::Server`]: binds, runs each service, reloads, shuts down; `server::exec` runs jobs |
 //! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, the HMAC handshake's cryptography |
 //! | [`secrets`] | the token's lookup and creation, secret files read as ssh reads keys |
+//! | [`files`] | files the program writes for itself (token, self-signed pair, known_hosts): whole or not at all, every error naming the file |
 //! | [`tls`] | TLS 1.3: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
 //! | [`net`] | plain-or-TLS connections split into reader and writer halves |
 //! | [`timefmt`] | pure `strftime` validation and formatting for the time service |
 //! | [`client`] | one typed client per service ([`EchoClient`], [`TimeClient`], [`ExecClient`]), shared by the CLI, tests and bench |
 //! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
+//! | [`logsink`] | the log's writer: a bounded queue and one thread, so an unwritable log drops lines instead of panicking or blocking |
 //! | [`bench`](mod@bench) | the load generator behind `switchboard bench` |
 //! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe, fan-out) |
 //! | [`sys`] | process-wide OS settings (descriptor limit, signal dispositions, close-on-exec) |
@@ -46,7 +48,9 @@ pub mod client;
 pub mod config;
 pub mod endpoint;
 pub mod exposure;
+pub mod files;
 pub mod hosts;
+pub mod logsink;
 pub mod net;
 pub mod proto;
 pub mod secrets;

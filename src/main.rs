@@ -24,5 +24,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     cli::init_tracing(&cli);
-    cli::run(cli)
+    let code = cli::run(cli);
+    // The last lines (why the server stopped, a client's warnings) are
+    // still in the log's queue.
+    switchboard::logsink::flush(std::time::Duration::from_secs(2));
+    code
 }

@@ -66,6 +66,8 @@ pub enum SecretError {
     NoConfigDir,
     #[error("cannot create {}", path.display())]
     Create { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 /// A token from text, or why it is none (`from` names where it came from).
@@ -144,8 +146,11 @@ pub fn server_token(
     }
     let path = token_path(token_file)?;
     // Anything there, a dangling link included, is read (and refused if it
-    // is not a good token file); only a free name is created.
-    if path.symlink_metadata().is_ok() {
+    // is not a good token file); only a free name is created. An empty
+    // file is a torn write of an older version (it authenticates no one):
+    // a start replaces it rather than refusing every start after it.
+    let torn = || path.symlink_metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+    if path.symlink_metadata().is_ok() && !(create && torn()) {
         return Ok((read_token(&path)?, TokenSource::File(path), false));
     }
     if !create {
@@ -155,7 +160,20 @@ pub fn server_token(
         path: path.clone(),
         source: io::Error::other(e.to_string()),
     })?;
-    write_private(&path, &format!("{}\n", token.expose()))?;
+    let text = format!("{}\n", token.expose());
+    if let Some(dir) = path.parent() {
+        crate::files::ensure_dir(dir, 0o700)?;
+    }
+    let created = if torn() {
+        crate::files::replace(&path, text.as_bytes(), 0o600)?;
+        true
+    } else {
+        crate::files::create_new(&path, text.as_bytes(), 0o600)?
+    };
+    if !created {
+        // Another server starting at the same moment won: use its token.
+        return Ok((read_token(&path)?, TokenSource::File(path), false));
+    }
     Ok((token, TokenSource::File(path), true))
 }
 
@@ -257,33 +275,6 @@ pub fn check_private_mode(path: &Path, what: &'static str, mode: u32) -> Result<
         });
     }
     Ok(())
-}
-
-/// Creates `path` with mode 0600 (never replacing an existing file).
-fn write_private(path: &Path, text: &str) -> Result<(), SecretError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| SecretError::Create {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    let created = |source| SecretError::Create {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(created)?;
-    f.write_all(text.as_bytes()).map_err(created)
 }
 
 #[cfg(test)]

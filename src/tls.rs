@@ -15,7 +15,6 @@
 //! Pinning and trust-on-first-use still check the handshake signature, so
 //! the peer must hold the certificate's private key.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -89,32 +88,23 @@ pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity
 pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
     let cert_path = dir.join("tls-cert.pem");
     let key_path = dir.join("tls-key.pem");
-    if cert_path.exists() && key_path.exists() {
+    let present = |p: &Path| p.metadata().is_ok_and(|m| m.len() > 0);
+    if present(&cert_path) && present(&key_path) {
         return Ok((cert_path, key_path, false));
     }
+    // Missing, or torn by an older version's in-place write (0 bytes): a
+    // new pair, each file replaced whole, the key first so that the
+    // certificate never names a key that is not there.
     let certified = rcgen::generate_simple_self_signed(names.to_vec())
         .context("cannot create a certificate")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_file(
+    crate::files::ensure_dir(dir, 0o700)?;
+    crate::files::replace(
         &key_path,
         certified.signing_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    crate::files::replace(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
     Ok((cert_path, key_path, true))
-}
-
-fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(data)?;
-    Ok(())
 }
 
 /// How a client decides to trust a server.
@@ -279,33 +269,63 @@ impl ClientTls {
     }
 
     /// After the server has also passed the token handshake: records a
-    /// first-seen fingerprint in known_hosts. Returns it when it was new.
-    pub fn commit(&self) -> anyhow::Result<Option<String>> {
-        let Some(pin) = &self.tofu else {
-            return Ok(None);
-        };
+    /// first-seen fingerprint in known_hosts. `None` when nothing was new.
+    pub fn commit(&self) -> Option<FirstUse> {
+        let pin = self.tofu.as_ref()?;
         let PinMode::KnownHosts { path, key } = &pin.mode else {
-            return Ok(None);
+            return None;
         };
         let seen = pin.seen.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some((fp, new)) = seen else {
-            return Ok(None);
+        let Some((fingerprint, true)) = seen else {
+            return None;
         };
-        if !new {
-            return Ok(None);
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        writeln!(f, "{key} {fp}")?;
-        Ok(Some(fp))
+        let recorded = record_known_host(path, key, &fingerprint).map_err(|e| format!("{e:#}"));
+        Some(FirstUse {
+            fingerprint,
+            recorded,
+        })
     }
+}
+
+/// A server trusted on first use: its fingerprint, and whether it could
+/// be recorded (if not, the next connection will trust on first use again,
+/// which the user must be told, as ssh says "Failed to add the host").
+#[derive(Debug, Clone)]
+pub struct FirstUse {
+    pub fingerprint: String,
+    pub recorded: Result<(), String>,
+}
+
+/// Adds `key fingerprint` to the known-hosts file: under a lock, the file
+/// read again (another client may have recorded it meanwhile) and replaced
+/// whole, so a full disk leaves the old file, never half a line.
+fn record_known_host(path: &Path, key: &str, fp: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        crate::files::ensure_dir(dir, 0o700)?;
+    }
+    crate::files::with_lock(path, || {
+        let (text, mode) = match std::fs::metadata(path) {
+            Ok(m) => {
+                use std::os::unix::fs::PermissionsExt;
+                let bytes = crate::secrets::read_regular(path, "known_hosts")?;
+                (String::from_utf8(bytes)?, m.permissions().mode() & 0o777)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), 0o644),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        match known_hosts_lookup(path, &text, key)? {
+            Some(known) if known == fp => return Ok(()),
+            Some(known) => anyhow::bail!(
+                "{} now has {known} for {key} (recorded by another client meanwhile)",
+                path.display()
+            ),
+            None => {}
+        }
+        let mut text = text;
+        text.push_str(&format!("{key} {fp}\n"));
+        crate::files::replace(path, text.as_bytes(), mode)?;
+        Ok(())
+    })?
 }
 
 #[derive(Debug)]
@@ -322,14 +342,50 @@ struct Pinning {
     seen: Mutex<Option<(String, bool)>>,
 }
 
-/// The fingerprint recorded for `key` in a known-hosts file.
-pub fn known_fingerprint(path: &Path, key: &str) -> Option<String> {
-    let bytes = crate::secrets::read_regular(path, "known_hosts").ok()?;
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)
-        .map(|(_, fp)| normalize_fingerprint(fp))
+/// The fingerprint recorded for `key` in a known-hosts file; `None` when
+/// the file or the key is not there. A file that cannot be read, or has a
+/// line that is not `HOST:PORT FINGERPRINT`, is an error: trusting afresh
+/// because a file was unreadable would defeat the pinning.
+pub fn known_fingerprint(path: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    let bytes = match crate::secrets::read_regular(path, "known_hosts") {
+        Ok(b) => b,
+        Err(crate::secrets::SecretError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
+    known_hosts_lookup(path, &text, key)
+}
+
+/// Finds `key` in known-hosts `text`, checking every line: blank lines and
+/// `#` comments are skipped; anything else must be `KEY FINGERPRINT`.
+fn known_hosts_lookup(path: &Path, text: &str, key: &str) -> anyhow::Result<Option<String>> {
+    let mut found = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line
+            .split_once(' ')
+            .map(|(k, fp)| (k, normalize_fingerprint(fp.trim())))
+            .filter(|(k, fp)| !k.is_empty() && check_fingerprint(fp).is_ok());
+        let Some((k, fp)) = parsed else {
+            anyhow::bail!(
+                "{} line {}: not `HOST:PORT SHA256-FINGERPRINT`; fix or remove the line",
+                path.display(),
+                n + 1
+            );
+        };
+        if k == key && found.is_none() {
+            found = Some(fp);
+        }
+    }
+    Ok(found)
 }
 
 impl ServerCertVerifier for Pinning {
@@ -344,7 +400,11 @@ impl ServerCertVerifier for Pinning {
         let fp = fingerprint(end_entity);
         let (want, key) = match &self.mode {
             PinMode::Fixed(want) => (Some(want.clone()), None),
-            PinMode::KnownHosts { path, key } => (known_fingerprint(path, key), Some(key.clone())),
+            PinMode::KnownHosts { path, key } => (
+                known_fingerprint(path, key)
+                    .map_err(|e| rustls::Error::General(format!("{e:#}")))?,
+                Some(key.clone()),
+            ),
         };
         match want {
             Some(want) if want == fp => {

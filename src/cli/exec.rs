@@ -300,8 +300,8 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
     };
-    if let Some(fp) = client.newly_trusted() {
-        super::tell_newly_trusted(&target.addr, fp);
+    if let Some(first) = client.first_use() {
+        super::tell_first_use(&target.addr, first);
     }
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;

@@ -184,8 +184,8 @@ async fn connect_host(host: &str, plan: &Plan) -> Result<ExecClient, Outcome> {
     };
     match connected {
         Ok(c) => {
-            if let Some(fp) = c.newly_trusted() {
-                super::tell_newly_trusted(addr, fp);
+            if let Some(first) = c.first_use() {
+                super::tell_first_use(addr, first);
             }
             Ok(c)
         }

@@ -360,10 +360,13 @@ pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Never stderr directly: see `logsink` for what a full disk or a
+    // closed pipe would otherwise do to the task that logs.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(color)
-        .with_writer(std::io::stderr);
+        .log_internal_errors(false)
+        .with_writer(crate::logsink::stderr());
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -371,11 +374,20 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 /// Tells the user a server's certificate was trusted on first use (as ssh
-/// says "Permanently added ... to the list of known hosts").
-fn tell_newly_trusted(addr: &str, fingerprint: &str) {
-    eprintln!(
-        "switchboard: new server {addr}: certificate sha256:{fingerprint} recorded in known_hosts"
-    );
+/// says "Permanently added ... to the list of known hosts"), or that it
+/// could not be recorded and will be trusted afresh next time (as ssh
+/// says "Failed to add the host to the list of known hosts").
+fn tell_first_use(addr: &str, first: &crate::tls::FirstUse) {
+    let fp = &first.fingerprint;
+    match &first.recorded {
+        Ok(()) => eprintln!(
+            "switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts"
+        ),
+        Err(e) => eprintln!(
+            "switchboard: warning: new server {addr}: certificate sha256:{fp} trusted for this \
+             connection only: {e}; the next connection will trust on first use again"
+        ),
+    }
 }
 
 // The value lists of `--echo-mode` and `bench MODE`: the library's enums

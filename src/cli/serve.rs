@@ -105,7 +105,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .enable_all()
             .build()?
             .block_on(Server::preflight(&cfg))?;
-        println!("configuration OK");
+        // Said on stdout for scripts; the exit status is the answer.
+        let _ = writeln!(std::io::stdout(), "configuration OK");
         return Ok(ExitCode::SUCCESS);
     }
     // SAFETY: no other thread exists yet (the runtime starts below), and
@@ -133,7 +134,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Ready only now that every signal has its handler: a SIGHUP sent
         // as soon as the banner appears (or READY=1 arrives) would
         // otherwise find the default action, and end the server.
-        print_banner(&server)?;
+        // A daemon whose stdout is gone (closed pipe, full disk) still
+        // serves: the banner is for people and scripts, not for running.
+        if let Err(e) = print_banner(&server) {
+            warn!(error = %e, "could not print the banner on stdout");
+        }
         if let Err(e) =
             crate::activation::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
         {
@@ -193,6 +198,7 @@ fn stop_on_signals() -> anyhow::Result<CancellationToken> {
             _ = sigterm.recv() => {}
         }
         warn!("second signal: exiting without waiting for connections");
+        crate::logsink::flush(std::time::Duration::from_secs(1));
         std::process::exit(130);
     });
     Ok(shutdown)

@@ -130,7 +130,7 @@ pub struct ExecClient {
     tx: ExecSender,
     rx: ExecReceiver,
     next_id: u64,
-    newly_trusted: Option<String>,
+    first_use: Option<crate::tls::FirstUse>,
 }
 
 impl ExecSender {
@@ -226,7 +226,7 @@ impl ExecClient {
     /// Connects with TLS 1.3 to `addr`, verifying the server as `tls` says,
     /// then authenticates; a first-seen certificate is recorded only once
     /// the server has also proved it knows the token (see
-    /// [`newly_trusted`](Self::newly_trusted)).
+    /// [`first_use`](Self::first_use)).
     pub async fn connect_tls(
         addr: &str,
         tls: &crate::tls::ClientTls,
@@ -254,7 +254,7 @@ impl ExecClient {
         )
         .await?;
         let mut client = client;
-        client.newly_trusted = tls.commit().ok().flatten();
+        client.first_use = tls.commit();
         Ok(client)
     }
 
@@ -272,7 +272,7 @@ impl ExecClient {
                 stream: FramedRead::new(rd, FrameCodec::default()),
             },
             next_id: 0,
-            newly_trusted: None,
+            first_use: None,
         };
         match tokio::time::timeout(timeout, client.handshake(auth)).await {
             Ok(r) => r?,
@@ -373,10 +373,10 @@ impl ExecClient {
         }
     }
 
-    /// The certificate fingerprint this connection recorded in known_hosts
-    /// (trust on first use), for the caller to tell the user.
-    pub fn newly_trusted(&self) -> Option<&str> {
-        self.newly_trusted.as_deref()
+    /// A certificate this connection trusted on first use, and whether it
+    /// was recorded in known_hosts, for the caller to tell the user.
+    pub fn first_use(&self) -> Option<&crate::tls::FirstUse> {
+        self.first_use.as_ref()
     }
 
     /// A fresh job id for this connection.

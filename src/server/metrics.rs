@@ -199,6 +199,12 @@ pub fn render(s: &Stats) -> String {
         "Exec requests refused by the command policy.",
         &[("", c.forbidden.get())],
     );
+    family(
+        "log_lines_dropped_total",
+        "counter",
+        "Log lines lost because the log could not be written (full disk, closed or stalled pipe).",
+        &[("", crate::logsink::dropped())],
+    );
     let (cumulative, sum, count) = c.job_seconds.snapshot();
     let _ = writeln!(
         o,

@@ -269,7 +269,10 @@ fn kill_all(held: &HashSet<i32>, grace: Duration) {
     if left.is_empty() {
         return;
     }
-    eprintln!(
+    // Not eprintln!: it panics when stderr is a closed pipe or a full
+    // disk, and the keeper must go on to kill the groups whatever its log.
+    let _ = writeln!(
+        std::io::stderr(),
         "switchboard keeper: the server is gone; killing {} job group(s)",
         left.len()
     );
