@@ -139,16 +139,28 @@ pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
 
 /// Like [`spawn_serve_env`], run under `prefix` (e.g. `prlimit --nofile=64`).
 pub fn spawn_serve_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
-    spawn(prefix, args, env, !args.contains(&"--exec"))
+    spawn(prefix, args, env, !args.contains(&"--exec"), None)
+}
+
+/// Like [`spawn_serve`], with the server's stderr going to `stderr`
+/// instead of the log file [`ServeProcess::log`] reads.
+pub fn spawn_serve_stderr(args: &[&str], stderr: Stdio) -> ServeProcess {
+    spawn(&[], args, &[], !args.contains(&"--exec"), Some(stderr))
 }
 
 /// `switchboard serve ARGS` with no exec endpoint added: the
 /// configuration file (or ARGS) must name one on port 0.
 pub fn spawn_serve_exact(args: &[&str]) -> ServeProcess {
-    spawn(&[], args, &[], false)
+    spawn(&[], args, &[], false, None)
 }
 
-fn spawn(prefix: &[&str], args: &[&str], env: &[(&str, &str)], add_exec: bool) -> ServeProcess {
+fn spawn(
+    prefix: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+    add_exec: bool,
+    stderr: Option<Stdio>,
+) -> ServeProcess {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = match prefix.split_first() {
         Some((first, rest)) => {
@@ -166,7 +178,12 @@ fn spawn(prefix: &[&str], args: &[&str], env: &[(&str, &str)], add_exec: bool) -
     if !args.contains(&"--run-as") && !env.iter().any(|(k, _)| *k == "SB_TEST_NO_ALLOW_ROOT") {
         cmd.arg("--allow-root");
     }
-    let log = std::fs::File::create(home.path().join("server.log")).expect("log file");
+    let log = match stderr {
+        Some(s) => s,
+        None => std::fs::File::create(home.path().join("server.log"))
+            .expect("log file")
+            .into(),
+    };
     let mut child = cmd
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path().join(".config"))
@@ -509,4 +526,48 @@ pub fn serve_all() -> ServeProcess {
 
 pub fn exec_status(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+/// A small tmpfs mounted for a test (a disk that fills up), unmounted on
+/// drop. `None`, said loudly, when this process may not mount (not root).
+pub struct SmallTmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    pub fn mount(size: &str, test: &str) -> Option<SmallTmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIP {test}: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallTmpfs { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system: a file of zeros written until ENOSPC.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        // The last partial block: byte by byte until nothing fits.
+        while f.write_all(&block[..1]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
 }
