@@ -207,7 +207,10 @@ mod tests {
                     s.spawn(move || create_new(path, format!("{i}\n").as_bytes(), 0o600).unwrap())
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap() as usize).sum()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap() as usize)
+                .sum()
         });
         assert_eq!(winners, 1);
         assert_eq!(names(dir.path()), ["token"]);

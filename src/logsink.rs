@@ -104,18 +104,18 @@ impl Sink {
     /// `limit` passes.
     pub fn flush(&self, limit: Duration) {
         let sink = self;
-    let deadline = Instant::now() + limit;
-    let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
-    while *pending > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
+        let deadline = Instant::now() + limit;
+        let mut pending = sink.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while *pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            pending = match sink.drained.wait_timeout(pending, left) {
+                Ok((p, _)) => p,
+                Err(e) => e.into_inner().0,
+            };
         }
-        pending = match sink.drained.wait_timeout(pending, left) {
-            Ok((p, _)) => p,
-            Err(e) => e.into_inner().0,
-        };
-    }
     }
 
     fn send(&self, line: Vec<u8>) {
@@ -287,7 +287,9 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(
-            lines[0].starts_with("switchboard: 3 log line(s) lost (the log could not be written: No space left"),
+            lines[0].starts_with(
+                "switchboard: 3 log line(s) lost (the log could not be written: No space left"
+            ),
             "{text}"
         );
         assert_eq!(&lines[1..], ["line 4", "line 5"]);
@@ -312,7 +314,10 @@ mod tests {
         log(sink, "after\n");
         sink.flush(Duration::from_secs(10));
         let text = out.text();
-        assert!(text.contains("log line(s) lost (the log writer fell behind)"), "{text}");
+        assert!(
+            text.contains("log line(s) lost (the log writer fell behind)"),
+            "{text}"
+        );
         assert!(text.ends_with("after\n"), "{text}");
     }
 

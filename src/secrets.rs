@@ -149,7 +149,10 @@ pub fn server_token(
     // is not a good token file); only a free name is created. An empty
     // file is a torn write of an older version (it authenticates no one):
     // a start replaces it rather than refusing every start after it.
-    let torn = || path.symlink_metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+    let torn = || {
+        path.symlink_metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == 0)
+    };
     if path.symlink_metadata().is_ok() && !(create && torn()) {
         return Ok((read_token(&path)?, TokenSource::File(path), false));
     }

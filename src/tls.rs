@@ -356,8 +356,8 @@ pub fn known_fingerprint(path: &Path, key: &str) -> anyhow::Result<Option<String
         }
         Err(e) => return Err(e.into()),
     };
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
     known_hosts_lookup(path, &text, key)
 }
 

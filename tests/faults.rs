@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -128,7 +127,8 @@ fn a_log_reader_that_stops_reading_blocks_nothing_and_hears_of_the_loss() {
         let mut s = std::net::TcpStream::connect(&echo).expect("echo");
         s.write_all(b"x\n").unwrap();
         let mut reply = [0u8; 2];
-        s.read_exact(&mut reply).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.read_exact(&mut reply)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(&reply, b"X\n");
     }
     assert!(dropped_lines(&srv) > 0);
@@ -136,7 +136,7 @@ fn a_log_reader_that_stops_reading_blocks_nothing_and_hears_of_the_loss() {
     // said before the lines after it.
     let reader = std::thread::spawn(move || {
         let mut text = Vec::new();
-        let _ = std::fs::File::from(OwnedFd::from(read)).read_to_end(&mut text);
+        let _ = std::fs::File::from(read).read_to_end(&mut text);
         String::from_utf8_lossy(&text).into_owned()
     });
     stops_on_sigterm(&mut srv);
@@ -190,7 +190,13 @@ fn start_in(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let mut child = std::process::Command::new(bin())
         .arg("serve")
         .args(args)
-        .args(["--allow-root", "--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"])
+        .args([
+            "--allow-root",
+            "--echo",
+            "127.0.0.1:0",
+            "--time",
+            "127.0.0.1:0",
+        ])
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env_remove("SWITCHBOARD_TOKEN")
@@ -219,7 +225,12 @@ fn start_in(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     }
     let status = exit_within(&mut child, Duration::from_secs(15)).expect("serve did not exit");
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let code = (!banner.contains("ready")).then(|| status.code().unwrap_or(-1));
     (code, err)
 }
@@ -250,7 +261,10 @@ fn a_first_start_on_a_full_disk_leaves_no_torn_file_and_the_next_start_works() {
     let (failed, err) = start_in(&home, &tls);
     assert_eq!(failed, Some(1), "{err}");
     let token = home.join(".config/switchboard/token");
-    assert!(err.contains(&*token.to_string_lossy()), "the error names the file: {err}");
+    assert!(
+        err.contains(&*token.to_string_lossy()),
+        "the error names the file: {err}"
+    );
     assert!(err.contains("No space left on device"), "{err}");
     assert!(
         tree(&home).is_empty(),
@@ -280,7 +294,10 @@ fn a_full_disk_between_the_token_and_the_certificate_leaves_no_torn_certificate(
     let tls = ["--exec", "tls://127.0.0.1:0", "--tls-self-signed"];
     let (failed, err) = start_in(&home, &tls);
     assert_eq!(failed, Some(1), "{err}");
-    assert!(err.contains("tls-key.pem"), "the error names the file: {err}");
+    assert!(
+        err.contains("tls-key.pem"),
+        "the error names the file: {err}"
+    );
     let files = tree(&home);
     assert_eq!(files.len(), 1, "only the token: {files:?}");
     std::fs::remove_file(&filler).unwrap();
@@ -314,16 +331,17 @@ fn servers_started_together_on_a_fresh_home_share_one_token() {
         "127.0.0.1:0",
     ];
     let servers: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| spawn_serve(&args)))
-            .collect();
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| spawn_serve(&args))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let created = servers
         .iter()
         .filter(|srv| srv.banner.iter().any(|l| l.contains("token created")))
         .count();
-    assert_eq!(created, 1, "one server created the token, the others read it");
+    assert_eq!(
+        created, 1,
+        "one server created the token, the others read it"
+    );
     for srv in &servers {
         let out = runtime().block_on(async {
             let t = switchboard::secrets::read_token(&token).unwrap();
@@ -338,4 +356,114 @@ fn servers_started_together_on_a_fresh_home_share_one_token() {
         });
         assert_eq!(out, b"ok\n");
     }
+}
+
+/// A TLS exec server with a self-signed certificate: its `tls://` address
+/// and token text.
+fn tls_server() -> (ServeProcess, String, String) {
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--exec",
+        "tls://127.0.0.1:0",
+        "--tls-self-signed",
+    ]);
+    let addr = format!("tls://{}", srv.addr("exec", Transport::Tls));
+    let token = std::fs::read_to_string(srv.token_file()).unwrap();
+    (srv, addr, token.trim().to_string())
+}
+
+/// `switchboard exec ADDR --known-hosts FILE -- CMD` with the token in the
+/// environment and HOME at `home`.
+fn exec_tofu(
+    home: &std::path::Path,
+    known: &std::path::Path,
+    addr: &str,
+    token: &str,
+) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(["exec", addr, "--known-hosts"])
+        .arg(known)
+        .args(["--", "echo hi"])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("SWITCHBOARD_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_host_key_that_cannot_be_recorded_is_a_warning_not_a_silent_success() {
+    let Some(disk) = SmallTmpfs::mount("256k", "a_host_key_that_cannot_be_recorded") else {
+        return;
+    };
+    let (_srv, addr, token) = tls_server();
+    let known = disk.path().join("known_hosts");
+    // An existing file with one good line: a failed update must keep it.
+    let other = format!("127.0.0.1:1 {}\n", "ab".repeat(32));
+    std::fs::write(&known, &other).unwrap();
+    disk.fill();
+    let o = exec_tofu(disk.path(), &known, &addr, &token);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.stdout, b"hi\n", "{err}");
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("trusted for this connection only"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&*known.to_string_lossy()),
+        "names the file: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), other, "untouched");
+}
+
+#[test]
+fn a_torn_known_hosts_line_is_reported_by_number_and_never_joined() {
+    let (_srv, addr, token) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let known = home.path().join("known_hosts");
+    // What an append cut by a full disk left behind.
+    std::fs::write(
+        &known,
+        format!("# hosts\n127.0.0.1:1 {}\n127.0.", "cd".repeat(32)),
+    )
+    .unwrap();
+    let before = std::fs::read(&known).unwrap();
+    let o = exec_tofu(home.path(), &known, &addr, &token);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty(), "nothing ran: {err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert_eq!(std::fs::read(&known).unwrap(), before);
+}
+
+#[test]
+fn clients_recording_hosts_at_once_lose_none() {
+    let servers: Vec<_> = (0..3).map(|_| tls_server()).collect();
+    let home = tempfile::tempdir().unwrap();
+    let known = home.path().join("known_hosts");
+    std::thread::scope(|s| {
+        for (_, addr, token) in &servers {
+            for _ in 0..3 {
+                let (home, known) = (home.path(), &known);
+                s.spawn(move || {
+                    let o = exec_tofu(home, known, addr, token);
+                    assert_eq!(o.stdout, b"hi\n", "{}", String::from_utf8_lossy(&o.stderr));
+                });
+            }
+        }
+    });
+    let text = std::fs::read_to_string(&known).unwrap();
+    let mut keys: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
+    keys.sort();
+    let mut want: Vec<String> = servers
+        .iter()
+        .map(|(_, a, _)| a.trim_start_matches("tls://").to_string())
+        .collect();
+    want.sort();
+    assert_eq!(keys, want, "one line per server: {text}");
 }

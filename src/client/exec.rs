@@ -130,7 +130,8 @@ pub struct ExecClient {
     tx: ExecSender,
     rx: ExecReceiver,
     next_id: u64,
-    first_use: Option<crate::tls::FirstUse>,
+    // Boxed: rare, and kept out of the size of every client.
+    first_use: Option<Box<crate::tls::FirstUse>>,
 }
 
 impl ExecSender {
@@ -254,7 +255,7 @@ impl ExecClient {
         )
         .await?;
         let mut client = client;
-        client.first_use = tls.commit();
+        client.first_use = tls.commit().map(Box::new);
         Ok(client)
     }
 
@@ -376,7 +377,7 @@ impl ExecClient {
     /// A certificate this connection trusted on first use, and whether it
     /// was recorded in known_hosts, for the caller to tell the user.
     pub fn first_use(&self) -> Option<&crate::tls::FirstUse> {
-        self.first_use.as_ref()
+        self.first_use.as_deref()
     }
 
     /// A fresh job id for this connection.
