@@ -242,6 +242,11 @@ pub struct ExecConfig {
     pub max_jobs_per_connection: usize,
     /// Running jobs over all connections. Default: 512.
     pub max_jobs: usize,
+    /// Processes and threads one job may have at once; 0 = no limit. A
+    /// cgroup per job where the server has a pids cgroup, else
+    /// RLIMIT_NPROC, which counts all processes of the job's user and does
+    /// not bind root. Default: 0.
+    pub max_processes: u64,
     /// Time a client has to complete the handshake. Default: 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub handshake_timeout: Duration,
@@ -325,6 +330,7 @@ impl Default for ExecConfig {
             frame_timeout: Duration::from_secs(30),
             max_jobs_per_connection: 64,
             max_jobs: 512,
+            max_processes: 0,
             handshake_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
             drain_grace: Duration::from_secs(1),
@@ -643,6 +649,7 @@ impl ServerConfig {
             frame_timeout: _,
             max_jobs_per_connection: _,
             max_jobs: _,
+            max_processes: _,
             handshake_timeout: _,
             kill_grace: _,
             drain_grace: _,

@@ -559,3 +559,156 @@ fn a_second_sigterm_or_a_short_grace_still_kills_every_job() {
         );
     }
 }
+
+/// Forks children that sleep until the limit stops it; prints how many
+/// it got and the errno, then kills and reaps them.
+const FORKER: &str = r#"
+import os, time
+pids = []
+try:
+    for _ in range(100):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        pids.append(pid)
+    print("forked", len(pids))
+except OSError as e:
+    print("fork failed after", len(pids), e.errno)
+for p in pids:
+    os.kill(p, 9)
+for p in pids:
+    os.waitpid(p, 0)
+"#;
+
+fn forker(id: u64) -> ExecRequest {
+    let mut req = ExecRequest::shell(id, "");
+    req.command = switchboard::proto::Command::Argv(
+        ["/usr/bin/python3", "-c", FORKER]
+            .map(String::from)
+            .to_vec(),
+    );
+    req
+}
+
+/// A config file setting `exec.max_processes`, in `dir`.
+fn max_processes_config(dir: &Path, n: u64) -> String {
+    let path = dir.join("switchboard.toml");
+    std::fs::write(&path, format!("[exec]\nmax_processes = {n}\n")).expect("config");
+    path.to_string_lossy().into_owned()
+}
+
+/// The directory of job cgroups the server logged, or None (said loudly)
+/// when it has no pids cgroup to write.
+fn job_cgroups(srv: &ServeProcess, test: &str) -> Option<std::path::PathBuf> {
+    assert!(srv.wait_log("cgroup", 1), "{}", srv.log());
+    let log = srv.log();
+    let dir = log
+        .lines()
+        .find(|l| l.contains("job cgroups"))
+        .and_then(|l| l.split("dir=").nth(1))
+        .and_then(|d| d.split_whitespace().next())
+        .map(std::path::PathBuf::from);
+    if dir.is_none() {
+        eprintln!("SKIPPED {test}: the server has no writable pids cgroup");
+    }
+    dir
+}
+
+/// Issue #17 finding 8: a root job (which RLIMIT_NPROC does not bind) is
+/// held to `exec.max_processes` tasks by its cgroup.
+#[test]
+fn max_processes_holds_a_root_job_through_its_cgroup() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = max_processes_config(tmp.path(), 10);
+    let srv = spawn_serve(&[&QUIET[..], &["--config", &cfg]].concat());
+    let Some(base) = job_cgroups(&srv, "max_processes_holds_a_root_job") else {
+        return;
+    };
+    let out = runtime().block_on(async {
+        let mut c = srv.exec_client().await;
+        c.run_request(forker(1)).await.expect("job")
+    });
+    // Python is one task; nine children make ten.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fork failed after 9 11\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The job is over: its cgroup goes.
+    let prefix = format!("sb-{}-job-", srv.pid());
+    let gone = poll(T, || {
+        std::fs::read_dir(&base).is_ok_and(|d| {
+            !d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+    });
+    assert!(gone, "job cgroups left in {}", base.display());
+}
+
+/// With a job cgroup, a process that left the job's group with setsid is
+/// still the job's, and is killed when the job is over.
+#[test]
+fn a_process_that_left_the_group_dies_with_the_job_cgroup() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = max_processes_config(tmp.path(), 64);
+    let srv = spawn_serve(&[&QUIET[..], &["--config", &cfg]].concat());
+    if job_cgroups(&srv, "a_process_that_left_the_group_dies").is_none() {
+        return;
+    }
+    let out = srv.run_job(
+        &srv.addr("exec", Transport::Tcp),
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!",
+    );
+    let pid: i32 = String::from_utf8_lossy(&out).trim().parse().expect("pid");
+    let (_, _, pgid) = proc_stat(pid).unwrap_or((' ', 0, pid));
+    let died = poll(T, || {
+        proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z')
+    });
+    if !died {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(
+        died,
+        "pid {pid} (group {pgid}) outlived its job: {}",
+        cmdline(pid)
+    );
+}
+
+/// Without a cgroup (a server in this test process never looks for one),
+/// a run-as user is held by RLIMIT_NPROC.
+#[test]
+fn max_processes_holds_a_run_as_user_through_rlimit_nproc() {
+    if !is_root() {
+        eprintln!("SKIPPED: --run-as needs a root server");
+        return;
+    }
+    let Some(user) = TempUser::create() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = runtime().block_on(async {
+        let mut cfg = common::exec_config(tmp.path());
+        cfg.exec.run_as = Some(user.name.clone());
+        cfg.exec.max_processes = 10;
+        let srv = common::start(cfg).await;
+        let token = switchboard::secrets::read_token(&tmp.path().join("token")).expect("token");
+        let mut c = switchboard::client::ExecClient::connect(
+            &srv.exec.to_string(),
+            &switchboard::client::ClientAuth::token(token),
+            T,
+        )
+        .await
+        .expect("connect");
+        let out = c.run_request(forker(1)).await.expect("job");
+        srv.stop().await;
+        out
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fork failed after 9 11\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

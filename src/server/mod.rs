@@ -332,6 +332,8 @@ impl Server {
                 "shutdown grace passed; closing the remaining connections"
             );
         }
+        // Job cgroups whose last tasks were still exiting at release.
+        exec::cgroup::sweep();
     }
 }
 

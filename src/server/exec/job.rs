@@ -31,9 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::policy::Refusal;
-use super::process::{
-    CwdError, JobSpec, RunAs, group_alive, kill_and_wait, reap_group, signal_name,
-};
+use super::process::{CwdError, JobSpec, group_alive, kill_and_wait, reap_group, signal_name};
 use crate::proto::frame::CHUNK;
 use crate::proto::{Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
@@ -49,11 +47,7 @@ pub struct JobTiming {
 /// policy handed back (argv[0] resolved), the rest comes from the request.
 /// What the kernel would refuse or misread (NUL bytes, an empty name) is a
 /// `bad_request`.
-pub fn spec(
-    approved: &Command,
-    req: &ExecRequest,
-    run_as: Option<&RunAs>,
-) -> Result<JobSpec, Refusal> {
+pub fn spec(approved: &Command, req: &ExecRequest, live: &super::Live) -> Result<JobSpec, Refusal> {
     let bad = |m: String| Err(Refusal::new(ErrorCode::BadRequest, m));
     let nul = |s: &str| s.contains('\0');
     let argv = match approved {
@@ -83,7 +77,8 @@ pub fn spec(
         env: req.env.clone(),
         cwd: req.cwd.clone(),
         stdin: req.stdin,
-        run_as: run_as.cloned(),
+        run_as: live.policy.run_as.clone(),
+        max_processes: (live.cfg.max_processes > 0).then_some(live.cfg.max_processes),
     })
 }
 
@@ -185,7 +180,7 @@ pub async fn run(
     // A group still alive lingers for the session to kill (which releases
     // it); the keeper also forgets groups that die on their own.
     if !group_alive(pgid) {
-        super::keeper::release(pgid);
+        super::process::release_group(pgid);
     }
     let status = match status {
         Ok(st) => exit_status(st, timed_out),

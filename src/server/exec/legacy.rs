@@ -140,7 +140,7 @@ async fn run(
         Ok(c) => c,
         Err(r) => return refused(r),
     };
-    let spawned = job::spec(&approved, &request, live.policy.run_as.as_ref())
+    let spawned = job::spec(&approved, &request, &live)
         .and_then(|spec| process::spawn(&spec).map_err(|e| job::spawn_refusal(&e, &spec)));
     let started = Instant::now();
     let mut spawned = match spawned {

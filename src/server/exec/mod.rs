@@ -5,6 +5,7 @@
 //! with the server).
 
 pub mod audit;
+pub mod cgroup;
 pub mod job;
 pub mod keeper;
 pub mod legacy;
@@ -124,5 +125,11 @@ pub fn become_subreaper() {
         // the reaper's waits.
         keeper::start(*grace);
         reaper::start();
+        match cgroup::init() {
+            Some(dir) => tracing::info!(dir = %dir.display(), "job cgroups (exec.max_processes)"),
+            None => tracing::info!(
+                "no writable pids cgroup: exec.max_processes falls back to RLIMIT_NPROC, which does not bind root jobs"
+            ),
+        }
     }
 }

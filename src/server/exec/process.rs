@@ -80,6 +80,9 @@ pub struct JobSpec {
     /// A pipe for stdin (else `/dev/null`).
     pub stdin: bool,
     pub run_as: Option<RunAs>,
+    /// Tasks the job may have at once (`exec.max_processes`; see the
+    /// cgroup module for how it is enforced).
+    pub max_processes: Option<u64>,
 }
 
 /// A spawned job, before its task runs.
@@ -162,10 +165,28 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         .as_ref()
         .map(|u| (u.uid, u.gid, u.groups.clone()));
     let dir_c = dir.as_ref().map(|(_, c)| c.clone());
+    // exec.max_processes: the job's own cgroup where there is one, else
+    // RLIMIT_NPROC where it binds (a job user other than root).
+    let cgroup = match spec.max_processes {
+        Some(max) => super::cgroup::prepare(max)?,
+        None => None,
+    };
+    let cgroup_fd = cgroup.as_ref().map(|c| c.procs_fd());
+    let root_job = match &spec.run_as {
+        Some(u) => u.uid.is_root(),
+        None => Uid::effective().is_root(),
+    };
+    let nproc = spec
+        .max_processes
+        .filter(|_| cgroup.is_none() && !root_job)
+        .map(|n| libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        });
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe calls (rt_sigaction, sigprocmask, setsid,
-    // getpid and write, close_range or fcntl, setgroups, setgid, setuid,
-    // chdir) on data allocated before the fork.
+    // getpid and write, close_range or fcntl, setrlimit, setgroups,
+    // setgid, setuid, chdir) on data allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             reset_signals()?;
@@ -180,6 +201,15 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
             // Descriptors the server inherited without close-on-exec stay
             // out of the job: it gets 0, 1 and 2 only.
             crate::sys::cloexec_from(3);
+            // While still root: the cgroup's files belong to the server.
+            if let Some(fd) = cgroup_fd {
+                super::cgroup::join_in_child(fd)?;
+            }
+            if let Some(limit) = &nproc
+                && libc::setrlimit(libc::RLIMIT_NPROC, limit) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             // Groups first, then the group, then the user: each step needs
             // the privileges the next one drops.
             if let Some((uid, gid, groups)) = &ids {
@@ -210,6 +240,9 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
     // The child has registered its group with the keeper already.
     let pgid = Pid::from_raw(pid as i32);
+    if let Some(c) = cgroup {
+        c.adopt(pgid);
+    }
     let stdin = child.stdin.take();
     Ok(Spawned {
         child,
@@ -273,6 +306,13 @@ pub fn group_alive(pgid: Pid) -> bool {
     killpg(pgid, None) != Err(Errno::ESRCH)
 }
 
+/// The job's group is gone: the keeper forgets it, and what is left in
+/// its cgroup (processes that left the group) is killed.
+pub fn release_group(pgid: Pid) {
+    super::keeper::release(pgid);
+    super::cgroup::release(pgid);
+}
+
 /// Reaps members of `pgid` that are our children (orphans re-parented to
 /// the server, which is a child subreaper). Never waits.
 pub fn reap_group(pgid: Pid) {
@@ -290,14 +330,14 @@ pub fn reap_group(pgid: Pid) {
 pub async fn kill_group(pgid: Pid, grace: Duration) {
     for sig in [Signal::SIGTERM, Signal::SIGKILL] {
         if !signal_group(pgid, sig) {
-            super::keeper::release(pgid);
+            release_group(pgid);
             return;
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             reap_group(pgid);
             if !group_alive(pgid) {
-                super::keeper::release(pgid);
+                release_group(pgid);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -120,7 +120,13 @@ pub fn start() {
             }
             // /proc reads and a lock that a spawn (fork) may hold: off the
             // runtime's worker threads.
-            let _ = tokio::task::spawn_blocking(reap_once).await;
+            // An orphan just reaped may have been the last task of a
+            // released job cgroup, which can now be removed.
+            let _ = tokio::task::spawn_blocking(|| {
+                reap_once();
+                super::cgroup::sweep();
+            })
+            .await;
         }
     });
 }

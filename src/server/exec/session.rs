@@ -421,7 +421,13 @@ impl Session {
         if process::group_alive(d.pgid) {
             self.lingering.push(d.pgid);
         }
-        self.lingering.retain(|&p| process::group_alive(p));
+        self.lingering.retain(|&p| {
+            let alive = process::group_alive(p);
+            if !alive {
+                process::release_group(p);
+            }
+            alive
+        });
         // Shutdown cancels the jobs at once (their tokens are children of
         // it), so a job may end here before the loop sees the shutdown.
         let reason = self
@@ -551,7 +557,7 @@ impl Session {
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
         let approved = live.policy.check(&req)?;
-        let spec = job::spec(&approved, &req, live.policy.run_as.as_ref())?;
+        let spec = job::spec(&approved, &req, &live)?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
