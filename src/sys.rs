@@ -16,10 +16,13 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(soft)
 }
 
-/// The local time zone's abbreviation at `unix_secs` (`CET`, `UTC`, ...),
-/// which is what C's `strftime("%Z")` prints. chrono's `Local` knows only
-/// the offset, so the time service asks the C library, as Python does.
-pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
+/// The local zone at `unix_secs` as the C library sees it: the offset east
+/// of UTC in seconds and the abbreviation (`CET`, `EDT`, ...) that C's
+/// `strftime("%Z")` prints. Both come from one `localtime_r`, so they
+/// always belong to the same zone, and `TZ` is understood exactly as
+/// `date` and Python understand it (chrono's own reading of `TZ` falls back
+/// to UTC on strings glibc accepts, which gave UTC times labelled `EDT`).
+pub fn local_zone(unix_secs: i64) -> Option<(i32, String)> {
     let t = libc::time_t::try_from(unix_secs).ok()?;
     let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
     // SAFETY: `localtime_r` fills the `tm` we own and returns null on
@@ -30,14 +33,15 @@ pub fn local_zone_abbreviation(unix_secs: i64) -> Option<String> {
             return None;
         }
         let tm = tm.assume_init();
-        if tm.tm_zone.is_null() {
-            return None;
-        }
-        Some(
+        let offset = i32::try_from(tm.tm_gmtoff).ok()?;
+        let name = if tm.tm_zone.is_null() {
+            String::new()
+        } else {
             std::ffi::CStr::from_ptr(tm.tm_zone)
                 .to_string_lossy()
-                .into_owned(),
-        )
+                .into_owned()
+        };
+        Some((offset, name))
     }
 }
 

@@ -5,9 +5,15 @@
 //! format is first checked by our own scanner against the specifier list of
 //! PROTOCOL.md §2 (so that the error can say *what* and *where*), then the
 //! checked string is parsed by chrono's `StrftimeItems` (any `Item::Error` is
-//! refused, belt and braces) and written with `write!` into a writer that
+//! refused, belt and braces) and written item by item into a writer that
 //! refuses to grow past the reply cap. Nothing here panics on any input and
 //! nothing allocates more than the cap, however much the format would expand.
+//!
+//! The work per request is bounded as well as the reply: a format longer
+//! than [`MAX_REQUEST`] is refused before it is looked at, and formatting
+//! stops at the first item that would pass the cap (chrono's `Display`
+//! for a format builds the whole result first, which for 32,753 `%c` was
+//! ~800 KB and ~19 ms of CPU before the cap refused it).
 //!
 //! ```text
 //! spec  = "%" [flag] conv
@@ -16,7 +22,7 @@
 //!         C D F g G h k l n P r R s t T u V
 //! ```
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use chrono::format::{Fixed, Item, StrftimeItems};
 use chrono::{DateTime, TimeZone};
@@ -30,6 +36,11 @@ pub const DEFAULT_REPLY_CAP: usize = 1024;
 /// The largest payload a UDP datagram over IPv4 can carry; the cap may not exceed it.
 pub const MAX_REPLY_CAP: usize = 65_507;
 
+/// The longest format accepted, in bytes: no `strftime` format people use
+/// comes near it, and it bounds the CPU a request can cost (with the
+/// early stop, a few microseconds: docs/BENCHMARKS.md).
+pub const MAX_REQUEST: usize = 1024;
+
 /// The smallest cap accepted, so that every error message fits in a reply.
 pub const MIN_REPLY_CAP: usize = 64;
 
@@ -42,6 +53,8 @@ const OTHER: &[u8] = b"aAbBcDFhnpPrRtTxXzZ%";
 /// the `%` that starts the offending specifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    #[error("format longer than {max} bytes")]
+    RequestTooLong { max: usize },
     #[error("format is not valid UTF-8 (bad byte at byte {at})")]
     NotUtf8 { at: usize },
     #[error("unknown specifier {spec} at byte {at}")]
@@ -58,7 +71,8 @@ pub enum FormatError {
     TooLong { cap: usize },
 }
 
-/// Checks `format` against PROTOCOL.md §2's specifier list.
+/// Checks `format` against PROTOCOL.md §2's specifier list. Allocates
+/// only to describe an error.
 pub fn validate(format: &str) -> Result<(), FormatError> {
     let bytes = format.as_bytes();
     let mut i = 0;
@@ -79,10 +93,10 @@ pub fn validate(format: &str) -> Result<(), FormatError> {
         // `format` is a &str and `at`/`j` sit just after ASCII bytes, so
         // these slices are on char boundaries; `get` keeps that unprovable
         // fact from becoming a panic.
-        let spec_so_far = format.get(at..j).unwrap_or("%");
+        let spec_so_far = || format.get(at..j).unwrap_or("%").to_string();
         let Some(conv) = format.get(j..).and_then(|rest| rest.chars().next()) else {
             return Err(FormatError::Incomplete {
-                spec: spec_so_far.to_string(),
+                spec: spec_so_far(),
                 at,
             });
         };
@@ -99,19 +113,22 @@ pub fn validate(format: &str) -> Result<(), FormatError> {
             };
             return Err(FormatError::Width { spec, at });
         }
-        let spec = format!("{spec_so_far}{conv}");
-        let next = j + conv.len_utf8();
+        let spec = || format!("{}{conv}", spec_so_far());
         let numeric = conv.is_ascii() && NUMERIC.contains(&(conv as u8));
         let other = conv.is_ascii() && OTHER.contains(&(conv as u8));
         if !numeric && !other {
-            return Err(FormatError::Unknown { spec, at });
+            return Err(FormatError::Unknown { spec: spec(), at });
         }
         if let Some(flag) = flag
             && (!numeric || flag == '^' || flag == '#')
         {
-            return Err(FormatError::UnsupportedFlag { flag, spec, at });
+            return Err(FormatError::UnsupportedFlag {
+                flag,
+                spec: spec(),
+                at,
+            });
         }
-        i = next;
+        i = j + conv.len_utf8();
     }
     Ok(())
 }
@@ -129,22 +146,31 @@ where
     Tz: TimeZone,
     Tz::Offset: fmt::Display,
 {
-    validate(format)?;
-    let mut items: Vec<Item<'_>> = StrftimeItems::new(format).collect();
-    if items.iter().any(|i| matches!(i, Item::Error)) {
-        return Err(FormatError::Rejected);
-    }
-    if let Some(zone) = zone {
-        for item in items.iter_mut() {
-            if matches!(item, Item::Fixed(Fixed::TimezoneName)) {
-                *item = Item::Literal(zone);
-            }
-        }
-    }
     let mut out = CappedString::new(cap);
-    match write!(out, "{}", now.format_with_items(items.iter())) {
-        Ok(()) => Ok(out.buf),
-        Err(_) if out.overflowed => Err(FormatError::TooLong { cap }),
+    format_into(now, format, zone, &mut out)?;
+    Ok(out.buf)
+}
+
+fn format_into<Tz>(
+    now: &DateTime<Tz>,
+    format: &str,
+    zone: Option<&str>,
+    out: &mut CappedString,
+) -> Result<(), FormatError>
+where
+    Tz: TimeZone,
+    Tz::Offset: fmt::Display,
+{
+    validate(format)?;
+    let items = StrftimeItems::new(format).map(|item| match (item, zone) {
+        (Item::Fixed(Fixed::TimezoneName), Some(zone)) => Item::Literal(zone),
+        (item, _) => item,
+    });
+    // `write_to`, not `Display`: it writes item by item and stops at the
+    // first write the cap refuses.
+    match now.format_with_items(items).write_to(out) {
+        Ok(()) => Ok(()),
+        Err(_) if out.overflowed => Err(FormatError::TooLong { cap: out.cap }),
         Err(_) => Err(FormatError::Rejected),
     }
 }
@@ -164,6 +190,9 @@ where
     Tz: TimeZone,
     Tz::Offset: fmt::Display,
 {
+    if payload.len() > MAX_REQUEST {
+        return Err(FormatError::RequestTooLong { max: MAX_REQUEST });
+    }
     match std::str::from_utf8(payload) {
         Err(e) => Err(FormatError::NotUtf8 {
             at: e.valid_up_to(),
@@ -208,6 +237,8 @@ struct CappedString {
     buf: String,
     cap: usize,
     overflowed: bool,
+    /// Writes offered, refused ones included: how the tests see the early stop.
+    writes: usize,
 }
 
 impl CappedString {
@@ -216,12 +247,14 @@ impl CappedString {
             buf: String::new(),
             cap,
             overflowed: false,
+            writes: 0,
         }
     }
 }
 
 impl fmt::Write for CappedString {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.writes += 1;
         if self.buf.len().saturating_add(s.len()) > self.cap {
             self.overflowed = true;
             return Err(fmt::Error);
@@ -314,15 +347,45 @@ mod tests {
         );
         let exact = "x".repeat(1024);
         assert_eq!(reply(exact.as_bytes()), exact);
-        let over = "x".repeat(1025);
-        assert_eq!(
-            reply(over.as_bytes()),
-            "error: result longer than 1024 bytes"
+        let r = respond(b"%c", &at(), MIN_REPLY_CAP);
+        assert_eq!(r, b"Sat Feb  3 04:05:06 2001");
+        let r = respond("%c".repeat(3).as_bytes(), &at(), MIN_REPLY_CAP);
+        assert_eq!(r, b"error: result longer than 64 bytes");
+    }
+
+    #[test]
+    fn requests_longer_than_the_limit_are_refused_unread() {
+        let longest = "%%".repeat(MAX_REQUEST / 2);
+        assert_eq!(reply(longest.as_bytes()), "%".repeat(MAX_REQUEST / 2));
+        // Refused before validation: the bad byte and the bad specifier
+        // past the limit are never looked at.
+        let mut over = "x".repeat(MAX_REQUEST).into_bytes();
+        over.extend_from_slice(b"\xff%Q");
+        assert_eq!(reply(&over), "error: format longer than 1024 bytes");
+        // The old worst case (a full datagram of %c) costs one comparison.
+        let worst = "%c".repeat(32_753);
+        let r = respond(worst.as_bytes(), &at(), MAX_REPLY_CAP);
+        assert_eq!(r, b"error: format longer than 1024 bytes");
+    }
+
+    #[test]
+    fn formatting_stops_at_the_first_item_past_the_cap() {
+        // 512 `%c` expand to 12 KiB; with a 64-byte cap formatting ends
+        // inside the third date, so the writer sees a few pieces of three
+        // dates, not of 512.
+        let format = "%c".repeat(MAX_REQUEST / 2);
+        let mut full = CappedString::new(MAX_REPLY_CAP);
+        assert_eq!(format_into(&at(), &format, None, &mut full), Ok(()));
+        let mut out = CappedString::new(MIN_REPLY_CAP);
+        let r = format_into(&at(), &format, None, &mut out);
+        assert_eq!(r, Err(FormatError::TooLong { cap: MIN_REPLY_CAP }));
+        assert!(
+            out.writes * 100 < full.writes,
+            "{} writes offered of {}",
+            out.writes,
+            full.writes
         );
-        // A huge expansion never allocates past the cap.
-        let huge = "%c".repeat(30_000);
-        let r = respond(huge.as_bytes(), &at(), MAX_REPLY_CAP);
-        assert!(r.starts_with(b"error: result longer than"));
+        assert!(out.buf.len() <= MIN_REPLY_CAP);
     }
 
     proptest::proptest! {

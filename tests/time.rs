@@ -31,6 +31,10 @@ async fn every_bad_input_gets_an_error_datagram_and_the_server_carries_on() {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.connect(srv.time_udp).await.unwrap();
     let long = "%c".repeat(100);
+    let over_limit = "x".repeat(1025);
+    // The old worst case: a full datagram of %c, ~19 ms of CPU before the
+    // request length was capped.
+    let worst = "%c".repeat(32_753);
     let cases: Vec<(&[u8], &str)> = vec![
         (b"%Q", "error: unknown specifier %Q at byte 0"),
         (
@@ -55,6 +59,11 @@ async fn every_bad_input_gets_an_error_datagram_and_the_server_carries_on() {
             "error: format is not valid UTF-8 (bad byte at byte 0)",
         ),
         (long.as_bytes(), "error: result longer than 1024 bytes"),
+        (
+            over_limit.as_bytes(),
+            "error: format longer than 1024 bytes",
+        ),
+        (worst.as_bytes(), "error: format longer than 1024 bytes"),
     ];
     for (payload, want) in &cases {
         let got = ask(&sock, payload).await;
@@ -244,4 +253,51 @@ async fn formats_match_python_time_strftime() {
         );
     }
     srv.stop().await;
+}
+
+/// `TZ` values glibc reads (one of them malformed past its zone names, which
+/// chrono read as UTC while the reply said `EDT`): the server's reply must
+/// be what `date` prints under the same `TZ`, offset and name together.
+#[test]
+fn local_time_agrees_with_date_under_any_tz() {
+    const FORMAT: &str = "%H:%M %z %Z";
+    let mut zones = vec![
+        "EST5EDT,M3.2.0,M3.2.0,M3.2.0",
+        "JST-9",
+        "<+0530>-5:30",
+        "UTC0",
+    ];
+    if std::path::Path::new("/usr/share/zoneinfo/America/New_York").exists() {
+        zones.push("America/New_York");
+    } else {
+        eprintln!("SKIP (partly): no tzdata, America/New_York not tried");
+    }
+    let date = |tz: &str| {
+        let out = Command::new("date")
+            .arg(format!("+{FORMAT}"))
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    };
+    for tz in zones {
+        let srv = common::spawn_serve_env(&["--time", "udp://127.0.0.1:0"], &[("TZ", tz)]);
+        let addr = srv.addr("time", switchboard::endpoint::Transport::Udp);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(T)).unwrap();
+        sock.connect(&addr).unwrap();
+        let before = date(tz);
+        sock.send(FORMAT.as_bytes()).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = sock.recv(&mut buf).expect("a reply");
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let after = date(tz);
+        assert!(
+            got == before || got == after,
+            "TZ={tz}: server {got:?}, date {before:?} / {after:?}"
+        );
+    }
 }

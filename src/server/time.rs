@@ -1,25 +1,29 @@
 //! The UDP time service (PROTOCOL.md §2): a `strftime` format in, the
 //! server's current time out. The formatting itself is [`crate::timefmt`];
-//! this file only picks the clock and the zone name.
+//! this file only picks the clock and the zone: local time is the C
+//! library's (offset and name from one `localtime_r`), so the reply agrees
+//! with `date` under any `TZ` and never mixes two zones.
 
-use chrono::{Local, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::timefmt;
 
 /// Writes the reply to `payload` at the current time (local or UTC) into
 /// `reply`; returns true when it is an error reply.
 pub fn reply_now(payload: &[u8], utc: bool, cap: usize, reply: &mut Vec<u8>) -> bool {
-    let answer = if utc {
-        timefmt::answer(payload, &Utc::now(), None, cap)
-    } else {
-        let now = Local::now();
-        // Only ask the C library for the zone name when %Z is used.
-        let zone = if payload.windows(2).any(|w| w == b"%Z") {
-            crate::sys::local_zone_abbreviation(now.timestamp())
-        } else {
-            None
-        };
-        timefmt::answer(payload, &now, zone.as_deref(), cap)
+    let now = Utc::now();
+    let local = (!utc)
+        .then(|| crate::sys::local_zone(now.timestamp()))
+        .flatten()
+        .and_then(|(offset, name)| Some((FixedOffset::east_opt(offset)?, name)));
+    let answer = match local {
+        Some((offset, name)) => {
+            let now: DateTime<FixedOffset> = now.with_timezone(&offset);
+            timefmt::answer(payload, &now, Some(&name), cap)
+        }
+        // UTC asked for, or the C library could not say (a time_t out of
+        // its range): UTC, labelled as such.
+        None => timefmt::answer(payload, &now, None, cap),
     };
     match answer {
         Ok(s) => {
@@ -38,12 +42,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_zone_name_is_the_c_librarys() {
+    fn local_zone_is_the_c_librarys() {
         let mut reply = Vec::new();
-        assert!(!reply_now(b"%Z", false, 1024, &mut reply));
-        let name = String::from_utf8(reply).unwrap();
-        let want = crate::sys::local_zone_abbreviation(Local::now().timestamp()).unwrap();
-        assert_eq!(name, want);
+        assert!(!reply_now(b"%z %Z", false, 1024, &mut reply));
+        let reply = String::from_utf8(reply).unwrap();
+        let (offset, name) = crate::sys::local_zone(Utc::now().timestamp()).unwrap();
+        let sign = if offset < 0 { '-' } else { '+' };
+        let (h, m) = (offset.abs() / 3600, offset.abs() % 3600 / 60);
+        assert_eq!(reply, format!("{sign}{h:02}{m:02} {name}"));
         assert!(!name.contains(':'), "a zone name, not an offset: {name}");
     }
 }
