@@ -1,6 +1,7 @@
 //! Faults a production host sees, over real processes: a log that cannot
 //! be written (full disk, closed pipe, a reader that stopped reading), a
-//! full disk at first start, a known_hosts that cannot be updated.
+//! full disk at first start, a known_hosts that cannot be updated, a
+//! lossy path for the UDP clients.
 
 mod common;
 
@@ -466,4 +467,124 @@ fn clients_recording_hosts_at_once_lose_none() {
         .collect();
     want.sort();
     assert_eq!(keys, want, "one line per server: {text}");
+}
+
+/// Through 5% loss each way (a proxy that drops the same datagrams on
+/// every run), the UDP clients' default retries answer every request; sent
+/// once each, as before `--retries`, about one in ten is lost.
+#[tokio::test]
+async fn udp_clients_retry_through_a_lossy_path() {
+    use switchboard::client::DEFAULT_UDP_RETRIES;
+    use switchboard::{EchoClient, TimeClient};
+    let srv = start(loopback_config()).await;
+    for (service, target) in [("echo", srv.echo_udp), ("time", srv.time_udp)] {
+        for retries in [DEFAULT_UDP_RETRIES, 0] {
+            let proxy = LossyUdpProxy::with_loss(target, 5);
+            let addr = proxy.addr.to_string();
+            // Retrying: 100 ms, 200 ms, then 400 ms; once: 200 ms.
+            let timeout = Duration::from_millis(if retries > 0 { 700 } else { 200 });
+            let mut failed = 0;
+            if service == "echo" {
+                let mut c = EchoClient::connect_udp(&addr, timeout)
+                    .await
+                    .unwrap()
+                    .with_retries(retries);
+                for i in 0..100 {
+                    match c.request(format!("ping {i}").as_bytes()).await {
+                        Ok(r) => assert_eq!(r, format!("PING {i}").as_bytes()),
+                        Err(_) => failed += 1,
+                    }
+                }
+            } else {
+                let c = TimeClient::connect(&addr, timeout)
+                    .await
+                    .unwrap()
+                    .with_retries(retries);
+                for _ in 0..100 {
+                    match c.query("%Y").await {
+                        Ok(r) => assert_eq!(r.len(), 4, "{r}"),
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            let dropped = proxy.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "{service}, retries {retries}: {failed} of 100 failed, {dropped} datagrams dropped"
+            );
+            assert!(
+                dropped >= 5,
+                "{service}: the path was not lossy ({dropped} dropped)"
+            );
+            if retries > 0 {
+                assert_eq!(failed, 0, "{service}: {failed} of 100 lost despite retries");
+            } else {
+                assert!(failed > 0, "{service}: sent once, nothing was lost?");
+            }
+        }
+    }
+    srv.stop().await;
+}
+
+/// The CLI's UDP clients retry by default, `--retries 0` sends once, and a
+/// request that gets no reply says how many tries were made.
+#[test]
+fn udp_client_errors_say_how_many_tries_were_made() {
+    let srv = spawn_serve(&["--echo", "udp://127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let echo: std::net::SocketAddr = srv.addr("echo", Transport::Udp).parse().unwrap();
+    let time: std::net::SocketAddr = srv.addr("time", Transport::Udp).parse().unwrap();
+
+    // Every first try lost (even datagrams toward the server).
+    let proxy = LossyUdpProxy::start(echo, |up, i| up && i % 2 == 0);
+    let p = proxy.addr.to_string();
+    let o = client(&["echo", "--udp", "--timeout", "2s", &p, "hi"], None);
+    assert_eq!(
+        (exec_status(&o), stdout(&o).as_str()),
+        (0, "HI\n"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(proxy.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let o = client(
+        &[
+            "echo",
+            "--retries",
+            "0",
+            "--timeout",
+            "300ms",
+            &format!("udp://{p}"),
+            "hi",
+        ],
+        None,
+    );
+    assert_ne!(exec_status(&o), 0);
+    assert!(
+        stderr(&o).contains(&format!("no reply from udp://{p} after 1 try in 300ms")),
+        "{}",
+        stderr(&o)
+    );
+
+    // Nothing gets through.
+    let black_hole = LossyUdpProxy::start(time, |up, _| up);
+    let p = black_hole.addr.to_string();
+    let o = client(&["time", "--timeout", "300ms", &p, "%H"], None);
+    assert_ne!(exec_status(&o), 0);
+    assert!(
+        stderr(&o).contains(&format!("no reply from udp://{p} after 3 tries in 300ms")),
+        "{}",
+        stderr(&o)
+    );
+    let o = client(&["time", "--retries", "11", &p, "%H"], None);
+    assert!(stderr(&o).contains("11 is not in 0..=10"), "{}", stderr(&o));
+
+    // TCP retransmits by itself: --retries there is a mistake, said so.
+    let tcp = srv.addr("exec", Transport::Tcp);
+    let o = client(
+        &["echo", "--retries", "1", &format!("tcp://{tcp}"), "hi"],
+        None,
+    );
+    assert!(
+        stderr(&o).contains("--retries is for UDP"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -265,8 +265,17 @@ async fn connect_all(p: &Params) -> anyhow::Result<Vec<Client>> {
     for _ in 0..p.conns {
         clients.push(match p.mode {
             Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
-            Mode::UdpEcho => Client::Echo(EchoClient::connect_udp(&p.addr, p.timeout).await?),
-            Mode::UdpTime => Client::Time(TimeClient::connect(&p.addr, p.timeout).await?),
+            // No retransmissions: the report counts every request lost.
+            Mode::UdpEcho => Client::Echo(
+                EchoClient::connect_udp(&p.addr, p.timeout)
+                    .await?
+                    .with_retries(0),
+            ),
+            Mode::UdpTime => Client::Time(
+                TimeClient::connect(&p.addr, p.timeout)
+                    .await?
+                    .with_retries(0),
+            ),
             Mode::Connect => Client::Connect(p.addr.clone(), p.timeout),
             Mode::ExecConnect => Client::ExecConnect(
                 p.addr.clone(),

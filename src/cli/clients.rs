@@ -39,11 +39,17 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
         Some(Transport::Tcp) if args.udp => bail!("--udp conflicts with a tcp:// address"),
         _ => args.udp,
     };
+    if args.retries.is_some() && !udp {
+        bail!("--retries is for UDP (--udp or udp://); TCP retransmits by itself");
+    }
+    let retries = args.retries.unwrap_or(crate::client::DEFAULT_UDP_RETRIES);
     let (addr, timeout) = (target.addr, args.timeout);
     let rt = runtime()?;
     let connect = || async {
         if udp {
-            EchoClient::connect_udp(&addr, timeout).await
+            Ok(EchoClient::connect_udp(&addr, timeout)
+                .await?
+                .with_retries(retries))
         } else {
             EchoClient::connect_tcp(&addr, timeout).await
         }
@@ -106,7 +112,9 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
         bail!("time is a UDP service; use udp://HOST:PORT or HOST:PORT");
     }
     let rt = runtime()?;
-    let client = rt.block_on(TimeClient::connect(&target.addr, args.timeout))?;
+    let client = rt
+        .block_on(TimeClient::connect(&target.addr, args.timeout))?
+        .with_retries(args.retries);
     let query = |format: &str| rt.block_on(client.query(format));
     let mut failed = false;
     match Mode::pick(&target.words) {

@@ -281,9 +281,14 @@ pub struct EchoArgs {
     /// Use UDP (one datagram per request) instead of TCP.
     #[arg(long)]
     pub udp: bool,
-    /// Seconds to wait for a connection or a reply, e.g. 2s, 500ms.
+    /// Time to wait for a connection or a reply, e.g. 2s, 500ms (over UDP,
+    /// for all the tries of a request).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// UDP: send a request again up to N times (0-10) while no reply
+    /// comes, the waits doubling within --timeout [default: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::client::MAX_UDP_RETRIES as i64))]
+    pub retries: Option<u32>,
     /// [ADDR] then TEXT: ADDR is HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT
     /// (default 127.0.0.1:9000); TEXT words are joined with spaces.
     #[arg(value_name = "ADDR|TEXT")]
@@ -292,9 +297,13 @@ pub struct EchoArgs {
 
 #[derive(Debug, Args)]
 pub struct TimeArgs {
-    /// Seconds to wait for a reply, e.g. 2s, 500ms.
+    /// Time to wait for a reply, e.g. 2s, 500ms, for all the tries of a query.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Send a query again up to N times (0-10) while no reply comes, the
+    /// waits doubling within --timeout.
+    #[arg(long, value_name = "N", default_value_t = crate::client::DEFAULT_UDP_RETRIES, value_parser = clap::value_parser!(u32).range(0..=crate::client::MAX_UDP_RETRIES as i64))]
+    pub retries: u32,
     /// [ADDR] then FORMAT: ADDR is HOST:PORT or udp://HOST:PORT (default
     /// 127.0.0.1:9001); FORMAT words are joined with spaces ('' = server default).
     #[arg(value_name = "ADDR|FORMAT")]

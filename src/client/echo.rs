@@ -11,11 +11,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::{ClientError, connect_tcp, connect_udp, udp_round_trip};
+use super::{ClientError, DEFAULT_UDP_RETRIES, connect_tcp, connect_udp, udp_round_trip};
 
 enum Conn {
     Tcp(TcpStream),
-    Udp(UdpSocket, SocketAddr),
+    /// The socket, the server, and the retransmissions per request.
+    Udp(UdpSocket, SocketAddr, u32),
 }
 
 /// A connection to an echo service.
@@ -37,20 +38,33 @@ impl EchoClient {
         })
     }
 
-    /// Prepares a UDP socket for `addr`; `timeout` bounds each reply wait.
+    /// Prepares a UDP socket for `addr`; `timeout` bounds each request,
+    /// its [`DEFAULT_UDP_RETRIES`] retransmissions included.
     pub async fn connect_udp(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
         let (sock, peer) = connect_udp(addr).await?;
         Ok(EchoClient {
-            conn: Conn::Udp(sock, peer),
+            conn: Conn::Udp(sock, peer, DEFAULT_UDP_RETRIES),
             addr: addr.to_string(),
             timeout,
         })
     }
 
+    /// UDP: sends a request up to `retries` more times while no reply
+    /// comes (at most [`super::MAX_UDP_RETRIES`]); 0 sends each request
+    /// once. TCP retransmits by itself and ignores this.
+    pub fn with_retries(mut self, retries: u32) -> Self {
+        if let Conn::Udp(_, _, r) = &mut self.conn {
+            *r = retries;
+        }
+        self
+    }
+
     /// Sends `data` and returns its echo. Over UDP, `data` is one datagram.
     pub async fn request(&mut self, data: &[u8]) -> Result<Vec<u8>, ClientError> {
         match &mut self.conn {
-            Conn::Udp(sock, peer) => udp_round_trip(sock, *peer, data, self.timeout).await,
+            Conn::Udp(sock, peer, retries) => {
+                udp_round_trip(sock, *peer, data, self.timeout, *retries).await
+            }
             Conn::Tcp(stream) => {
                 // Write and read at once: a large request must not fill both
                 // directions' buffers before we start reading.

@@ -574,3 +574,103 @@ impl Drop for SmallTmpfs {
             .status();
     }
 }
+
+/// A UDP relay between one client and `server` that drops the datagrams
+/// `lose(toward_server, index)` picks (`index` counts each direction's
+/// datagrams from 0): a lossy network path on loopback. Stopped on drop.
+pub struct LossyUdpProxy {
+    /// Where clients send.
+    pub addr: SocketAddr,
+    /// Datagrams dropped so far, both directions.
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LossyUdpProxy {
+    pub fn start(
+        server: SocketAddr,
+        lose: impl Fn(bool, u64) -> bool + Send + Sync + 'static,
+    ) -> LossyUdpProxy {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let front = UdpSocket::bind("127.0.0.1:0").expect("proxy front");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("proxy back");
+        back.connect(server).expect("proxy back connect");
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let addr = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let lose = Arc::new(lose);
+        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+        let up = {
+            let (stop, dropped, client, lose) =
+                (stop.clone(), dropped.clone(), client.clone(), lose.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = front.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    *client.lock().unwrap() = Some(from);
+                    if lose(true, i) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let _ = back.send(&buf[..n]);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        let down = {
+            let (stop, dropped) = (stop.clone(), dropped.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = back2.recv(&mut buf) else {
+                        continue;
+                    };
+                    let to = *client.lock().unwrap();
+                    if lose(false, i) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(to) = to {
+                        let _ = front2.send_to(&buf[..n], to);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        LossyUdpProxy {
+            addr,
+            dropped,
+            stop,
+            threads: vec![up, down],
+        }
+    }
+
+    /// Loses `percent`% of each direction's datagrams, the same ones on
+    /// every run (a hash of direction and index, not a clock or an RNG).
+    pub fn with_loss(server: SocketAddr, percent: u64) -> LossyUdpProxy {
+        LossyUdpProxy::start(server, move |up, i| {
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(up);
+            x ^= x >> 31;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x ^= x >> 29;
+            x % 100 < percent
+        })
+    }
+}
+
+impl Drop for LossyUdpProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
