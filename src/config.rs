@@ -184,6 +184,11 @@ pub struct ServerConfig {
 /// Default native exec port: the tutorial's final server's.
 pub const DEFAULT_EXEC_PORT: u16 = 8080;
 
+/// `exec.max_unauthenticated_per_source`'s default, also how many
+/// handshakes the bundled load generator has in progress at once, so that
+/// its default run never trips the server's default.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: usize = 8;
+
 /// Remote execution (PROTOCOL.md §3-4).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -323,7 +328,7 @@ impl Default for ExecConfig {
             max_connections_per_source: 32,
             max_startups: Startups::default(),
             unauthenticated_penalty: Duration::from_secs(1),
-            max_unauthenticated_per_source: 8,
+            max_unauthenticated_per_source: DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
             auth_penalty: Duration::from_secs(1),
             auth_penalty_max: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),

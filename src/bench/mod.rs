@@ -115,6 +115,8 @@ pub struct Params {
     pub bytes: u64,
     /// exec: jobs in flight per connection.
     pub inflight: usize,
+    /// exec-connect: handshakes in progress at once, at most.
+    pub handshakes: usize,
     /// Show a progress bar (on a terminal, not with --json).
     pub progress: bool,
 }
@@ -140,6 +142,9 @@ pub struct Report {
     /// exec-stream: megabytes (10^6 bytes) per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mb_per_sec: Option<f64>,
+    /// The first error seen, to say what went wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 /// Resident memory of `pid` in KiB, from /proc.
@@ -187,12 +192,14 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
     let mut open = Vec::with_capacity(p.conns);
     for t in tasks {
-        let (ok, err, hist, client) = t.await?;
+        let (ok, err, hist, client, first) = t.await?;
         open.push(client);
         requests += ok;
         errors += err;
+        first_error = first_error.or(first);
         if let Some(h) = hist {
             total.add(h)?;
         }
@@ -214,54 +221,61 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     );
     report.server_rss_kib_before = rss_before;
     report.server_rss_kib_after = rss_after;
+    report.first_error = first_error;
     Ok(report)
 }
 
 /// One connection's share of a request/response run: round trips until
-/// the deadline, the request limit or `stop`; counts, latencies, and the
-/// client back, still connected (so the server's memory is read with every
-/// connection open).
+/// the deadline, the request limit or `stop`; counts, latencies, the first
+/// error, and the client back, still connected (so the server's memory is
+/// read with every connection open).
 async fn round_trips(
     mut client: Client,
     req: Vec<u8>,
     want: Vec<u8>,
     stop: Arc<AtomicBool>,
     budget: Budget,
-) -> (u64, u64, Option<Histogram<u64>>, Client) {
+) -> (u64, u64, Option<Histogram<u64>>, Client, Option<String>) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     let (mut ok, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
     while !stop.load(Ordering::Relaxed) && budget.more() {
         let t0 = Instant::now();
-        let good = match client.round_trip(&req).await {
-            Ok(reply) if client.is_time() => {
-                !reply.starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
+        let bad = match client.round_trip(&req).await {
+            Ok(reply) if client.is_time() => reply
+                .starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
+                .then(|| String::from_utf8_lossy(&reply).into_owned()),
+            Ok(reply) if client.is_exec() => {
+                (!reply.is_empty()).then(|| "the job wrote to stdout".to_string())
             }
-            Ok(reply) if client.is_exec() => reply.is_empty(),
-            Ok(reply) => reply == want,
-            Err(_) => false,
+            Ok(reply) if reply == want => None,
+            Ok(_) => Some("a reply that is not the request upper-cased".to_string()),
+            Err(e) => Some(e.to_string()),
         };
-        if good {
+        if let Some(e) = bad {
+            first_error.get_or_insert(e);
+            errors += 1;
+            if errors > 100 && ok == 0 {
+                break; // nothing works: do not spin
+            }
+        } else {
             ok += 1;
             let us = t0.elapsed().as_micros().max(1) as u64;
             if let Some(h) = hist.as_mut() {
                 let _ = h.record(us.min(60_000_000));
             }
-        } else {
-            errors += 1;
-            if errors > 100 && ok == 0 {
-                break; // nothing works: do not spin
-            }
         }
     }
     // The client goes back to the caller so that connections are
     // still open when the server's memory is read.
-    (ok, errors, hist, client)
+    (ok, errors, hist, client, first_error)
 }
 
 /// The connections of a request/response run, all opened before the
 /// clock starts.
 async fn connect_all(p: &Params) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(p.conns);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(p.handshakes.max(1)));
     for _ in 0..p.conns {
         clients.push(match p.mode {
             Mode::Echo => Client::Echo(EchoClient::connect_tcp(&p.addr, p.timeout).await?),
@@ -277,12 +291,13 @@ async fn connect_all(p: &Params) -> anyhow::Result<Vec<Client>> {
                     .with_retries(0),
             ),
             Mode::Connect => Client::Connect(p.addr.clone(), p.timeout),
-            Mode::ExecConnect => Client::ExecConnect(
-                p.addr.clone(),
-                p.exec_auth.clone().unwrap_or_else(ClientAuth::none),
-                p.timeout,
-                p.cmd.clone(),
-            ),
+            Mode::ExecConnect => Client::ExecConnect {
+                addr: p.addr.clone(),
+                auth: p.exec_auth.clone().unwrap_or_else(ClientAuth::none),
+                timeout: p.timeout,
+                cmd: p.cmd.clone(),
+                handshakes: handshakes.clone(),
+            },
             Mode::Exec | Mode::ExecStream | Mode::Stream | Mode::Idle => {
                 let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
                 Client::Exec(
@@ -320,6 +335,7 @@ impl Report {
             server_rss_kib_before: None,
             server_rss_kib_after: None,
             mb_per_sec: None,
+            first_error: None,
         }
     }
 }
@@ -377,7 +393,15 @@ enum Client {
     Exec(ExecClient, String),
     /// A new connection per request.
     Connect(String, Duration),
-    ExecConnect(String, ClientAuth, Duration, String),
+    /// A new exec connection per job; `handshakes` holds the number in
+    /// progress at once under the server's per-source limit.
+    ExecConnect {
+        addr: String,
+        auth: ClientAuth,
+        timeout: Duration,
+        cmd: String,
+        handshakes: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl Client {
@@ -399,8 +423,17 @@ impl Client {
                 c.finish().await?;
                 Ok(reply)
             }
-            Client::ExecConnect(addr, auth, timeout, cmd) => {
-                let mut c = ExecClient::connect(addr, auth, *timeout).await?;
+            Client::ExecConnect {
+                addr,
+                auth,
+                timeout,
+                cmd,
+                handshakes,
+            } => {
+                let mut c = {
+                    let _slot = handshakes.acquire().await;
+                    ExecClient::connect(addr, auth, *timeout).await?
+                };
                 let out = c.run(cmd).await?;
                 if out.status != ExitStatus::Code(0) {
                     return Err(ClientError::Server(format!("{:?}", out.status)));
@@ -411,7 +444,7 @@ impl Client {
     }
 
     fn is_exec(&self) -> bool {
-        matches!(self, Client::Exec(..) | Client::ExecConnect(..))
+        matches!(self, Client::Exec(..) | Client::ExecConnect { .. })
     }
 
     fn is_time(&self) -> bool {
@@ -438,6 +471,9 @@ impl std::fmt::Display for Report {
         )?;
         if let Some(m) = self.mb_per_sec {
             write!(f, ", {m:.0} MB/s")?;
+        }
+        if let Some(e) = &self.first_error {
+            write!(f, ", first error: {e}")?;
         }
         if self.mode.starts_with("udp") {
             let sent = self.requests + self.errors;
@@ -482,6 +518,7 @@ fn single(
         server_rss_kib_before: rss.0,
         server_rss_kib_after: rss.1,
         mb_per_sec: mb,
+        first_error: None,
     }
 }
 

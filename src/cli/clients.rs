@@ -201,6 +201,7 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         cmd: args.cmd,
         bytes: args.bytes,
         inflight: args.inflight.max(1),
+        handshakes: args.handshakes,
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

@@ -192,6 +192,10 @@ pub struct BenchArgs {
     /// exec modes: connect to a server without authentication.
     #[arg(long)]
     pub no_auth: bool,
+    /// exec-connect: handshakes in progress at once, at most (the server
+    /// closes a source's handshakes past exec.max_unauthenticated_per_source).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
+    pub handshakes: usize,
 }
 
 #[derive(Debug, Args)]

@@ -289,8 +289,15 @@ impl ExecClient {
 
     async fn expect(&mut self) -> Result<ServerMsg, ClientError> {
         match self.rx.recv().await? {
+            // The server closes without a word past its connection and
+            // handshake limits (it owes an unauthenticated peer nothing);
+            // name them, as the usual cause, for whoever hits one.
             None => Err(ClientError::Protocol(
-                "the server closed the connection during the handshake".into(),
+                "the server closed the connection during the handshake (as it does past \
+                 exec.max_connections, exec.max_connections_per_source, exec.max_startups \
+                 or exec.max_unauthenticated_per_source, and to a source penalised for \
+                 failed logins)"
+                    .into(),
             )),
             Some(ServerMsg::Error {
                 code: ErrorCode::AuthFailed,
