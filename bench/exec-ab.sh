@@ -4,14 +4,17 @@
 # (handshake + one job) each time. Prints each run and the medians with
 # the ratio B/A. The bench client is B's for both (same protocol).
 # Usage: bash bench/exec-ab.sh A_BIN B_BIN [SECONDS] [RUNS]
+# A_ARGS / B_ARGS (environment): more `serve` arguments for one side, e.g.
+# the same build twice with B_ARGS="--config max-processes.toml".
 set -euo pipefail
 a=$1 b=$2 secs=${3:-5} runs=${4:-3}
 home=$(mktemp -d)
 export HOME=$home XDG_CONFIG_HOME=$home/.config
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$home"' EXIT
-serve() { # BIN -> sets pid, addr
-  "$1" serve -q --allow-root --echo tcp://127.0.0.1:0 --time 127.0.0.1:0 --exec tcp://127.0.0.1:0 >"$home/banner" &
+serve() { # BIN [ARGS...] -> sets pid, addr
+  local bin=$1; shift
+  "$bin" serve -q --allow-root --echo tcp://127.0.0.1:0 --time 127.0.0.1:0 --exec tcp://127.0.0.1:0 "$@" >"$home/banner" &
   pid=$!
   for _ in $(seq 100); do grep -q '^ready' "$home/banner" && break; sleep 0.05; done
   addr=$(awk '$1=="exec" {sub("tcp://","",$2); print $2}' "$home/banner")
@@ -23,8 +26,9 @@ rate() { # MODE CONNS -> jobs/s
 declare -A got
 for run in $(seq "$runs"); do
   for side in A B; do
-    bin=$a; [ "$side" = B ] && bin=$b
-    serve "$bin"
+    bin=$a extra=${A_ARGS:-}; [ "$side" = B ] && bin=$b extra=${B_ARGS:-}
+    # shellcheck disable=SC2086 # extra is a list of words
+    serve "$bin" $extra
     for m in "exec 1" "exec 4" "exec-connect 1"; do
       r=$(rate $m)
       got["$side $m"]+="$r "
