@@ -22,7 +22,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -145,21 +145,18 @@ fn drain(rx: Receiver<Vec<u8>>, mut out: impl Write, sink: &Sink) {
     // Dropped lines already reported, and the last write error seen.
     let mut reported = 0u64;
     let mut last_error: Option<std::io::Error> = None;
-    loop {
-        let line = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+    while let Ok(line) = rx.recv() {
         let lost = sink.dropped().saturating_sub(reported);
         let notice = if lost == 0 {
             Ok(())
         } else {
-            let why = match &last_error {
-                Some(e) => format!("the log could not be written: {e}"),
-                None => "the log writer fell behind".to_string(),
+            // A write that failed on a full disk may have written part of
+            // its line: start on a line of our own.
+            let (newline, why) = match &last_error {
+                Some(e) => ("\n", format!("the log could not be written: {e}")),
+                None => ("", "the log writer fell behind".to_string()),
             };
-            let notice = format!("switchboard: {lost} log line(s) lost ({why})\n");
+            let notice = format!("{newline}switchboard: {lost} log line(s) lost ({why})\n");
             out.write_all(notice.as_bytes())
         };
         let written = notice
@@ -230,7 +227,8 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     /// Collects what reaches the "descriptor"; fails the first `fail`
-    /// writes; waits for `gate` to open before the first write.
+    /// writes, the first of them after taking 3 bytes (a disk that fills
+    /// mid-line); waits for `gate` to open before the first write.
     #[derive(Clone, Default)]
     struct Out {
         text: Arc<Mutex<Vec<u8>>>,
@@ -257,6 +255,10 @@ mod tests {
             let mut fail = self.fail.lock().unwrap();
             if *fail > 0 {
                 *fail -= 1;
+                let mut text = self.text.lock().unwrap();
+                if text.is_empty() {
+                    text.extend_from_slice(b.get(..3).unwrap_or(b));
+                }
                 return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
             }
             self.text.lock().unwrap().extend_from_slice(b);
@@ -285,14 +287,16 @@ mod tests {
         assert_eq!(sink.dropped(), 3);
         let text = out.text();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        // The torn piece of a lost line stays on a line of its own.
+        assert_eq!(lines[0], "lin", "{text}");
         assert!(
-            lines[0].starts_with(
+            lines[1].starts_with(
                 "switchboard: 3 log line(s) lost (the log could not be written: No space left"
             ),
             "{text}"
         );
-        assert_eq!(&lines[1..], ["line 4", "line 5"]);
+        assert_eq!(&lines[2..], ["line 4", "line 5"]);
         // Reported once: later lines come alone.
         log(sink, "line 6\n");
         sink.flush(Duration::from_secs(10));
