@@ -82,8 +82,13 @@ struct TempUser {
 }
 
 impl TempUser {
-    /// None (and a loud message) where users cannot be created.
-    fn create() -> Option<TempUser> {
+    /// A user for `--run-as`, which needs a root server: None (and a loud
+    /// message) when this process is not root or cannot create users.
+    fn for_run_as() -> Option<TempUser> {
+        if !is_root() {
+            eprintln!("SKIPPED: --run-as needs a root server");
+            return None;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -119,11 +124,7 @@ fn chmod(p: &Path, mode: u32) {
 /// (before, the server entered it as root and the job read what was there).
 #[test]
 fn cwd_is_entered_as_the_run_as_user() {
-    if !is_root() {
-        eprintln!("SKIPPED: --run-as needs a root server");
-        return;
-    }
-    let Some(user) = TempUser::create() else {
+    let Some(user) = TempUser::for_run_as() else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -680,11 +681,7 @@ fn a_process_that_left_the_group_dies_with_the_job_cgroup() {
 /// a run-as user is held by RLIMIT_NPROC.
 #[test]
 fn max_processes_holds_a_run_as_user_through_rlimit_nproc() {
-    if !is_root() {
-        eprintln!("SKIPPED: --run-as needs a root server");
-        return;
-    }
-    let Some(user) = TempUser::create() else {
+    let Some(user) = TempUser::for_run_as() else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
