@@ -638,7 +638,7 @@ fn max_processes_holds_a_root_job_through_its_cgroup() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The job is over: its cgroup goes.
-    let prefix = format!("sb-{}-job-", srv.pid());
+    let prefix = format!("sb-{}.", srv.pid());
     let gone = poll(T, || {
         std::fs::read_dir(&base).is_ok_and(|d| {
             !d.flatten()
@@ -675,6 +675,49 @@ fn a_process_that_left_the_group_dies_with_the_job_cgroup() {
         "pid {pid} (group {pgid}) outlived its job: {}",
         cmdline(pid)
     );
+}
+
+/// Job cgroups are named by the server's pid *and* start time: those of a
+/// server that is gone are cleaned at the next start even when its pid now
+/// belongs to another process, or to the new server itself (pid 1 of a
+/// restarted container). What is left in them is killed.
+#[test]
+fn job_cgroups_of_a_gone_server_are_cleaned_though_its_pid_lives_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = max_processes_config(tmp.path(), 64);
+    let first = spawn_serve(&[&QUIET[..], &["--config", &cfg]].concat());
+    let Some(base) = job_cgroups(&first, "job_cgroups_of_a_gone_server") else {
+        return;
+    };
+    // A leftover escapee, in a cgroup named after a live pid with another
+    // start time (the pid was reused), and an empty one named after the
+    // running server's pid (an earlier server had it).
+    let mut escapee = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("sleep");
+    let reused = base.join(format!("sb-{}.1-job-0", escapee.id()));
+    let same_pid = base.join(format!("sb-{}.1-job-7", first.pid()));
+    for dir in [&reused, &same_pid] {
+        std::fs::create_dir(dir).expect("cgroup");
+    }
+    std::fs::write(reused.join("cgroup.procs"), escapee.id().to_string()).expect("join");
+    let second = spawn_serve(&[&QUIET[..], &["--config", &cfg]].concat());
+    assert!(job_cgroups(&second, "job_cgroups_of_a_gone_server").is_some());
+    // A job's reaping sweeps what the start could not remove yet.
+    second.run_job(&second.addr("exec", Transport::Tcp), "true");
+    let cleaned = poll(T, || !reused.exists() && !same_pid.exists());
+    let killed = poll(T, || escapee.try_wait().is_ok_and(|s| s.is_some()));
+    let _ = escapee.kill();
+    let _ = escapee.wait();
+    for dir in [&reused, &same_pid] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(
+        killed,
+        "the escapee in a stale job cgroup survived the start"
+    );
+    assert!(cleaned, "stale job cgroups left in {}", base.display());
 }
 
 /// Without a cgroup (a server in this test process never looks for one),

@@ -10,12 +10,16 @@
 //! Where the job cgroups go (found once, at start):
 //!
 //! ```text
-//! cgroup v1: <pids mount>/<server's pids cgroup>/sb-<server pid>-job-<n>
-//! cgroup v2: <v2 mount>/<X>/sb-<server pid>-job-<n>, X the server's cgroup
+//! cgroup v1: <pids mount>/<server's pids cgroup>/sb-<server>-job-<n>
+//! cgroup v2: <v2 mount>/<X>/sb-<server>-job-<n>, X the server's cgroup
 //!            if it is the root, else its parent, when "pids" is in X's
 //!            cgroup.subtree_control (systemd: Delegate=pids with
 //!            DelegateSubgroup=, so the server sits in a leaf below X)
 //! ```
+//!
+//! `<server>` is the server's pid and its start time (`PID.TICKS`, from
+//! /proc): a pid alone would be the same for a server restarted as pid 1 of
+//! a container, and could belong to an unrelated process by the next start.
 //!
 //! A job joins its cgroup in the child before exec, through a descriptor
 //! opened before the fork (a write of "0" to `cgroup.procs`). When its
@@ -137,28 +141,69 @@ fn writable(dir: &Path) -> bool {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
-/// Removes the empty job cgroups of servers that are gone (a server killed
-/// with SIGKILL cannot clean up; its keeper killed the jobs).
+/// Removes the job cgroups of servers that are gone (a server killed with
+/// SIGKILL cannot clean up): what is left in them is killed, and those
+/// whose tasks are still exiting are retried by [`sweep`].
 fn remove_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
+        let Some(server) = name
             .to_str()
             .and_then(|n| n.strip_prefix("sb-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(|n| n.split_once("-job-"))
+            .map(|(server, _)| server)
         else {
             continue;
         };
-        let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
-        if pid != std::process::id() as i32 && !alive {
+        if !instance_alive(server) {
             kill_members(&e.path());
-            let _ = std::fs::remove_dir(e.path());
+            if std::fs::remove_dir(e.path()).is_err() {
+                lock(&PENDING).push(e.path());
+            }
         }
     }
+}
+
+/// This process as job cgroup names say it: `PID.TICKS`.
+fn instance() -> &'static str {
+    static ME: OnceLock<String> = OnceLock::new();
+    ME.get_or_init(|| {
+        let pid = std::process::id();
+        let start = start_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0);
+        format!("{pid}.{start}")
+    })
+}
+
+/// Whether the server `PID.TICKS` still runs: that pid, started at that
+/// time, and not a zombie.
+fn instance_alive(server: &str) -> bool {
+    let Some((pid, ticks)) = server.split_once('.') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let (state, start) = parse_stat(&stat).unwrap_or(("", 0));
+    state != "Z" && state != "X" && !state.is_empty() && start.to_string() == ticks
+}
+
+fn start_ticks(path: &str) -> Option<u64> {
+    parse_stat(&std::fs::read_to_string(path).ok()?).map(|(_, t)| t)
+}
+
+/// The state and the start time (field 22, clock ticks since boot) from a
+/// /proc/PID/stat line; the command name may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// A job cgroup made for a spawn: the child joins it through `procs`.
@@ -179,7 +224,7 @@ pub fn prepare(max: u64) -> io::Result<Option<Prepared>> {
     };
     let dir = base.join(format!(
         "sb-{}-job-{}",
-        std::process::id(),
+        instance(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir(&dir)?;
@@ -327,5 +372,21 @@ mod tests {
     fn no_cgroup_file_lines_no_base() {
         assert_eq!(find_base("", MOUNTS_V1, |_| None), None);
         assert_eq!(find_base("garbage", "garbage", |_| None), None);
+    }
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200";
+        assert_eq!(parse_stat(stat), Some(("S", 98765)));
+        assert_eq!(parse_stat("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn an_instance_is_alive_only_with_its_own_start_time() {
+        assert!(instance_alive(instance()), "{}", instance());
+        let pid = std::process::id();
+        assert!(!instance_alive(&format!("{pid}.1")));
+        assert!(!instance_alive(&pid.to_string()));
+        assert!(!instance_alive("x.y"));
     }
 }
