@@ -184,6 +184,10 @@ pub struct ServerConfig {
 /// Default native exec port: the tutorial's final server's.
 pub const DEFAULT_EXEC_PORT: u16 = 8080;
 
+/// The largest `exec.max_processes`: the kernel's PID_MAX_LIMIT on 64-bit
+/// systems, above which `pids.max` refuses a number (it takes `max`).
+pub const MAX_PROCESSES_LIMIT: u64 = 4_194_304;
+
 /// `exec.max_unauthenticated_per_source`'s default, also how many
 /// handshakes the bundled load generator has in progress at once, so that
 /// its default run never trips the server's default.
@@ -593,6 +597,12 @@ impl ServerConfig {
         if x.max_unauthenticated_per_source == 0 {
             bail!("exec.max_unauthenticated_per_source must be at least 1");
         }
+        if x.max_processes > MAX_PROCESSES_LIMIT {
+            bail!(
+                "exec.max_processes must be at most {MAX_PROCESSES_LIMIT} (the kernel's most \
+                 processes), or 0 for no limit"
+            );
+        }
         if self.server.source_netblock_v4 > 32 || self.server.source_netblock_v6 > 128 {
             bail!(
                 "server.source_netblock_v4 must be at most 32 and source_netblock_v6 at most 128"
@@ -828,6 +838,7 @@ mod tests {
             "[echo]\nidle_timeout = \"soon\"",
             "[echo]\nbogus = 1",
             "[exec]\nlegacy_listen = [\"tcp://[::ffff:127.0.0.1]:0\"]",
+            "[exec]\nmax_processes = 4194305",
         ] {
             assert!(
                 ServerConfig::from_toml(bad).is_err(),
