@@ -322,7 +322,20 @@ fn record_known_host(path: &Path, key: &str, fp: &str) -> anyhow::Result<()> {
             None => {}
         }
         let mut text = text;
+        // A last line without its newline (a hand edit) must not be
+        // joined with the new one.
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
         text.push_str(&format!("{key} {fp}\n"));
+        // Never write what the next read would refuse.
+        if text.len() as u64 > crate::secrets::MAX_SECRET_FILE {
+            anyhow::bail!(
+                "{} would pass {} bytes, the most that is read; remove old entries",
+                path.display(),
+                crate::secrets::MAX_SECRET_FILE
+            );
+        }
         crate::files::replace(path, text.as_bytes(), mode)?;
         Ok(())
     })?

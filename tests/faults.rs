@@ -377,14 +377,15 @@ fn tls_server() -> (ServeProcess, String, String) {
 }
 
 /// `switchboard exec ADDR --known-hosts FILE -- CMD` with the token in the
-/// environment and HOME at `home`.
+/// environment and HOME at `home`; a client that hangs (on a lock, say) is
+/// killed and fails the test.
 fn exec_tofu(
     home: &std::path::Path,
     known: &std::path::Path,
     addr: &str,
     token: &str,
 ) -> std::process::Output {
-    std::process::Command::new(bin())
+    let mut child = std::process::Command::new(bin())
         .args(["exec", addr, "--known-hosts"])
         .arg(known)
         .args(["--", "echo hi"])
@@ -392,8 +393,16 @@ fn exec_tofu(
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("SWITCHBOARD_TOKEN", token)
         .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if exit_within(&mut child, Duration::from_secs(20)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the client hung (known_hosts {})", known.display());
+    }
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -587,4 +596,88 @@ fn udp_client_errors_say_how_many_tries_were_made() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A last line without its newline (a hand edit) gets the new host on a
+/// line of its own, and the file stays readable.
+#[test]
+fn a_known_hosts_without_a_final_newline_stays_readable() {
+    let (_srv, addr, token) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let known = home.path().join("known_hosts");
+    let other = format!("127.0.0.1:1 {}", "ab".repeat(32));
+    std::fs::write(&known, &other).unwrap();
+    for _ in 0..2 {
+        let o = exec_tofu(home.path(), &known, &addr, &token);
+        assert_eq!(o.stdout, b"hi\n", "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(&known).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], other);
+    assert!(lines[1].starts_with(&addr["tls://".len()..]), "{text}");
+}
+
+/// A lock file that is a FIFO, a symlink, or held by a stopped process
+/// makes recording fail (a warning, the job runs), never a hang, and a
+/// dangling symlink there creates nothing where it points.
+#[test]
+fn a_known_hosts_lock_that_cannot_be_taken_is_a_warning_not_a_hang() {
+    let (_srv, addr, token) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let known = home.path().join("known_hosts");
+    let lock = home.path().join("known_hosts.lock");
+    let elsewhere = home.path().join("elsewhere");
+    let check = |what: &str, why: &str| {
+        let o = exec_tofu(home.path(), &known, &addr, &token);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.stdout, b"hi\n", "{what}: {err}");
+        assert!(
+            err.contains("trusted for this connection only") && err.contains(why),
+            "{what}: {err}"
+        );
+        assert!(!known.exists(), "{what}: recorded without the lock");
+    };
+    nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    check("fifo", "known_hosts.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    check("dangling symlink", "cannot open");
+    assert!(!elsewhere.exists(), "the symlink was followed");
+    std::fs::remove_file(&lock).unwrap();
+    // Held by another process that does not let go (this one, for the
+    // client: flock locks belong to the open file).
+    let file = std::fs::File::create(&lock).unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    check("held", "held by another process");
+    drop(held);
+}
+
+/// The client never writes a known_hosts larger than it will read (1 MiB):
+/// the new host is a warning, the file stays as it was and readable.
+#[test]
+fn a_full_known_hosts_is_not_grown_past_what_is_read() {
+    let (_srv, addr, token) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let known = home.path().join("known_hosts");
+    let mut text = String::new();
+    let mut port = 1u32;
+    while text.len() < (1 << 20) - 40 {
+        text.push_str(&format!(
+            "10.0.{}.{}:{} {}\n",
+            port / 250 % 250,
+            port % 250,
+            port % 65_000 + 1,
+            "ef".repeat(32)
+        ));
+        port += 1;
+    }
+    std::fs::write(&known, &text).unwrap();
+    let o = exec_tofu(home.path(), &known, &addr, &token);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.stdout, b"hi\n", "{err}");
+    assert!(err.contains("remove old entries"), "{err}");
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
 }
