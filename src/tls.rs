@@ -300,6 +300,17 @@ pub struct FirstUse {
 /// read again (another client may have recorded it meanwhile) and replaced
 /// whole, so a full disk leaves the old file, never half a line.
 fn record_known_host(path: &Path, key: &str, fp: &str) -> anyhow::Result<()> {
+    // A known_hosts that is a link (dotfile managers) is updated where it
+    // points: replacing the link itself with a file would detach it.
+    let resolved;
+    let path = match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot resolve the link {}", path.display()))?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     if let Some(dir) = path.parent() {
         crate::files::ensure_dir(dir, 0o700)?;
     }

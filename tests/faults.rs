@@ -681,3 +681,24 @@ fn a_full_known_hosts_is_not_grown_past_what_is_read() {
     assert!(err.contains("remove old entries"), "{err}");
     assert_eq!(std::fs::read_to_string(&known).unwrap(), text);
 }
+
+/// A known_hosts that is a symlink is updated where it points; the link
+/// stays a link.
+#[test]
+fn a_known_hosts_symlink_is_updated_through_the_link() {
+    let (_srv, addr, token) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let real = home.path().join("dotfiles-known_hosts");
+    let other = format!("127.0.0.1:1 {}\n", "ab".repeat(32));
+    std::fs::write(&real, &other).unwrap();
+    let known = home.path().join("known_hosts");
+    std::os::unix::fs::symlink(&real, &known).unwrap();
+    let o = exec_tofu(home.path(), &known, &addr, &token);
+    assert_eq!(o.stdout, b"hi\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(known.symlink_metadata().unwrap().file_type().is_symlink());
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(
+        text.starts_with(&other) && text.lines().count() == 2,
+        "{text}"
+    );
+}
