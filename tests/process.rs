@@ -752,3 +752,64 @@ fn max_processes_holds_a_run_as_user_through_rlimit_nproc() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A server whose runtime is dropped under it (an embedded server, a test
+/// that never stops its server) leaves no job behind: neither one still
+/// running nor a finished job's background process.
+#[test]
+fn jobs_die_with_a_runtime_dropped_under_their_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (running, lingering) = rt.block_on(async {
+        let srv = common::start(common::exec_config(tmp.path())).await;
+        let token = switchboard::secrets::read_token(&tmp.path().join("token")).expect("token");
+        let auth = switchboard::client::ClientAuth::token(token);
+        let addr = srv.exec.to_string();
+        let connect = || switchboard::client::ExecClient::connect(&addr, &auth, T);
+        // A finished job whose background process holds no pipe.
+        let mut c = connect().await.expect("connect");
+        let out = c
+            .run("sleep 60 </dev/null >/dev/null 2>&1 & echo $!")
+            .await
+            .expect("job");
+        let lingering: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // A job still running when the runtime goes.
+        let (mut tx, mut rx) = connect().await.expect("connect").split();
+        tx.send(ClientMsg::Exec(ExecRequest::shell(
+            1,
+            "echo $$; exec sleep 60",
+        )))
+        .await
+        .unwrap();
+        let running = loop {
+            match rx.recv().await.unwrap() {
+                Some(ServerMsg::Stdout { data, .. }) => {
+                    break String::from_utf8_lossy(&data)
+                        .trim()
+                        .parse::<i32>()
+                        .unwrap();
+                }
+                Some(_) => continue,
+                None => panic!("closed before the job's output"),
+            }
+        };
+        // Nothing is stopped or closed: the runtime goes with all of it.
+        drop((c, tx, rx, srv));
+        (running, lingering)
+    });
+    drop(rt);
+    let survivors: Vec<String> = [("running job", running), ("background process", lingering)]
+        .into_iter()
+        .filter(|&(_, pid)| {
+            !poll(T, || {
+                proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z')
+            })
+        })
+        .map(|(what, pid)| {
+            let line = format!("the {what} (pid {pid}: {})", cmdline(pid));
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            line
+        })
+        .collect();
+    assert!(survivors.is_empty(), "outlived their server: {survivors:?}");
+}

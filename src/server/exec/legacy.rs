@@ -182,6 +182,7 @@ async fn collect(
     cancel: &CancellationToken,
     grace: Duration,
 ) -> ((Vec<u8>, u64), (Vec<u8>, u64), ExitStatus) {
+    let mut guard = process::GroupGuard::new(spawned.pgid);
     let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
     let child = &mut spawned.child;
     let outputs = async {
@@ -200,6 +201,7 @@ async fn collect(
         Err(_) => ExitStatus::Code(-1),
     };
     process::kill_group(spawned.pgid, grace).await;
+    guard.disarm();
     (out, err, status)
 }
 

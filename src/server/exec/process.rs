@@ -313,6 +313,39 @@ pub fn release_group(pgid: Pid) {
     super::cgroup::release(pgid);
 }
 
+/// Kills a job's group if dropped before [`disarm`](GroupGuard::disarm):
+/// a connection task dropped without its cleanup (a runtime shut down
+/// under it, as in an embedded server or a test, or a panic) still leaves
+/// no job running. SIGKILL at once: there is no task left to wait out a
+/// grace.
+pub struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    pub fn new(pgid: Pid) -> GroupGuard {
+        GroupGuard(Some(pgid))
+    }
+
+    /// The group was killed and released by the normal path.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            kill_group_now(pgid);
+        }
+    }
+}
+
+/// SIGKILL to the group, then forgets it: for destructors, which cannot
+/// wait out a TERM grace.
+pub fn kill_group_now(pgid: Pid) {
+    let _ = killpg(pgid, Signal::SIGKILL);
+    release_group(pgid);
+}
+
 /// Reaps members of `pgid` that are our children (orphans re-parented to
 /// the server, which is a child subreaper). Never waits.
 pub fn reap_group(pgid: Pid) {

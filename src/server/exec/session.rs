@@ -691,6 +691,20 @@ impl Session {
         // main processes.
         kills.extend(pgids.into_iter().map(|p| process::kill_group(p, grace)));
         futures_util::future::join_all(kills).await;
+        // Killed and released above: nothing for `drop` to do.
+        self.jobs.clear();
+    }
+}
+
+impl Drop for Session {
+    /// `close` leaves no job and no lingering group; a session dropped
+    /// without it (its task dropped by a runtime shutting down, as in an
+    /// embedded server or a test, or a panic) kills what is left at once.
+    fn drop(&mut self) {
+        let pgids: Vec<Pid> = self.jobs.values().map(|j| j.pgid).collect();
+        for pgid in pgids.into_iter().chain(self.lingering.drain(..)) {
+            process::kill_group_now(pgid);
+        }
     }
 }
 
