@@ -59,6 +59,8 @@ pub enum EndpointError {
     Ipv6NeedsBrackets(String),
     #[error("{0:?}: empty host")]
     EmptyHost(String),
+    #[error("{0:?}: not a host name or address")]
+    BadHost(String),
 }
 
 impl Endpoint {
@@ -78,15 +80,89 @@ impl Endpoint {
     /// Parses `tcp://HOST:PORT`, `udp://HOST:PORT`, or a bare `HOST:PORT`.
     /// Returns the transport named by the scheme, if any, and the rest.
     pub fn parse_loose(s: &str) -> Result<(Option<Transport>, String, u16), EndpointError> {
-        let (transport, rest) = match s.split_once("://") {
-            Some(("tcp", rest)) => (Some(Transport::Tcp), rest),
-            Some(("udp", rest)) => (Some(Transport::Udp), rest),
-            Some(("tls", rest)) => (Some(Transport::Tls), rest),
-            Some(_) => return Err(EndpointError::Scheme(s.to_string())),
-            None => (None, s),
-        };
+        let (transport, rest) = split_scheme(s)?;
         let (host, port) = split_host_port(rest, s)?;
         Ok((transport, host, port))
+    }
+
+    /// Parses a client's address, the one parser of every client and of
+    /// `--hosts`: `[SCHEME://]HOST[:PORT]`, an IPv6 host in brackets
+    /// (`[::1]`, `[::1]:8080`); a missing port is `default_port`. Returns the
+    /// transport the scheme named, if any, and the endpoint's host and port.
+    ///
+    /// ```text
+    /// web01            -> (None, web01, default_port)
+    /// tls://web01:8443 -> (Some(Tls), web01, 8443)
+    /// [::1]            -> (None, ::1, default_port)
+    /// host:99999, :80, http://x, a b, [::1   -> errors
+    /// ```
+    pub fn parse_client(
+        s: &str,
+        default_port: u16,
+    ) -> Result<(Option<Transport>, String, u16), EndpointError> {
+        let (transport, rest) = split_scheme(s)?;
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (host, after) = inner
+                .split_once(']')
+                .ok_or_else(|| EndpointError::BadHost(s.to_string()))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(EndpointError::BadHost(s.to_string()));
+            }
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(EndpointError::BadHost(s.to_string())),
+                },
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(EndpointError::Ipv6NeedsBrackets(s.to_string()));
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(EndpointError::EmptyHost(s.to_string()));
+        }
+        // Names and IPv4 addresses: letters, digits, `-`, `.`, `_`; IPv6
+        // was checked above.
+        if !rest.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return Err(EndpointError::BadHost(s.to_string()));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>()
+                    .map_err(|_| EndpointError::BadPort(s.to_string()))?
+            }
+            Some(_) => return Err(EndpointError::BadPort(s.to_string())),
+        };
+        Ok((transport, host.to_string(), port))
+    }
+
+    /// Whether a word is meant as an address, for clients whose address is
+    /// optional before free text (echo, time): it has a scheme, starts with
+    /// `[`, or is `HOST:DIGITS` with a host of name characters (or none).
+    /// Such a word is then parsed with [`parse_client`](Self::parse_client),
+    /// and a malformed one is an error, never text. `hello`, `note:`,
+    /// `re:abc` and `%H:%M:00` are text.
+    pub fn looks_like_address(word: &str) -> bool {
+        word.contains("://")
+            || word.starts_with('[')
+            || word.rsplit_once(':').is_some_and(|(host, port)| {
+                !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            })
     }
 
     /// Parses an endpoint, using `default` when the string has no scheme.
@@ -141,6 +217,17 @@ impl fmt::Display for Endpoint {
 }
 
 /// Splits `HOST:PORT` (`rest`); errors quote the whole input (`whole`).
+/// The transport a `SCHEME://` prefix names, and the rest.
+fn split_scheme(s: &str) -> Result<(Option<Transport>, &str), EndpointError> {
+    Ok(match s.split_once("://") {
+        Some(("tcp", rest)) => (Some(Transport::Tcp), rest),
+        Some(("udp", rest)) => (Some(Transport::Udp), rest),
+        Some(("tls", rest)) => (Some(Transport::Tls), rest),
+        Some(_) => return Err(EndpointError::Scheme(s.to_string())),
+        None => (None, s),
+    })
+}
+
 fn split_host_port(rest: &str, whole: &str) -> Result<(String, u16), EndpointError> {
     let s = whole;
     let (host, port) = if let Some(rest) = rest.strip_prefix('[') {
@@ -201,6 +288,62 @@ mod tests {
             "127.0.0.1:9000",
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn client_addresses_are_parsed_not_guessed() {
+        let ok = |s: &str| Endpoint::parse_client(s, 8080).unwrap();
+        assert_eq!(ok("web01"), (None, "web01".into(), 8080));
+        assert_eq!(ok("web01:9"), (None, "web01".into(), 9));
+        assert_eq!(
+            ok("tls://n-1.example:8443"),
+            (Some(Transport::Tls), "n-1.example".into(), 8443)
+        );
+        assert_eq!(
+            ok("tcp://127.0.0.1"),
+            (Some(Transport::Tcp), "127.0.0.1".into(), 8080)
+        );
+        assert_eq!(ok("[::1]"), (None, "::1".into(), 8080));
+        assert_eq!(ok("udp://[::1]:0"), (Some(Transport::Udp), "::1".into(), 0));
+        for bad in [
+            "host:99999",
+            ":8080",
+            "host:",
+            "host:8x",
+            "http://x",
+            "tls://",
+            "[::1",
+            "[::1]x",
+            "[nope]:1",
+            "::1",
+            "fe80::1:22",
+            "a b",
+            "a/b:1",
+            "a@b",
+        ] {
+            assert!(Endpoint::parse_client(bad, 8080).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn words_that_look_like_addresses() {
+        for yes in [
+            "h:1",
+            ":8080",
+            "host:99999",
+            "udp://x",
+            "tls://h:1",
+            "[::1]",
+            "[x",
+            "12:30",
+        ] {
+            assert!(Endpoint::looks_like_address(yes), "{yes}");
+        }
+        for no in [
+            "hello", "note:", "re:abc", "%H:%M", "%H:%M:00", "", "a-b.c", "a b:1",
+        ] {
+            assert!(!Endpoint::looks_like_address(no), "{no}");
         }
     }
 }

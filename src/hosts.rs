@@ -13,6 +13,8 @@
 
 use anyhow::{Context, bail};
 
+use crate::endpoint::{Endpoint, Transport};
+
 /// Largest expansion accepted, so a typo cannot ask for millions of hosts.
 pub const MAX_HOSTS: usize = 100_000;
 
@@ -43,12 +45,21 @@ pub fn expand(spec: &str, default_port: u16) -> anyhow::Result<Vec<String>> {
             None => (String::new(), item),
         };
         for h in expand_pattern(rest)? {
-            let with_port = if has_port(&h) {
-                h
-            } else {
-                format!("{h}:{default_port}")
-            };
-            push(&mut out, format!("{scheme}{with_port}"))?;
+            // Each host through the clients' one address parser: a bad
+            // port or host is an error, never a host that cannot be reached.
+            let full = format!("{scheme}{h}");
+            let (transport, host, port) = Endpoint::parse_client(&full, default_port)?;
+            let host_port = Endpoint::new(Transport::Tcp, host, port).host_port();
+            push(
+                &mut out,
+                match transport {
+                    Some(Transport::Tls) => format!("tls://{host_port}"),
+                    Some(Transport::Udp) => {
+                        bail!("{full:?}: exec speaks tcp:// and tls://, not udp://")
+                    }
+                    Some(Transport::Tcp) | None => host_port,
+                },
+            )?;
         }
     }
     if out.is_empty() {
@@ -65,17 +76,6 @@ fn push(out: &mut Vec<String>, h: String) -> anyhow::Result<()> {
         out.push(h);
     }
     Ok(())
-}
-
-fn has_port(h: &str) -> bool {
-    match h.rsplit_once(':') {
-        Some((host, port)) => {
-            !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (!host.contains(':') || host.ends_with(']'))
-        }
-        None => false,
-    }
 }
 
 /// Splits on commas outside brackets.
@@ -186,9 +186,27 @@ mod tests {
 
     #[test]
     fn bad_lists_are_errors() {
-        for bad in ["", "n[1-", "n[3-1]", "n[1-9999999]", "n[1--2]", "n[,]"] {
+        for bad in [
+            "",
+            "n[1-",
+            "n[3-1]",
+            "n[1-9999999]",
+            "n[1--2]",
+            "n[,]",
+            // Through the clients' address parser: ports, hosts, schemes.
+            "n[1-2]:99999",
+            ":8080",
+            "http://n1",
+            "udp://n1",
+            "n 1",
+            "n1:[1-2]x",
+        ] {
             assert!(expand(bad, 1).is_err(), "{bad}");
         }
+        assert_eq!(
+            expand("tcp://a,tls://b:9,[::1]", 8080).unwrap(),
+            ["a:8080", "tls://b:9", "[::1]:8080"]
+        );
     }
 
     #[test]

@@ -395,6 +395,74 @@ fn bench_exec_connect_defaults_fit_the_servers_defaults() {
     );
 }
 
+/// Addresses are parsed, not guessed (issue #15, item 1): for exec the
+/// word before `--` is always the address; for echo and time a first word
+/// that looks like an address must be one; a scheme the service does not
+/// speak is an error. Nothing here reaches a server by mistake: every
+/// malformed case fails before any connection.
+#[test]
+fn addresses_are_parsed_not_guessed() {
+    let srv = spawn_serve(&["--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let home = srv.home.path();
+    let echo = srv.addr("echo", Transport::Tcp);
+    let time = srv.addr("time", Transport::Udp);
+    let refused = |args: &[&str], why: &str| {
+        let o = client_in(home, args, None);
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "{args:?} succeeded: {}",
+            stdout(&o)
+        );
+        assert!(stdout(&o).is_empty(), "{args:?} printed {}", stdout(&o));
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    };
+    refused(&["exec", "host:99999", "--", "echo", "ran"], "bad port");
+    refused(&["exec", ":8080", "--", "echo", "ran"], "empty host");
+    refused(&["exec", "[::1", "--", "echo", "ran"], "not a host name");
+    refused(
+        &["exec", "udp://127.0.0.1:1", "--", "echo", "ran"],
+        "not udp://",
+    );
+    refused(&["exec", "echo", "ran"], "one address comes before --");
+    refused(
+        &["exec", "--hosts", "n[1-2]:99999", "--", "true"],
+        "bad port",
+    );
+    refused(&["exec", "--hosts", "udp://n1", "--", "true"], "not udp://");
+    refused(&["echo", "host:99999", "hi"], "bad port");
+    refused(&["echo", "udp://", "hi"], "empty host");
+    refused(&["echo", "http://127.0.0.1:1", "hi"], "unknown scheme");
+    refused(&["echo", &format!("tls://{echo}"), "hi"], "not tls://");
+    refused(&["time", "127.0.0.1:99999", "%T"], "bad port");
+    refused(&["time", &format!("tcp://{time}"), "%T"], "not tcp://");
+
+    // A bare host before -- is an address on the default port (8080), not
+    // a command: the job is not run on some other server.
+    let o = client_in(home, &["exec", "127.0.0.1", "--", "echo", "ran"], None);
+    assert!(!stdout(&o).contains("ran"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("127.0.0.1:8080"), "{}", stderr(&o));
+
+    // After the address, words that look like addresses are text; words
+    // that only resemble one are text from the start.
+    let o = client_in(home, &["echo", &echo, "host:99999", "note:"], None);
+    assert_eq!(stdout(&o), "HOST:99999 NOTE:\n", "{}", stderr(&o));
+    let o = client_in(home, &["time", &time, "%H:%M:00"], None);
+    assert!(stdout(&o).trim_end().ends_with(":00"), "{}", stderr(&o));
+    let o = client_in(
+        home,
+        &[
+            "exec",
+            &format!("tcp://{}", srv.addr("exec", Transport::Tcp)),
+            "--",
+            "echo",
+            "ran",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "ran\n", "{}", stderr(&o));
+}
+
 #[test]
 fn exec_client_behaves_like_ssh() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);

@@ -33,7 +33,8 @@ fn report(e: &ClientError) {
 }
 
 pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
-    let target = split_target(args.args, &format!("127.0.0.1:{DEFAULT_ECHO_PORT}"));
+    let target = split_target(args.args, DEFAULT_ECHO_PORT)?
+        .speaking("echo", &[Transport::Tcp, Transport::Udp])?;
     let udp = match target.transport {
         Some(Transport::Udp) => true,
         Some(Transport::Tcp) if args.udp => bail!("--udp conflicts with a tcp:// address"),
@@ -107,10 +108,7 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
-    let target = split_target(args.args, &format!("127.0.0.1:{DEFAULT_TIME_PORT}"));
-    if target.transport == Some(Transport::Tcp) {
-        bail!("time is a UDP service; use udp://HOST:PORT or HOST:PORT");
-    }
+    let target = split_target(args.args, DEFAULT_TIME_PORT)?.speaking("time", &[Transport::Udp])?;
     let rt = runtime()?;
     let client = rt
         .block_on(TimeClient::connect(&target.addr, args.timeout))?
@@ -173,7 +171,7 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let addr = match &args.addr {
-        Some(a) => split_target(vec![a.clone()], "").addr,
+        Some(a) => super::input::Target::address(a, default_port)?.addr,
         None => format!("127.0.0.1:{default_port}"),
     };
     if args.conns == 0 {

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
-use super::input::{Mode, Repl, split_target, stdin_lines};
+use super::input::{Mode, Repl, Target, stdin_lines};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
@@ -260,10 +260,20 @@ fn each_command(
 }
 
 pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let target = split_target(args.args.clone(), &format!("127.0.0.1:{DEFAULT_EXEC_PORT}"));
-    if target.transport == Some(Transport::Udp) {
-        bail!("exec is a TCP service");
+    // The word before `--` is the address, never a command: a host name
+    // taken for a command once ran `web01` on the default server.
+    let target = match args.addr.as_slice() {
+        [] => Target::address(&format!("127.0.0.1:{DEFAULT_EXEC_PORT}"), DEFAULT_EXEC_PORT)?,
+        [addr] if args.hosts.is_some() => {
+            bail!("{addr:?}: give either an address or --hosts, not both")
+        }
+        [addr] => Target::address(addr, DEFAULT_EXEC_PORT)?,
+        [_, second, ..] => bail!(
+            "{second:?}: one address comes before --, the command after it: \
+             switchboard exec [ADDR] -- CMD [ARGS...]"
+        ),
     }
+    .speaking("exec", &[Transport::Tcp, Transport::Tls])?;
     let encoding = match &args.encoding {
         None => None,
         Some(label) => Some(
@@ -272,10 +282,16 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     super::request::parse_env(&args.env)?;
+    // Every address is checked before anything else can fail or connect.
+    let hosts = args
+        .hosts
+        .as_deref()
+        .map(|spec| crate::hosts::expand(spec, DEFAULT_EXEC_PORT))
+        .transpose()?;
     let auth = client_auth(&args)?;
-    if let Some(hosts) = args.hosts.clone() {
-        let words = args.args.clone();
-        return super::fanout::fanout(args, &hosts, words, auth);
+    if let Some(hosts) = hosts {
+        let words = args.command.clone();
+        return super::fanout::fanout(args, hosts, words, auth);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -312,6 +328,6 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         req.stdin = forward;
         report(rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)))
     };
-    let code = each_command(target.words, run)?;
+    let code = each_command(args.command.clone(), run)?;
     Ok(ExitCode::from(code))
 }

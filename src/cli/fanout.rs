@@ -333,13 +333,13 @@ async fn run_all(hosts: &[String], plan: Arc<Plan>, width: usize) -> Vec<HostRun
     v.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Runs `words` on every one of `hosts` (expanded by [`crate::hosts::expand`]).
 pub fn fanout(
     args: ExecArgs,
-    hosts_spec: &str,
+    hosts: Vec<String>,
     words: Vec<String>,
     auth: ClientAuth,
 ) -> anyhow::Result<ExitCode> {
-    let hosts = crate::hosts::expand(hosts_spec, crate::config::DEFAULT_EXEC_PORT)?;
     if words.is_empty() {
         anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
     }

@@ -34,31 +34,58 @@ impl Mode {
 pub struct Target {
     /// `HOST:PORT`.
     pub addr: String,
-    /// The transport if the address named one (`tcp://`, `udp://`).
+    /// The transport if the address named one (`tcp://`, `udp://`, `tls://`).
     pub transport: Option<Transport>,
     pub words: Vec<String>,
 }
 
-/// Splits `[ADDR] WORDS...`: the first word is the address when it parses
-/// as one (`HOST:PORT` or with a scheme). To send text that looks like an
-/// address, give the address first.
-pub fn split_target(mut args: Vec<String>, default_addr: &str) -> Target {
-    if let Some(first) = args.first()
-        && let Ok((transport, host, port)) = Endpoint::parse_loose(first)
-    {
-        let addr = Endpoint::new(transport.unwrap_or(Transport::Tcp), host, port).host_port();
-        args.remove(0);
-        return Target {
-            addr,
+impl Target {
+    /// The address `addr`, always one (exec's word before `--`, bench's
+    /// argument): parsed by [`Endpoint::parse_client`], a missing port
+    /// being `default_port`.
+    pub fn address(addr: &str, default_port: u16) -> anyhow::Result<Target> {
+        let (transport, host, port) = Endpoint::parse_client(addr, default_port)?;
+        Ok(Target {
+            addr: Endpoint::new(Transport::Tcp, host, port).host_port(),
             transport,
-            words: args,
-        };
+            words: Vec::new(),
+        })
     }
-    Target {
-        addr: default_addr.to_string(),
+
+    /// Refuses a scheme `service` does not speak.
+    pub fn speaking(self, service: &str, schemes: &[Transport]) -> anyhow::Result<Target> {
+        match self.transport {
+            Some(t) if !schemes.contains(&t) => {
+                let known: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+                anyhow::bail!("{service} speaks {}, not {t}://", known.join(" and "))
+            }
+            _ => Ok(self),
+        }
+    }
+}
+
+/// Splits `[ADDR] WORDS...` for the clients whose address is optional
+/// before free text (echo, time): the first word is the address when it
+/// looks like one ([`Endpoint::looks_like_address`]) and must then parse;
+/// otherwise every word is text and the address is 127.0.0.1 on
+/// `default_port`. To send text that is an address, give the address
+/// first.
+pub fn split_target(mut args: Vec<String>, default_port: u16) -> anyhow::Result<Target> {
+    if let Some(first) = args.first()
+        && Endpoint::looks_like_address(first)
+    {
+        let target = Target::address(first, default_port)?;
+        args.remove(0);
+        return Ok(Target {
+            words: args,
+            ..target
+        });
+    }
+    Ok(Target {
+        addr: format!("127.0.0.1:{default_port}"),
         transport: None,
         words: args,
-    }
+    })
 }
 
 /// A line editor with history, for the REPL mode.

@@ -143,10 +143,15 @@ pub struct ExecArgs {
     /// Time allowed for the connection and the handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// [ADDR] then CMD [ARGS...] (after --): ADDR is HOST:PORT (default 127.0.0.1:8080).
-    /// One CMD word is a shell command line; several are quoted word by word.
-    #[arg(value_name = "ADDR|CMD")]
-    pub args: Vec<String>,
+    /// The server: HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT], IPv6 in
+    /// brackets (default 127.0.0.1:8080; a missing port is 8080). Always the
+    /// word before --.
+    #[arg(value_name = "ADDR")]
+    pub addr: Vec<String>,
+    /// The command, after --: one word is a shell command line, several are
+    /// quoted word by word. None: a REPL on a terminal, one job per line from a pipe.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
