@@ -463,6 +463,53 @@ fn addresses_are_parsed_not_guessed() {
     assert_eq!(stdout(&o), "ran\n", "{}", stderr(&o));
 }
 
+/// Jobs that cannot run end as a shell's would (issue #15, item 4): 127
+/// for a program not found, 126 for one that cannot be executed, 1 for a
+/// working directory that cannot be entered, each with a line saying why;
+/// and `exec -- yes | head` ends quietly with yes's own status.
+#[test]
+fn exec_exit_statuses_are_a_shells() {
+    let srv = spawn_serve(&["--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    let data = home.join("data.txt");
+    std::fs::write(&data, "x").unwrap();
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["--argv", "--", "nosuchprog-xyz"], 127, "not found"),
+        (&["--", "/no/such/program"], 127, "not found"),
+        (
+            &["--argv", "--", data.to_str().unwrap()],
+            126,
+            "ermission denied",
+        ),
+        (
+            &["--cwd", "/no/such/dir", "--", "pwd"],
+            1,
+            "/no/such/dir: No such file",
+        ),
+    ];
+    for (args, want, why) in cases {
+        let mut argv = vec!["exec", addr.as_str()];
+        argv.extend_from_slice(args);
+        let o = client_in(home, &argv, None);
+        assert_eq!(exec_status(&o), want, "{argv:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{argv:?}: {}", stderr(&o));
+    }
+
+    let script = format!(
+        "{} exec {addr} -- yes | head -n 2; echo \"${{PIPESTATUS[0]}}\"",
+        bin()
+    );
+    let o = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "y\ny\n141\n");
+    assert_eq!(stderr(&o), "", "ends quietly");
+}
+
 #[test]
 fn exec_client_behaves_like_ssh() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);

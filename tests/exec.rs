@@ -121,10 +121,12 @@ async fn argv_env_cwd_and_spawn_failures() {
 
     let mut r = req(3, "");
     r.command = Command::Argv(vec!["/no/such/program".into()]);
+    // Each spawn failure carries the status a shell would give.
     match c.run_request(r).await {
         Err(ClientError::Job {
             code: ErrorCode::SpawnFailed,
             message,
+            exit_status: Some(127),
         }) => {
             assert!(message.contains("/no/such/program"), "{message}")
         }
@@ -132,13 +134,34 @@ async fn argv_env_cwd_and_spawn_failures() {
     }
     let mut r = req(4, "pwd");
     r.cwd = Some("/no/such/dir".into());
-    assert!(matches!(
-        c.run_request(r).await,
+    match c.run_request(r).await {
         Err(ClientError::Job {
             code: ErrorCode::SpawnFailed,
-            ..
-        })
-    ));
+            message,
+            exit_status: Some(1),
+        }) => {
+            assert!(
+                message.contains("/no/such/dir") && message.contains("No such file"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let not_executable = fx.dir.path().join("data.txt");
+    std::fs::write(&not_executable, "x").unwrap();
+    let mut r = req(6, "");
+    r.command = Command::Argv(vec![not_executable.to_string_lossy().into_owned()]);
+    assert!(
+        matches!(
+            c.run_request(r).await,
+            Err(ClientError::Job {
+                code: ErrorCode::SpawnFailed,
+                exit_status: Some(126),
+                ..
+            })
+        ),
+        "a file that is not executable"
+    );
     let mut r = req(5, "true");
     r.env.insert("A=B".into(), "x".into());
     assert!(matches!(

@@ -147,6 +147,7 @@ fn cwd_is_entered_as_the_run_as_user() {
             Err(ClientError::Job {
                 code: ErrorCode::SpawnFailed,
                 message,
+                exit_status: Some(1),
             }) => {
                 assert!(message.contains(&inner_s), "names the cwd: {message}");
                 assert!(message.contains("ermission denied"), "{message}");
@@ -667,13 +668,15 @@ fn a_process_that_left_the_group_dies_with_the_job_cgroup() {
     let died = poll(T, || {
         proc_stat(pid).is_none_or(|(state, _, _)| state == 'Z')
     });
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     if !died {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     assert!(
         died,
-        "pid {pid} (group {pgid}) outlived its job: {}",
-        cmdline(pid)
+        "pid {pid} (group {pgid}) outlived its job: {} in {cgroup}; server log: {}",
+        cmdline(pid),
+        srv.log()
     );
 }
 

@@ -80,6 +80,24 @@ impl Output {
 enum Failure {
     Client(ClientError),
     Interrupted,
+    /// Our stdout or stderr is a pipe whose reader left (`exec -- yes |
+    /// head`): end quietly with the status of a local process killed by
+    /// SIGPIPE, as `yes` itself would.
+    OutputClosed,
+}
+
+/// Exit status of a process killed by SIGPIPE (128 + 13).
+const EXIT_SIGPIPE: u8 = 141;
+
+impl Failure {
+    /// A failed write to our own stdout or stderr.
+    fn output(e: std::io::Error) -> Failure {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::OutputClosed
+        } else {
+            Failure::Client(ClientError::Io(e))
+        }
+    }
 }
 
 impl From<ClientError> for Failure {
@@ -141,17 +159,17 @@ async fn run_job(
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
                     JobEvent::Started { .. } => {}
-                    JobEvent::Stdout(data) => out.write(false, &data, false).map_err(ClientError::Io)?,
-                    JobEvent::Stderr(data) => out.write(true, &data, false).map_err(ClientError::Io)?,
+                    JobEvent::Stdout(data) => out.write(false, &data, false).map_err(Failure::output)?,
+                    JobEvent::Stderr(data) => out.write(true, &data, false).map_err(Failure::output)?,
                     JobEvent::Exit { status, reason } => {
-                        out.finish().map_err(ClientError::Io)?;
+                        out.finish().map_err(Failure::output)?;
                         if let Some(why) = reason {
                             eprintln!("switchboard: job ended: {why}");
                         }
                         return Ok(status);
                     }
-                    JobEvent::Failed { code, message } => {
-                        return Err(ClientError::Job { code, message }.into());
+                    JobEvent::Failed { code, message, exit_status } => {
+                        return Err(ClientError::Job { code, message, exit_status }.into());
                     }
                 },
                 _ = sigint.recv() => {
@@ -205,9 +223,18 @@ fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
             eprintln!("switchboard: interrupted; disconnecting");
             Err(130)
         }
+        // Disconnecting ends the job, as SIGPIPE would end a local one.
+        Err(Failure::OutputClosed) => Err(EXIT_SIGPIPE),
         Err(Failure::Client(e @ ClientError::Job { .. })) => {
             eprintln!("switchboard: {e}");
-            Ok(EXIT_CONNECTION)
+            // A program that could not be run exits as a shell says (127
+            // not found, 126 not executable), other refusals 255.
+            let ClientError::Job { exit_status, .. } = e else {
+                return Ok(EXIT_CONNECTION);
+            };
+            Ok(exit_status
+                .and_then(|s| u8::try_from(s).ok())
+                .unwrap_or(EXIT_CONNECTION))
         }
         Err(Failure::Client(e)) => {
             eprintln!("switchboard: {e}");

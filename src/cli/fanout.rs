@@ -242,8 +242,16 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         loop {
             let (is_err, data) = match rx.job_event(id).await? {
                 JobEvent::Exit { status, .. } => return Ok(status),
-                JobEvent::Failed { code, message } => {
-                    return Err(ClientError::Job { code, message });
+                JobEvent::Failed {
+                    code,
+                    message,
+                    exit_status,
+                } => {
+                    return Err(ClientError::Job {
+                        code,
+                        message,
+                        exit_status,
+                    });
                 }
                 JobEvent::Started { .. } => continue,
                 JobEvent::Stdout(data) => (false, data),
@@ -265,7 +273,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     }
     run.outcome = match result {
         Ok(status) => Outcome::Exit(status),
-        Err(ClientError::Job { code, message }) => {
+        Err(ClientError::Job { code, message, .. }) => {
             Outcome::Refused(format!("{}: {message}", code.as_str()))
         }
         Err(e) => Outcome::Failed(e.to_string()),

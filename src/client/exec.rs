@@ -92,6 +92,8 @@ pub enum JobEvent {
     Failed {
         code: ErrorCode,
         message: String,
+        /// `spawn_failed`: the status a shell would give (127, 126, 1).
+        exit_status: Option<i32>,
     },
 }
 
@@ -104,7 +106,19 @@ impl JobEvent {
             ServerMsg::Stdout { id, data } => (Some(id), JobEvent::Stdout(data)),
             ServerMsg::Stderr { id, data } => (Some(id), JobEvent::Stderr(data)),
             ServerMsg::Exit { id, status, reason } => (Some(id), JobEvent::Exit { status, reason }),
-            ServerMsg::Error { id, code, message } => (id, JobEvent::Failed { code, message }),
+            ServerMsg::Error {
+                id,
+                code,
+                message,
+                exit_status,
+            } => (
+                id,
+                JobEvent::Failed {
+                    code,
+                    message,
+                    exit_status,
+                },
+            ),
             ServerMsg::Hello { .. } | ServerMsg::Ready { .. } | ServerMsg::Pong => return None,
         })
     }
@@ -435,8 +449,16 @@ impl ExecClient {
                         status,
                     });
                 }
-                JobEvent::Failed { code, message } => {
-                    return Err(ClientError::Job { code, message });
+                JobEvent::Failed {
+                    code,
+                    message,
+                    exit_status,
+                } => {
+                    return Err(ClientError::Job {
+                        code,
+                        message,
+                        exit_status,
+                    });
                 }
             }
         }

@@ -72,6 +72,8 @@ pub enum ClientError {
     Job {
         code: crate::proto::ErrorCode,
         message: String,
+        /// `spawn_failed`: the status a shell would give (127, 126, 1).
+        exit_status: Option<i32>,
     },
     #[error("{0}")]
     Io(#[from] io::Error),

@@ -150,6 +150,10 @@ pub enum ServerMsg {
         id: Option<u64>,
         code: ErrorCode,
         message: String,
+        /// `spawn_failed` only: the status a shell gives the same failure
+        /// (127 program not found, 126 not executable, 1 working
+        /// directory), for clients to exit with.
+        exit_status: Option<i32>,
     },
     Pong,
 }
@@ -378,6 +382,8 @@ struct ErrorFields {
     code: ErrorCode,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    exit_status: Option<i32>,
 }
 
 impl ServerMsg {
@@ -439,6 +445,7 @@ impl ServerMsg {
                     id: f.id,
                     code: f.code,
                     message: f.message,
+                    exit_status: f.exit_status,
                 }
             }
             "pong" => ServerMsg::Pong,
@@ -491,10 +498,18 @@ impl ServerMsg {
                 }
                 (h, Bytes::new())
             }
-            ServerMsg::Error { id, code, message } => {
+            ServerMsg::Error {
+                id,
+                code,
+                message,
+                exit_status,
+            } => {
                 let mut h = json!({"type": "error", "code": code.as_str(), "message": message});
                 if let Some(id) = id {
                     h["id"] = json!(id);
+                }
+                if let Some(st) = exit_status {
+                    h["exit_status"] = json!(st);
                 }
                 (h, Bytes::new())
             }
@@ -509,6 +524,7 @@ impl ServerMsg {
             id,
             code,
             message: message.into(),
+            exit_status: None,
         }
     }
 }

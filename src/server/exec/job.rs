@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::policy::Refusal;
-use super::process::{CwdError, JobSpec, group_alive, kill_and_wait, reap_group, signal_name};
+use super::process::{CwdError, JobSpec, kill_and_wait, reap_group, signal_name};
 use crate::proto::frame::CHUNK;
 use crate::proto::{Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
@@ -177,11 +177,10 @@ pub async fn run(
     // every byte they read has been queued before `exit` is.
     let (stdout_bytes, stderr_bytes) = pumps.await.unwrap_or_default();
     reap_group(pgid);
-    // A group still alive lingers for the session to kill (which releases
-    // it); the keeper also forgets groups that die on their own.
-    if !group_alive(pgid) {
-        super::process::release_group(pgid);
-    }
+    // Releasing the group (or keeping it to kill) is the session's call, in
+    // one place: two checks here and there once left a group that emptied
+    // between them (its last member calling setsid) released by neither,
+    // and that member alive in the job's cgroup.
     let status = match status {
         Ok(st) => exit_status(st, timed_out),
         Err(e) => {
@@ -288,10 +287,13 @@ async fn pump(
 
 /// The refusal for a spawn that failed.
 pub fn spawn_refusal(e: &io::Error, spec: &JobSpec) -> Refusal {
+    use super::policy::{EXIT_BAD_CWD, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
     let what = spec.argv.first().map(String::as_str).unwrap_or_default();
-    let message = match e.get_ref().and_then(|i| i.downcast_ref::<CwdError>()) {
-        Some(cwd) => format!("cannot run {what}: working directory: {cwd}"),
-        None => format!("cannot run {what}: {e}"),
-    };
-    Refusal::new(ErrorCode::SpawnFailed, message)
+    match e.get_ref().and_then(|i| i.downcast_ref::<CwdError>()) {
+        Some(cwd) => Refusal::spawn_failed(format!("working directory: {cwd}"), EXIT_BAD_CWD),
+        None if e.kind() == io::ErrorKind::NotFound => {
+            Refusal::spawn_failed(format!("cannot run {what}: {e}"), EXIT_NOT_FOUND)
+        }
+        None => Refusal::spawn_failed(format!("cannot run {what}: {e}"), EXIT_NOT_EXECUTABLE),
+    }
 }

@@ -37,6 +37,13 @@ pub fn server_search_path() -> String {
     }
 }
 
+/// A shell's status for a command it cannot find, and for one it found
+/// but cannot execute (POSIX "Command Search and Execution").
+pub const EXIT_NOT_FOUND: i32 = 127;
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// What `cd DIR && cmd` gives when DIR cannot be entered.
+pub const EXIT_BAD_CWD: i32 = 1;
+
 /// Why a request is not run, and the error code it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -44,6 +51,9 @@ pub struct Refusal {
     /// name that is not in the server's PATH).
     pub code: ErrorCode,
     pub message: String,
+    /// For `spawn_failed`: the status a shell gives the same failure
+    /// (PROTOCOL.md §3.3's `exit_status`).
+    pub exit_status: Option<i32>,
 }
 
 impl Refusal {
@@ -51,14 +61,20 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            exit_status: None,
+        }
+    }
+
+    /// A program that could not be run, with the status a shell would give.
+    pub fn spawn_failed(message: impl Into<String>, exit_status: i32) -> Refusal {
+        Refusal {
+            exit_status: Some(exit_status),
+            ..Refusal::new(ErrorCode::SpawnFailed, message)
         }
     }
 
     fn forbidden(message: impl Into<String>) -> Refusal {
-        Refusal {
-            code: ErrorCode::Forbidden,
-            message: message.into(),
-        }
+        Refusal::new(ErrorCode::Forbidden, message)
     }
 }
 
@@ -156,10 +172,7 @@ impl Policy {
             Command::Shell(line) => Ok(Command::Shell(line.clone())),
             Command::Argv(argv) => {
                 let Some((prog, args)) = argv.split_first() else {
-                    return Err(Refusal {
-                        code: ErrorCode::BadRequest,
-                        message: "argv is empty".into(),
-                    });
+                    return Err(Refusal::new(ErrorCode::BadRequest, "argv is empty"));
                 };
                 let mut resolved = Vec::with_capacity(argv.len());
                 resolved.push(self.resolve(prog)?);
@@ -184,9 +197,11 @@ impl Policy {
             .map(|dir| Path::new(dir).join(prog))
             .find(|p| is_executable(p))
             .map(|p| p.to_string_lossy().into_owned())
-            .ok_or_else(|| Refusal {
-                code: ErrorCode::SpawnFailed,
-                message: format!("cannot run {prog:?}: not found in the server's PATH"),
+            .ok_or_else(|| {
+                Refusal::spawn_failed(
+                    format!("cannot run {prog:?}: not found in the server's PATH"),
+                    EXIT_NOT_FOUND,
+                )
             })
     }
 }

@@ -418,8 +418,12 @@ impl Session {
 
     async fn finish(&mut self, d: JobDone) {
         self.jobs.remove(&d.id);
+        // The one place a finished job's group is judged: still alive, it
+        // lingers until gone or killed; gone, it is released now.
         if process::group_alive(d.pgid) {
             self.lingering.push(d.pgid);
+        } else {
+            process::release_group(d.pgid);
         }
         self.lingering.retain(|&p| {
             let alive = process::group_alive(p);
@@ -460,8 +464,13 @@ impl Session {
                     Err(refusal) => Err(refusal),
                 };
                 if let Err(r) = started {
-                    self.send(ServerMsg::error(Some(id), r.code, r.message))
-                        .await;
+                    self.send(ServerMsg::Error {
+                        id: Some(id),
+                        code: r.code,
+                        message: r.message,
+                        exit_status: r.exit_status,
+                    })
+                    .await;
                 }
             }
             ClientMsg::Stdin { id, data } => {
