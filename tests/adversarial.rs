@@ -462,6 +462,7 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
             Err(ClientError::Job {
                 code: ErrorCode::Forbidden,
                 message,
+                ..
             }) => assert!(message.contains("root"), "{message}"),
             other => panic!("{other:?}"),
         }
