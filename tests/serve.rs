@@ -347,3 +347,45 @@ fn metrics_change_as_load_arrives() {
     );
     assert!(scrape(&m, "/nope").starts_with("HTTP/1.1 404"));
 }
+
+/// `none` switches a service off, so a server runs without the others'
+/// default ports; a bare `HOST:0` gives echo one port for TCP and UDP;
+/// every service off is refused (issue #15, item 7).
+#[test]
+fn services_can_be_switched_off_and_echo_gets_one_port() {
+    let srv =
+        common::spawn_serve_exact(&["--echo", "127.0.0.1:0", "--time", "none", "--exec", "none"]);
+    let services: Vec<&str> = srv.endpoints.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(services, ["echo", "echo"], "{:?}", srv.banner);
+    let (tcp, udp) = (
+        srv.addr("echo", Transport::Tcp),
+        srv.addr("echo", Transport::Udp),
+    );
+    assert_eq!(tcp, udp, "one port for both: {:?}", srv.banner);
+    for addr in [format!("tcp://{tcp}"), format!("udp://{udp}")] {
+        let o = client(&["echo", &addr, "same", "port"], None);
+        assert_eq!(stdout(&o), "SAME PORT\n", "{addr}: {}", stderr(&o));
+    }
+    let home = tempfile::tempdir().unwrap();
+    for (args, why) in [
+        (
+            &["--exec", "none", "--exec", "127.0.0.1:0"][..],
+            "cannot be combined",
+        ),
+        (
+            &["--echo", "none", "--time", "none", "--exec", "none"][..],
+            "nothing to serve",
+        ),
+    ] {
+        // Under timeout(1): a server that wrongly starts is stopped.
+        let o = Command::new("timeout")
+            .args(["10", bin(), "serve"])
+            .args(args)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} started");
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -211,10 +211,11 @@ pub struct ServeArgs {
     /// Check the configuration (file and flags) and exit: 0 if valid.
     #[arg(long)]
     pub check_config: bool,
-    /// Echo endpoint, repeatable: tcp://HOST:PORT, udp://HOST:PORT, or HOST:PORT for both.
+    /// Echo endpoint, repeatable: tcp://HOST:PORT, udp://HOST:PORT, or HOST:PORT for
+    /// both (one port, port 0 included); `none`: no echo service.
     #[arg(long = "echo", value_name = "ENDPOINT")]
     pub echo: Vec<String>,
-    /// Time endpoint, repeatable: udp://HOST:PORT or HOST:PORT.
+    /// Time endpoint, repeatable: udp://HOST:PORT or HOST:PORT; `none`: no time service.
     #[arg(long = "time", value_name = "ENDPOINT")]
     pub time: Vec<String>,
     /// Echo replies upper-cased (the tutorial) or unchanged (RFC 862).
@@ -233,7 +234,8 @@ pub struct ServeArgs {
     pub time_reply_cap: Option<usize>,
     #[arg(long, value_name = "N", help = with_default("UDP datagrams answered per second per source IP; 0 = unlimited", defaults().udp.rate_limit))]
     pub udp_rate_limit: Option<u32>,
-    /// Native exec endpoint, repeatable: tcp://HOST:PORT or tls://HOST:PORT [default: tcp://127.0.0.1:8080].
+    /// Native exec endpoint, repeatable: tcp://HOST:PORT or tls://HOST:PORT; `none`: no exec
+    /// service [default: tcp://127.0.0.1:8080].
     #[arg(long = "exec", value_name = "ENDPOINT")]
     pub exec: Vec<String>,
     /// Tutorial-compatible exec endpoint (loopback only; off by default).

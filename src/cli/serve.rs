@@ -87,10 +87,19 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     Ok(cfg)
 }
 
+/// A service's endpoints from its repeated flag; `none` (alone) switches
+/// the service off, so one server can run without the others' default
+/// ports (`serve --echo 127.0.0.1:0 --time none --exec none`).
 fn collect<T>(
     items: &[String],
     parse: fn(&str) -> anyhow::Result<Vec<T>>,
 ) -> anyhow::Result<Vec<T>> {
+    if items.iter().any(|s| s == "none") {
+        if items.len() > 1 {
+            anyhow::bail!("`none` switches a service off and cannot be combined with endpoints");
+        }
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for s in items {
         out.extend(parse(s)?);

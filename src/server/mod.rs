@@ -111,14 +111,28 @@ impl Server {
     /// cannot be bound; nothing is served until [`run`](Server::run).
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
-        let mut sockets = Vec::new();
+        let mut sockets: Vec<(Bound, Socket)> = Vec::new();
         for wanted in
             exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?
         {
             let (service, endpoint) = (wanted.service, wanted.endpoint());
-            let socket = match wanted.transport {
-                Transport::Tcp | Transport::Tls => bind_tcp(wanted.addr).map(Socket::Tcp),
-                Transport::Udp => bind_udp(wanted.addr, config.udp.recv_buffer).map(Socket::Udp),
+            let bind = |addr| match wanted.transport {
+                Transport::Tcp | Transport::Tls => bind_tcp(addr).map(Socket::Tcp),
+                Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
+            };
+            // `--echo HOST:0` is one service on TCP and UDP: it gets one
+            // port for both, as a fixed port does, when that port is free
+            // on the other transport.
+            let udp = wanted.transport == Transport::Udp;
+            let twin = sockets.iter().find(|(b, _)| {
+                wanted.addr.port() == 0
+                    && b.service == service
+                    && b.addr.ip() == wanted.addr.ip()
+                    && (b.transport == Transport::Udp) != udp
+            });
+            let socket = match twin.map(|(b, _)| b.addr) {
+                Some(twin) => bind(twin).or_else(|_| bind(wanted.addr)),
+                None => bind(wanted.addr),
             }
             .with_context(|| format!("{service}: cannot bind {endpoint}"))?;
             let addr = match &socket {
