@@ -756,8 +756,14 @@ pub fn parse_tcp_listen(s: &str) -> anyhow::Result<Vec<Endpoint>> {
 
 /// Parses a duration such as `300s`, `5m`, `250ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    // A bare number is seconds, as `timeout(1)` and `sleep(1)` read it.
+    if let Ok(secs) = s.trim().parse::<f64>()
+        && let Ok(d) = Duration::try_from_secs_f64(secs)
+    {
+        return Ok(d);
+    }
     humantime::parse_duration(s)
-        .with_context(|| format!("{s:?}: expected a duration like 30s, 5m, 250ms"))
+        .with_context(|| format!("{s:?}: expected a duration like 30s, 5m, 250ms, or seconds"))
 }
 
 fn de_listen<'de, D: Deserializer<'de>>(

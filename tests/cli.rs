@@ -510,6 +510,59 @@ fn exec_exit_statuses_are_a_shells() {
     assert_eq!(stderr(&o), "", "ends quietly");
 }
 
+/// Issue #15, item 9, the small ones: a bare number is seconds; fan-out
+/// options without --hosts and --fanout 0 are errors; one host is "1
+/// host"; stdin that fan-out does not send is said to be unsent.
+#[test]
+fn small_cli_rules() {
+    let srv = spawn_serve(&["--echo", "127.0.0.1:0", "--time", "127.0.0.1:0"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    let o = client_in(
+        home,
+        &["exec", "--timeout", "5", &addr, "--", "echo", "ok"],
+        None,
+    );
+    assert_eq!(stdout(&o), "ok\n", "{}", stderr(&o));
+    let time = srv.addr("time", Transport::Udp);
+    let o = client_in(home, &["time", "--timeout", "1.5", &time, "%Y"], None);
+    assert_eq!(stdout(&o).trim_end().len(), 4, "{}", stderr(&o));
+
+    for (args, why) in [
+        (
+            &["exec", "--json", addr.as_str(), "--", "true"][..],
+            "add --hosts",
+        ),
+        (&["exec", "--gather", "--", "true"][..], "add --hosts"),
+        (
+            &[
+                "exec",
+                "--hosts",
+                addr.as_str(),
+                "--fanout",
+                "0",
+                "--",
+                "true",
+            ][..],
+            "0 is not in 1..",
+        ),
+    ] {
+        let o = client_in(home, args, None);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    }
+
+    let o = client_in(
+        home,
+        &["exec", "--hosts", &addr, "--", "true"],
+        Some(b"for the job?\n"),
+    );
+    assert_eq!(exec_status(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("1 host, 1 ok, 0 failed"), "{err}");
+    assert!(err.contains("stdin is not sent to the hosts"), "{err}");
+}
+
 #[test]
 fn exec_client_behaves_like_ssh() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);

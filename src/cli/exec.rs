@@ -309,6 +309,9 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     super::request::parse_env(&args.env)?;
+    if args.hosts.is_none() && (args.json || args.gather || args.max_rc) {
+        bail!("--json, --gather and --max-rc are for fan-out: add --hosts HOSTS");
+    }
     // Every address is checked before anything else can fail or connect.
     let hosts = args
         .hosts

@@ -348,6 +348,11 @@ pub fn fanout(
     words: Vec<String>,
     auth: ClientAuth,
 ) -> anyhow::Result<ExitCode> {
+    if stdin_has_input() {
+        eprintln!(
+            "switchboard: warning: stdin is not sent to the hosts (fan-out jobs read /dev/null)"
+        );
+    }
     if words.is_empty() {
         anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
     }
@@ -367,8 +372,9 @@ pub fn fanout(
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {
         eprintln!(
-            "switchboard: {} hosts, {} ok, {} failed",
+            "switchboard: {} host{}, {} ok, {} failed",
             results.len(),
+            if results.len() == 1 { "" } else { "s" },
             results.len() - failed.len(),
             failed.len()
         );
@@ -382,4 +388,18 @@ pub fn fanout(
         (false, false) => 1,
     };
     Ok(ExitCode::from(code))
+}
+
+/// Whether stdin is a pipe or a file: input the user meant for the jobs.
+/// A terminal or /dev/null is not.
+fn stdin_has_input() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_file() || t.is_socket()
+    })
 }

@@ -49,7 +49,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the services (echo on 127.0.0.1:9000 TCP+UDP, time on 127.0.0.1:9001 UDP).
+    /// Run the services (echo on 127.0.0.1:9000 TCP+UDP, time on 127.0.0.1:9001 UDP, exec on 127.0.0.1:8080).
     #[command(
         after_help = "Examples:\n  switchboard serve\n  switchboard serve --echo tcp://0.0.0.0:9000 --time udp://[::1]:9001 --utc\n  switchboard serve --config switchboard.toml\n  switchboard serve --echo tcp://127.0.0.1:0   # any free port; the banner says which"
     )]
@@ -126,7 +126,7 @@ pub struct ExecArgs {
     #[arg(long, value_name = "HOSTS")]
     pub hosts: Option<String>,
     /// With --hosts: how many servers at once.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
     pub fanout: usize,
     /// With --hosts: group identical outputs with the hosts that produced them.
     #[arg(long)]
@@ -159,7 +159,7 @@ pub struct BenchArgs {
     /// echo, udp-echo, udp-time, stream, connect, idle, exec, exec-connect or exec-stream.
     #[arg(value_enum)]
     pub mode: crate::bench::Mode,
-    /// Target HOST:PORT [default: 127.0.0.1:9000, or :9001 for udp-time].
+    /// Target HOST:PORT [default: 127.0.0.1:9000; :9001 for udp-time; :8080 for exec modes].
     pub addr: Option<String>,
     /// Connections (TCP) or sockets (UDP), each with one request in flight.
     #[arg(long, default_value_t = 16)]
