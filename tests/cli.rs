@@ -563,6 +563,97 @@ fn small_cli_rules() {
     assert!(err.contains("stdin is not sent to the hosts"), "{err}");
 }
 
+/// Errors say why (issue #15, item 3): a source penalised for failed
+/// logins is told so (and the server logs it) instead of "closed during the
+/// handshake"; a wrong token is said once; tls:// to a plain port and
+/// tcp:// to a TLS port are named as protocol mismatches.
+#[test]
+fn errors_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("penalty.toml");
+    // Long enough that the test's next connection is surely inside it.
+    std::fs::write(&cfg, "[exec]\nauth_penalty = \"30s\"\n").unwrap();
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    let bad = home.join("bad-token");
+    std::fs::write(&bad, "wrong").unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    for _ in 0..3 {
+        let o = client_in(
+            home,
+            &[
+                "exec",
+                &addr,
+                "--token-file",
+                bad.to_str().unwrap(),
+                "--",
+                "true",
+            ],
+            None,
+        );
+        assert_eq!(
+            stderr(&o),
+            "switchboard: authentication failed: the token was not accepted\n"
+        );
+    }
+    // The right token, from a penalised address: told why.
+    let o = client_in(home, &["exec", &addr, "--", "echo", "ran"], None);
+    assert_eq!(exec_status(&o), 255);
+    assert!(stdout(&o).is_empty());
+    assert!(
+        stderr(&o).contains("too many failed logins from your address"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        srv.wait_log("failed logins from this address", 1),
+        "{}",
+        srv.log()
+    );
+
+    // tls:// to a plain port, tcp:// to a TLS one.
+    let o = client_in(
+        home,
+        &["exec", &format!("tls://{addr}"), "--", "true"],
+        None,
+    );
+    assert!(
+        stderr(&o).contains("answered in plain text, not TLS: use tcp://"),
+        "{}",
+        stderr(&o)
+    );
+    let tls = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "127.0.0.1:0",
+        "--exec",
+        "tls://127.0.0.1:0",
+        "--tls-self-signed",
+    ]);
+    let tls_addr = tls.addr("exec", Transport::Tls);
+    let o = client_in(
+        tls.home.path(),
+        &["exec", "--connect-timeout", "1s", &tls_addr, "--", "true"],
+        None,
+    );
+    assert!(
+        stderr(&o).contains(&format!(
+            "no hello from tcp://{tls_addr} within 1s: if it is a tls:// endpoint"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn exec_client_behaves_like_ssh() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);

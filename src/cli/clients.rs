@@ -28,8 +28,13 @@ fn print_reply(reply: &[u8]) -> std::io::Result<()> {
     out.flush()
 }
 
-fn report(e: &ClientError) {
-    eprintln!("switchboard: {e}");
+/// One line for a failed request; errors that do not name the server get
+/// its address.
+fn report(addr: &str, e: &ClientError) {
+    match e {
+        ClientError::Io(_) | ClientError::Closed { .. } => eprintln!("switchboard: {addr}: {e}"),
+        _ => eprintln!("switchboard: {e}"),
+    }
 }
 
 pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
@@ -69,16 +74,22 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
             let mut repl = Repl::new(if udp { "echo-udp" } else { "echo" }, "echo> ")?;
             while let Some(line) = repl.next_line() {
                 let mut result = rt.block_on(client.request(line.as_bytes()));
-                // The server may have closed an idle connection: reconnect once.
+                // The server may have closed an idle connection: reconnect
+                // once. A server that is gone is said, and the REPL stays.
                 if let Err(ClientError::Closed { got: 0, .. } | ClientError::Io(_)) = &result
                     && !udp
                 {
-                    client = rt.block_on(connect())?;
-                    result = rt.block_on(client.request(line.as_bytes()));
+                    result = match rt.block_on(connect()) {
+                        Ok(c) => {
+                            client = c;
+                            rt.block_on(client.request(line.as_bytes()))
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 match result {
                     Ok(reply) => print_reply(&reply)?,
-                    Err(e) => report(&e),
+                    Err(e) => report(&addr, &e),
                 }
             }
         }
@@ -87,7 +98,7 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
                 match rt.block_on(client.request(&line)) {
                     Ok(reply) => print_reply(&reply)?,
                     Err(e) => {
-                        report(&e);
+                        report(&addr, &e);
                         failed = true;
                     }
                 }
@@ -109,6 +120,7 @@ pub fn echo(args: EchoArgs) -> anyhow::Result<ExitCode> {
 
 pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
     let target = split_target(args.args, DEFAULT_TIME_PORT)?.speaking("time", &[Transport::Udp])?;
+    let addr = format!("udp://{}", target.addr);
     let rt = runtime()?;
     let client = rt
         .block_on(TimeClient::connect(&target.addr, args.timeout))?
@@ -119,7 +131,7 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
         Mode::Once(format) => match query(&format) {
             Ok(t) => print_reply(t.as_bytes())?,
             Err(e) => {
-                report(&e);
+                report(&addr, &e);
                 failed = true;
             }
         },
@@ -128,7 +140,7 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
             while let Some(line) = repl.next_line() {
                 match query(line.trim()) {
                     Ok(t) => print_reply(t.as_bytes())?,
-                    Err(e) => report(&e),
+                    Err(e) => report(&addr, &e),
                 }
             }
         }
@@ -138,7 +150,7 @@ pub fn time(args: TimeArgs) -> anyhow::Result<ExitCode> {
                 match query(&format) {
                     Ok(t) => print_reply(t.as_bytes())?,
                     Err(e) => {
-                        report(&e);
+                        report(&addr, &e);
                         failed = true;
                     }
                 }

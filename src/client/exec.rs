@@ -220,6 +220,27 @@ impl ExecReceiver {
     }
 }
 
+/// A failed TLS handshake, said plainly where the cause is known: a
+/// server that answered in plain text is a `tcp://` endpoint.
+fn tls_error(addr: &str, e: std::io::Error) -> ClientError {
+    let plain = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if plain {
+        ClientError::Tls(format!(
+            "the server at {addr} answered in plain text, not TLS: use tcp://{addr}"
+        ))
+    } else {
+        ClientError::Tls(e.to_string())
+    }
+}
+
 impl ExecClient {
     /// Connects to `addr` (`HOST:PORT`) and authenticates. `timeout` bounds
     /// the connect and the handshake each.
@@ -236,6 +257,14 @@ impl ExecClient {
             timeout,
         )
         .await
+        .map_err(|e| match e {
+            // A TLS port (or another service's) waits for us to speak.
+            ClientError::Timeout { after, .. } => ClientError::NoHello {
+                addr: addr.to_string(),
+                after,
+            },
+            e => e,
+        })
     }
 
     /// Connects with TLS 1.3 to `addr`, verifying the server as `tls` says,
@@ -253,7 +282,7 @@ impl ExecClient {
         let handshake = connector.connect(tls.server_name.clone(), stream);
         let stream = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
+            Ok(Err(e)) => return Err(tls_error(addr, e)),
             Err(_) => {
                 return Err(ClientError::Timeout {
                     addr: format!("tls://{addr} (TLS handshake)"),

@@ -42,6 +42,13 @@ pub enum ClientError {
     ConnectTimeout { addr: String, after: Duration },
     #[error("no reply from {addr} within {after:?}")]
     Timeout { addr: String, after: Duration },
+    /// A plain-TCP exec connection that never got the server's `hello`,
+    /// which a switchboard server sends at once.
+    #[error(
+        "no hello from tcp://{addr} within {after:?}: if it is a tls:// endpoint, use \
+         tls://{addr}; otherwise it is not a switchboard exec port"
+    )]
+    NoHello { addr: String, after: Duration },
     #[error("no reply from {addr} after {tries} {} in {after:?}", if *tries == 1 { "try" } else { "tries" })]
     NoReply {
         addr: String,
@@ -75,7 +82,8 @@ pub enum ClientError {
         /// `spawn_failed`: the status a shell would give (127, 126, 1).
         exit_status: Option<i32>,
     },
-    #[error("{0}")]
+    /// Transparent, so that a printed error chain says it once.
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -79,6 +79,32 @@ pub struct AcceptContext {
     pub sources: Arc<Sources>,
     /// The per-source connection limit as configured now (0: none).
     pub per_source: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// What to write to a connection turned away, before closing it: for
+    /// protocols whose server speaks first (the native exec protocol in
+    /// plain TCP), so the client can say why; None: close without a word.
+    pub turned_away: Option<fn(TurnedAway) -> Vec<u8>>,
+}
+
+/// Why the accept loop turned a connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnedAway {
+    /// The service's connection limit.
+    Limit,
+    /// The source's limits or penalty.
+    Source(crate::server::sources::Refusal),
+}
+
+/// Best effort, never waiting: a fresh socket's send buffer takes a small
+/// frame whole, and a peer that has sent nothing yet (the server speaks
+/// first) gets a clean close after it rather than a reset.
+pub fn say_why(
+    stream: &TcpStream,
+    turned_away: Option<fn(TurnedAway) -> Vec<u8>>,
+    why: TurnedAway,
+) {
+    if let Some(f) = turned_away {
+        let _ = stream.try_write(&f(why));
+    }
 }
 
 /// Accepts connections until `shutdown`, running `handle` for each in its
@@ -116,6 +142,7 @@ where
         let Ok(permit) = ctx.limit.clone().try_acquire_owned() else {
             ctx.counters.rejected.inc();
             debug!(service = ctx.service, %peer, "connection limit reached; closing");
+            say_why(&stream, ctx.turned_away, TurnedAway::Limit);
             drop(stream);
             continue;
         };
@@ -124,6 +151,7 @@ where
             Err(why) => {
                 ctx.counters.rejected_source.inc();
                 debug!(service = ctx.service, %peer, ?why, "source refused; closing");
+                say_why(&stream, ctx.turned_away, TurnedAway::Source(why));
                 drop(stream);
                 continue;
             }

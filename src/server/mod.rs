@@ -385,6 +385,7 @@ impl Running {
             tracker: self.tracker.clone(),
             sources: sources.clone(),
             per_source,
+            turned_away: None,
         }
     }
 
@@ -462,13 +463,14 @@ impl Running {
             _ => None,
         };
         let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
-        Some(accept_loop(
-            listener,
-            self.exec_context("exec", &self.limits.exec_connections, &self.exec.sources),
-            move |stream, peer| {
-                exec::session::accept(stream, peer, tls.clone(), shared.clone(), shutdown.clone())
-            },
-        ))
+        let mut ctx = self.exec_context("exec", &self.limits.exec_connections, &self.exec.sources);
+        // A TLS client expects a ServerHello, not a frame: silence there.
+        if tls.is_none() {
+            ctx.turned_away = Some(exec::session::turned_away_frame);
+        }
+        Some(accept_loop(listener, ctx, move |stream, peer| {
+            exec::session::accept(stream, peer, tls.clone(), shared.clone(), shutdown.clone())
+        }))
     }
 
     fn exec_legacy(&self, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {

@@ -209,8 +209,14 @@ impl Sources {
 
     /// Records a failed authentication; from the
     /// [`FAILURES_BEFORE_PENALTY`]th on, the source is refused for `base`
-    /// doubling with each further failure, at most `max`.
-    pub fn auth_failed(&self, ip: IpAddr, base: Duration, max: Duration) {
+    /// doubling with each further failure, at most `max`. Returns the
+    /// penalty imposed, if any, and the failures so far.
+    pub fn auth_failed(
+        &self,
+        ip: IpAddr,
+        base: Duration,
+        max: Duration,
+    ) -> (Option<Duration>, u32) {
         let block = self.blocks.block(ip);
         let mut t = self.lock();
         let s = t.map.entry(block).or_default();
@@ -219,7 +225,9 @@ impl Sources {
             let doublings = (s.failures - FAILURES_BEFORE_PENALTY).min(16);
             let penalty = base.saturating_mul(1 << doublings).min(max);
             s.penalty_until = Some(Instant::now() + penalty);
+            return (Some(penalty), s.failures);
         }
+        (None, s.failures)
     }
 
     /// A successful authentication clears the source's failures.

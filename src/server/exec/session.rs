@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::job::{self, JobTiming};
 use super::policy::Refusal;
@@ -38,6 +38,7 @@ use crate::proto::auth::{self, is_nonce};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
 };
+use crate::server::listener::TurnedAway;
 use crate::server::sources::HandshakeGuard;
 
 /// Frames queued for the writer; small, so a client that stops reading
@@ -73,6 +74,39 @@ struct JobDone {
     status: ExitStatus,
 }
 
+/// The `error` frame a plain-TCP exec connection gets when it is turned
+/// away before its handshake, in place of `hello`, so the client can say
+/// why instead of "the server closed the connection".
+pub fn turned_away_frame(why: TurnedAway) -> Vec<u8> {
+    use crate::server::sources::Refusal;
+    let (code, message) = match why {
+        TurnedAway::Limit => (
+            ErrorCode::Busy,
+            "the server is at its connection limit (exec.max_connections); try again later",
+        ),
+        TurnedAway::Source(Refusal::PerSource) => (
+            ErrorCode::Busy,
+            "too many connections from your address (exec.max_connections_per_source)",
+        ),
+        TurnedAway::Source(Refusal::Penalty) => (
+            ErrorCode::AuthFailed,
+            "too many failed logins from your address: refused for a while \
+             (exec.auth_penalty, doubling up to exec.auth_penalty_max)",
+        ),
+        TurnedAway::Source(Refusal::Unauthenticated) => (
+            ErrorCode::Busy,
+            "too many connections in their handshake, from your address or in all \
+             (exec.max_unauthenticated_per_source, exec.max_startups); try again later",
+        ),
+    };
+    let mut buf = bytes::BytesMut::new();
+    let frame = ServerMsg::error(None, code, message).to_frame();
+    match tokio_util::codec::Encoder::encode(&mut FrameCodec::default(), frame, &mut buf) {
+        Ok(()) => buf.to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Takes a new exec connection: a handshake slot first (before TLS, so a
 /// TLS handshake counts as unauthenticated too), then the TLS handshake if
 /// any, then `serve`. One deadline, `handshake_timeout`, covers the TLS
@@ -97,6 +131,13 @@ pub async fn accept(
     ) else {
         shared.counters.rejected_handshake.inc();
         debug!("too many unauthenticated connections; closing");
+        if tls.is_none() {
+            crate::server::listener::say_why(
+                &stream,
+                Some(turned_away_frame),
+                TurnedAway::Source(crate::server::sources::Refusal::Unauthenticated),
+            );
+        }
         return Ok(());
     };
     let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
@@ -165,9 +206,17 @@ async fn serve(
         Handshake::Failed => {
             drop(handshake_slot);
             shared.counters.auth_failures.inc();
-            shared
-                .sources
-                .auth_failed(peer.ip(), cfg.auth_penalty, cfg.auth_penalty_max);
+            let (penalty, failures) =
+                shared
+                    .sources
+                    .auth_failed(peer.ip(), cfg.auth_penalty, cfg.auth_penalty_max);
+            if let Some(p) = penalty {
+                warn!(
+                    failures,
+                    penalty = ?p,
+                    "failed logins from this address: its connections are refused for the penalty"
+                );
+            }
         }
         Handshake::Abandoned => drop(handshake_slot),
     }
@@ -297,7 +346,7 @@ async fn handshake(
             if !ok {
                 info!("authentication failed");
                 let _ = tx
-                    .send(fail(ErrorCode::AuthFailed, "authentication failed"))
+                    .send(fail(ErrorCode::AuthFailed, "the token was not accepted"))
                     .await;
                 return Handshake::Failed;
             }
