@@ -658,6 +658,69 @@ fn errors_say_why() {
     );
 }
 
+/// The bench's summary (issue #15, item 8): a few lines in ms with the
+/// mode's own fields, errors counted by cause, and a warning naming the
+/// server limit behind them (here the UDP per-source rate limit, set low
+/// so that 16 sockets from one address surely pass it).
+#[test]
+fn bench_summary_names_causes_and_limits() {
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "none",
+        "--udp-rate-limit",
+        "100",
+    ]);
+    let udp = srv.addr("echo", Transport::Udp);
+    let o = client(
+        &[
+            "bench",
+            "udp-echo",
+            &udp,
+            "--conns",
+            "16",
+            "--duration",
+            "1s",
+            "--timeout",
+            "50ms",
+        ],
+        None,
+    );
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("udp-echo: 16 sockets, 64 B requests, "),
+        "{out}"
+    );
+    assert!(out.contains("\n  latency ms   min "), "{out}");
+    assert!(out.contains("\n  lost         "), "{out}");
+    assert!(
+        out.contains(&format!(
+            " x no reply from udp://{udp} after 1 try in 50ms\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nwarning: ") && out.contains("udp.rate_limit"),
+        "{out}"
+    );
+    assert!(!o.status.success(), "losses are a failed run");
+
+    let exec = srv.addr("exec", Transport::Tcp);
+    let o = client_in(
+        srv.home.path(),
+        &["bench", "exec-stream", &exec, "--bytes", "1000000"],
+        None,
+    );
+    let out = stdout(&o);
+    assert!(out.starts_with("exec-stream: 1 stream, "), "{out}");
+    assert!(
+        out.contains("  result       ok\n") && out.contains(" MB/s\n"),
+        "{out}"
+    );
+    assert!(!out.contains("latency"), "no latency for a stream: {out}");
+}
+
 #[test]
 fn exec_client_behaves_like_ssh() {
     let srv = spawn_serve(&["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"]);

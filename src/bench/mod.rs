@@ -9,6 +9,7 @@
 //! held idle connections (`idle`). With `--server-pid` the server's
 //! resident memory is read from /proc before and after the run.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -131,7 +132,10 @@ pub struct Report {
     pub errors: u64,
     pub seconds: f64,
     pub requests_per_sec: f64,
+    pub min_us: u64,
+    pub mean_us: u64,
     pub p50_us: u64,
+    pub p95_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
@@ -145,6 +149,9 @@ pub struct Report {
     /// The first error seen, to say what went wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Errors by cause (the error's message), with their counts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 /// Resident memory of `pid` in KiB, from /proc.
@@ -193,13 +200,26 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
     let mut first_error = None;
+    let mut error_kinds = BTreeMap::new();
     let mut open = Vec::with_capacity(p.conns);
-    for t in tasks {
-        let (ok, err, hist, client, first) = t.await?;
+    // A request still waiting when the time is up (a lost datagram's
+    // timeout) is not waited for past a short grace: `--duration 1s`
+    // takes about a second.
+    let grace = p.timeout.min(Duration::from_millis(250));
+    for mut t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now()) + grace;
+        let Ok(joined) = tokio::time::timeout(left, &mut t).await else {
+            t.abort(); // its request in flight is counted neither way
+            continue;
+        };
+        let (ok, err, hist, client, first, kinds) = joined?;
         open.push(client);
         requests += ok;
         errors += err;
         first_error = first_error.or(first);
+        for (k, n) in kinds {
+            *error_kinds.entry(k).or_insert(0) += n;
+        }
         if let Some(h) = hist {
             total.add(h)?;
         }
@@ -222,6 +242,7 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     report.server_rss_kib_before = rss_before;
     report.server_rss_kib_after = rss_after;
     report.first_error = first_error;
+    report.error_kinds = error_kinds;
     Ok(report)
 }
 
@@ -235,10 +256,18 @@ async fn round_trips(
     want: Vec<u8>,
     stop: Arc<AtomicBool>,
     budget: Budget,
-) -> (u64, u64, Option<Histogram<u64>>, Client, Option<String>) {
+) -> (
+    u64,
+    u64,
+    Option<Histogram<u64>>,
+    Client,
+    Option<String>,
+    HashMap<String, u64>,
+) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     let (mut ok, mut errors) = (0u64, 0u64);
     let mut first_error = None;
+    let mut kinds: HashMap<String, u64> = HashMap::new();
     while !stop.load(Ordering::Relaxed) && budget.more() {
         let t0 = Instant::now();
         let bad = match client.round_trip(&req).await {
@@ -253,6 +282,7 @@ async fn round_trips(
             Err(e) => Some(e.to_string()),
         };
         if let Some(e) = bad {
+            *kinds.entry(e.clone()).or_insert(0) += 1;
             first_error.get_or_insert(e);
             errors += 1;
             if errors > 100 && ok == 0 {
@@ -268,7 +298,7 @@ async fn round_trips(
     }
     // The client goes back to the caller so that connections are
     // still open when the server's memory is read.
-    (ok, errors, hist, client, first_error)
+    (ok, errors, hist, client, first_error, kinds)
 }
 
 /// The connections of a request/response run, all opened before the
@@ -328,7 +358,10 @@ impl Report {
             errors,
             seconds,
             requests_per_sec: requests as f64 / seconds.max(1e-9),
+            min_us: if requests == 0 { 0 } else { h.min() },
+            mean_us: h.mean() as u64,
             p50_us: h.value_at_quantile(0.50),
+            p95_us: h.value_at_quantile(0.95),
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
@@ -336,6 +369,7 @@ impl Report {
             server_rss_kib_after: None,
             mb_per_sec: None,
             first_error: None,
+            error_kinds: BTreeMap::new(),
         }
     }
 }
@@ -453,45 +487,105 @@ impl Client {
 }
 
 impl std::fmt::Display for Report {
+    /// A summary of a few lines, in milliseconds, with the fields that mean
+    /// something for the mode (as redis-benchmark's), the errors by cause,
+    /// and a warning when a server limit is the likely cause of them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} conns={} size={}: {} requests in {:.2}s = {:.0} req/s, errors {}, latency p50 {}us p99 {}us p99.9 {}us max {}us",
-            self.mode,
-            self.conns,
-            self.size,
-            self.requests,
-            self.seconds,
-            self.requests_per_sec,
-            self.errors,
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us
-        )?;
-        if let Some(m) = self.mb_per_sec {
-            write!(f, ", {m:.0} MB/s")?;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let n = |what: &str| {
+            let s = if self.conns == 1 { "" } else { "s" };
+            format!("{} {what}{s}", self.conns)
+        };
+        let what = match self.mode.as_str() {
+            m if m.starts_with("udp") => format!("{}, {} B requests", n("socket"), self.size),
+            "echo" | "connect" => format!("{}, {} B requests", n("connection"), self.size),
+            "idle" => n("idle connection"),
+            "stream" | "exec-stream" => "1 stream".to_string(),
+            _ => n("connection"),
+        };
+        writeln!(f, "{}: {what}, {:.2} s", self.mode, self.seconds)?;
+        let one_shot = self.mode == "stream" || self.mode == "exec-stream" || self.mode == "idle";
+        if one_shot {
+            let verdict = if self.errors == 0 { "ok" } else { "FAILED" };
+            writeln!(f, "  result       {verdict}")?;
+        } else {
+            writeln!(
+                f,
+                "  requests     {} ok, {} failed",
+                self.requests, self.errors
+            )?;
+            writeln!(f, "  throughput   {:.0} requests/s", self.requests_per_sec)?;
+            if self.requests > 0 {
+                writeln!(
+                    f,
+                    "  latency ms   min {:.3}  mean {:.3}  p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                    ms(self.min_us),
+                    ms(self.mean_us),
+                    ms(self.p50_us),
+                    ms(self.p95_us),
+                    ms(self.p99_us),
+                    ms(self.p999_us),
+                    ms(self.max_us)
+                )?;
+            }
         }
-        if let Some(e) = &self.first_error {
-            write!(f, ", first error: {e}")?;
+        if let Some(m) = self.mb_per_sec {
+            writeln!(f, "  throughput   {m:.0} MB/s")?;
         }
         if self.mode.starts_with("udp") {
             let sent = self.requests + self.errors;
             let pct = 100.0 * self.errors as f64 / (sent.max(1) as f64);
-            write!(f, ", lost {} of {sent} ({pct:.2}%)", self.errors)?;
-        }
-        if let (Some(a), Some(b), "idle") = (
-            self.server_rss_kib_before,
-            self.server_rss_kib_after,
-            self.mode.as_str(),
-        ) {
-            let per = (b.saturating_sub(a) as f64) / (self.conns.max(1) as f64);
-            write!(f, ", {per:.1} KiB of server RSS per idle connection")?;
+            writeln!(f, "  lost         {} of {sent} ({pct:.2}%)", self.errors)?;
         }
         if let (Some(a), Some(b)) = (self.server_rss_kib_before, self.server_rss_kib_after) {
-            write!(f, ", server RSS {a} -> {b} KiB")?;
+            write!(f, "  server RSS   {a} -> {b} KiB")?;
+            if self.mode == "idle" {
+                let per = (b.saturating_sub(a) as f64) / (self.conns.max(1) as f64);
+                write!(f, " ({per:.1} KiB per idle connection)")?;
+            }
+            writeln!(f)?;
+        }
+        let mut kinds: Vec<(&String, &u64)> = self.error_kinds.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1));
+        for (cause, n) in kinds.iter().take(5) {
+            writeln!(f, "  errors       {n} x {cause}")?;
+        }
+        if kinds.len() > 5 {
+            writeln!(f, "  errors       ... and {} other causes", kinds.len() - 5)?;
+        }
+        if let Some(w) = self.limit_warning() {
+            writeln!(f, "warning: {w}")?;
         }
         Ok(())
+    }
+}
+
+impl Report {
+    /// The server limit a run's errors most likely come from, and how to
+    /// raise it, where the errors themselves cannot say (UDP loss, a
+    /// connection closed without a word).
+    fn limit_warning(&self) -> Option<String> {
+        if self.errors == 0 {
+            return None;
+        }
+        let sent_per_sec = (self.requests + self.errors) as f64 / self.seconds.max(1e-9);
+        // Every socket of the bench shares one source address, and a
+        // rate-limited datagram is dropped without a word.
+        if self.mode.starts_with("udp") {
+            return Some(format!(
+                "{sent_per_sec:.0} datagrams/s from one address, some unanswered: the server's \
+                 per-source rate limit drops what passes it (udp.rate_limit, 2,000/s by default; \
+                 `serve --udp-rate-limit 0` to measure without it)"
+            ));
+        }
+        if (self.mode == "echo" || self.mode == "connect") && self.conns > 4_096 {
+            return Some(
+                "more than 4,096 connections from one address: the server's default \
+                 echo.max_connections_per_source (`serve --max-connections-per-source 0`)"
+                    .to_string(),
+            );
+        }
+        None
     }
 }
 
@@ -511,7 +605,10 @@ fn single(
         errors: u64::from(!ok),
         seconds,
         requests_per_sec: 0.0,
+        min_us: 0,
+        mean_us: 0,
         p50_us: 0,
+        p95_us: 0,
         p99_us: 0,
         p999_us: 0,
         max_us: 0,
@@ -519,6 +616,7 @@ fn single(
         server_rss_kib_after: rss.1,
         mb_per_sec: mb,
         first_error: None,
+        error_kinds: BTreeMap::new(),
     }
 }
 
@@ -629,8 +727,12 @@ struct Budget {
 impl Budget {
     /// Whether one more request may be issued (and counts it).
     fn more(&self) -> bool {
-        Instant::now() < self.deadline
-            && (self.limit == 0 || self.issued.fetch_add(1, Ordering::Relaxed) < self.limit)
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        // Counted always: the progress bar shows it.
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        self.limit == 0 || n < self.limit
     }
 }
 
@@ -643,7 +745,6 @@ async fn jobs_in_flight(
     inflight: usize,
     budget: Budget,
 ) -> (u64, u64, Option<Histogram<u64>>) {
-    use std::collections::HashMap;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     let (mut ok, mut errors) = (0u64, 0u64);
     let mut pending: HashMap<u64, Instant> = HashMap::new();

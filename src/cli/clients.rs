@@ -219,7 +219,7 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{report}");
+        print!("{report}");
     }
     Ok(if report.errors > 0 || report.requests == 0 {
         ExitCode::FAILURE
