@@ -68,6 +68,92 @@ pub fn expand(spec: &str, default_port: u16) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// `hosts` without those `spec` names (expanded the same way, so
+/// `node[05-07]` leaves out node05:8080 .. node07:8080); none left is an
+/// error.
+pub fn exclude(hosts: Vec<String>, spec: &str, default_port: u16) -> anyhow::Result<Vec<String>> {
+    let out: Vec<String> = expand(spec, default_port).map(|gone| {
+        let gone: std::collections::HashSet<String> = gone.into_iter().collect();
+        hosts.into_iter().filter(|h| !gone.contains(h)).collect()
+    })?;
+    if out.is_empty() {
+        bail!("--exclude {spec:?} leaves no hosts");
+    }
+    Ok(out)
+}
+
+/// The inverse of [`expand`] for display, as ClusterShell folds: hosts
+/// that differ only in their last number become one range,
+/// `node01:8080,node02:8080,node03:8080,node07:8080` ->
+/// `node[01-03,07]:8080`. Zero padding is kept (numbers of different
+/// widths are not joined); groups come in order of first appearance, then
+/// the hosts without a number.
+pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
+    // (prefix, suffix, width) -> numbers, in order of first appearance.
+    let mut groups: Vec<((String, String, usize), Vec<u64>)> = Vec::new();
+    let mut plain: Vec<(usize, String)> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let h = h.as_ref();
+        // The host part ends at the port's colon (after any IPv6 bracket).
+        let host_end = match h.rfind(']') {
+            Some(b) => b + 1,
+            None => h.rfind(':').unwrap_or(h.len()),
+        };
+        let host = h.get(..host_end).unwrap_or(h);
+        let digits_end = host.rfind(|c: char| c.is_ascii_digit()).map(|p| p + 1);
+        let number = digits_end.and_then(|end| {
+            let start = host
+                .get(..end)?
+                .rfind(|c: char| !c.is_ascii_digit())
+                .map_or(0, |p| p + 1);
+            let digits = host.get(start..end)?;
+            // Dotted addresses fold on their last byte only.
+            Some((start, end, digits.parse::<u64>().ok()?))
+        });
+        match number {
+            Some((start, end, n)) if !host.starts_with('[') => {
+                let key = (
+                    h.get(..start).unwrap_or("").to_string(),
+                    h.get(end..).unwrap_or("").to_string(),
+                    end - start,
+                );
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, ns)) => ns.push(n),
+                    None => groups.push((key, vec![n])),
+                }
+            }
+            _ => plain.push((i, h.to_string())),
+        }
+    }
+    let mut parts: Vec<String> = groups
+        .into_iter()
+        .map(|((prefix, suffix, width), mut ns)| {
+            ns.sort_unstable();
+            ns.dedup();
+            if ns.len() == 1 {
+                return format!("{prefix}{:0width$}{suffix}", ns[0]);
+            }
+            let mut ranges = Vec::new();
+            let mut i = 0;
+            while i < ns.len() {
+                let mut j = i;
+                while j + 1 < ns.len() && ns[j + 1] == ns[j] + 1 {
+                    j += 1;
+                }
+                ranges.push(if i == j {
+                    format!("{:0width$}", ns[i])
+                } else {
+                    format!("{:0width$}-{:0width$}", ns[i], ns[j])
+                });
+                i = j + 1;
+            }
+            format!("{prefix}[{}]{suffix}", ranges.join(","))
+        })
+        .collect();
+    parts.extend(plain.into_iter().map(|(_, h)| h));
+    parts.join(",")
+}
+
 fn push(out: &mut Vec<String>, h: String) -> anyhow::Result<()> {
     if !out.contains(&h) {
         if out.len() >= MAX_HOSTS {
@@ -217,6 +303,29 @@ mod tests {
         assert_eq!(
             expand(&format!("@{},x", f.display()), 8080).unwrap(),
             ["node1:5", "node2:5", "other:8080", "x:8080"]
+        );
+    }
+
+    #[test]
+    fn exclusions_use_the_same_syntax() {
+        let all = expand("node[01-10]", 8080).unwrap();
+        let left = exclude(all.clone(), "node[02-09],node01:9", 8080).unwrap();
+        assert_eq!(left, ["node01:8080", "node10:8080"]);
+        assert!(exclude(all, "node[01-10]", 8080).is_err());
+    }
+
+    #[test]
+    fn folding_undoes_expanding() {
+        let hosts = expand("node[01-03,07]:8080,db1,x", 8080).unwrap();
+        assert_eq!(fold(&hosts), "node[01-03,07]:8080,db1:8080,x:8080");
+        let hosts = expand("10.0.0.[1-4]:[8080,8443],[::1]:1", 8080).unwrap();
+        assert_eq!(fold(&hosts), "10.0.0.[1-4]:8080,10.0.0.[1-4]:8443,[::1]:1");
+        assert_eq!(fold(&["n9:1", "n10:1", "n11:1"]), "n9:1,n[10-11]:1");
+        assert_eq!(
+            expand(&fold(&expand("a[1-5]", 1).unwrap()), 1)
+                .unwrap()
+                .len(),
+            5
         );
     }
 }

@@ -109,3 +109,49 @@ async fn fifty_servers_with_five_down_and_three_refusing() {
     assert_eq!(run(&["--max-rc"]).await.unwrap().status.code(), Some(255));
     drop(servers);
 }
+
+/// `--exclude` leaves hosts out in the host-list syntax, and `--gather`
+/// names the hosts of a group in folded ranges, as ClusterShell does
+/// (issue #15, item 9). One server on 0.0.0.0, reached as 127.0.0.1-3.
+#[test]
+fn exclude_and_folded_ranges() {
+    let srv = common::spawn_serve(&[
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--exec",
+        "tcp://0.0.0.0:0",
+        "--allow-plaintext",
+    ]);
+    let port = srv
+        .addr("exec", switchboard::endpoint::Transport::Tcp)
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap();
+    let o = common::client_in(
+        srv.home.path(),
+        &[
+            "exec",
+            "--hosts",
+            &format!("127.0.0.[1-4]:{port}"),
+            "--exclude",
+            &format!("127.0.0.4:{port}"),
+            "--gather",
+            "--",
+            "echo hi",
+        ],
+        None,
+    );
+    let out = common::stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", common::stderr(&o));
+    assert!(
+        out.contains(&format!("127.0.0.[1-3]:{port} (exit 0)\n")),
+        "{out}"
+    );
+    assert!(
+        common::stderr(&o).contains("3 hosts, 3 ok"),
+        "{}",
+        common::stderr(&o)
+    );
+}

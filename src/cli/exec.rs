@@ -317,6 +317,11 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .hosts
         .as_deref()
         .map(|spec| crate::hosts::expand(spec, DEFAULT_EXEC_PORT))
+        .transpose()?
+        .map(|hosts| match &args.exclude {
+            None => Ok(hosts),
+            Some(spec) => crate::hosts::exclude(hosts, spec, DEFAULT_EXEC_PORT),
+        })
         .transpose()?;
     let auth = client_auth(&args)?;
     if let Some(hosts) = hosts {

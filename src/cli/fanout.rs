@@ -307,7 +307,7 @@ fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Resul
         }
         for ((stdout, stderr, status), hosts) in groups {
             writeln!(out, "----------------")?;
-            writeln!(out, "{} ({status})", hosts.join(","))?;
+            writeln!(out, "{} ({status})", crate::hosts::fold(&hosts))?;
             writeln!(out, "----------------")?;
             out.write_all(&stdout)?;
             out.write_all(&stderr)?;

@@ -125,6 +125,9 @@ pub struct ExecArgs {
     /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file.
     #[arg(long, value_name = "HOSTS")]
     pub hosts: Option<String>,
+    /// With --hosts: leave these out (same syntax: node[05-07], @file).
+    #[arg(long, value_name = "HOSTS", requires = "hosts")]
+    pub exclude: Option<String>,
     /// With --hosts: how many servers at once.
     #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
     pub fanout: usize,
