@@ -838,6 +838,18 @@ fn completions_man_page_version_and_json_logs() {
     let o = client(&["man"], None);
     assert!(o.status.success());
     assert!(stdout(&o).starts_with(".ie") && stdout(&o).contains(".TH switchboard 1"));
+    // The pages the top page refers to (switchboard-exec(1), ...) exist.
+    let pages = tempfile::tempdir().unwrap();
+    let o = client(&["man", "--dir", pages.path().to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for sub in ["serve", "echo", "time", "exec", "bench"] {
+        let page = std::fs::read_to_string(pages.path().join(format!("switchboard-{sub}.1")))
+            .unwrap_or_default();
+        assert!(
+            page.contains(&format!(".TH switchboard-{sub} 1")),
+            "{sub}: {page:.200}"
+        );
+    }
     let o = client(&["--version"], None);
     assert_eq!(
         stdout(&o),

@@ -82,11 +82,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page (roff), or write one page per subcommand with --dir.
     #[command(
-        after_help = "Examples:\n  switchboard man > /usr/local/share/man/man1/switchboard.1\n  switchboard man | man -l -"
+        after_help = "Examples:\n  switchboard man > /usr/local/share/man/man1/switchboard.1\n  switchboard man | man -l -\n  switchboard man --dir /usr/local/share/man/man1   # switchboard.1, switchboard-exec.1, ..."
     )]
-    Man,
+    Man {
+        /// Write switchboard.1 and a page per subcommand (switchboard-exec.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -342,12 +346,20 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(Into::into)
+        }
+        // The top page's SEE ALSO names switchboard-exec(1) and the others:
+        // these are they.
+        Command::Man { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| anyhow::anyhow!("cannot write man pages to {}: {e}", dir.display()))
         }
     };
     match result {
