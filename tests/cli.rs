@@ -531,6 +531,28 @@ fn small_cli_rules() {
     let time = srv.addr("time", Transport::Udp);
     let o = client_in(home, &["time", "--timeout", "1.5", &time, "%Y"], None);
     assert_eq!(stdout(&o).trim_end().len(), 4, "{}", stderr(&o));
+    // 0 is no limit, for the job as for the client's waits (it once killed
+    // the job at once).
+    let o = client_in(
+        home,
+        &[
+            "exec",
+            "--timeout",
+            "0",
+            &addr,
+            "--",
+            "sleep 0.2; echo done",
+        ],
+        None,
+    );
+    assert_eq!(
+        (exec_status(&o), stdout(&o).as_str()),
+        (0, "done\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = client_in(home, &["time", "--timeout", "0", &time, "%Y"], None);
+    assert_eq!(stdout(&o).trim_end().len(), 4, "{}", stderr(&o));
 
     for (args, why) in [
         (

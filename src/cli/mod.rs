@@ -19,6 +19,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{EchoMode, parse_duration};
 
+/// A wait of the clients' (`--timeout`, `--connect-timeout`): a duration,
+/// 0 meaning no limit, as 0 means none for the server's `exec.job_timeout`
+/// and for `timeout(1)`. No limit is a wait no one will see end.
+fn parse_wait(s: &str) -> anyhow::Result<Duration> {
+    let d = parse_duration(s)?;
+    Ok(if d.is_zero() { NO_LIMIT } else { d })
+}
+
+/// What a wait of 0 becomes: about thirty years.
+pub const NO_LIMIT: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchboard",
@@ -95,7 +106,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Kill the job (TERM, then KILL) after this long, e.g. 30s; exit status 124.
+    /// Kill the job (TERM, then KILL) after this long, e.g. 30s; exit status 124
+    /// (0: none, as for the server's exec.job_timeout).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Set an environment variable for the job, repeatable: --env K=V.
@@ -147,8 +159,8 @@ pub struct ExecArgs {
     /// With --hosts: output kept per host for --gather/--json (more is counted, marked truncated).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_output: usize,
-    /// Time allowed for the connection and the handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// Time allowed for the connection and the handshake (0: no limit).
+    #[arg(long, default_value = "10s", value_parser = parse_wait)]
     pub connect_timeout: Duration,
     /// The server: HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT], IPv6 in
     /// brackets (default 127.0.0.1:8080; a missing port is 8080). Always the
@@ -180,8 +192,8 @@ pub struct BenchArgs {
     /// Stop after this many requests in all (0 = no limit but the duration).
     #[arg(long, default_value_t = 0)]
     pub requests: u64,
-    /// Per-request timeout.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Per-request timeout (0: no limit).
+    #[arg(long, default_value = "2s", value_parser = parse_wait)]
     pub timeout: Duration,
     /// Read this server process's memory (VmRSS) before and after.
     #[arg(long, value_name = "PID")]
@@ -300,8 +312,8 @@ pub struct EchoArgs {
     #[arg(long)]
     pub udp: bool,
     /// Time to wait for a connection or a reply, e.g. 2s, 500ms (over UDP,
-    /// for all the tries of a request).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// for all the tries of a request; 0: no limit).
+    #[arg(long, default_value = "2s", value_parser = parse_wait)]
     pub timeout: Duration,
     /// UDP: send a request again up to N times (0-10) while no reply
     /// comes, the waits doubling within --timeout [default: 2].
@@ -315,8 +327,9 @@ pub struct EchoArgs {
 
 #[derive(Debug, Args)]
 pub struct TimeArgs {
-    /// Time to wait for a reply, e.g. 2s, 500ms, for all the tries of a query.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Time to wait for a reply, e.g. 2s, 500ms, for all the tries of a query
+    /// (0: no limit).
+    #[arg(long, default_value = "2s", value_parser = parse_wait)]
     pub timeout: Duration,
     /// Send a query again up to N times (0-10) while no reply comes, the
     /// waits doubling within --timeout.

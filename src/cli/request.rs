@@ -21,8 +21,10 @@ impl ExecArgs {
             stdin: false,
             env: parse_env(&self.env).unwrap_or_default(),
             cwd: self.cwd.clone(),
+            // 0 is no timeout of the client's: the server's default holds.
             timeout_ms: self
                 .timeout
+                .filter(|t| !t.is_zero())
                 .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
         }
     }
