@@ -815,9 +815,23 @@ fn exec_client_behaves_like_ssh() {
     let o = client_in(home, &["exec", &addr, "--", "printf '\\304\\343'"], None);
     assert_eq!(o.stdout, [0xc4, 0xe3], "bytes pass untouched by default");
 
-    // Lines from a pipe are commands; the status is the last failure's.
-    let o = client_in(home, &["exec", &addr], Some(b"echo a\nexit 3\necho b\n"));
-    assert_eq!((stdout(&o).as_str(), exec_status(&o)), ("a\nb\n", 3));
+    // A piped script with no command is one shell script, as `ssh host <
+    // script` runs it: state carries from line to line, `exit` ends it.
+    let o = client_in(
+        home,
+        &["exec", &addr],
+        Some(b"x=1\necho a$x\nexit 3\necho b\n"),
+    );
+    assert_eq!((stdout(&o).as_str(), exec_status(&o)), ("a1\n", 3));
+    // With a command, stdin goes to it, unless -n (as ssh -n).
+    let o = client_in(home, &["exec", &addr, "--", "cat"], Some(b"to the job\n"));
+    assert_eq!(stdout(&o), "to the job\n");
+    let o = client_in(
+        home,
+        &["exec", "-n", &addr, "--", "cat"],
+        Some(b"to the job\n"),
+    );
+    assert_eq!((stdout(&o).as_str(), exec_status(&o)), ("", 0));
 
     // Wrong token, refused connection: 255 and one line.
     let bad = home.join("bad-token");

@@ -3,7 +3,7 @@
 //! is not a terminal, Ctrl-C sends INT to the job (a second one within a
 //! second disconnects), and the exit status is the job's (PROTOCOL.md §3.4).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
-use super::input::{Mode, Repl, Target, stdin_lines};
+use super::input::{Mode, Repl, Target};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
@@ -243,16 +243,20 @@ fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
     }
 }
 
-/// Runs the command the words make, or one per REPL or input line (see
-/// [`Mode`]); `run` gets the words and whether local stdin goes to the
-/// job. The exit status: the one job's; the REPL's last; the pipe's worst;
-/// or the first that ended the connection.
+/// Runs the command the words make (local stdin forwarded, as ssh does,
+/// unless `no_stdin`), a REPL's commands one job each, or, with no command
+/// and stdin a pipe or file, `script` (a shell reading stdin: the whole
+/// input is one script, as `ssh host < script.sh` runs it). `run` gets the
+/// words and whether local stdin goes to the job. The exit status: the
+/// job's, or the REPL's last, or the first that ended the connection.
 fn each_command(
     words: Vec<String>,
+    no_stdin: bool,
+    script: Vec<String>,
     mut run: impl FnMut(Vec<String>, bool) -> Result<u8, u8>,
 ) -> anyhow::Result<u8> {
     Ok(match Mode::pick(&words) {
-        Mode::Once(_) => run(words, !std::io::stdin().is_terminal()).unwrap_or_else(|c| c),
+        Mode::Once(_) => run(words, !no_stdin).unwrap_or_else(|c| c),
         Mode::Repl => {
             let mut repl = Repl::new("exec", "exec> ")?;
             let mut last = 0;
@@ -268,21 +272,7 @@ fn each_command(
             }
             last
         }
-        Mode::Pipe => {
-            let mut worst = 0;
-            for line in stdin_lines() {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match run(vec![line], false) {
-                    Ok(0) => {}
-                    Ok(c) => worst = c,
-                    Err(c) => return Ok(c),
-                }
-            }
-            worst
-        }
+        Mode::Pipe => run(script, true).unwrap_or_else(|c| c),
     })
 }
 
@@ -363,6 +353,16 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         req.stdin = forward;
         report(rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)))
     };
-    let code = each_command(args.command.clone(), run)?;
+    // The shell that reads a piped script, as argv or as a command line.
+    let script = if args.argv {
+        vec!["/bin/sh".to_string(), "-s".to_string()]
+    } else {
+        vec!["exec /bin/sh -s".to_string()]
+    };
+    let code = each_command(args.command.clone(), args.no_stdin, script, run)?;
+    // A read of local stdin still blocked (a terminal nobody types in, a
+    // pipe whose writer lingers) must not hold the exit once the job is
+    // over, as it would if the runtime waited for it.
+    rt.shutdown_background();
     Ok(ExitCode::from(code))
 }

@@ -119,6 +119,9 @@ pub struct ExecArgs {
     /// Run CMD ARGS directly, without a shell.
     #[arg(long)]
     pub argv: bool,
+    /// Do not send local stdin to the job (it reads /dev/null), as ssh -n.
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
     /// Decode remote output from this encoding (gbk, shift_jis, ...); bytes pass untouched otherwise.
     #[arg(long, value_name = "LABEL")]
     pub encoding: Option<String>,
