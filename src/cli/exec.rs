@@ -1,7 +1,7 @@
 //! `switchboard exec`: like `ssh host cmd`. Remote stdout and stderr go to
-//! local stdout and stderr as they arrive, local stdin is forwarded when it
-//! is not a terminal, Ctrl-C sends INT to the job (a second one within a
-//! second disconnects), and the exit status is the job's (PROTOCOL.md §3.4).
+//! local stdout and stderr as they arrive, local stdin is forwarded unless
+//! `-n`, Ctrl-C sends INT to the job (a second one within a second
+//! disconnects), and the exit status is the job's (PROTOCOL.md §3.4).
 
 use std::io::Write;
 use std::process::ExitCode;
