@@ -39,13 +39,13 @@ pub const NO_LIMIT: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 )]
 pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
     /// Only warnings and errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Logging")]
     pub quiet: bool,
     /// Log lines as text or as JSON objects (one per line).
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, default_value = "text", help_heading = "Logging")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
