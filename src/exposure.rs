@@ -193,11 +193,6 @@ pub async fn resolve_and_check(
             out.push(l);
         }
     }
-    // Every service switched off (`--echo none --time none --exec none`)
-    // is a mistake, not a server.
-    if out.is_empty() {
-        return Err(ResolveError::Nothing);
-    }
     Ok(out)
 }
 
@@ -215,8 +210,6 @@ pub enum ResolveError {
         refused: Refused,
         endpoint: Endpoint,
     },
-    #[error("nothing to serve: every service is switched off")]
-    Nothing,
 }
 
 #[cfg(test)]

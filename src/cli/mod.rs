@@ -42,10 +42,22 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
     /// Only warnings and errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Logging")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Logging"
+    )]
     pub quiet: bool,
     /// Log lines as text or as JSON objects (one per line).
-    #[arg(long, global = true, value_enum, default_value = "text", help_heading = "Logging")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        help_heading = "Logging"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

@@ -181,6 +181,12 @@ impl Server {
     /// Everything after binding, common to every way of getting sockets:
     /// the exposure rules, then token, TLS identity, policy.
     fn assemble(config: ServerConfig, sockets: Vec<(Bound, Socket)>) -> anyhow::Result<Server> {
+        // Every service switched off (`--echo none --time none --exec
+        // none`), or no socket passed: a mistake, not a server. Judged on
+        // the sockets, which every way of starting has.
+        if sockets.is_empty() {
+            anyhow::bail!("nothing to serve: every service is switched off");
+        }
         exposure::check(sockets.iter().map(|(b, _)| b), config.exec.exposure())?;
         let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
         let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
