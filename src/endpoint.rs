@@ -128,13 +128,26 @@ impl Endpoint {
             return Err(EndpointError::EmptyHost(s.to_string()));
         }
         // Names and IPv4 addresses: letters, digits, `-`, `.`, `_`; IPv6
-        // was checked above.
-        if !rest.starts_with('[')
-            && !host
+        // was checked above. A name whose last label is a number must be a
+        // whole dotted-quad address: the resolver would read `12`,
+        // `127.1` or `0x7f.1` as IPv4 addresses no one meant.
+        if !rest.starts_with('[') {
+            let name_chars = host
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        {
-            return Err(EndpointError::BadHost(s.to_string()));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            let last = host
+                .trim_end_matches('.')
+                .rsplit('.')
+                .next()
+                .unwrap_or(host);
+            let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+            if !name_chars
+                || !host.bytes().any(|b| b.is_ascii_alphanumeric())
+                || host.starts_with(['-', '.'])
+                || (numeric && host.parse::<std::net::Ipv4Addr>().is_err())
+            {
+                return Err(EndpointError::BadHost(s.to_string()));
+            }
         }
         let port = match port {
             None => default_port,
@@ -321,6 +334,16 @@ mod tests {
             "a b",
             "a/b:1",
             "a@b",
+            // What the resolver would read as IPv4 numbers, and non-names.
+            "12",
+            "12:30",
+            "2130706433:1",
+            "127.1",
+            "0x7f.1:1",
+            "-",
+            ".",
+            "_",
+            "-a",
         ] {
             assert!(Endpoint::parse_client(bad, 8080).is_err(), "{bad} accepted");
         }

@@ -18,64 +18,119 @@ use crate::endpoint::{Endpoint, Transport};
 /// Largest expansion accepted, so a typo cannot ask for millions of hosts.
 pub const MAX_HOSTS: usize = 100_000;
 
+/// How deep `@file` may include `@file`: a file that includes itself
+/// is an error, not a stack overflow.
+const MAX_FILE_DEPTH: usize = 8;
+
+/// The largest host file read (a typo such as `@/dev/zero` is an error,
+/// not a process that grows until it is killed).
+pub const MAX_HOST_FILE: u64 = 16 << 20;
+
 /// Expands a host list into `HOST:PORT` strings (with `tls://` kept when
 /// given), in order, without duplicates.
 pub fn expand(spec: &str, default_port: u16) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for item in split_top(spec) {
-        let item = item.trim();
-        if item.is_empty() {
-            continue;
-        }
-        if let Some(file) = item.strip_prefix('@') {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read host file {file}"))?;
-            for line in text.lines() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if !line.is_empty() {
-                    for h in expand(line, default_port)? {
-                        push(&mut out, h)?;
+    let mut hosts = Hosts::default();
+    hosts.expand(spec, default_port, 0)?;
+    if hosts.list.is_empty() {
+        bail!("no hosts in {spec:?}");
+    }
+    Ok(hosts.list)
+}
+
+/// The hosts so far, in order, and a set to keep them unique in O(1).
+#[derive(Default)]
+struct Hosts {
+    list: Vec<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Hosts {
+    fn expand(&mut self, spec: &str, default_port: u16, depth: usize) -> anyhow::Result<()> {
+        for item in split_top(spec) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            if let Some(file) = item.strip_prefix('@') {
+                if depth >= MAX_FILE_DEPTH {
+                    bail!(
+                        "host files nest deeper than {MAX_FILE_DEPTH} at {file} (does one include itself?)"
+                    );
+                }
+                for line in read_host_file(file)?.lines() {
+                    let line = line.split('#').next().unwrap_or("").trim();
+                    if !line.is_empty() {
+                        self.expand(line, default_port, depth + 1)?;
                     }
                 }
+                continue;
             }
-            continue;
-        }
-        let (scheme, rest) = match item.split_once("://") {
-            Some((s, r)) => (format!("{s}://"), r),
-            None => (String::new(), item),
-        };
-        for h in expand_pattern(rest)? {
-            // Each host through the clients' one address parser: a bad
-            // port or host is an error, never a host that cannot be reached.
-            let full = format!("{scheme}{h}");
-            let (transport, host, port) = Endpoint::parse_client(&full, default_port)?;
-            let host_port = Endpoint::new(Transport::Tcp, host, port).host_port();
-            push(
-                &mut out,
-                match transport {
+            let (scheme, rest) = match item.split_once("://") {
+                Some((s, r)) => (format!("{s}://"), r),
+                None => (String::new(), item),
+            };
+            for h in expand_pattern(rest)? {
+                // Each host through the clients' one address parser: a bad
+                // port or host is an error, never a host that cannot be
+                // reached.
+                let full = format!("{scheme}{h}");
+                let (transport, host, port) = Endpoint::parse_client(&full, default_port)?;
+                let host_port = Endpoint::new(Transport::Tcp, host, port).host_port();
+                self.push(match transport {
                     Some(Transport::Tls) => format!("tls://{host_port}"),
                     Some(Transport::Udp) => {
                         bail!("{full:?}: exec speaks tcp:// and tls://, not udp://")
                     }
                     Some(Transport::Tcp) | None => host_port,
-                },
-            )?;
+                })?;
+            }
         }
+        Ok(())
     }
-    if out.is_empty() {
-        bail!("no hosts in {spec:?}");
+
+    fn push(&mut self, h: String) -> anyhow::Result<()> {
+        if !self.seen.contains(&h) {
+            if self.list.len() >= MAX_HOSTS {
+                bail!("more than {MAX_HOSTS} hosts");
+            }
+            self.seen.insert(h.clone());
+            self.list.push(h);
+        }
+        Ok(())
     }
-    Ok(out)
+}
+
+/// A host file: a regular file of at most [`MAX_HOST_FILE`] bytes.
+fn read_host_file(file: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).with_context(|| format!("cannot read host file {file}"))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        bail!("host file {file} is not a regular file");
+    }
+    let mut text = String::new();
+    f.take(MAX_HOST_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read host file {file}"))?;
+    if text.len() as u64 > MAX_HOST_FILE {
+        bail!("host file {file} is larger than {MAX_HOST_FILE} bytes");
+    }
+    Ok(text)
 }
 
 /// `hosts` without those `spec` names (expanded the same way, so
 /// `node[05-07]` leaves out node05:8080 .. node07:8080); none left is an
 /// error.
 pub fn exclude(hosts: Vec<String>, spec: &str, default_port: u16) -> anyhow::Result<Vec<String>> {
-    let out: Vec<String> = expand(spec, default_port).map(|gone| {
-        let gone: std::collections::HashSet<String> = gone.into_iter().collect();
-        hosts.into_iter().filter(|h| !gone.contains(h)).collect()
-    })?;
+    // A host is left out whichever scheme either list gives it.
+    let bare = |h: &str| h.strip_prefix("tls://").unwrap_or(h).to_string();
+    let gone: std::collections::HashSet<String> = expand(spec, default_port)?
+        .iter()
+        .map(|h| bare(h))
+        .collect();
+    let out: Vec<String> = hosts
+        .into_iter()
+        .filter(|h| !gone.contains(&bare(h)))
+        .collect();
     if out.is_empty() {
         bail!("--exclude {spec:?} leaves no hosts");
     }
@@ -111,7 +166,7 @@ pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
             Some((start, end, digits.parse::<u64>().ok()?))
         });
         match number {
-            Some((start, end, n)) if !host.starts_with('[') => {
+            Some((start, end, n)) if !host.contains('[') => {
                 let key = (
                     h.get(..start).unwrap_or("").to_string(),
                     h.get(end..).unwrap_or("").to_string(),
@@ -152,16 +207,6 @@ pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
         .collect();
     parts.extend(plain.into_iter().map(|(_, h)| h));
     parts.join(",")
-}
-
-fn push(out: &mut Vec<String>, h: String) -> anyhow::Result<()> {
-    if !out.contains(&h) {
-        if out.len() >= MAX_HOSTS {
-            bail!("more than {MAX_HOSTS} hosts");
-        }
-        out.push(h);
-    }
-    Ok(())
 }
 
 /// Splits on commas outside brackets.
@@ -327,5 +372,24 @@ mod tests {
                 .len(),
             5
         );
+    }
+
+    #[test]
+    fn host_files_that_include_themselves_or_are_huge_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("loop");
+        std::fs::write(&f, format!("a\n@{}\n", f.display())).unwrap();
+        let e = expand(&format!("@{}", f.display()), 1).unwrap_err();
+        assert!(e.to_string().contains("nest deeper"), "{e}");
+        let e = expand("@/dev/zero", 1).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn exclusions_ignore_the_scheme_and_folding_leaves_brackets_alone() {
+        let all = expand("tls://n1,n2", 8080).unwrap();
+        assert_eq!(exclude(all, "n1", 8080).unwrap(), ["n2:8080"]);
+        let v6 = ["tls://[::1]:1", "tls://[::2]:1"];
+        assert_eq!(fold(&v6), "tls://[::1]:1,tls://[::2]:1");
     }
 }

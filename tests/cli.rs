@@ -440,6 +440,26 @@ fn addresses_are_parsed_not_guessed() {
     refused(&["echo", &format!("tls://{echo}"), "hi"], "not tls://");
     refused(&["time", "127.0.0.1:99999", "%T"], "bad port");
     refused(&["time", &format!("tcp://{time}"), "%T"], "not tcp://");
+    // Numbers the resolver would take for IPv4 addresses are not hosts.
+    refused(&["echo", "12:30", "meeting"], "not a host name");
+    refused(
+        &["exec", "0x7f.1:8080", "--", "echo", "ran"],
+        "not a host name",
+    );
+    // The bench speaks its mode's transport, not the scheme's.
+    refused(&["bench", "echo", &format!("tls://{echo}")], "not tls://");
+    refused(
+        &["bench", "udp-echo", &format!("tcp://{echo}")],
+        "not tcp://",
+    );
+    // -n and a piped script: nothing would read it.
+    let o = client_in(
+        home,
+        &["exec", "-n", &srv.addr("exec", Transport::Tcp)],
+        Some(b"echo x\n"),
+    );
+    assert!(stderr(&o).contains("-n with no command"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
 
     // A bare host before -- is an address on the default port (8080), not
     // a command: the job is not run on some other server.
@@ -500,9 +520,11 @@ fn exec_exit_statuses_are_a_shells() {
         assert!(stderr(&o).contains(why), "{argv:?}: {}", stderr(&o));
     }
 
+    // One host and fan-out alike (fan-out once spun on the closed pipe).
     let script = format!(
-        "{} exec {addr} -- yes | head -n 2; echo \"${{PIPESTATUS[0]}}\"",
-        bin()
+        "{b} exec {addr} -- yes | head -n 2; echo \"${{PIPESTATUS[0]}}\"; \
+         timeout 20 {b} exec --hosts {addr} -- yes | head -n 1; echo \"${{PIPESTATUS[0]}}\"",
+        b = bin()
     );
     let o = std::process::Command::new("bash")
         .args(["-c", &script])
@@ -510,7 +532,7 @@ fn exec_exit_statuses_are_a_shells() {
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .output()
         .unwrap();
-    assert_eq!(stdout(&o), "y\ny\n141\n");
+    assert_eq!(stdout(&o), format!("y\ny\n141\n{addr}: y\n141\n"));
     assert_eq!(stderr(&o), "", "ends quietly");
 }
 

@@ -202,17 +202,8 @@ pub async fn run(p: Params) -> anyhow::Result<Report> {
     let mut first_error = None;
     let mut error_kinds = BTreeMap::new();
     let mut open = Vec::with_capacity(p.conns);
-    // A request still waiting when the time is up (a lost datagram's
-    // timeout) is not waited for past a short grace: `--duration 1s`
-    // takes about a second.
-    let grace = p.timeout.min(Duration::from_millis(250));
-    for mut t in tasks {
-        let left = deadline.saturating_duration_since(Instant::now()) + grace;
-        let Ok(joined) = tokio::time::timeout(left, &mut t).await else {
-            t.abort(); // its request in flight is counted neither way
-            continue;
-        };
-        let (ok, err, hist, client, first, kinds) = joined?;
+    for t in tasks {
+        let (ok, err, hist, client, first, kinds) = t.await?;
         open.push(client);
         requests += ok;
         errors += err;
@@ -270,7 +261,14 @@ async fn round_trips(
     let mut kinds: HashMap<String, u64> = HashMap::new();
     while !stop.load(Ordering::Relaxed) && budget.more() {
         let t0 = Instant::now();
-        let bad = match client.round_trip(&req).await {
+        // A request still waiting when the time is up (a lost datagram's
+        // timeout) is given up after a short grace and counted neither
+        // way: `--duration 1s` takes about a second.
+        let left = budget.deadline.saturating_duration_since(t0) + END_GRACE;
+        let Ok(result) = tokio::time::timeout(left, client.round_trip(&req)).await else {
+            break;
+        };
+        let bad = match result {
             Ok(reply) if client.is_time() => reply
                 .starts_with(crate::timefmt::ERROR_PREFIX.as_bytes())
                 .then(|| String::from_utf8_lossy(&reply).into_owned()),
@@ -716,6 +714,9 @@ fn progress(p: &Params, count: Arc<AtomicU64>) -> Option<indicatif::ProgressBar>
 
 /// Exec with `p.inflight` jobs outstanding on each of `p.conns`
 /// connections (jobs run concurrently on the server).
+/// How long a request in flight at the deadline is still waited for.
+const END_GRACE: Duration = Duration::from_millis(250);
+
 /// When a load run stops issuing: a deadline, and a request limit shared by
 /// every connection (0: none).
 struct Budget {

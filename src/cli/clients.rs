@@ -32,8 +32,8 @@ fn print_reply(reply: &[u8]) -> std::io::Result<()> {
 /// its address.
 fn report(addr: &str, e: &ClientError) {
     match e {
-        ClientError::Io(_) | ClientError::Closed { .. } => eprintln!("switchboard: {addr}: {e}"),
-        _ => eprintln!("switchboard: {e}"),
+        ClientError::Io(_) | ClientError::Closed { .. } => say!("switchboard: {addr}: {e}"),
+        _ => say!("switchboard: {e}"),
     }
 }
 
@@ -182,8 +182,18 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // The mode picks the transport; a scheme that says otherwise (or
+    // tls://, which the bench does not speak) is an error, not ignored.
+    let scheme = match args.mode {
+        Mode::UdpEcho | Mode::UdpTime => Transport::Udp,
+        _ => Transport::Tcp,
+    };
     let addr = match &args.addr {
-        Some(a) => super::input::Target::address(a, default_port)?.addr,
+        Some(a) => {
+            super::input::Target::address(a, default_port)?
+                .speaking(&format!("bench {}", args.mode.name()), &[scheme])?
+                .addr
+        }
         None => format!("127.0.0.1:{default_port}"),
     };
     if args.conns == 0 {
@@ -217,9 +227,9 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let report = rt.block_on(crate::bench::run(params))?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(std::io::stdout(), "{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{report}");
+        write!(std::io::stdout(), "{report}")?;
     }
     Ok(if report.errors > 0 || report.requests == 0 {
         ExitCode::FAILURE

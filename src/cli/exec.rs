@@ -164,7 +164,7 @@ async fn run_job(
                     JobEvent::Exit { status, reason } => {
                         out.finish().map_err(Failure::output)?;
                         if let Some(why) = reason {
-                            eprintln!("switchboard: job ended: {why}");
+                            say!("switchboard: job ended: {why}");
                         }
                         return Ok(status);
                     }
@@ -215,18 +215,18 @@ fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
                 } else {
                     "killed by"
                 };
-                eprintln!("switchboard: job {why} SIG{name}");
+                say!("switchboard: job {why} SIG{name}");
             }
             Ok(exit_code(&status))
         }
         Err(Failure::Interrupted) => {
-            eprintln!("switchboard: interrupted; disconnecting");
+            say!("switchboard: interrupted; disconnecting");
             Err(130)
         }
         // Disconnecting ends the job, as SIGPIPE would end a local one.
         Err(Failure::OutputClosed) => Err(EXIT_SIGPIPE),
         Err(Failure::Client(e @ ClientError::Job { .. })) => {
-            eprintln!("switchboard: {e}");
+            say!("switchboard: {e}");
             // A program that could not be run exits as a shell says (127
             // not found, 126 not executable), other refusals 255.
             let ClientError::Job { exit_status, .. } = e else {
@@ -237,7 +237,7 @@ fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
                 .unwrap_or(EXIT_CONNECTION))
         }
         Err(Failure::Client(e)) => {
-            eprintln!("switchboard: {e}");
+            say!("switchboard: {e}");
             Err(EXIT_CONNECTION)
         }
     }
@@ -264,7 +264,7 @@ fn each_command(
                 match run(vec![line], false) {
                     Ok(0) => last = 0,
                     Ok(c) => {
-                        eprintln!("[exit {c}]");
+                        say!("[exit {c}]");
                         last = c;
                     }
                     Err(c) => return Ok(c),
@@ -272,6 +272,9 @@ fn each_command(
             }
             last
         }
+        Mode::Pipe if no_stdin => anyhow::bail!(
+            "-n with no command: the piped script would not be read; give a command after --"
+        ),
         Mode::Pipe => run(script, true).unwrap_or_else(|c| c),
     })
 }
@@ -337,7 +340,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let client = match rt.block_on(connect) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("switchboard: {e}");
+            say!("switchboard: {e}");
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
     };

@@ -28,7 +28,8 @@ enum Outcome {
     Exit(ExitStatus),
     Connect(String),
     Auth(String),
-    Refused(String),
+    /// The server refused the job; a spawn failure's shell status.
+    Refused(String, Option<i32>),
     Failed(String),
 }
 
@@ -68,6 +69,8 @@ impl HostRun {
     fn status(&self) -> u8 {
         match &self.outcome {
             Outcome::Exit(s) => exit_code(s),
+            // As for one host: a program not found is 127, and so on.
+            Outcome::Refused(_, Some(st)) => u8::try_from(*st).unwrap_or(EXIT_CONNECTION),
             _ => EXIT_CONNECTION,
         }
     }
@@ -81,7 +84,7 @@ impl HostRun {
             Outcome::Exit(ExitStatus::Signal { name, .. }) => format!("killed by SIG{name}"),
             Outcome::Connect(e) => format!("connect: {e}"),
             Outcome::Auth(e) => format!("auth: {e}"),
-            Outcome::Refused(e) => format!("refused: {e}"),
+            Outcome::Refused(e, _) => format!("refused: {e}"),
             Outcome::Failed(e) => format!("failed: {e}"),
         }
     }
@@ -98,7 +101,7 @@ impl HostRun {
             Outcome::Exit(_) => None,
             Outcome::Connect(_) => Some("connect"),
             Outcome::Auth(_) => Some("auth"),
-            Outcome::Refused(_) => Some("refused"),
+            Outcome::Refused(..) => Some("refused"),
             Outcome::Failed(_) => Some("failed"),
         };
         Record {
@@ -149,12 +152,17 @@ impl Prefixer {
             text.extend_from_slice(&l);
         }
         // One write per batch of whole lines keeps hosts' lines unmixed.
-        if is_err {
-            let _ = std::io::stderr().lock().write_all(&text);
+        let written = if is_err {
+            std::io::stderr().lock().write_all(&text)
         } else {
             let mut o = std::io::stdout().lock();
-            let _ = o.write_all(&text);
-            let _ = o.flush();
+            o.write_all(&text).and_then(|()| o.flush())
+        };
+        // Our reader went away (`exec --hosts H -- yes | head`): end as a
+        // local process ends on SIGPIPE, quietly with 141; the closed
+        // connections end the jobs.
+        if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(141);
         }
     }
 }
@@ -273,9 +281,11 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
     }
     run.outcome = match result {
         Ok(status) => Outcome::Exit(status),
-        Err(ClientError::Job { code, message, .. }) => {
-            Outcome::Refused(format!("{}: {message}", code.as_str()))
-        }
+        Err(ClientError::Job {
+            code,
+            message,
+            exit_status,
+        }) => Outcome::Refused(format!("{}: {message}", code.as_str()), exit_status),
         Err(e) => Outcome::Failed(e.to_string()),
     };
     run.duration = started.elapsed();
@@ -349,9 +359,7 @@ pub fn fanout(
     auth: ClientAuth,
 ) -> anyhow::Result<ExitCode> {
     if stdin_has_input() {
-        eprintln!(
-            "switchboard: warning: stdin is not sent to the hosts (fan-out jobs read /dev/null)"
-        );
+        say!("switchboard: warning: stdin is not sent to the hosts (fan-out jobs read /dev/null)");
     }
     if words.is_empty() {
         anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
@@ -371,7 +379,7 @@ pub fn fanout(
     print_results(&results, json, gather)?;
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {
-        eprintln!(
+        say!(
             "switchboard: {} host{}, {} ok, {} failed",
             results.len(),
             if results.len() == 1 { "" } else { "s" },
@@ -379,7 +387,7 @@ pub fn fanout(
             failed.len()
         );
         for r in &failed {
-            eprintln!("  {}: {}", r.host, r.describe());
+            say!("  {}: {}", r.host, r.describe());
         }
     }
     let code = match (failed.is_empty(), max_rc) {

@@ -4,6 +4,15 @@
 //! REPL (history, empty lines skipped, `quit`/`exit`/Ctrl-D leave); none and
 //! a pipe, one request per input line.
 
+/// `eprintln!` that cannot panic: a message for a stderr that is gone (a
+/// closed pipe, a full disk) is dropped, as the server's log drops it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod clients;
 mod exec;
 mod fanout;
@@ -119,7 +128,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Kill the job (TERM, then KILL) after this long, e.g. 30s; exit status 124
-    /// (0: none, as for the server's exec.job_timeout).
+    /// (0: none of the client's; the server's exec.job_timeout, none unless set, holds).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Set an environment variable for the job, repeatable: --env K=V.
@@ -402,7 +411,7 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("switchboard: {e:#}");
+            say!("switchboard: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -443,10 +452,10 @@ pub fn init_tracing(cli: &Cli) {
 fn tell_first_use(addr: &str, first: &crate::tls::FirstUse) {
     let fp = &first.fingerprint;
     match &first.recorded {
-        Ok(()) => eprintln!(
-            "switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts"
-        ),
-        Err(e) => eprintln!(
+        Ok(()) => {
+            say!("switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts")
+        }
+        Err(e) => say!(
             "switchboard: warning: new server {addr}: certificate sha256:{fp} trusted for this \
              connection only: {e}; the next connection will trust on first use again"
         ),
