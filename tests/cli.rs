@@ -763,6 +763,29 @@ fn bench_summary_names_causes_and_limits() {
         "{out}"
     );
     assert!(!out.contains("latency"), "no latency for a stream: {out}");
+
+    // --csv: a header and a line of values, for spreadsheets.
+    let tcp = srv.addr("echo", Transport::Tcp);
+    let o = client(
+        &[
+            "bench",
+            "echo",
+            &tcp,
+            "--conns",
+            "2",
+            "--requests",
+            "20",
+            "--csv",
+        ],
+        None,
+    );
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("mode,conns,size,requests,errors,"),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("\"echo\",2,64,20,0,"), "{lines:?}");
 }
 
 #[test]

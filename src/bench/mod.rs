@@ -559,6 +559,43 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
+    /// A CSV header line and a line of values: every field of the JSON
+    /// record that is a number or text (absent ones empty), in its order.
+    pub fn csv(&self) -> String {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return String::new();
+        };
+        let (mut names, mut values) = (Vec::new(), Vec::new());
+        for name in [
+            "mode",
+            "conns",
+            "size",
+            "requests",
+            "errors",
+            "seconds",
+            "requests_per_sec",
+            "min_us",
+            "mean_us",
+            "p50_us",
+            "p95_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "server_rss_kib_before",
+            "server_rss_kib_after",
+            "mb_per_sec",
+            "first_error",
+        ] {
+            names.push(name.to_string());
+            values.push(match fields.get(name) {
+                Some(serde_json::Value::String(s)) => format!("\"{}\"", s.replace('"', "\"\"")),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            });
+        }
+        format!("{}\n{}\n", names.join(","), values.join(","))
+    }
+
     /// The server limit a run's errors most likely come from, and how to
     /// raise it, where the errors themselves cannot say (UDP loss, a
     /// connection closed without a word).

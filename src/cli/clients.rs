@@ -228,6 +228,8 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(crate::bench::run(params))?;
     if args.json {
         writeln!(std::io::stdout(), "{}", serde_json::to_string(&report)?)?;
+    } else if args.csv {
+        write!(std::io::stdout(), "{}", report.csv())?;
     } else {
         write!(std::io::stdout(), "{report}")?;
     }

@@ -223,8 +223,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
     /// Print the result as one JSON line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// Print the result as CSV: a header line and a line of values (the
+    /// JSON fields that are numbers or text; error causes left out).
+    #[arg(long)]
+    pub csv: bool,
     /// exec: jobs in flight per connection.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub inflight: usize,
