@@ -135,6 +135,31 @@ fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
+/// Whether a server running as root may run jobs as root without being
+/// told to (`--run-as`, `--allow-root`): it serves exec, every exec socket
+/// is on a loopback address, none is unauthenticated (`no_auth`) or the
+/// tutorial protocol (which has no authentication), and the token is a
+/// file only root can read. Then whoever can start a job already holds
+/// root's secret, and a root job gives nothing away. Judged on the
+/// sockets being served, at start (activation included) and at every
+/// reload (`no_auth` and the token can change live).
+pub fn root_jobs_without_asking<'a>(
+    listeners: impl IntoIterator<Item = &'a Listener>,
+    rules: Rules,
+    token: Option<&crate::secrets::TokenSource>,
+) -> bool {
+    let mut exec = false;
+    for l in listeners {
+        match l.service {
+            Service::ExecLegacy => return false,
+            Service::Exec if !is_loopback(l.addr) => return false,
+            Service::Exec => exec = true,
+            _ => {}
+        }
+    }
+    exec && !rules.no_auth && token.is_some_and(crate::secrets::TokenSource::is_roots_alone)
+}
+
 /// Judges one listener under `rules`.
 pub fn check_one(l: &Listener, rules: Rules) -> Result<(), Refused> {
     transport_allowed(l.service, l.transport)?;
@@ -269,5 +294,58 @@ mod tests {
                 "{listener:?} {cfg:?}"
             );
         }
+    }
+
+    #[test]
+    fn root_jobs_only_where_only_root_can_reach_them() {
+        use crate::secrets::TokenSource;
+        let l = |service, addr: &str| Listener {
+            service,
+            transport: Transport::Tcp,
+            addr: addr.parse().unwrap(),
+        };
+        let auth = Rules {
+            no_auth: false,
+            allow_plaintext: true,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        // Owned by whoever runs the tests: root's only when that is root.
+        let roots = nix::unistd::Uid::effective().is_root();
+        let token = TokenSource::File(file);
+        let lo = [
+            l(Service::Exec, "127.0.0.1:1"),
+            l(Service::Echo, "0.0.0.0:2"),
+        ];
+        assert_eq!(root_jobs_without_asking(&lo, auth, Some(&token)), roots);
+        let off = [
+            l(Service::Exec, "127.0.0.1:1"),
+            l(Service::Exec, "0.0.0.0:1"),
+        ];
+        assert!(!root_jobs_without_asking(&off, auth, Some(&token)));
+        let legacy = [
+            l(Service::Exec, "127.0.0.1:1"),
+            l(Service::ExecLegacy, "127.0.0.1:3"),
+        ];
+        assert!(!root_jobs_without_asking(&legacy, auth, Some(&token)));
+        let no_auth = Rules {
+            no_auth: true,
+            ..auth
+        };
+        assert!(!root_jobs_without_asking(&lo, no_auth, Some(&token)));
+        assert!(!root_jobs_without_asking(
+            &lo,
+            auth,
+            Some(&TokenSource::Env)
+        ));
+        assert!(!root_jobs_without_asking(&lo, auth, None));
+        assert!(!root_jobs_without_asking(
+            &[l(Service::Echo, "127.0.0.1:2")],
+            auth,
+            Some(&token)
+        ));
     }
 }

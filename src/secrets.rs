@@ -99,6 +99,20 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
+impl TokenSource {
+    /// Whether only root can read this token: a file owned by root that
+    /// group and others cannot read. An environment variable is not (a
+    /// service unit's `Environment=` is readable by every user).
+    pub fn is_roots_alone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            TokenSource::Env => false,
+            TokenSource::File(p) => std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0),
+        }
+    }
+}
+
 impl std::fmt::Display for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

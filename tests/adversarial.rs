@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{ServeProcess, exec_config, spawn_serve, start, wait_until};
+use nix::sys::signal::Signal;
 use serde_json::json;
 use switchboard::client::{ClientAuth, ClientError, EchoClient, ExecClient};
 use switchboard::endpoint::Transport;
@@ -450,23 +451,117 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
         eprintln!("skipped: not root");
         return;
     }
-    let args = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
-    let srv = common::spawn_serve_env(&args, &[("SB_TEST_NO_ALLOW_ROOT", "1")]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let r = srv.exec_client().await.run("id -u").await;
+    let refused = |srv: &common::ServeProcess, addr: &str, auth: ClientAuth| {
+        let r = rt.block_on(async {
+            let mut c = ExecClient::connect(addr, &auth, Duration::from_secs(10))
+                .await
+                .expect("connect");
+            c.run("id -u").await
+        });
         match r {
             Err(ClientError::Job {
                 code: ErrorCode::Forbidden,
                 message,
                 ..
             }) => assert!(message.contains("root"), "{message}"),
-            other => panic!("{other:?}"),
+            other => panic!("{other:?}; banner {:?}", srv.banner),
         }
+    };
+    let token = |srv: &common::ServeProcess| {
+        ClientAuth::token(switchboard::secrets::read_token(&srv.token_file()).expect("token"))
+    };
+    let no_allow = [("SB_TEST_NO_ALLOW_ROOT", "1")];
+
+    // Issue #15 item 5: loopback only, authenticated, a token file only
+    // root reads: whoever starts a job is root already, so jobs run as root
+    // without being told, and the banner says so.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("switchboard.toml");
+    std::fs::write(&cfg, "[exec]\nno_auth = false\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let args = ["--echo", "none", "--time", "none", "--config", cfg.as_str()];
+    let mut srv = common::spawn_serve_env(&args, &no_allow);
+    assert!(
+        srv.banner.iter().any(|l| l == "  exec  jobs run as root"),
+        "{:?}",
+        srv.banner
+    );
+    // The server's HOME here is a temporary directory: the job's is root's own.
+    let out = rt.block_on(async {
+        srv.exec_client()
+            .await
+            .run("id -u; echo $USER $LOGNAME $HOME")
+            .await
+            .unwrap()
     });
+    let root = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("0\nroot root {}\n", root.dir.display())
+    );
+    // A reload that drops authentication drops root jobs with it.
+    std::fs::write(&cfg, "[exec]\nno_auth = true\n").unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(srv.wait_log("reloaded", 1), "{}", srv.log());
+    let addr = srv.addr("exec", Transport::Tcp);
+    refused(
+        &srv,
+        &addr,
+        ClientAuth {
+            token: None,
+            allow_unauthenticated: true,
+        },
+    );
+    drop(srv);
+
+    // Anything else still needs --run-as or --allow-root: a tutorial
+    // endpoint (no authentication) beside it, or exec off loopback.
+    let srv = common::spawn_serve_env(
+        &[
+            "--echo",
+            "none",
+            "--time",
+            "none",
+            "--exec-legacy",
+            "tcp://127.0.0.1:0",
+        ],
+        &no_allow,
+    );
+    assert!(
+        srv.banner
+            .iter()
+            .any(|l| l.starts_with("  exec  jobs refused")),
+        "{:?}",
+        srv.banner
+    );
+    refused(&srv, &srv.addr("exec", Transport::Tcp), token(&srv));
+    let srv = common::spawn_serve_env(
+        &[
+            "--echo",
+            "none",
+            "--time",
+            "none",
+            "--exec",
+            "tcp://0.0.0.0:0",
+            "--allow-plaintext",
+        ],
+        &no_allow,
+    );
+    let port = srv
+        .addr("exec", Transport::Tcp)
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    refused(&srv, &format!("127.0.0.1:{port}"), token(&srv));
+
+    let args = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
     let Some(user) = ["nobody", "daemon"]
         .into_iter()
         .find(|u| nix::unistd::User::from_name(u).ok().flatten().is_some())
@@ -492,12 +587,9 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
             format!("{uid}\n{user}\n")
         );
     });
-    // The audit log names the job.
-    let log = srv.log();
-    assert!(
-        log.contains("switchboard::audit") && log.contains("id -u"),
-        "{log}"
-    );
+    // The audit log names the job (written by the log's own thread: wait).
+    assert!(srv.wait_log("switchboard::audit", 1), "{}", srv.log());
+    assert!(srv.log().contains("id -u"), "{}", srv.log());
 }
 
 #[tokio::test]

@@ -244,6 +244,13 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
         let state = if t.created { "created" } else { "from" };
         writeln!(out, "  token {state} {}", t.source)?;
     }
+    let exec = server
+        .endpoints()
+        .iter()
+        .any(|b| matches!(b.service, Service::Exec | Service::ExecLegacy));
+    if exec {
+        writeln!(out, "  exec  {}", server.exec_jobs())?;
+    }
     writeln!(
         out,
         "ready (pid {}); SIGINT or SIGTERM stops",

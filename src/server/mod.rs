@@ -201,7 +201,12 @@ impl Server {
         } else {
             None
         };
-        let policy = exec::policy::Policy::from_config(&config.exec)?;
+        let mut policy = exec::policy::Policy::from_config(&config.exec)?;
+        policy.root_by_exposure = exposure::root_jobs_without_asking(
+            sockets.iter().map(|(b, _)| b),
+            config.exec.exposure(),
+            token_info.as_ref().map(|t| &t.source),
+        );
         if (has(Service::Exec) || has(Service::ExecLegacy)) && policy.refuses_root() {
             warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
         }
@@ -268,6 +273,12 @@ impl Server {
     /// The configuration as it is now.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.live.get()
+    }
+
+    /// What exec does with a job now (`jobs run as root`, `jobs refused:
+    /// ...`), for the banner.
+    pub fn exec_jobs(&self) -> String {
+        self.exec.live().policy.jobs()
     }
 
     /// Where the exec token is, if exec runs with authentication.

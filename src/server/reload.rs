@@ -90,12 +90,19 @@ impl Reloader {
         super::Server::preflight(&new).await?;
         exposure::check(&self.listeners, new.exec.exposure())?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
-        let token = if has(Service::Exec) && !new.exec.no_auth {
-            Some(crate::secrets::server_token(new.exec.token_file.as_deref(), false)?.0)
+        let (token, source) = if has(Service::Exec) && !new.exec.no_auth {
+            let (token, source, _) =
+                crate::secrets::server_token(new.exec.token_file.as_deref(), false)?;
+            (Some(token), Some(source))
         } else {
-            None
+            (None, None)
         };
-        let policy = exec::policy::Policy::from_config(&new.exec)?;
+        let mut policy = exec::policy::Policy::from_config(&new.exec)?;
+        policy.root_by_exposure = exposure::root_jobs_without_asking(
+            &self.listeners,
+            new.exec.exposure(),
+            source.as_ref(),
+        );
         let old = self.live.get();
         let mut warnings: Vec<String> = old
             .restart_changes(&new)

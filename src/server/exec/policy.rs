@@ -90,6 +90,10 @@ pub struct Policy {
     pub run_as: Option<RunAs>,
     /// Jobs may run as root (the server is root and no run-as user is set).
     pub allow_root: bool,
+    /// Jobs may run as root because only root can reach them
+    /// ([`crate::exposure::root_jobs_without_asking`]); set by whoever
+    /// builds the policy with the sockets in hand.
+    pub root_by_exposure: bool,
     /// Where bare program names are looked up: the server's PATH at start.
     pub search_path: String,
 }
@@ -108,13 +112,35 @@ impl Policy {
             allow_cwd: cfg.allow_cwd,
             run_as,
             allow_root: cfg.allow_root,
+            root_by_exposure: false,
             search_path: server_search_path(),
         })
     }
 
     /// Whether jobs would run as root and that is not allowed.
     pub fn refuses_root(&self) -> bool {
-        self.run_as.is_none() && Uid::effective().is_root() && !self.allow_root
+        self.run_as.is_none()
+            && Uid::effective().is_root()
+            && !self.allow_root
+            && !self.root_by_exposure
+    }
+
+    /// What exec does with a job, for the banner and the reload log.
+    pub fn jobs(&self) -> String {
+        match &self.run_as {
+            Some(r) => format!("jobs run as {}", r.name),
+            None if self.refuses_root() => "jobs refused: the server runs as root; give --run-as \
+                 USER or --allow-root, or serve exec only on loopback addresses, with \
+                 authentication and a token file only root can read"
+                .to_string(),
+            None => format!(
+                "jobs run as {}",
+                nix::unistd::User::from_uid(Uid::effective())
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| Uid::effective().to_string(), |u| u.name)
+            ),
+        }
     }
 
     /// Whether request `env` names are checked against `accept_env`: always
@@ -257,6 +283,7 @@ mod tests {
             allow_cwd: true,
             run_as: None,
             allow_root: true,
+            root_by_exposure: false,
             search_path: crate::server::exec::process::DEFAULT_PATH.into(),
         }
     }

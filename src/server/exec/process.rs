@@ -107,7 +107,26 @@ pub fn job_env(
     }
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
-    if let Some(u) = run_as {
+    // The job's user's own: the run-as user's, else the server's user's
+    // from the password database (a unit without User= sets none of
+    // them, and `sudo` may pass another user's HOME).
+    static SERVER_USER: std::sync::OnceLock<Option<RunAs>> = std::sync::OnceLock::new();
+    let user = run_as.or_else(|| {
+        SERVER_USER
+            .get_or_init(|| {
+                let u = User::from_uid(Uid::effective()).ok().flatten()?;
+                Some(RunAs {
+                    name: u.name,
+                    uid: u.uid,
+                    gid: u.gid,
+                    groups: Vec::new(),
+                    home: u.dir.to_string_lossy().into_owned(),
+                    shell: u.shell.to_string_lossy().into_owned(),
+                })
+            })
+            .as_ref()
+    });
+    if let Some(u) = user {
         for (k, v) in [
             ("HOME", &u.home),
             ("USER", &u.name),
