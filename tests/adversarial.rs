@@ -484,7 +484,7 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
     std::fs::write(&cfg, "[exec]\nno_auth = false\n").unwrap();
     let cfg = cfg.to_str().unwrap().to_string();
     let args = ["--echo", "none", "--time", "none", "--config", cfg.as_str()];
-    let mut srv = common::spawn_serve_env(&args, &no_allow);
+    let srv = common::spawn_serve_env(&args, &no_allow);
     assert!(
         srv.banner.iter().any(|l| l == "  exec  jobs run as root"),
         "{:?}",
