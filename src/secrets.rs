@@ -100,16 +100,30 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    /// Whether only root can read this token: a file owned by root that
-    /// group and others cannot read. An environment variable is not (a
-    /// service unit's `Environment=` is readable by every user).
+    /// Whether only root can read or replace this token: a file (not a
+    /// link) owned by root that group and others cannot read, in a
+    /// directory owned by root that no one else may write to (or a sticky
+    /// one, as /tmp). An environment variable is not (a service unit's
+    /// `Environment=` is readable by every user).
     pub fn is_roots_alone(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match self {
-            TokenSource::Env => false,
-            TokenSource::File(p) => std::fs::symlink_metadata(p)
-                .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0),
-        }
+        let TokenSource::File(p) = self else {
+            return false;
+        };
+        let file = std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0);
+        let dir = p
+            .parent()
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .and_then(|d| std::fs::metadata(d).ok())
+            .is_some_and(|m| m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0));
+        file && dir
     }
 }
 
