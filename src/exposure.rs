@@ -347,5 +347,12 @@ mod tests {
             auth,
             Some(&token)
         ));
+        // A directory others may write to: they could put a token of theirs.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(!root_jobs_without_asking(&lo, auth, Some(&token)));
     }
 }
