@@ -142,22 +142,30 @@ fn is_loopback(addr: SocketAddr) -> bool {
 /// file only root can read. Then whoever can start a job already holds
 /// root's secret, and a root job gives nothing away. Judged on the
 /// sockets being served, at start (activation included) and at every
-/// reload (`no_auth` and the token can change live).
+/// reload (`no_auth` and the token can change live); returns the token
+/// file, which is judged again at every root job.
 pub fn root_jobs_without_asking<'a>(
     listeners: impl IntoIterator<Item = &'a Listener>,
     rules: Rules,
     token: Option<&crate::secrets::TokenSource>,
-) -> bool {
+) -> Option<std::path::PathBuf> {
     let mut exec = false;
     for l in listeners {
         match l.service {
-            Service::ExecLegacy => return false,
-            Service::Exec if !is_loopback(l.addr) => return false,
+            Service::ExecLegacy => return None,
+            Service::Exec if !is_loopback(l.addr) => return None,
             Service::Exec => exec = true,
             _ => {}
         }
     }
-    exec && !rules.no_auth && token.is_some_and(crate::secrets::TokenSource::is_roots_alone)
+    match token {
+        Some(crate::secrets::TokenSource::File(path))
+            if exec && !rules.no_auth && crate::secrets::is_roots_alone(path) =>
+        {
+            Some(path.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Judges one listener under `rules`.
@@ -320,39 +328,37 @@ mod tests {
             l(Service::Exec, "127.0.0.1:1"),
             l(Service::Echo, "0.0.0.0:2"),
         ];
-        assert_eq!(root_jobs_without_asking(&lo, auth, Some(&token)), roots);
+        assert_eq!(
+            root_jobs_without_asking(&lo, auth, Some(&token)).is_some(),
+            roots
+        );
         let off = [
             l(Service::Exec, "127.0.0.1:1"),
             l(Service::Exec, "0.0.0.0:1"),
         ];
-        assert!(!root_jobs_without_asking(&off, auth, Some(&token)));
+        assert!(root_jobs_without_asking(&off, auth, Some(&token)).is_none());
         let legacy = [
             l(Service::Exec, "127.0.0.1:1"),
             l(Service::ExecLegacy, "127.0.0.1:3"),
         ];
-        assert!(!root_jobs_without_asking(&legacy, auth, Some(&token)));
+        assert!(root_jobs_without_asking(&legacy, auth, Some(&token)).is_none());
         let no_auth = Rules {
             no_auth: true,
             ..auth
         };
-        assert!(!root_jobs_without_asking(&lo, no_auth, Some(&token)));
-        assert!(!root_jobs_without_asking(
-            &lo,
-            auth,
-            Some(&TokenSource::Env)
-        ));
-        assert!(!root_jobs_without_asking(&lo, auth, None));
-        assert!(!root_jobs_without_asking(
-            &[l(Service::Echo, "127.0.0.1:2")],
-            auth,
-            Some(&token)
-        ));
+        assert!(root_jobs_without_asking(&lo, no_auth, Some(&token)).is_none());
+        assert!(root_jobs_without_asking(&lo, auth, Some(&TokenSource::Env)).is_none());
+        assert!(root_jobs_without_asking(&lo, auth, None).is_none());
+        assert!(
+            root_jobs_without_asking(&[l(Service::Echo, "127.0.0.1:2")], auth, Some(&token))
+                .is_none()
+        );
         // A directory others may write to: they could put a token of theirs.
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .unwrap();
-        assert!(!root_jobs_without_asking(&lo, auth, Some(&token)));
+        assert!(root_jobs_without_asking(&lo, auth, Some(&token)).is_none());
     }
 }

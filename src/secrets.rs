@@ -106,25 +106,31 @@ impl TokenSource {
     /// one, as /tmp). An environment variable is not (a service unit's
     /// `Environment=` is readable by every user).
     pub fn is_roots_alone(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let TokenSource::File(p) = self else {
-            return false;
-        };
-        let file = std::fs::symlink_metadata(p)
-            .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0);
-        let dir = p
-            .parent()
-            .map(|d| {
-                if d.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    d
-                }
-            })
-            .and_then(|d| std::fs::metadata(d).ok())
-            .is_some_and(|m| m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0));
-        file && dir
+        match self {
+            TokenSource::Env => false,
+            TokenSource::File(p) => is_roots_alone(p),
+        }
     }
+}
+
+/// Whether only root can read or replace the file at `path`, as OpenSSH's
+/// StrictModes judges a key: the file (not a link) owned by root and closed
+/// to group and others, and every directory up to `/` (none a link) owned
+/// by root and writable by no one else, unless sticky (as /tmp). Anyone
+/// who could write to one of them could put a file of theirs at `path`
+/// between the server's reading it and judging it.
+pub fn is_roots_alone(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    let file = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0);
+    file && path.ancestors().skip(1).all(|dir| {
+        std::fs::symlink_metadata(dir).is_ok_and(|m| {
+            m.is_dir() && m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+        })
+    })
 }
 
 impl std::fmt::Display for TokenSource {

@@ -518,6 +518,47 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
             allow_unauthenticated: true,
         },
     );
+    // A connection that got in then, without the token, keeps none of
+    // root's rights when a reload turns authentication back on: it is
+    // judged by what it proved, not by the configuration of the day.
+    let unauthenticated = rt.block_on(ExecClient::connect(
+        &addr,
+        &ClientAuth {
+            token: None,
+            allow_unauthenticated: true,
+        },
+        Duration::from_secs(10),
+    ));
+    let mut unauthenticated = unauthenticated.expect("connect");
+    std::fs::write(&cfg, "[exec]\nno_auth = false\n").unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(srv.wait_log("reloaded", 2), "{}", srv.log());
+    match rt.block_on(unauthenticated.run("id -u")) {
+        Err(ClientError::Job {
+            code: ErrorCode::Forbidden,
+            ..
+        }) => {}
+        other => panic!("an unauthenticated connection ran a root job: {other:?}"),
+    }
+    let out = rt.block_on(async { srv.exec_client().await.run("id -u").await.unwrap() });
+    assert_eq!(out.stdout, b"0\n", "a connection with the token does");
+    // A token opened to the group since: root jobs stop at once, with no
+    // reload (which would refuse the file and keep the old decision).
+    let mut c = rt.block_on(srv.exec_client());
+    let file = srv.token_file();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let r = rt.block_on(c.run("id -u"));
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Job {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ),
+        "a root job with a group-readable token: {r:?}"
+    );
     drop(srv);
 
     // Anything else still needs --run-as or --allow-root: a tutorial

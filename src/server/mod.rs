@@ -202,7 +202,7 @@ impl Server {
             None
         };
         let mut policy = exec::policy::Policy::from_config(&config.exec)?;
-        policy.root_by_exposure = exposure::root_jobs_without_asking(
+        policy.root_token = exposure::root_jobs_without_asking(
             sockets.iter().map(|(b, _)| b),
             config.exec.exposure(),
             token_info.as_ref().map(|t| &t.source),

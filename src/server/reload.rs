@@ -98,7 +98,7 @@ impl Reloader {
             (None, None)
         };
         let mut policy = exec::policy::Policy::from_config(&new.exec)?;
-        policy.root_by_exposure = exposure::root_jobs_without_asking(
+        policy.root_token = exposure::root_jobs_without_asking(
             &self.listeners,
             new.exec.exposure(),
             source.as_ref(),

@@ -136,7 +136,8 @@ async fn run(
             "the server is running its maximum of jobs",
         ));
     };
-    let approved = match live.policy.check(&request) {
+    // Unauthenticated: never root by the exposure rule.
+    let approved = match live.policy.check(&request, false) {
         Ok(c) => c,
         Err(r) => return refused(r),
     };

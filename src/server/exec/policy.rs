@@ -91,9 +91,11 @@ pub struct Policy {
     /// Jobs may run as root (the server is root and no run-as user is set).
     pub allow_root: bool,
     /// Jobs may run as root because only root can reach them
-    /// ([`crate::exposure::root_jobs_without_asking`]); set by whoever
-    /// builds the policy with the sockets in hand.
-    pub root_by_exposure: bool,
+    /// ([`crate::exposure::root_jobs_without_asking`]): the token file that
+    /// made it so, set by whoever builds the policy with the sockets in
+    /// hand. Judged again at every root job, so a token made readable to
+    /// others since turns root jobs off at once.
+    pub root_token: Option<std::path::PathBuf>,
     /// Where bare program names are looked up: the server's PATH at start.
     pub search_path: String,
 }
@@ -112,17 +114,30 @@ impl Policy {
             allow_cwd: cfg.allow_cwd,
             run_as,
             allow_root: cfg.allow_root,
-            root_by_exposure: false,
+            root_token: None,
             search_path: server_search_path(),
         })
     }
 
     /// Whether jobs would run as root and that is not allowed.
     pub fn refuses_root(&self) -> bool {
+        self.refuses_root_to(true)
+    }
+
+    /// [`refuses_root`](Self::refuses_root) for a connection that
+    /// authenticated while root jobs were (`rule_at_auth`) or were not
+    /// allowed by the exposure rule: a connection that got in without
+    /// root's token (unauthenticated, or with a token since replaced) never
+    /// gets root jobs from a reload that allows them to others.
+    pub fn refuses_root_to(&self, rule_at_auth: bool) -> bool {
         self.run_as.is_none()
             && Uid::effective().is_root()
             && !self.allow_root
-            && !self.root_by_exposure
+            && !(rule_at_auth
+                && self
+                    .root_token
+                    .as_deref()
+                    .is_some_and(crate::secrets::is_roots_alone))
     }
 
     /// What exec does with a job, for the banner and the reload log.
@@ -153,8 +168,9 @@ impl Policy {
     /// Judges a request. Approved, it returns the command to hand the
     /// spawner unchanged: a shell line as sent, or argv with a bare
     /// `argv[0]` replaced by its absolute path in the server's PATH.
-    pub fn check(&self, req: &ExecRequest) -> Result<Command, Refusal> {
-        if self.refuses_root() {
+    /// `rule_at_auth`: see [`refuses_root_to`](Self::refuses_root_to).
+    pub fn check(&self, req: &ExecRequest, rule_at_auth: bool) -> Result<Command, Refusal> {
+        if self.refuses_root_to(rule_at_auth) {
             return Err(Refusal::forbidden(
                 "the server runs as root and may not run jobs as root \
                  (start it with --run-as USER, or --allow-root)",
@@ -283,7 +299,7 @@ mod tests {
             allow_cwd: true,
             run_as: None,
             allow_root: true,
-            root_by_exposure: false,
+            root_token: None,
             search_path: crate::server::exec::process::DEFAULT_PATH.into(),
         }
     }
@@ -303,32 +319,32 @@ mod tests {
     fn each_rule_refuses_what_it_names() {
         let shell = ExecRequest::shell(1, "ls");
         let ls = argv(&["ls"]);
-        assert!(policy().check(&shell).is_ok());
+        assert!(policy().check(&shell, false).is_ok());
 
         let p = Policy {
             argv_only: true,
             ..policy()
         };
-        assert!(p.check(&shell).is_err());
-        assert!(p.check(&ls).is_ok());
+        assert!(p.check(&shell, false).is_err());
+        assert!(p.check(&ls, false).is_ok());
 
         let p = Policy {
             argv_only: true,
             allowed_programs: vec!["/bin/sh".into(), "true".into()],
             ..policy()
         };
-        let refused = p.check(&ls).unwrap_err();
+        let refused = p.check(&ls, false).unwrap_err();
         assert_eq!(refused.code, ErrorCode::Forbidden);
         assert!(refused.message.contains("allow-list"));
-        assert!(p.check(&argv(&["true"])).is_ok());
-        assert!(p.check(&argv(&["/bin/sh", "-c", "true"])).is_ok());
+        assert!(p.check(&argv(&["true"]), false).is_ok());
+        assert!(p.check(&argv(&["/bin/sh", "-c", "true"]), false).is_ok());
 
         assert!(
             Policy {
                 allow_env: false,
                 ..policy()
             }
-            .check(&with_env(shell.clone(), "K"))
+            .check(&with_env(shell.clone(), "K"), false)
             .is_err()
         );
         let mut with_cwd = shell.clone();
@@ -338,7 +354,7 @@ mod tests {
                 allow_cwd: false,
                 ..policy()
             }
-            .check(&with_cwd)
+            .check(&with_cwd, false)
             .is_err()
         );
     }
@@ -351,7 +367,9 @@ mod tests {
             ..policy()
         };
         for name in ["LD_PRELOAD", "BASH_ENV", "BASH_FUNC_x%%", "PATH", "LANG"] {
-            let r = listed.check(&with_env(argv(&["true"]), name)).unwrap_err();
+            let r = listed
+                .check(&with_env(argv(&["true"]), name), false)
+                .unwrap_err();
             assert_eq!(r.code, ErrorCode::Forbidden, "{name}");
         }
         let accepting = Policy {
@@ -360,32 +378,39 @@ mod tests {
         };
         for ok in ["LANG", "LC_ALL", "LC_", "SB_1"] {
             assert!(
-                accepting.check(&with_env(argv(&["true"]), ok)).is_ok(),
+                accepting
+                    .check(&with_env(argv(&["true"]), ok), false)
+                    .is_ok(),
                 "{ok}"
             );
         }
         for no in ["LANGUAGE", "SB_12", "SB_", "LD_PRELOAD", "lang"] {
             assert!(
-                accepting.check(&with_env(argv(&["true"]), no)).is_err(),
+                accepting
+                    .check(&with_env(argv(&["true"]), no), false)
+                    .is_err(),
                 "{no}"
             );
         }
         // Without an allow-list: accept_env, once written, restricts every
         // request; left empty, allow_env alone decides.
         let open = policy();
-        assert!(open.check(&with_env(argv(&["true"]), "LD_PRELOAD")).is_ok());
+        assert!(
+            open.check(&with_env(argv(&["true"]), "LD_PRELOAD"), false)
+                .is_ok()
+        );
         let narrowed = Policy {
             accept_env: vec!["LANG".into()],
             ..policy()
         };
         assert!(
             narrowed
-                .check(&with_env(ExecRequest::shell(1, "env"), "LANG"))
+                .check(&with_env(ExecRequest::shell(1, "env"), "LANG"), false)
                 .is_ok()
         );
         assert!(
             narrowed
-                .check(&with_env(ExecRequest::shell(1, "env"), "LD_PRELOAD"))
+                .check(&with_env(ExecRequest::shell(1, "env"), "LD_PRELOAD"), false)
                 .is_err()
         );
     }
@@ -405,18 +430,20 @@ mod tests {
         let mut r = argv(&["true", "x"]);
         r.env.insert("PATH".into(), "/somewhere/else".into());
         assert_eq!(
-            p.check(&r).unwrap(),
+            p.check(&r, false).unwrap(),
             Command::Argv(vec![fake.to_string_lossy().into_owned(), "x".into()])
         );
-        let missing = p.check(&argv(&["no-such-program-here"])).unwrap_err();
+        let missing = p
+            .check(&argv(&["no-such-program-here"]), false)
+            .unwrap_err();
         assert_eq!(missing.code, ErrorCode::SpawnFailed);
         // Paths are run as written; shell lines are untouched.
         assert_eq!(
-            p.check(&argv(&["/bin/true"])).unwrap(),
+            p.check(&argv(&["/bin/true"]), false).unwrap(),
             Command::Argv(vec!["/bin/true".into()])
         );
         assert_eq!(
-            p.check(&ExecRequest::shell(1, "true")).unwrap(),
+            p.check(&ExecRequest::shell(1, "true"), false).unwrap(),
             Command::Shell("true".into())
         );
     }

@@ -230,6 +230,10 @@ async fn serve(
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
             peer,
+            // What this connection proved, from the configuration it
+            // authenticated under: a reload changes neither.
+            who: live.auth_id.clone(),
+            root_rule_at_auth: live.policy.root_token.is_some(),
         };
         session.run(&mut reader, &shutdown).await;
         let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
@@ -377,6 +381,11 @@ struct Session {
     ),
     conn_cancel: CancellationToken,
     peer: SocketAddr,
+    /// Who authenticated, for the audit log (`token:…` or `none`).
+    who: String,
+    /// Whether root jobs were allowed by the exposure rule when this
+    /// connection authenticated ([`super::policy::Policy::refuses_root_to`]).
+    root_rule_at_auth: bool,
 }
 
 impl Session {
@@ -448,7 +457,7 @@ impl Session {
     /// An `exec` frame that is not a valid request is refused before
     /// anything is known of its command; it still gets its audit record.
     fn audit_malformed(&self, e: &ParseError) {
-        let who = self.shared.live().auth_id.clone();
+        let who = self.who.clone();
         let none = std::collections::BTreeMap::new();
         let what = audit::Request {
             via: audit::Via::Native,
@@ -577,7 +586,7 @@ impl Session {
             if r.code == ErrorCode::Forbidden {
                 self.shared.counters.forbidden.inc();
             }
-            let who = self.shared.live().auth_id.clone();
+            let who = self.who.clone();
             let what = audit::Request {
                 via: audit::Via::Native,
                 peer: self.peer,
@@ -614,7 +623,7 @@ impl Session {
                 Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        let approved = live.policy.check(&req)?;
+        let approved = live.policy.check(&req, self.root_rule_at_auth)?;
         let spec = job::spec(&approved, &req, &live)?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
@@ -630,7 +639,7 @@ impl Session {
                 kill_grace: live.cfg.kill_grace,
                 drain_grace: live.cfg.drain_grace,
             },
-            who: live.auth_id.clone(),
+            who: self.who.clone(),
             slot,
         })
     }
