@@ -361,4 +361,33 @@ mod tests {
         .unwrap();
         assert!(root_jobs_without_asking(&lo, auth, Some(&token)).is_none());
     }
+
+    #[test]
+    fn a_token_directly_in_a_sticky_directory_is_not_roots_alone() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: needs root to own the files");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sticky = dir.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(
+            &sticky,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        let token = sticky.join("token");
+        std::fs::write(&token, "x").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        // Anyone may create the free name there: not root's alone.
+        assert!(!crate::secrets::is_roots_alone(&token));
+        // A root-only directory below a sticky one is.
+        let inner = sticky.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        std::fs::rename(&token, inner.join("token")).unwrap();
+        assert!(crate::secrets::is_roots_alone(&inner.join("token")));
+    }
 }

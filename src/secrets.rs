@@ -115,10 +115,12 @@ impl TokenSource {
 
 /// Whether only root can read or replace the file at `path`, as OpenSSH's
 /// StrictModes judges a key: the file (not a link) owned by root and closed
-/// to group and others, and every directory up to `/` (none a link) owned
-/// by root and writable by no one else, unless sticky (as /tmp). Anyone
-/// who could write to one of them could put a file of theirs at `path`
-/// between the server's reading it and judging it.
+/// to group and others; its directory owned by root and writable by no one
+/// else (not even sticky: anyone may create the free name in /tmp); every
+/// directory above owned by root and writable by no one else unless sticky
+/// (as /tmp, where others cannot rename root's entries). None is a link.
+/// Anyone who could write to one of them could put a file of theirs at
+/// `path` between the server's reading it and judging it.
 pub fn is_roots_alone(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(path) = std::path::absolute(path) else {
@@ -126,9 +128,10 @@ pub fn is_roots_alone(path: &Path) -> bool {
     };
     let file = std::fs::symlink_metadata(&path)
         .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o077 == 0);
-    file && path.ancestors().skip(1).all(|dir| {
+    file && path.ancestors().skip(1).enumerate().all(|(i, dir)| {
         std::fs::symlink_metadata(dir).is_ok_and(|m| {
-            m.is_dir() && m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+            let sticky_ok = i > 0 && m.mode() & 0o1000 != 0;
+            m.is_dir() && m.uid() == 0 && (m.mode() & 0o022 == 0 || sticky_ok)
         })
     })
 }

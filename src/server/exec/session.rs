@@ -230,10 +230,16 @@ async fn serve(
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
             peer,
-            // What this connection proved, from the configuration it
-            // authenticated under: a reload changes neither.
+            // What this connection proved, judged now, as it
+            // authenticates: a reload changes neither. The token file is
+            // judged again here: one exposed since the last reload proves
+            // nothing.
             who: live.auth_id.clone(),
-            root_rule_at_auth: live.policy.root_token.is_some(),
+            root_rule_at_auth: live
+                .policy
+                .root_token
+                .as_deref()
+                .is_some_and(crate::secrets::is_roots_alone),
         };
         session.run(&mut reader, &shutdown).await;
         let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
@@ -623,7 +629,11 @@ impl Session {
                 Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        let approved = live.policy.check(&req, self.root_rule_at_auth)?;
+        // Root by the exposure rule also needs the token this connection
+        // proved to be the one in force: a token replaced by a reload
+        // (rotated because it leaked) takes root away from its holders.
+        let proved_current = self.root_rule_at_auth && self.who == live.auth_id;
+        let approved = live.policy.check(&req, proved_current)?;
         let spec = job::spec(&approved, &req, &live)?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
