@@ -409,7 +409,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
                 }
             }
             JobEvent::Exit { status, .. } => break status,
-            JobEvent::Failed { message, .. } => anyhow::bail!("server: {message}"),
+            JobEvent::Failed(f) => anyhow::bail!("server: {}", f.message),
             JobEvent::Started { .. } | JobEvent::Stderr(_) => {}
         }
     };
@@ -804,7 +804,7 @@ async fn jobs_in_flight(
             Ok(Some((Some(id), JobEvent::Exit { status, .. }))) => {
                 Some((id, status == ExitStatus::Code(0)))
             }
-            Ok(Some((Some(id), JobEvent::Failed { .. }))) => Some((id, false)),
+            Ok(Some((Some(id), JobEvent::Failed(_)))) => Some((id, false)),
             Ok(Some(_)) => None,
             Ok(None) | Err(_) => break,
         };

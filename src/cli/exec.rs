@@ -168,9 +168,7 @@ async fn run_job(
                         }
                         return Ok(status);
                     }
-                    JobEvent::Failed { code, message, exit_status } => {
-                        return Err(ClientError::Job { code, message, exit_status }.into());
-                    }
+                    JobEvent::Failed(f) => return Err(ClientError::from(f).into()),
                 },
                 _ = sigint.recv() => {
                     if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {

@@ -250,17 +250,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
         loop {
             let (is_err, data) = match rx.job_event(id).await? {
                 JobEvent::Exit { status, .. } => return Ok(status),
-                JobEvent::Failed {
-                    code,
-                    message,
-                    exit_status,
-                } => {
-                    return Err(ClientError::Job {
-                        code,
-                        message,
-                        exit_status,
-                    });
-                }
+                JobEvent::Failed(f) => return Err(f.into()),
                 JobEvent::Started { .. } => continue,
                 JobEvent::Stdout(data) => (false, data),
                 JobEvent::Stderr(data) => (true, data),

@@ -89,12 +89,26 @@ pub enum JobEvent {
     },
     /// The request failed (before or instead of running), or the
     /// connection failed for every job (an error frame without an id).
-    Failed {
-        code: ErrorCode,
-        message: String,
-        /// `spawn_failed`: the status a shell would give (127, 126, 1).
-        exit_status: Option<i32>,
-    },
+    Failed(JobFailure),
+}
+
+/// Why a job did not run: the server's `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub code: ErrorCode,
+    pub message: String,
+    /// `spawn_failed`: the status a shell would give (127, 126, 1).
+    pub exit_status: Option<i32>,
+}
+
+impl From<JobFailure> for ClientError {
+    fn from(f: JobFailure) -> Self {
+        ClientError::Job {
+            code: f.code,
+            message: f.message,
+            exit_status: f.exit_status,
+        }
+    }
 }
 
 impl JobEvent {
@@ -113,11 +127,11 @@ impl JobEvent {
                 exit_status,
             } => (
                 id,
-                JobEvent::Failed {
+                JobEvent::Failed(JobFailure {
                     code,
                     message,
                     exit_status,
-                },
+                }),
             ),
             ServerMsg::Hello { .. } | ServerMsg::Ready { .. } | ServerMsg::Pong => return None,
         })
@@ -125,7 +139,7 @@ impl JobEvent {
 
     /// Whether this is the job's last event.
     pub fn is_end(&self) -> bool {
-        matches!(self, JobEvent::Exit { .. } | JobEvent::Failed { .. })
+        matches!(self, JobEvent::Exit { .. } | JobEvent::Failed(_))
     }
 }
 
@@ -478,17 +492,7 @@ impl ExecClient {
                         status,
                     });
                 }
-                JobEvent::Failed {
-                    code,
-                    message,
-                    exit_status,
-                } => {
-                    return Err(ClientError::Job {
-                        code,
-                        message,
-                        exit_status,
-                    });
-                }
+                JobEvent::Failed(f) => return Err(f.into()),
             }
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
 pub use echo::EchoClient;
-pub use exec::{ClientAuth, ExecClient, ExecReceiver, ExecSender, JobEvent, Output};
+pub use exec::{ClientAuth, ExecClient, ExecReceiver, ExecSender, JobEvent, JobFailure, Output};
 pub use time::TimeClient;
 
 /// Default time a client waits for a connection or a reply.
