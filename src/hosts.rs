@@ -144,10 +144,13 @@ pub fn exclude(hosts: Vec<String>, spec: &str, default_port: u16) -> anyhow::Res
 /// widths are not joined); groups come in order of first appearance, then
 /// the hosts without a number.
 pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
-    // (prefix, suffix, width) -> numbers, in order of first appearance.
-    let mut groups: Vec<((String, String, usize), Vec<u64>)> = Vec::new();
-    let mut plain: Vec<(usize, String)> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
+    // (prefix, suffix, width) -> numbers; the groups in order of first
+    // appearance, found through an index (10^5 hosts fold in one pass).
+    type Key = (String, String, usize);
+    let mut groups: Vec<(Key, Vec<u64>)> = Vec::new();
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+    let mut plain: Vec<String> = Vec::new();
+    for h in hosts {
         let h = h.as_ref();
         // The host part ends at the port's colon (after any IPv6 bracket).
         let host_end = match h.rfind(']') {
@@ -172,12 +175,15 @@ pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
                     h.get(end..).unwrap_or("").to_string(),
                     end - start,
                 );
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, ns)) => ns.push(n),
-                    None => groups.push((key, vec![n])),
+                match index.get(&key) {
+                    Some(&g) => groups.get_mut(g).into_iter().for_each(|(_, ns)| ns.push(n)),
+                    None => {
+                        index.insert(key.clone(), groups.len());
+                        groups.push((key, vec![n]));
+                    }
                 }
             }
-            _ => plain.push((i, h.to_string())),
+            _ => plain.push(h.to_string()),
         }
     }
     let mut parts: Vec<String> = groups
@@ -185,27 +191,33 @@ pub fn fold<S: AsRef<str>>(hosts: &[S]) -> String {
         .map(|((prefix, suffix, width), mut ns)| {
             ns.sort_unstable();
             ns.dedup();
-            if ns.len() == 1 {
-                return format!("{prefix}{:0width$}{suffix}", ns[0]);
-            }
-            let mut ranges = Vec::new();
-            let mut i = 0;
-            while i < ns.len() {
-                let mut j = i;
-                while j + 1 < ns.len() && ns[j + 1] == ns[j] + 1 {
-                    j += 1;
+            // Runs of consecutive numbers, as (first, last).
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for n in ns {
+                match runs.last_mut() {
+                    Some((_, last)) if last.checked_add(1) == Some(n) => *last = n,
+                    _ => runs.push((n, n)),
                 }
-                ranges.push(if i == j {
-                    format!("{:0width$}", ns[i])
-                } else {
-                    format!("{:0width$}-{:0width$}", ns[i], ns[j])
-                });
-                i = j + 1;
             }
+            if let [(n, m)] = runs.as_slice()
+                && n == m
+            {
+                return format!("{prefix}{n:0width$}{suffix}");
+            }
+            let ranges: Vec<String> = runs
+                .iter()
+                .map(|&(n, m)| {
+                    if n == m {
+                        format!("{n:0width$}")
+                    } else {
+                        format!("{n:0width$}-{m:0width$}")
+                    }
+                })
+                .collect();
             format!("{prefix}[{}]{suffix}", ranges.join(","))
         })
         .collect();
-    parts.extend(plain.into_iter().map(|(_, h)| h));
+    parts.extend(plain);
     parts.join(",")
 }
 
