@@ -81,8 +81,8 @@ impl Endpoint {
     /// Returns the transport named by the scheme, if any, and the rest.
     pub fn parse_loose(s: &str) -> Result<(Option<Transport>, String, u16), EndpointError> {
         let (transport, rest) = split_scheme(s)?;
-        let (host, port) = split_host_port(rest, s)?;
-        Ok((transport, host, port))
+        let (host, port) = split_host_port(rest, s, None)?;
+        Ok((transport, host.to_string(), port))
     }
 
     /// Parses a client's address, the one parser of every client and of
@@ -101,37 +101,17 @@ impl Endpoint {
         default_port: u16,
     ) -> Result<(Option<Transport>, String, u16), EndpointError> {
         let (transport, rest) = split_scheme(s)?;
-        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-            let (host, after) = inner
-                .split_once(']')
-                .ok_or_else(|| EndpointError::BadHost(s.to_string()))?;
+        let (host, port) = split_host_port(rest, s, Some(default_port))?;
+        // In brackets, an IPv6 address. Otherwise names and IPv4
+        // addresses: letters, digits, `-`, `.`, `_`; a name whose last
+        // label is a number must be a whole dotted-quad address: the
+        // resolver would read `12`, `127.1` or `0x7f.1` as IPv4 addresses
+        // no one meant.
+        if rest.starts_with('[') {
             if host.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(EndpointError::BadHost(s.to_string()));
             }
-            match after {
-                "" => (host, None),
-                _ => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
-                    None => return Err(EndpointError::BadHost(s.to_string())),
-                },
-            }
         } else {
-            match rest.split_once(':') {
-                Some((_, port)) if port.contains(':') => {
-                    return Err(EndpointError::Ipv6NeedsBrackets(s.to_string()));
-                }
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(EndpointError::EmptyHost(s.to_string()));
-        }
-        // Names and IPv4 addresses: letters, digits, `-`, `.`, `_`; IPv6
-        // was checked above. A name whose last label is a number must be a
-        // whole dotted-quad address: the resolver would read `12`,
-        // `127.1` or `0x7f.1` as IPv4 addresses no one meant.
-        if !rest.starts_with('[') {
             let name_chars = host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
@@ -149,14 +129,6 @@ impl Endpoint {
                 return Err(EndpointError::BadHost(s.to_string()));
             }
         }
-        let port = match port {
-            None => default_port,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u16>()
-                    .map_err(|_| EndpointError::BadPort(s.to_string()))?
-            }
-            Some(_) => return Err(EndpointError::BadPort(s.to_string())),
-        };
         Ok((transport, host.to_string(), port))
     }
 
@@ -241,35 +213,45 @@ fn split_scheme(s: &str) -> Result<(Option<Transport>, &str), EndpointError> {
     })
 }
 
-fn split_host_port(rest: &str, whole: &str) -> Result<(String, u16), EndpointError> {
-    let s = whole;
-    let (host, port) = if let Some(rest) = rest.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| EndpointError::MissingPort(s.to_string()))?;
-        let port = after
-            .strip_prefix(':')
-            .ok_or_else(|| EndpointError::MissingPort(s.to_string()))?;
-        (host, port)
-    } else {
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| EndpointError::MissingPort(s.to_string()))?;
-        if host.contains(':') {
-            return Err(EndpointError::Ipv6NeedsBrackets(s.to_string()));
+/// `HOST:PORT` or `[V6]:PORT` in `rest` (of `whole`, for the errors); with
+/// a `default`, the port may be left out. The host is not judged here.
+fn split_host_port<'a>(
+    rest: &'a str,
+    whole: &str,
+    default: Option<u16>,
+) -> Result<(&'a str, u16), EndpointError> {
+    let s = whole.to_string();
+    let malformed = || match default {
+        Some(_) => EndpointError::BadHost(whole.to_string()),
+        None => EndpointError::MissingPort(whole.to_string()),
+    };
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let (host, after) = inner.split_once(']').ok_or_else(malformed)?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or_else(malformed)?)),
         }
-        (host, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err(EndpointError::Ipv6NeedsBrackets(s));
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
     };
     if host.is_empty() {
-        return Err(EndpointError::EmptyHost(s.to_string()));
+        return Err(EndpointError::EmptyHost(s));
     }
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(EndpointError::BadPort(s.to_string()));
-    }
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| EndpointError::BadPort(s.to_string()))?;
-    Ok((host.to_string(), port))
+    let port = match (port, default) {
+        (None, Some(d)) => d,
+        (None, None) => return Err(EndpointError::MissingPort(s)),
+        (Some(p), _) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().map_err(|_| EndpointError::BadPort(s))?
+        }
+        (Some(_), _) => return Err(EndpointError::BadPort(s)),
+    };
+    Ok((host, port))
 }
 
 #[cfg(test)]
