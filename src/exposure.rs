@@ -148,7 +148,7 @@ pub fn root_jobs_without_asking<'a>(
     listeners: impl IntoIterator<Item = &'a Listener>,
     rules: Rules,
     token: Option<&crate::secrets::TokenSource>,
-) -> Option<std::path::PathBuf> {
+) -> Option<crate::secrets::RootToken> {
     let mut exec = false;
     for l in listeners {
         match l.service {
@@ -159,10 +159,8 @@ pub fn root_jobs_without_asking<'a>(
         }
     }
     match token {
-        Some(crate::secrets::TokenSource::File(path))
-            if exec && !rules.no_auth && crate::secrets::is_roots_alone(path) =>
-        {
-            Some(path.clone())
+        Some(crate::secrets::TokenSource::File(path)) if exec && !rules.no_auth => {
+            crate::secrets::RootToken::now(path)
         }
         _ => None,
     }

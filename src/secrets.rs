@@ -136,6 +136,42 @@ pub fn is_roots_alone(path: &Path) -> bool {
     })
 }
 
+/// The token file that lets a root server run root jobs, as it was when
+/// the server read it: the rule holds only while the file is still root's
+/// alone and still that file, unchanged (the same inode, the same change
+/// time). Any write, chmod or replacement since, a failed reload's
+/// included, means the token in force may no longer be what the file
+/// holds, or was exposed meanwhile: root jobs stop until a reload reads it
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootToken {
+    path: PathBuf,
+    stamp: (u64, u64, i64, i64),
+}
+
+impl RootToken {
+    /// `path` as it is now, if it is root's alone.
+    pub fn now(path: &Path) -> Option<RootToken> {
+        let stamp = file_stamp(path)?;
+        is_roots_alone(path).then(|| RootToken {
+            path: path.to_path_buf(),
+            stamp,
+        })
+    }
+
+    /// Whether the file is still root's alone and unchanged.
+    pub fn holds(&self) -> bool {
+        is_roots_alone(&self.path) && file_stamp(&self.path) == Some(self.stamp)
+    }
+}
+
+/// Device, inode and change time (seconds, nanoseconds) of `path` itself.
+fn file_stamp(path: &Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
 impl std::fmt::Display for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -579,6 +579,35 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
         ),
         "a root job with a group-readable token: {r:?}"
     );
+    // Closed again, the file was still exposed for a while: no root job,
+    // not even on a fresh connection, until a reload reads it again.
+    let forbidden = |r: &Result<switchboard::client::Output, ClientError>| {
+        matches!(
+            r,
+            Err(ClientError::Job {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        )
+    };
+    let r = rt.block_on(async { srv.exec_client().await.run("id -u").await });
+    assert!(
+        forbidden(&r),
+        "a root job after the token was exposed: {r:?}"
+    );
+    srv.signal(Signal::SIGHUP);
+    assert!(srv.wait_log("reloaded", 4), "{}", srv.log());
+    let out = rt.block_on(async { srv.exec_client().await.run("id -u").await.unwrap() });
+    assert_eq!(out.stdout, b"0\n", "after a reload");
+    // A new token written but the reload failing (a typo): the old token
+    // stays in force, and no longer matches the file; no root job with it.
+    let mut old = rt.block_on(srv.exec_client());
+    std::fs::write(srv.token_file(), format!("{}\n", "cd".repeat(32))).unwrap();
+    std::fs::write(&cfg, "[exec\n").unwrap();
+    srv.signal(Signal::SIGHUP);
+    assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
+    let r = rt.block_on(old.run("id -u"));
+    assert!(forbidden(&r), "a root job after a failed reload: {r:?}");
     drop(srv);
 
     // Anything else still needs --run-as or --allow-root: a tutorial

@@ -59,9 +59,13 @@ impl Token {
     /// A public name for the token: the first 8 hex digits of its SHA-256
     /// (for logs; reveals nothing usable about the token).
     pub fn id(&self) -> String {
+        hex(self.digest().get(..4).unwrap_or_default())
+    }
+
+    /// The token's SHA-256: tells two tokens apart without keeping either.
+    pub fn digest(&self) -> [u8; 32] {
         use sha2::Digest;
-        let digest = Sha256::digest(self.0.as_bytes());
-        hex(digest.get(..4).unwrap_or_default())
+        Sha256::digest(self.0.as_bytes()).into()
     }
 
     /// The MAC the client sends.

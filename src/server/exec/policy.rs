@@ -95,7 +95,7 @@ pub struct Policy {
     /// made it so, set by whoever builds the policy with the sockets in
     /// hand. Judged again at every root job, so a token made readable to
     /// others since turns root jobs off at once.
-    pub root_token: Option<std::path::PathBuf>,
+    pub root_token: Option<crate::secrets::RootToken>,
     /// Where bare program names are looked up: the server's PATH at start.
     pub search_path: String,
 }
@@ -136,8 +136,8 @@ impl Policy {
             && !(rule_at_auth
                 && self
                     .root_token
-                    .as_deref()
-                    .is_some_and(crate::secrets::is_roots_alone))
+                    .as_ref()
+                    .is_some_and(crate::secrets::RootToken::holds))
     }
 
     /// What exec does with a job, for the banner and the reload log.

@@ -235,11 +235,12 @@ async fn serve(
             // judged again here: one exposed since the last reload proves
             // nothing.
             who: live.auth_id.clone(),
+            proved: live.token.as_ref().map(|t| t.digest()),
             root_rule_at_auth: live
                 .policy
                 .root_token
-                .as_deref()
-                .is_some_and(crate::secrets::is_roots_alone),
+                .as_ref()
+                .is_some_and(crate::secrets::RootToken::holds),
         };
         session.run(&mut reader, &shutdown).await;
         let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
@@ -389,6 +390,9 @@ struct Session {
     peer: SocketAddr,
     /// Who authenticated, for the audit log (`token:…` or `none`).
     who: String,
+    /// The SHA-256 of the token this connection proved, if any: root jobs
+    /// by the exposure rule need it to be the token in force.
+    proved: Option<[u8; 32]>,
     /// Whether root jobs were allowed by the exposure rule when this
     /// connection authenticated ([`super::policy::Policy::refuses_root_to`]).
     root_rule_at_auth: bool,
@@ -632,7 +636,9 @@ impl Session {
         // Root by the exposure rule also needs the token this connection
         // proved to be the one in force: a token replaced by a reload
         // (rotated because it leaked) takes root away from its holders.
-        let proved_current = self.root_rule_at_auth && self.who == live.auth_id;
+        let proved_current = self.root_rule_at_auth
+            && self.proved.is_some()
+            && self.proved == live.token.as_ref().map(|t| t.digest());
         let approved = live.policy.check(&req, proved_current)?;
         let spec = job::spec(&approved, &req, &live)?;
         let timeout = match req.timeout_ms {
