@@ -291,6 +291,9 @@ pub struct ExecConfig {
     pub accept_env: Vec<String>,
     /// Allow requests to set `cwd`. Default: true.
     pub allow_cwd: bool,
+    /// Allow jobs on a pseudo-terminal (`pty`, `exec -t`), as OpenSSH's
+    /// `PermitTTY`. Default: true.
+    pub allow_pty: bool,
     /// Run jobs as this user (the server must be root). Default: none.
     pub run_as: Option<String>,
     /// Allow jobs to run as root when the server is root and `run_as` is
@@ -352,6 +355,7 @@ impl Default for ExecConfig {
             allow_env: true,
             accept_env: Vec::new(),
             allow_cwd: true,
+            allow_pty: true,
             run_as: None,
             allow_root: false,
             tls_cert: None,
@@ -677,6 +681,7 @@ impl ServerConfig {
             allow_env: _,
             accept_env: _,
             allow_cwd: _,
+            allow_pty: _,
             run_as: _,
             allow_root: _,
             tls_cert,

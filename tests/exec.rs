@@ -676,3 +676,207 @@ async fn the_global_job_limit_spans_connections() {
     }
     assert_eq!(c2.run("echo hi").await.unwrap().stdout, b"hi\n");
 }
+
+/// Frames of job `id` until its exit: (stdout bytes, whether any stderr
+/// came, the exit frame).
+async fn until_exit(s: &mut TcpStream, id: u64) -> (Vec<u8>, bool, serde_json::Value) {
+    let (mut out, mut stderr) = (Vec::new(), false);
+    loop {
+        let (h, body) = common::raw::recv(s).await.expect("a frame");
+        if h["id"].as_u64() != Some(id) {
+            continue;
+        }
+        match h["type"].as_str() {
+            Some("stdout") => out.extend_from_slice(&body),
+            Some("stderr") => stderr = true,
+            Some("started") => {}
+            _ => return (out, stderr, h),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pty_jobs_by_raw_frames_size_type_merged_output_resize_and_eof() {
+    let fx = Fixture::new().await;
+    let mut s = raw_authed(&fx).await;
+
+    // Sized and typed as asked; stderr is the terminal too; every byte
+    // written before the exit arrives before it.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":1,"cmd":"stty size; echo \"$TERM\"; echo err >&2; seq 1 20000",
+               "pty":{"rows":12,"cols":34,"term":"vt100"}}),
+        b"",
+    )
+    .await;
+    let (out, stderr, exit) = until_exit(&mut s, 1).await;
+    assert_eq!(exit, json!({"type":"exit","id":1,"code":0}));
+    assert!(!stderr, "a terminal has no separate stderr");
+    let text = String::from_utf8(out).unwrap();
+    let want: String = (1..=20000).map(|i| format!("{i}\r\n")).collect();
+    assert_eq!(text, format!("12 34\r\nvt100\r\nerr\r\n{want}"));
+
+    // A resize reaches the job as SIGWINCH.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":2,"cmd":"trap 'stty size; exit 0' WINCH; echo R; while :; do sleep 0.05; done",
+               "pty":{"rows":24,"cols":80}}),
+        b"",
+    )
+    .await;
+    let (st, _) = common::raw::recv(&mut s).await.unwrap();
+    assert_eq!(st["type"], "started");
+    let (o, body) = common::raw::recv(&mut s).await.unwrap();
+    assert_eq!(
+        (o["type"].as_str(), body.as_slice()),
+        (Some("stdout"), &b"R\r\n"[..])
+    );
+    common::raw::send(
+        &mut s,
+        json!({"type":"resize","id":2,"rows":7,"cols":9}),
+        b"",
+    )
+    .await;
+    let (out, _, exit) = until_exit(&mut s, 2).await;
+    assert_eq!(
+        (out.as_slice(), exit["code"].as_i64()),
+        (&b"7 9\r\n"[..], Some(0))
+    );
+
+    // Input is typed; eof is the terminal's end-of-file character.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":3,"cmd":"cat; echo done","pty":{}}),
+        b"",
+    )
+    .await;
+    common::raw::send(&mut s, json!({"type":"stdin","id":3,"size":4}), b"abc\n").await;
+    common::raw::send(&mut s, json!({"type":"eof","id":3}), b"").await;
+    let (out, _, exit) = until_exit(&mut s, 3).await;
+    assert_eq!(exit["code"], 0, "{exit}");
+    // Echoed by the terminal, then written by cat.
+    assert_eq!(String::from_utf8_lossy(&out), "abc\r\nabc\r\ndone\r\n");
+
+    // resize without a terminal, and a terminal type that is not a name.
+    common::raw::send(&mut s, json!({"type":"exec","id":4,"cmd":"sleep 5"}), b"").await;
+    assert_eq!(
+        common::raw::recv(&mut s).await.unwrap().0["type"],
+        "started"
+    );
+    common::raw::send(
+        &mut s,
+        json!({"type":"resize","id":4,"rows":1,"cols":1}),
+        b"",
+    )
+    .await;
+    let (e, _) = common::raw::recv(&mut s).await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("bad_request"), Some(4))
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("no terminal"),
+        "{e}"
+    );
+    common::raw::send(&mut s, json!({"type":"signal","id":4,"signal":"KILL"}), b"").await;
+    let (_, _, exit) = until_exit(&mut s, 4).await;
+    assert_eq!(exit["signal"], "KILL");
+    for term in ["../../etc/x", "a b", "x\u{1b}[2J"] {
+        common::raw::send(
+            &mut s,
+            json!({"type":"exec","id":5,"cmd":"true","pty":{"term":term}}),
+            b"",
+        )
+        .await;
+        let (e, _) = common::raw::recv(&mut s).await.unwrap();
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("bad_request"), Some(5)),
+            "{term}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pty_job_that_never_reads_its_input_does_not_hold_the_connection_past_its_end() {
+    let fx = Fixture::new().await;
+    let s = raw_authed(&fx).await;
+    let (mut rd, mut wr) = s.into_split();
+    let frame = |h: serde_json::Value, body: &[u8]| {
+        let h = serde_json::to_vec(&h).unwrap();
+        let mut f = (h.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(body);
+        f
+    };
+    // Then far more input than the terminal's buffers hold: the server's
+    // writer blocks on the terminal, and the job's end must release it.
+    // Raw mode: a canonical terminal drops what overflows its line
+    // instead of blocking the writer.
+    let job = json!({"type":"exec","id":1,"cmd":"stty raw -echo; sleep 1","pty":{}});
+    let mut bytes = frame(job, b"");
+    let chunk = vec![b'x'; 65536];
+    for _ in 0..32 {
+        bytes.extend(frame(
+            json!({"type":"stdin","id":1,"size":chunk.len()}),
+            &chunk,
+        ));
+    }
+    bytes.extend(frame(json!({"type":"ping"}), b""));
+    let writer = tokio::spawn(async move {
+        wr.write_all(&bytes).await.unwrap();
+        wr
+    });
+    let mut rd = tokio::io::BufReader::new(&mut rd);
+    let (mut seen_exit, mut seen_pong) = (false, false);
+    let both = tokio::time::timeout(T, async {
+        loop {
+            let mut len = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut rd, &mut len)
+                .await
+                .unwrap();
+            let mut h = vec![0u8; u32::from_be_bytes(len) as usize];
+            tokio::io::AsyncReadExt::read_exact(&mut rd, &mut h)
+                .await
+                .unwrap();
+            let h: serde_json::Value = serde_json::from_slice(&h).unwrap();
+            let mut body = vec![0u8; h["size"].as_u64().unwrap_or(0) as usize];
+            tokio::io::AsyncReadExt::read_exact(&mut rd, &mut body)
+                .await
+                .unwrap();
+            match h["type"].as_str() {
+                Some("exit") => seen_exit = true,
+                Some("pong") => seen_pong = true,
+                _ => {}
+            }
+            if seen_exit && seen_pong {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        both.is_ok(),
+        "the connection stayed stuck after the job ended (exit {seen_exit}, pong {seen_pong})"
+    );
+    tokio::time::timeout(T, writer).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_forbids_terminals_says_so() {
+    let fx = Fixture::with(|c| c.exec.allow_pty = false).await;
+    let mut c = fx.client().await;
+    let mut req = req(c.next_id(), "tty");
+    req.pty = Some(Default::default());
+    match c.run_request(req).await {
+        Err(ClientError::Job {
+            code: ErrorCode::Forbidden,
+            message,
+            ..
+        }) => assert!(message.contains("exec.allow_pty"), "{message}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    // Without one, the same command runs (and has no terminal).
+    let out = c.run("tty").await.unwrap();
+    assert_eq!(out.stdout, b"not a tty\n");
+}

@@ -391,6 +391,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
         env: Default::default(),
         cwd: None,
         timeout_ms: None,
+        pty: None,
     };
     let start = Instant::now();
     tx.send(ClientMsg::Exec(req)).await?;

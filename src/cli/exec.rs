@@ -2,8 +2,11 @@
 //! local stdout and stderr as they arrive, local stdin is forwarded unless
 //! `-n`, Ctrl-C sends INT to the job (a second one within a second
 //! disconnects), and the exit status is the job's (PROTOCOL.md §3.4).
+//! With `-t` the job runs on a terminal of its own on the server, and the
+//! local one is raw ([`super::terminal`]): keys, Ctrl-C included, go to the
+//! job as bytes; window-size changes follow it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,11 +17,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, Target};
+use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, window_size};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
-use crate::proto::{ClientMsg, ExecRequest, ExitStatus};
+use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 use crate::secrets::client_token;
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
@@ -80,11 +84,20 @@ impl Output {
 enum Failure {
     Client(ClientError),
     Interrupted,
+    /// The user typed the `~.` escape.
+    Disconnected,
+    /// The client got SIGTERM or SIGHUP (its terminal closed) while its
+    /// terminal was raw: it restores the terminal and leaves.
+    Signalled(&'static str),
     /// Our stdout or stderr is a pipe whose reader left (`exec -- yes |
     /// head`): end quietly with the status of a local process killed by
     /// SIGPIPE, as `yes` itself would.
     OutputClosed,
 }
+
+/// What `exec -t` with no command runs: the login shell of the job's user
+/// (`SHELL` comes from the password database, PROTOCOL.md §3.3).
+const LOGIN_SHELL: &str = "exec \"${SHELL:-/bin/sh}\" -l";
 
 /// Exit status of a process killed by SIGPIPE (128 + 13).
 const EXIT_SIGPIPE: u8 = 141;
@@ -106,8 +119,14 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// How a job ended: its status, and why the server ended it when it did
+/// so for a reason of its own (shutdown).
+type Ended = (ExitStatus, Option<String>);
+
 /// Runs one job to its end, streaming its output; forwards local stdin when
-/// `forward_stdin`.
+/// `forward_stdin`, reading `~` escapes in it when `escapes` (a raw local
+/// terminal). A job on a terminal (`req.pty`) follows the local window's
+/// size.
 ///
 /// Reading the connection never waits on writing it: stdin and signals go
 /// through a queue to their own writer, so a job that echoes its input
@@ -117,9 +136,11 @@ async fn run_job(
     rx: &mut ExecReceiver,
     req: ExecRequest,
     forward_stdin: bool,
+    escapes: bool,
     out: &mut Output,
-) -> Result<ExitStatus, Failure> {
+) -> Result<Ended, Failure> {
     let id = req.id;
+    let tty = req.pty.is_some();
     tx.send(ClientMsg::Exec(req)).await?;
     let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
     let writer = async {
@@ -133,28 +154,52 @@ async fn run_job(
         if forward_stdin {
             let mut stdin = tokio::io::stdin();
             let mut buf = vec![0u8; crate::proto::frame::CHUNK];
+            let mut reader = escapes.then(Escapes::default);
             loop {
-                match stdin.read(&mut buf).await {
+                let typed = match stdin.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let data = bytes::Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-                        if stdin_queue
-                            .send(ClientMsg::Stdin { id, data })
-                            .await
-                            .is_err()
-                        {
-                            break;
+                    Ok(n) => buf.get(..n).unwrap_or_default(),
+                };
+                let data = match &mut reader {
+                    None => bytes::Bytes::copy_from_slice(typed),
+                    Some(reader) => {
+                        let mut send = Vec::with_capacity(typed.len());
+                        match reader.feed(typed, &mut send) {
+                            Some(Escape::Disconnect) => return Failure::Disconnected,
+                            Some(Escape::Help) => {
+                                let _ = std::io::stderr().write_all(ESCAPE_HELP.as_bytes());
+                            }
+                            None => {}
                         }
+                        bytes::Bytes::from(send)
                     }
+                };
+                if !data.is_empty()
+                    && stdin_queue
+                        .send(ClientMsg::Stdin { id, data })
+                        .await
+                        .is_err()
+                {
+                    break;
                 }
             }
             let _ = stdin_queue.send(ClientMsg::Eof { id }).await;
         }
-        std::future::pending::<std::convert::Infallible>().await
+        std::future::pending::<Failure>().await
     };
     let receive = async {
         let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
         let mut last_int: Option<Instant> = None;
+        // Only a job on a terminal needs these; the handlers replace the
+        // default actions, so a plain job leaves TERM and HUP alone.
+        let on_tty = |kind| {
+            tty.then(|| signal(kind))
+                .transpose()
+                .map_err(ClientError::Io)
+        };
+        let mut winch = on_tty(SignalKind::window_change())?;
+        let mut term = on_tty(SignalKind::terminate())?;
+        let mut hup = on_tty(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
@@ -163,13 +208,16 @@ async fn run_job(
                     JobEvent::Stderr(data) => out.write(true, &data, false).map_err(Failure::output)?,
                     JobEvent::Exit { status, reason } => {
                         out.finish().map_err(Failure::output)?;
-                        if let Some(why) = reason {
-                            say!("switchboard: job ended: {why}");
-                        }
-                        return Ok(status);
+                        return Ok((status, reason));
                     }
                     JobEvent::Failed(f) => return Err(ClientError::from(f).into()),
                 },
+                Some(()) = recv(&mut winch) => {
+                    let (rows, cols) = window_size();
+                    let _ = queue.send(ClientMsg::Resize { id, rows, cols }).await;
+                }
+                Some(()) = recv(&mut term) => return Err(Failure::Signalled("TERM")),
+                Some(()) = recv(&mut hup) => return Err(Failure::Signalled("HUP")),
                 _ = sigint.recv() => {
                     if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                         return Err(Failure::Interrupted);
@@ -183,7 +231,16 @@ async fn run_job(
     tokio::select! {
         r = receive => r,
         Err(e) = writer => Err(e.into()),
-        never = feed_stdin => match never {},
+        f = feed_stdin => Err(f),
+    }
+}
+
+/// The next delivery of a signal that may not be listened for (`None`:
+/// never).
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -204,9 +261,12 @@ fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
 
 /// Tells how a job ended and gives its exit status: `Ok` to go on with the
 /// next command (REPL, pipe), `Err` to stop (the connection is gone).
-fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
+fn report(result: Result<Ended, Failure>) -> Result<u8, u8> {
     match result {
-        Ok(status) => {
+        Ok((status, reason)) => {
+            if let Some(why) = reason {
+                say!("switchboard: job ended: {why}");
+            }
             if let ExitStatus::Signal { name, timed_out } = &status {
                 let why = if *timed_out {
                     "timed out; killed by"
@@ -220,6 +280,14 @@ fn report(result: Result<ExitStatus, Failure>) -> Result<u8, u8> {
         Err(Failure::Interrupted) => {
             say!("switchboard: interrupted; disconnecting");
             Err(130)
+        }
+        Err(Failure::Disconnected) => {
+            say!("switchboard: disconnected (~.); the job is killed with the connection");
+            Err(EXIT_CONNECTION)
+        }
+        Err(Failure::Signalled(name)) => {
+            say!("switchboard: got SIG{name}; disconnecting");
+            Err(EXIT_CONNECTION)
         }
         // Disconnecting ends the job, as SIGPIPE would end a local one.
         Err(Failure::OutputClosed) => Err(EXIT_SIGPIPE),
@@ -314,6 +382,27 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             Some(spec) => crate::hosts::exclude(hosts, spec, DEFAULT_EXEC_PORT),
         })
         .transpose()?;
+    // -t: a terminal for the job when local stdin is one, or always with
+    // -tt, as ssh decides; it carries the local TERM if that is a name.
+    let tty = match args.tty {
+        0 => None,
+        1 if !std::io::stdin().is_terminal() => {
+            say!("switchboard: no terminal for the job: stdin is not a terminal (-tt forces one)");
+            None
+        }
+        _ => Some(
+            std::env::var("TERM")
+                .ok()
+                .filter(|t| PtyRequest::check_term(t)),
+        ),
+    };
+    // On a terminal, no command is an interactive login shell (not the
+    // REPL): the job user's own shell, as ssh gives.
+    let words = match (&tty, args.command.is_empty()) {
+        (Some(_), true) if args.argv => bail!("-t with --argv needs a command after --"),
+        (Some(_), true) => vec![LOGIN_SHELL.to_string()],
+        _ => args.command.clone(),
+    };
     let auth = client_auth(&args)?;
     if let Some(hosts) = hosts {
         let words = args.command.clone();
@@ -352,7 +441,24 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         next_id += 1;
         let mut req = args.request(next_id, words);
         req.stdin = forward;
-        report(rt.block_on(run_job(&mut tx, &mut rx, req, forward, &mut out)))
+        let mut raw = None;
+        if let Some(term) = &tty {
+            let (rows, cols) = window_size();
+            req.pty = Some(PtyRequest {
+                rows,
+                cols,
+                term: term.clone(),
+            });
+            raw = RawMode::enter()
+                .inspect_err(|e| say!("switchboard: cannot make the terminal raw: {e}"))
+                .ok()
+                .flatten();
+        }
+        let escapes = raw.is_some();
+        let result = rt.block_on(run_job(&mut tx, &mut rx, req, forward, escapes, &mut out));
+        // Restored before anything is said about the job.
+        drop(raw);
+        report(result)
     };
     // The shell that reads a piped script, as argv or as a command line.
     let script = if args.argv {
@@ -360,7 +466,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec!["exec /bin/sh -s".to_string()]
     };
-    let code = each_command(args.command.clone(), args.no_stdin, script, run)?;
+    let code = each_command(words, args.no_stdin, script, run)?;
     // A read of local stdin still blocked (a terminal nobody types in, a
     // pipe whose writer lingers) must not hold the exit once the job is
     // over, as it would if the runtime waited for it.

@@ -19,6 +19,7 @@ mod fanout;
 mod input;
 mod request;
 mod serve;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -143,6 +144,11 @@ pub struct ExecArgs {
     /// Do not send local stdin to the job (it reads /dev/null), as ssh -n.
     #[arg(short = 'n', long = "no-stdin")]
     pub no_stdin: bool,
+    /// Run the job on a terminal of its own, as ssh -t: for full-screen programs,
+    /// sudo, shells (no CMD: your login shell). Keys go to the job raw (Ctrl-C
+    /// too); ~. after Enter disconnects. -tt: even when stdin is not a terminal.
+    #[arg(short = 't', action = clap::ArgAction::Count, conflicts_with_all = ["no_stdin", "hosts"])]
+    pub tty: u8,
     /// Decode remote output from this encoding (gbk, shift_jis, ...); bytes pass untouched otherwise.
     #[arg(long, value_name = "LABEL")]
     pub encoding: Option<String>,
@@ -324,6 +330,9 @@ pub struct ServeArgs {
     /// Refuse requests that set a working directory.
     #[arg(long)]
     pub forbid_cwd: bool,
+    /// Refuse jobs on a pseudo-terminal (exec -t).
+    #[arg(long)]
+    pub forbid_pty: bool,
     /// Exec token file [default: ~/.config/switchboard/token, created if missing].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

@@ -26,6 +26,7 @@ impl ExecArgs {
                 .timeout
                 .filter(|t| !t.is_zero())
                 .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            pty: None,
         }
     }
 

@@ -69,6 +69,7 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     cfg.exec.allow_env &= !args.forbid_env;
     cfg.exec.accept_env.extend(args.accept_env.iter().cloned());
     cfg.exec.allow_cwd &= !args.forbid_cwd;
+    cfg.exec.allow_pty &= !args.forbid_pty;
     if let Some(p) = &args.tls_cert {
         cfg.exec.tls_cert = Some(p.clone());
     }

@@ -69,10 +69,12 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// A terminal for the job (`-t`); `None`: pipes.
+    pub pty: Option<PtyRequest>,
 }
 
 impl ExecRequest {
-    /// A shell command line with no stdin, env, cwd or timeout.
+    /// A shell command line with no stdin, env, cwd, timeout or terminal.
     pub fn shell(id: u64, cmd: impl Into<String>) -> Self {
         ExecRequest {
             id,
@@ -81,7 +83,37 @@ impl ExecRequest {
             env: BTreeMap::new(),
             cwd: None,
             timeout_ms: None,
+            pty: None,
         }
+    }
+}
+
+/// The `pty` of an `exec` request: the job runs on a pseudo-terminal of
+/// this size (0: unknown, as ssh sends when it cannot tell), with `TERM`
+/// set to `term`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PtyRequest {
+    #[serde(default)]
+    pub rows: u16,
+    #[serde(default)]
+    pub cols: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+/// Longest `TERM` a request may give.
+pub const MAX_TERM: usize = 64;
+
+impl PtyRequest {
+    /// A terminal type is a name (`xterm-256color`, `screen.linux`), never
+    /// a path or anything a shell or the terminfo lookup would read more
+    /// into.
+    pub fn check_term(term: &str) -> bool {
+        !term.is_empty()
+            && term.len() <= MAX_TERM
+            && term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
     }
 }
 
@@ -104,6 +136,12 @@ pub enum ClientMsg {
     Signal {
         id: u64,
         signal: String,
+    },
+    /// The job's terminal changed size (only for a job with a `pty`).
+    Resize {
+        id: u64,
+        rows: u16,
+        cols: u16,
     },
     Ping,
 }
@@ -221,12 +259,21 @@ struct ExecFields {
     cwd: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    pty: Option<PtyRequest>,
 }
 
 #[derive(Deserialize)]
 struct SignalFields {
     id: u64,
     signal: String,
+}
+
+#[derive(Deserialize)]
+struct ResizeFields {
+    id: u64,
+    rows: u16,
+    cols: u16,
 }
 
 impl ClientMsg {
@@ -255,6 +302,13 @@ impl ClientMsg {
                     (Some(_), Some(_)) => return Err(bad("exec: give cmd or argv, not both")),
                     (None, None) => return Err(bad("exec: needs cmd or argv")),
                 };
+                if let Some(term) = f.pty.as_ref().and_then(|p| p.term.as_deref())
+                    && !PtyRequest::check_term(term)
+                {
+                    return Err(bad(&format!(
+                        "exec: pty.term must be 1 to {MAX_TERM} letters, digits or -_.+"
+                    )));
+                }
                 ClientMsg::Exec(ExecRequest {
                     id: f.id,
                     command,
@@ -262,6 +316,7 @@ impl ClientMsg {
                     env: f.env,
                     cwd: f.cwd,
                     timeout_ms: f.timeout_ms,
+                    pty: f.pty,
                 })
             }
             "stdin" => ClientMsg::Stdin {
@@ -276,6 +331,14 @@ impl ClientMsg {
                 ClientMsg::Signal {
                     id: f.id,
                     signal: f.signal,
+                }
+            }
+            "resize" => {
+                let f: ResizeFields = fields(h)?;
+                ClientMsg::Resize {
+                    id: f.id,
+                    rows: f.rows,
+                    cols: f.cols,
                 }
             }
             "ping" => ClientMsg::Ping,
@@ -318,12 +381,19 @@ impl ClientMsg {
                 if let Some(t) = r.timeout_ms {
                     h["timeout_ms"] = json!(t);
                 }
+                if let Some(p) = &r.pty {
+                    h["pty"] = json!(p);
+                }
                 (h, Bytes::new())
             }
             ClientMsg::Stdin { id, data } => (json!({"type": "stdin", "id": id}), data.clone()),
             ClientMsg::Eof { id } => (json!({"type": "eof", "id": id}), Bytes::new()),
             ClientMsg::Signal { id, signal } => (
                 json!({"type": "signal", "id": id, "signal": signal}),
+                Bytes::new(),
+            ),
+            ClientMsg::Resize { id, rows, cols } => (
+                json!({"type": "resize", "id": id, "rows": rows, "cols": cols}),
                 Bytes::new(),
             ),
             ClientMsg::Ping => (json!({"type": "ping"}), Bytes::new()),
@@ -556,7 +626,21 @@ mod tests {
                 env: BTreeMap::from([("K".into(), "V".into())]),
                 cwd: Some("/tmp".into()),
                 timeout_ms: Some(5000),
+                pty: None,
             }),
+            ClientMsg::Exec(ExecRequest {
+                pty: Some(PtyRequest {
+                    rows: 40,
+                    cols: 100,
+                    term: Some("xterm-256color".into()),
+                }),
+                ..ExecRequest::shell(9, "vim")
+            }),
+            ClientMsg::Resize {
+                id: 9,
+                rows: 50,
+                cols: 132,
+            },
             ClientMsg::Exec(ExecRequest {
                 id: 8,
                 command: Command::Shell("ls | wc".into()),
@@ -564,6 +648,7 @@ mod tests {
                 env: BTreeMap::new(),
                 cwd: None,
                 timeout_ms: None,
+                pty: None,
             }),
             ClientMsg::Stdin {
                 id: 1,
@@ -635,6 +720,12 @@ mod tests {
             r#"{"type":"exec","id":1,"cmd":"x","timeout_ms":-5}"#,
             r#"{"type":"signal","id":1}"#,
             r#"{"type":"auth"}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","pty":{"rows":70000}}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","pty":{"term":"../../tmp/x"}}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","pty":{"term":""}}"#,
+            r#"{"type":"exec","id":1,"cmd":"x","pty":true}"#,
+            r#"{"type":"resize","id":1,"rows":-1,"cols":80}"#,
+            r#"{"type":"resize","id":1}"#,
         ] {
             let e = parse_client(h).unwrap_err();
             assert_eq!(e.code(), ErrorCode::BadRequest, "{h}");

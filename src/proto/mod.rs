@@ -7,7 +7,9 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{Frame, FrameCodec, FrameError};
-pub use message::{ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, ServerMsg};
+pub use message::{
+    ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, PtyRequest, ServerMsg,
+};
 
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 1;

@@ -7,6 +7,7 @@
 //! spawn ── started ──┬─ stdout pump ── stdout frames ─┐
 //!                    ├─ stderr pump ── stderr frames ─┼─> writer (bounded: back-pressure)
 //!                    └─ wait: exit | timeout | cancel ┘
+//!   (a job on a terminal: one pump, of the terminal's master, as stdout)
 //!                         after exit, pipes get `drain_grace` to reach EOF
 //!                         (time blocked on a slow client does not count),
 //!                         then exit is reported
@@ -23,15 +24,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::policy::Refusal;
-use super::process::{CwdError, JobSpec, kill_and_wait, reap_group, signal_name};
+use super::process::{JobSpec, SetupError, Spawned, kill_and_wait, reap_group, signal_name};
 use crate::proto::frame::CHUNK;
 use crate::proto::{Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
@@ -79,6 +80,7 @@ pub fn spec(approved: &Command, req: &ExecRequest, live: &super::Live) -> Result
         stdin: req.stdin,
         run_as: live.policy.run_as.clone(),
         max_processes: (live.cfg.max_processes > 0).then_some(live.cfg.max_processes),
+        pty: req.pty.clone(),
     })
 }
 
@@ -108,17 +110,56 @@ pub fn exit_status(st: std::process::ExitStatus, timed_out: bool) -> ExitStatus 
     }
 }
 
-/// Copies the client's stdin frames into the job's stdin. Ends (closing
-/// the pipe) when the channel closes (`eof` or job end); a job that closed
-/// its stdin makes further data be discarded.
-pub async fn stdin_writer(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Bytes>) {
-    let mut broken = false;
-    while let Some(data) = rx.recv().await {
-        if !broken && stdin.write_all(&data).await.is_err() {
-            broken = true;
+/// Where a job's stdin frames go: its stdin pipe, or its terminal.
+pub type Input = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What a job reads from the client and what it writes, as the spawn left
+/// them: its stdin pipe (if asked for) and its output pipes, or its
+/// terminal for all three.
+pub fn streams(mut spawned: Spawned) -> (Child, Option<Input>, Outputs) {
+    let mut child = spawned.child;
+    match spawned.pty.take() {
+        Some(pty) => {
+            let input = Box::new(pty.clone()) as Input;
+            (child, Some(input), (Some(Box::new(pty)), None))
+        }
+        None => {
+            let stdin = spawned.stdin.take().map(|s| Box::new(s) as Input);
+            let out = child.stdout.take().map(|o| Box::new(o) as Output);
+            let err = child.stderr.take().map(|e| Box::new(e) as Output);
+            (child, stdin, (out, err))
         }
     }
-    let _ = stdin.shutdown().await;
+}
+
+/// A job's stdout and stderr; a terminal is all stdout.
+pub type Outputs = (Option<Output>, Option<Output>);
+type Output = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Copies the client's stdin frames into the job's stdin. Ends (closing
+/// the pipe, or typing end-of-file on a terminal) when the channel closes
+/// (`eof`); a job that closed its stdin makes further data be discarded.
+/// Ends at once when the job has `ended`: a write blocked on a pipe or
+/// terminal that a leftover process holds and never reads would otherwise
+/// keep this task, and the terminal, for as long as that process lives.
+pub async fn stdin_writer(
+    mut stdin: Input,
+    mut rx: mpsc::Receiver<Bytes>,
+    ended: CancellationToken,
+) {
+    let copy = async {
+        let mut broken = false;
+        while let Some(data) = rx.recv().await {
+            if !broken && stdin.write_all(&data).await.is_err() {
+                broken = true;
+            }
+        }
+        let _ = stdin.shutdown().await;
+    };
+    tokio::select! {
+        () = copy => {}
+        () = ended.cancelled() => {}
+    }
 }
 
 /// How a job ended, and what it sent.
@@ -134,15 +175,13 @@ pub struct JobEnd {
 /// shutdown).
 pub async fn run(
     id: u64,
-    mut child: Child,
+    (mut child, (stdout, stderr)): (Child, Outputs),
     pgid: Pid,
     timing: JobTiming,
     out: mpsc::Sender<ServerMsg>,
     cancel: CancellationToken,
 ) -> JobEnd {
     let (exited_tx, exited_rx) = watch::channel::<Option<Instant>>(None);
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
     let pumps = tokio::spawn(pump_both(
         id,
         stdout,
@@ -287,10 +326,10 @@ async fn pump(
 
 /// The refusal for a spawn that failed.
 pub fn spawn_refusal(e: &io::Error, spec: &JobSpec) -> Refusal {
-    use super::policy::{EXIT_BAD_CWD, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+    use super::policy::{EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP};
     let what = spec.argv.first().map(String::as_str).unwrap_or_default();
-    match e.get_ref().and_then(|i| i.downcast_ref::<CwdError>()) {
-        Some(cwd) => Refusal::spawn_failed(format!("working directory: {cwd}"), EXIT_BAD_CWD),
+    match e.get_ref().and_then(|i| i.downcast_ref::<SetupError>()) {
+        Some(setup) => Refusal::spawn_failed(setup.to_string(), EXIT_SETUP),
         None if e.kind() == io::ErrorKind::NotFound => {
             Refusal::spawn_failed(format!("cannot run {what}: {e}"), EXIT_NOT_FOUND)
         }

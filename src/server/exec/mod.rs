@@ -11,6 +11,7 @@ pub mod keeper;
 pub mod legacy;
 pub mod policy;
 pub mod process;
+pub mod pty;
 pub mod reaper;
 pub mod session;
 

@@ -10,7 +10,7 @@
 //! allowed, programs outside the allow-list, `env` overrides (all of them
 //! when `allow_env` is off; by name against `accept_env` when there is an
 //! allow-list or `accept_env` is set), `cwd` overrides when they are
-//! forbidden.
+//! forbidden, terminals (`pty`) when they are.
 //!
 //! Why the environment is part of the allow-list: an allowed program is
 //! only as narrow as the environment it starts in. `LD_PRELOAD` runs code
@@ -41,8 +41,9 @@ pub fn server_search_path() -> String {
 /// but cannot execute (POSIX "Command Search and Execution").
 pub const EXIT_NOT_FOUND: i32 = 127;
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
-/// What `cd DIR && cmd` gives when DIR cannot be entered.
-pub const EXIT_BAD_CWD: i32 = 1;
+/// What `cd DIR && cmd` gives when DIR cannot be entered, and a job gets
+/// when anything else it needed before its program (its terminal) failed.
+pub const EXIT_SETUP: i32 = 1;
 
 /// Why a request is not run, and the error code it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,7 @@ pub struct Policy {
     pub accept_env: Vec<String>,
     pub allow_env: bool,
     pub allow_cwd: bool,
+    pub allow_pty: bool,
     pub run_as: Option<RunAs>,
     /// Jobs may run as root (the server is root and no run-as user is set).
     pub allow_root: bool,
@@ -112,6 +114,7 @@ impl Policy {
             accept_env: cfg.accept_env.clone(),
             allow_env: cfg.allow_env,
             allow_cwd: cfg.allow_cwd,
+            allow_pty: cfg.allow_pty,
             run_as,
             allow_root: cfg.allow_root,
             root_token: None,
@@ -210,6 +213,11 @@ impl Policy {
         if !self.allow_cwd && req.cwd.is_some() {
             return Err(Refusal::forbidden("cwd overrides are not allowed here"));
         }
+        if !self.allow_pty && req.pty.is_some() {
+            return Err(Refusal::forbidden(
+                "terminals are not allowed here (exec.allow_pty); run without -t",
+            ));
+        }
         match &req.command {
             Command::Shell(line) => Ok(Command::Shell(line.clone())),
             Command::Argv(argv) => {
@@ -297,6 +305,7 @@ mod tests {
             accept_env: vec![],
             allow_env: true,
             allow_cwd: true,
+            allow_pty: true,
             run_as: None,
             allow_root: true,
             root_token: None,
@@ -357,6 +366,16 @@ mod tests {
             .check(&with_cwd, false)
             .is_err()
         );
+        let mut with_pty = shell.clone();
+        with_pty.pty = Some(Default::default());
+        assert!(policy().check(&with_pty, false).is_ok());
+        let refused = Policy {
+            allow_pty: false,
+            ..policy()
+        }
+        .check(&with_pty, false)
+        .unwrap_err();
+        assert!(refused.message.contains("allow_pty"), "{refused:?}");
     }
 
     #[test]

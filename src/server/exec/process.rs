@@ -5,8 +5,9 @@
 //! module turns requests into a [`JobSpec`] and processes into frames.
 //!
 //! ```text
-//! JobSpec ─ spawn ─ fork ─ child: signals default, setsid, fds 3.. cloexec,
-//!                 │                setgroups/setgid/setuid, chdir, exec
+//! JobSpec ─ spawn ─ fork ─ child: signals default, setsid, [pty: TIOCSCTTY],
+//!                 │                fds 3.. cloexec, setgroups/setgid/setuid,
+//!                 │                chdir, exec
 //!                 └ parent: pid registered with the reaper (main process,
 //!                           left to tokio) and the keeper (group)
 //! kill_group: TERM, KILL after a grace, until the group is gone
@@ -83,6 +84,8 @@ pub struct JobSpec {
     /// Tasks the job may have at once (`exec.max_processes`; see the
     /// cgroup module for how it is enforced).
     pub max_processes: Option<u64>,
+    /// A terminal for descriptors 0-2 instead of pipes (and `stdin`).
+    pub pty: Option<crate::proto::PtyRequest>,
 }
 
 /// A spawned job, before its task runs.
@@ -91,6 +94,9 @@ pub struct Spawned {
     pub pgid: Pid,
     pub pid: u32,
     pub stdin: Option<ChildStdin>,
+    /// The master of the job's terminal, when it has one: its stdin and
+    /// its output, both.
+    pub pty: Option<super::pty::Pty>,
 }
 
 /// Builds the environment of §3.3: a few variables from the server, then
@@ -98,6 +104,7 @@ pub struct Spawned {
 pub fn job_env(
     request_env: &BTreeMap<String, String>,
     run_as: Option<&RunAs>,
+    term: Option<&str>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in std::env::vars() {
@@ -136,6 +143,10 @@ pub fn job_env(
             env.insert(k.into(), v.clone());
         }
     }
+    // A terminal's type comes with the terminal, as ssh's pty-req sets it.
+    if let Some(t) = term {
+        env.insert("TERM".into(), t.into());
+    }
     for (k, v) in request_env {
         env.insert(k.clone(), v.clone());
     }
@@ -155,8 +166,9 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args);
+    let term = spec.pty.as_ref().and_then(|p| p.term.as_deref());
     cmd.env_clear()
-        .envs(job_env(&spec.env, spec.run_as.as_ref()));
+        .envs(job_env(&spec.env, spec.run_as.as_ref(), term));
     // Entered in the child after the switch to the job's user (std's
     // `current_dir` would enter it as the server, before `pre_exec`), so a
     // directory the user cannot reach is refused. Allocated before the fork.
@@ -166,14 +178,36 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         .map(|d| std::ffi::CString::new(d).map(|c| (d.to_string(), c)))
         .transpose()
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte"))?;
-    cmd.stdin(if spec.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(false);
+    // The slave's copies here close when `cmd` is dropped, at the end of
+    // this function: from then on only the job holds the terminal, and
+    // the master reads EIO (end of file) once the job's processes let go.
+    let pty = match &spec.pty {
+        Some(p) => {
+            let owner = spec.run_as.as_ref().map_or_else(Uid::effective, |u| u.uid);
+            let (master, slave) = super::pty::open(p.rows, p.cols, owner).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    SetupError(format!("cannot allocate a terminal: {e}")),
+                )
+            })?;
+            cmd.stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave));
+            Some(master)
+        }
+        None => {
+            cmd.stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            None
+        }
+    };
+    let controlling_tty = pty.is_some();
+    cmd.kill_on_drop(false);
     // The hook forces fork+exec where std would otherwise use posix_spawn.
     // Measured: posix_spawn would give ~20% more jobs/s for `true`, but
     // glibc's posix_spawn leaves its internal signals (32, 33) ignored in
@@ -204,7 +238,7 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         });
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes async-signal-safe calls (rt_sigaction, sigprocmask, setsid,
-    // getpid and write, close_range or fcntl, setrlimit, setgroups,
+    // ioctl, getpid and write, close_range or fcntl, setrlimit, setgroups,
     // setgid, setuid, chdir) on data allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -214,6 +248,12 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
             // join the server's group (and escape the group kill) with
             // setpgid. The group's id is still the job's pid.
             nix::unistd::setsid()?;
+            // std has put the terminal on 0-2 already; as the leader of a
+            // session without one, the job takes it as its controlling
+            // terminal (job control, ^C, /dev/tty).
+            if controlling_tty {
+                super::pty::make_controlling_in_child()?;
+            }
             // Known to the keeper before the program runs, even if the
             // server dies before `spawn` returns.
             super::keeper::hold_self_in_child();
@@ -249,7 +289,10 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         match (e.raw_os_error(), &dir) {
             (Some(code), Some((d, _))) if code & CWD_FAILED != 0 => {
                 let os = io::Error::from_raw_os_error(code & !CWD_FAILED);
-                io::Error::new(os.kind(), CwdError(format!("cannot enter {d}: {os}")))
+                io::Error::new(
+                    os.kind(),
+                    SetupError(format!("working directory: cannot enter {d}: {os}")),
+                )
             }
             _ => e,
         }
@@ -268,6 +311,7 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         pgid,
         pid,
         stdin,
+        pty,
     })
 }
 
@@ -277,18 +321,19 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
 /// EACCES), so the error can name the directory.
 const CWD_FAILED: i32 = 0x4000_0000;
 
-/// The job's working directory could not be entered (as the job's user);
-/// inside the `io::Error` that [`spawn`] returns.
+/// What the job needed before its program could start (its working
+/// directory, entered as the job's user; its terminal) failed: inside the
+/// `io::Error` that [`spawn`] returns, saying which and why.
 #[derive(Debug)]
-pub struct CwdError(String);
+pub struct SetupError(String);
 
-impl std::fmt::Display for CwdError {
+impl std::fmt::Display for SetupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for CwdError {}
+impl std::error::Error for SetupError {}
 
 /// In the child: every signal back to its default action, none blocked, so
 /// whatever the server ignores or blocks does not leak into jobs.

@@ -64,6 +64,8 @@ struct Admission {
 struct JobHandle {
     pgid: Pid,
     stdin: Option<mpsc::Sender<Bytes>>,
+    /// The job's terminal, for `resize`.
+    pty: Option<super::pty::Pty>,
     cancel: CancellationToken,
 }
 
@@ -566,6 +568,19 @@ impl Session {
                 None => self.send(no_such_job(id)).await,
                 Some(job) => job.stdin = None,
             },
+            ClientMsg::Resize { id, rows, cols } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return self.send(no_such_job(id)).await;
+                };
+                let resized = match &job.pty {
+                    Some(pty) => pty.resize(rows, cols).map_err(|e| e.to_string()),
+                    None => Err("job has no terminal (exec without pty)".into()),
+                };
+                if let Err(why) = resized {
+                    self.send(ServerMsg::error(Some(id), ErrorCode::BadRequest, why))
+                        .await
+                }
+            }
             ClientMsg::Signal { id, signal } => {
                 let Some(job) = self.jobs.get(&id) else {
                     return self.send(no_such_job(id)).await;
@@ -684,14 +699,16 @@ impl Session {
                 };
                 audit::refused(&what, r.code, &r.message);
             })?;
-        let (pid, pgid) = (spawned.pid, spawned.pgid);
+        let (pid, pgid, pty) = (spawned.pid, spawned.pgid, spawned.pty.clone());
         self.shared.counters.jobs_started.inc();
-        info!(id, pid, command = ?approved, "job started");
+        info!(id, pid, tty = pty.is_some(), command = ?approved, "job started");
         self.send(ServerMsg::Started { id, pid }).await;
 
-        let stdin = spawned.stdin.map(|pipe| {
+        let (child, input, outputs) = job::streams(spawned);
+        let ended = CancellationToken::new();
+        let stdin = input.map(|input| {
             let (stx, srx) = mpsc::channel(STDIN_QUEUE);
-            tokio::spawn(job::stdin_writer(pipe, srx));
+            tokio::spawn(job::stdin_writer(input, srx, ended.clone()));
             stx
         });
         let cancel = self.conn_cancel.child_token();
@@ -701,7 +718,8 @@ impl Session {
         let peer = self.peer;
         self.shared.tracker.spawn(async move {
             let started = Instant::now();
-            let end = job::run(id, spawned.child, pgid, timing, out, job_cancel).await;
+            let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
+            ended.cancel();
             drop(slot);
             let output = end.stdout_bytes + end.stderr_bytes;
             counters.record_job(&end.status, output, started.elapsed());
@@ -727,6 +745,7 @@ impl Session {
             JobHandle {
                 pgid,
                 stdin,
+                pty,
                 cancel,
             },
         );
