@@ -48,6 +48,8 @@ pub struct JobRecord<'a> {
     pub cwd: Option<&'a str>,
     /// The variables the request set (only their names are logged).
     pub env: &'a BTreeMap<String, String>,
+    /// Whether it ran on a terminal (`pty`).
+    pub tty: bool,
     pub status: &'a ExitStatus,
     pub duration: Duration,
     pub stdout_bytes: u64,
@@ -66,6 +68,7 @@ pub fn job(r: &JobRecord<'_>) {
         command = ?r.command,
         cwd = ?r.cwd.unwrap_or("-"),
         env = ?r.env.keys().collect::<Vec<_>>(),
+        tty = r.tty,
         status = ?r.status,
         duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
         stdout_bytes = r.stdout_bytes,
@@ -141,6 +144,7 @@ mod tests {
                 command: &command,
                 cwd: Some("/tmp\nFORGED"),
                 env: &env,
+                tty: false,
                 status: &ExitStatus::Code(0),
                 duration: Duration::from_millis(3),
                 stdout_bytes: 0,

@@ -160,6 +160,7 @@ async fn run(
         command: &approved,
         cwd: None,
         env: &request.env,
+        tty: false,
         status: &status,
         duration: started.elapsed(),
         stdout_bytes: out_total,

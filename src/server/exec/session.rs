@@ -732,6 +732,7 @@ impl Session {
                 command: &approved,
                 cwd: spec.cwd.as_deref(),
                 env: &spec.env,
+                tty: spec.pty.is_some(),
                 status: &end.status,
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
