@@ -167,6 +167,48 @@ fn cwd_is_entered_as_the_run_as_user() {
     drop(srv);
 }
 
+/// A job's terminal (`exec -t`) is its user's, as sshd leaves it: owner the
+/// run-as user, group tty, mode 0620; and the job holds only its three
+/// descriptors of it, never the server's master.
+#[test]
+fn a_terminal_belongs_to_the_run_as_user_and_the_job_holds_only_the_slave() {
+    let Some(user) = TempUser::for_run_as() else {
+        return;
+    };
+    let srv = spawn_serve(&[&QUIET[..], &["--run-as", &user.name]].concat());
+    runtime().block_on(async {
+        let mut c = srv.exec_client().await;
+        let mut req = ExecRequest::shell(
+            c.next_id(),
+            "stat -c '%U %G %a' \"$(tty)\"; ls -l /proc/$$/fd | grep -c ptmx",
+        );
+        req.pty = Some(Default::default());
+        let out = c.run_request(req).await.expect("job");
+        assert_eq!(
+            out.status,
+            ExitStatus::Code(1),
+            "grep found no ptmx: {out:?}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        let tty_group = if Command::new("getent")
+            .args(["group", "tty"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            "tty 620"
+        } else {
+            "600"
+        };
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("{} ", user.name)) && first.ends_with(tty_group),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().nth(1), Some("0"), "{text:?}");
+    });
+    drop(srv);
+}
+
 /// Finding 7: children that `setsid` away from their job and exit are
 /// re-parented to the server (a child subreaper) and must be reaped.
 #[test]
