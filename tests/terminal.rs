@@ -401,3 +401,30 @@ fn without_a_local_terminal_t_warns_and_tt_forces_one_whose_input_ends_with_eof(
         assert_eq!(exec_status(&o), 2, "{bad:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn without_t_a_terminals_typed_lines_still_reach_the_job() {
+    let (_srv, addr, token) = server();
+    let env = [("SWITCHBOARD_TOKEN", token.as_str())];
+    let mut t = OnPty::spawn(
+        &[
+            "exec",
+            &addr,
+            "--",
+            "echo READY; read x; echo \"got:$x\"; test -t 0 || echo no-tty-there",
+        ],
+        &env,
+        24,
+        80,
+    );
+    t.expect("READY");
+    // The local terminal stays cooked: it echoes the line and sends it on Enter.
+    assert!(cooked(&t.modes()).contains(LocalFlags::ICANON));
+    t.type_keys(b"typed\r");
+    assert_eq!(t.wait().code(), Some(0), "{}", t.screen());
+    assert!(
+        t.screen().contains("got:typed\r\nno-tty-there"),
+        "{:?}",
+        t.screen()
+    );
+}
