@@ -476,6 +476,10 @@ pub struct ProcessConfig {
     pub source_netblock_v4: u8,
     /// The same for IPv6, where one host usually has a /64. Default: 64.
     pub source_netblock_v6: u8,
+    /// Where the audit trail goes: a file (appended, created 0600,
+    /// reopened on SIGHUP), `-` for stderr (the journal under systemd) or
+    /// `none`. Apart from the log: no log level silences it. Default: `-`.
+    pub audit_log: crate::auditlog::AuditTarget,
 }
 
 impl ProcessConfig {
@@ -495,6 +499,7 @@ impl Default for ProcessConfig {
             metrics: Vec::new(),
             source_netblock_v4: 32,
             source_netblock_v6: 64,
+            audit_log: crate::auditlog::AuditTarget::Stderr,
         }
     }
 }
@@ -694,6 +699,7 @@ impl ServerConfig {
             metrics,
             source_netblock_v4,
             source_netblock_v6,
+            audit_log,
         } = server;
         macro_rules! named {
             ($($name:literal => $v:expr),* $(,)?) => {
@@ -720,6 +726,7 @@ impl ServerConfig {
             "server.metrics" => metrics,
             "server.source_netblock_v4" => source_netblock_v4,
             "server.source_netblock_v6" => source_netblock_v6,
+            "server.audit_log" => audit_log,
         ]
     }
 

@@ -21,6 +21,7 @@
 //! | [`client`] | one typed client per service ([`EchoClient`], [`TimeClient`], [`ExecClient`]), shared by the CLI, tests and bench |
 //! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
 //! | [`logsink`] | the log's writer: a bounded queue and one thread, so an unwritable log drops lines instead of panicking or blocking |
+//! | [`auditlog`] | the audit trail: JSON records of jobs, refusals and failed logins, apart from the log and its level |
 //! | [`bench`](mod@bench) | the load generator behind `switchboard bench` |
 //! | [`cli`] | command-line arguments and the client UX (one-shot, REPL, pipe, fan-out) |
 //! | [`sys`] | process-wide OS settings (descriptor limit, signal dispositions, close-on-exec) |
@@ -42,6 +43,7 @@
 //! ```
 
 pub mod activation;
+pub mod auditlog;
 pub mod bench;
 pub mod cli;
 pub mod client;

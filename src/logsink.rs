@@ -43,10 +43,14 @@ pub fn dropped() -> u64 {
     SINK.get().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
 }
 
-/// A log queue and its counters; the process has one, for stderr.
+/// A log queue and its counters: the process has one for stderr, and one
+/// for an audit file ([`crate::auditlog`]).
 #[derive(Debug)]
 pub struct Sink {
     tx: SyncSender<Vec<u8>>,
+    /// The line that reports a loss: `lost` lines, why, and whether a
+    /// failed write may have left part of a line behind.
+    notice: fn(lost: u64, why: &str, torn: bool) -> Vec<u8>,
     dropped: AtomicU64,
     /// Lines queued and not yet written (or dropped), for [`flush`].
     pending: Mutex<usize>,
@@ -64,13 +68,30 @@ pub fn stderr() -> &'static Sink {
     })
 }
 
+/// The loss notice of a text log.
+fn text_notice(lost: u64, why: &str, torn: bool) -> Vec<u8> {
+    let newline = if torn { "\n" } else { "" };
+    format!("{newline}switchboard: {lost} log line(s) lost ({why})\n").into_bytes()
+}
+
 impl Sink {
     /// A sink of `capacity` lines whose writer thread writes to `out`.
     /// Leaked on purpose: it lives as long as the process's logging.
     pub fn start(capacity: usize, out: impl Write + Send + 'static) -> &'static Sink {
+        Sink::start_with(capacity, out, text_notice)
+    }
+
+    /// [`start`](Self::start), with the line that reports a loss made by
+    /// `notice` (a JSON record in a JSON stream).
+    pub fn start_with(
+        capacity: usize,
+        out: impl Write + Send + 'static,
+        notice: fn(u64, &str, bool) -> Vec<u8>,
+    ) -> &'static Sink {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
         let sink: &'static Sink = Box::leak(Box::new(Sink {
             tx,
+            notice,
             dropped: AtomicU64::new(0),
             pending: Mutex::new(0),
             drained: Condvar::new(),
@@ -118,7 +139,9 @@ impl Sink {
         }
     }
 
-    fn send(&self, line: Vec<u8>) {
+    /// Queues one whole line (its newline included), or drops and counts
+    /// it when the queue is full. Never blocks.
+    pub fn send(&self, line: Vec<u8>) {
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -151,13 +174,12 @@ fn drain(rx: Receiver<Vec<u8>>, mut out: impl Write, sink: &Sink) {
             Ok(())
         } else {
             // A write that failed on a full disk may have written part of
-            // its line: start on a line of our own.
-            let (newline, why) = match &last_error {
-                Some(e) => ("\n", format!("the log could not be written: {e}")),
-                None => ("", "the log writer fell behind".to_string()),
+            // its line: the notice starts on a line of its own.
+            let (torn, why) = match &last_error {
+                Some(e) => (true, format!("the log could not be written: {e}")),
+                None => (false, "the log writer fell behind".to_string()),
             };
-            let notice = format!("{newline}switchboard: {lost} log line(s) lost ({why})\n");
-            out.write_all(notice.as_bytes())
+            out.write_all(&(sink.notice)(lost, &why, torn))
         };
         let written = notice
             .and_then(|()| out.write_all(&line))

@@ -328,7 +328,7 @@ async fn timeouts_and_signals_end_jobs() {
     tx.send(ClientMsg::Exec(req(2, "exec sleep 30")))
         .await
         .unwrap();
-    let ServerMsg::Started { id: 2, pid } = rx.recv().await.unwrap().unwrap() else {
+    let ServerMsg::Started { id: 2, pid, .. } = rx.recv().await.unwrap().unwrap() else {
         panic!("expected started");
     };
     for _ in 0..500 {

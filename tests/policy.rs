@@ -254,35 +254,19 @@ fn legacy_commands_are_audited_once_and_cannot_forge_log_lines() {
         String::from_utf8_lossy(&reply)
     );
 
-    // Bounded wait for the record, which is written after the reply.
-    let audit_lines = |log: &str| -> Vec<String> {
-        log.lines()
-            // The target comes before the fields; the forged text can only
-            // be inside `command=`.
-            .filter(|l| {
-                l.split("command=")
-                    .next()
-                    .is_some_and(|head| head.contains("switchboard::audit"))
-            })
-            .map(String::from)
-            .collect()
-    };
-    let mut log = srv.log();
-    for _ in 0..200 {
-        if !audit_lines(&log).is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-        log = srv.log();
-    }
-    let records = audit_lines(&log);
-    assert_eq!(records.len(), 1, "{log}");
-    let record = &records[0];
-    assert!(record.contains("via=\"legacy\""), "{record}");
-    assert!(
-        record.contains(&format!(r"echo hi\n{forged}\n")),
+    // Bounded wait for the records, which are written after the reply.
+    let ended = srv.wait_audit(1, |r| r["audit"] == "job_ended");
+    let log = srv.log();
+    assert_eq!(ended.len(), 1, "{log}");
+    let record = &ended[0];
+    assert_eq!(record["via"], "legacy", "{record}");
+    assert_eq!(
+        record["argv"],
+        serde_json::json!(["/bin/sh", "-c", format!("echo hi\n{forged}\n")]),
         "{record}"
     );
+    // One start and one end: every JSON line of the log is a whole record.
+    assert_eq!(srv.audit().len(), 2, "{log}");
     for line in log.lines() {
         assert!(
             !line.starts_with("FORGED"),
@@ -562,19 +546,21 @@ fn every_refused_exec_request_leaves_an_audit_record() {
         }
         assert_eq!(codes, ["duplicate_id", "bad_request"]);
     });
-    let refused = |code: &str| {
-        srv.log()
-            .lines()
-            .filter(|l| l.contains("switchboard::audit") && l.contains("refused"))
-            .any(|l| l.contains(code))
-    };
-    let start = std::time::Instant::now();
-    while !(refused("duplicate_id") && refused("bad_request")) && start.elapsed() < T {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refused = srv.wait_audit(2, |r| r["audit"] == "refused");
     let log = srv.log();
-    assert!(refused("duplicate_id"), "{log}");
-    assert!(refused("bad_request"), "{log}");
-    // Names of variables may be logged, their values never.
+    let codes: Vec<_> = refused.iter().map(|r| r["code"].as_str()).collect();
+    assert_eq!(codes, [Some("duplicate_id"), Some("bad_request")], "{log}");
+    assert_eq!(refused[0]["argv"][2], "true", "{log}");
+    assert_eq!(
+        refused[1]["id"], 2,
+        "the id is kept when it can be read: {log}"
+    );
+    // The job that ran: its start names its variables, never their values.
+    let started = srv.wait_audit(1, |r| r["audit"] == "job_started");
+    assert_eq!(
+        started[0]["env"],
+        serde_json::json!(["SECRET_NAME"]),
+        "{log}"
+    );
     assert!(!log.contains("hunter2"), "{log}");
 }

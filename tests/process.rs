@@ -504,11 +504,8 @@ fn legacy_jobs_die_with_their_connection() {
             "a command sent by a client that then left was run"
         );
     }
-    assert!(
-        poll(T, || srv.log().matches("via=\"legacy\"").count() >= 3),
-        "three audit records: {}",
-        srv.log()
-    );
+    let ended = srv.wait_audit(3, |r| r["audit"] == "job_ended" && r["via"] == "legacy");
+    assert_eq!(ended.len(), 3, "three audit records: {}", srv.log());
     let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
     conn.write_all(b"echo still here").expect("send");
     let mut reply = Vec::new();

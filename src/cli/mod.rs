@@ -339,6 +339,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long = "metrics", value_name = "ADDR")]
     pub metrics: Vec<String>,
+    /// The audit trail (JSON lines; never silenced by -q or RUST_LOG): a FILE
+    /// (appended, 0600, reopened on SIGHUP), - for stderr, or none [default: -].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<String>,
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = with_default("How long open connections get to finish on SIGINT/SIGTERM", humantime::format_duration(defaults().server.shutdown_grace)))]
     pub shutdown_grace: Option<Duration>,
 }

@@ -84,6 +84,9 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(d) = args.shutdown_grace {
         cfg.server.shutdown_grace = d;
     }
+    if let Some(a) = &args.audit_log {
+        cfg.server.audit_log = a.clone().into();
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -127,6 +130,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(n) => info!(open_files = n, "file-descriptor limit"),
         Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),
     }
+    crate::auditlog::open(&cfg.server.audit_log)?;
     // This process is the server binary: it reaps every orphan and starts
     // a keeper so jobs die with it.
     crate::server::exec::own_process(cfg.exec.kill_grace);
@@ -170,6 +174,9 @@ fn reload_on_sighup(reloader: crate::server::Reloader, args: ServeArgs) -> anyho
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
             let _ = crate::activation::notify("RELOADING=1");
+            // Whatever becomes of the reload: logrotate's HUP must
+            // reopen the trail.
+            crate::auditlog::reopen();
             let reloaded = match config_from_args(&args) {
                 Ok(cfg) => reloader.reload(cfg).await,
                 Err(e) => Err(e),

@@ -78,6 +78,8 @@ pub struct Output {
 pub enum JobEvent {
     Started {
         pid: u32,
+        /// The server-wide job number (servers that send it).
+        job: Option<u64>,
     },
     Stdout(Bytes),
     Stderr(Bytes),
@@ -116,7 +118,7 @@ impl JobEvent {
     /// job of the connection); `None` for messages about no job.
     pub fn from_msg(msg: ServerMsg) -> Option<(Option<u64>, JobEvent)> {
         Some(match msg {
-            ServerMsg::Started { id, pid } => (Some(id), JobEvent::Started { pid }),
+            ServerMsg::Started { id, pid, job } => (Some(id), JobEvent::Started { pid, job }),
             ServerMsg::Stdout { id, data } => (Some(id), JobEvent::Stdout(data)),
             ServerMsg::Stderr { id, data } => (Some(id), JobEvent::Stderr(data)),
             ServerMsg::Exit { id, status, reason } => (Some(id), JobEvent::Exit { status, reason }),

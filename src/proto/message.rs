@@ -168,6 +168,9 @@ pub enum ServerMsg {
     Started {
         id: u64,
         pid: u32,
+        /// (Extension) the job's number over the whole server, as the
+        /// audit trail records it.
+        job: Option<u64>,
     },
     Stdout {
         id: u64,
@@ -430,6 +433,8 @@ struct ReadyFields {
 struct StartedFields {
     id: u64,
     pid: u32,
+    #[serde(default)]
+    job: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -478,6 +483,7 @@ impl ServerMsg {
                 ServerMsg::Started {
                     id: f.id,
                     pid: f.pid,
+                    job: f.job,
                 }
             }
             "stdout" => ServerMsg::Stdout {
@@ -546,10 +552,13 @@ impl ServerMsg {
                 }
                 (h, Bytes::new())
             }
-            ServerMsg::Started { id, pid } => (
-                json!({"type": "started", "id": id, "pid": pid}),
-                Bytes::new(),
-            ),
+            ServerMsg::Started { id, pid, job } => {
+                let mut h = json!({"type": "started", "id": id, "pid": pid});
+                if let Some(j) = job {
+                    h["job"] = json!(j);
+                }
+                (h, Bytes::new())
+            }
             ServerMsg::Stdout { id, data } => (json!({"type": "stdout", "id": id}), data.clone()),
             ServerMsg::Stderr { id, data } => (json!({"type": "stderr", "id": id}), data.clone()),
             ServerMsg::Exit { id, status, reason } => {
@@ -676,7 +685,16 @@ mod tests {
                 nonce: Some("00".into()),
             },
             ServerMsg::Ready { mac: None },
-            ServerMsg::Started { id: 1, pid: 42 },
+            ServerMsg::Started {
+                id: 1,
+                pid: 42,
+                job: Some(9),
+            },
+            ServerMsg::Started {
+                id: 2,
+                pid: 43,
+                job: None,
+            },
             ServerMsg::Stdout {
                 id: 1,
                 data: Bytes::from_static(b"out"),

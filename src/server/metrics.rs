@@ -205,6 +205,12 @@ pub fn render(s: &Stats) -> String {
         "Log lines lost because the log could not be written (full disk, closed or stalled pipe).",
         &[("", crate::logsink::dropped())],
     );
+    family(
+        "audit_records_lost_total",
+        "counter",
+        "Audit records lost because the trail could not be written (with server.audit_log = -, the trail shares stderr's queue and this counts the log's lost lines too).",
+        &[("", crate::auditlog::lost())],
+    );
     let (cumulative, sum, count) = c.job_seconds.snapshot();
     let _ = writeln!(
         o,

@@ -91,8 +91,9 @@ impl Server {
     /// Everything a start checks short of binding and creating files: the
     /// configuration's ranges, the exposure rules on its resolved
     /// addresses, the command policy (the run-as user), the token file if
-    /// it exists, the TLS certificate and key. `--check-config` and SIGHUP reload run this, so
-    /// what they accept is what a start accepts.
+    /// it exists, the TLS certificate and key, where the audit trail goes.
+    /// `--check-config` and SIGHUP reload run this, so what they accept is
+    /// what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         config.validate()?;
         exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
@@ -103,6 +104,7 @@ impl Server {
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
         }
+        crate::auditlog::check(&config.server.audit_log)?;
         Ok(())
     }
 

@@ -239,6 +239,33 @@ impl ServeProcess {
         std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The audit records the server has written so far: the JSON lines of
+    /// its stderr (the default `server.audit_log`) that have an `audit`.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("audit").is_some())
+            .collect()
+    }
+
+    /// Waits (at most 10 s) until `times` audit records match `pred`, and
+    /// returns those that do.
+    pub fn wait_audit(
+        &self,
+        times: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<_> = self.audit().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= times || start.elapsed() > Duration::from_secs(10) {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits (at most 10 s) until the log holds `needle` `times` times.
     pub fn wait_log(&self, needle: &str, times: usize) -> bool {
         let start = Instant::now();

@@ -1,20 +1,40 @@
-//! The audit trail of exec, on the `switchboard::audit` target: one record
-//! per job that ran, native or legacy (with the names of the variables its
-//! request set; never their values, which may be secrets), and one per
-//! request refused before anything ran.
+//! What exec puts in the audit trail ([`crate::auditlog`]): a record when a
+//! job starts and one when it ends, native or legacy; one for each request
+//! refused before anything ran; one for each failed login. Fields are
+//! typed JSON: `argv` an array (what was executed; `shell` when it was a
+//! command line), `exit_code` or `signal`, sizes and durations as numbers,
+//! `env` the names the request set (never their values, which may be
+//! secrets). `job` numbers jobs over the whole server process (the client's
+//! `id` restarts on every connection), and is in the `started` frame too.
 //!
-//! Every string a peer chose (the command, its cwd) is written with `Debug`
-//! formatting, so a newline or a control character in it is logged escaped
-//! and cannot start a line of its own: a forged audit record would need the
-//! log to print the peer's bytes raw, which nothing here does.
+//! A peer chooses the strings here (its command, its cwd): JSON escaping
+//! keeps a newline or a control character in them from starting a record
+//! of its own. They are clipped (see [`MAX_TEXT`]), so one request cannot
+//! make a record, or the queue of records, large.
+//!
+//! ```text
+//! {"ts":"2026-12-02T15:52:58.804Z","audit":"job_ended","job":7,"via":"native",
+//!  "peer":"127.0.0.1:50122","who":"token:3f2a9c01","id":1,"pid":4242,
+//!  "argv":["/bin/sh","-c","make test"],"shell":true,"cwd":null,"env":[],
+//!  "tty":false,"exit_code":0,"timed_out":false,"duration_ms":1840,
+//!  "stdout_bytes":5120,"stderr_bytes":0}
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tracing::info;
+use serde_json::{Map, Value, json};
 
+use crate::auditlog;
 use crate::proto::{Command, ErrorCode, ExitStatus};
+
+/// Bytes of peer-chosen text one record keeps: the command's words
+/// together, and each other string. Clipped text ends in `…` and the
+/// record says `"clipped":true`.
+pub const MAX_TEXT: usize = 4096;
+/// Environment names one record lists.
+pub const MAX_ENV_NAMES: usize = 64;
 
 /// Which protocol a job came in by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,78 +54,179 @@ impl Via {
     }
 }
 
-/// Who ran what, where, and how it ended.
-#[derive(Debug, Clone)]
-pub struct JobRecord<'a> {
+/// Who asked, from where, on which connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
     pub via: Via,
     pub peer: SocketAddr,
     /// The authenticated identity (`token:…`, or `none`).
     pub who: &'a str,
     /// The client's job id (legacy: the command's number on its connection).
     pub id: u64,
+}
+
+/// A job that runs: what it is, as the policy approved it.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub who: Who<'a>,
+    /// The server-wide job number.
+    pub job: u64,
     pub pid: u32,
     pub command: &'a Command,
     pub cwd: Option<&'a str>,
-    /// The variables the request set (only their names are logged).
+    /// The variables the request set (only their names are recorded).
     pub env: &'a BTreeMap<String, String>,
-    /// Whether it ran on a terminal (`pty`).
+    /// Whether it runs on a terminal (`pty`).
     pub tty: bool,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy)]
+pub struct End<'a> {
     pub status: &'a ExitStatus,
     pub duration: Duration,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
 }
 
-/// Writes the record of one finished job.
-pub fn job(r: &JobRecord<'_>) {
-    info!(
-        target: "switchboard::audit",
-        via = r.via.name(),
-        peer = %r.peer,
-        who = ?r.who,
-        id = r.id,
-        pid = r.pid,
-        command = ?r.command,
-        cwd = ?r.cwd.unwrap_or("-"),
-        env = ?r.env.keys().collect::<Vec<_>>(),
-        tty = r.tty,
-        status = ?r.status,
-        duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
-        stdout_bytes = r.stdout_bytes,
-        stderr_bytes = r.stderr_bytes,
-        "job"
-    );
+/// The record of a job that has just started.
+pub fn started(j: &Job<'_>) {
+    auditlog::record("job_started", job_fields(j));
 }
 
-/// A request, as far as it is known when it is refused.
-#[derive(Debug, Clone)]
-pub struct Request<'a> {
-    pub via: Via,
-    pub peer: SocketAddr,
-    pub who: &'a str,
-    pub id: u64,
-    /// None when the frame was not even a valid request.
-    pub command: Option<&'a Command>,
-    /// The variables it asked to set (only their names are logged).
-    pub env: &'a BTreeMap<String, String>,
+/// The record of a job that has ended.
+pub fn ended(j: &Job<'_>, e: &End<'_>) {
+    let mut f = job_fields(j);
+    match e.status {
+        ExitStatus::Code(c) => {
+            f.insert("exit_code".into(), json!(c));
+            f.insert("timed_out".into(), json!(false));
+        }
+        ExitStatus::Signal { name, timed_out } => {
+            f.insert("signal".into(), json!(name));
+            f.insert("timed_out".into(), json!(timed_out));
+        }
+    }
+    let ms = u64::try_from(e.duration.as_millis()).unwrap_or(u64::MAX);
+    f.insert("duration_ms".into(), json!(ms));
+    f.insert("stdout_bytes".into(), json!(e.stdout_bytes));
+    f.insert("stderr_bytes".into(), json!(e.stderr_bytes));
+    auditlog::record("job_ended", f);
 }
 
-/// Writes the record of a request refused before anything ran (a
-/// malformed request, limits, policy, a program that cannot be started):
-/// attempts are part of the trail too.
-pub fn refused(r: &Request<'_>, code: ErrorCode, why: &str) {
-    info!(
-        target: "switchboard::audit",
-        via = r.via.name(),
-        peer = %r.peer,
-        who = ?r.who,
-        id = r.id,
-        command = ?r.command,
-        env = ?r.env.keys().collect::<Vec<_>>(),
-        code = code.as_str(),
-        why = ?why,
-        "refused"
+/// The record of a request refused before anything ran (a malformed
+/// request, limits, policy, a program that cannot be started): attempts
+/// are part of the trail too. `command` is `None` when the frame was not
+/// even a valid request.
+pub fn refused(
+    who: &Who<'_>,
+    command: Option<&Command>,
+    env: &BTreeMap<String, String>,
+    code: ErrorCode,
+    why: &str,
+) {
+    let mut clipped = false;
+    let mut f = who_fields(who);
+    if let Some(c) = command {
+        command_fields(&mut f, c, &mut clipped);
+    }
+    f.insert("env".into(), env_names(env, &mut clipped));
+    f.insert("code".into(), json!(code.as_str()));
+    f.insert("message".into(), json!(clip(why, &mut clipped)));
+    if clipped {
+        f.insert("clipped".into(), json!(true));
+    }
+    auditlog::record("refused", f);
+}
+
+/// The record of a failed login (a wrong MAC, a bad handshake): what
+/// fail2ban and its kind watch for.
+pub fn login_failed(peer: SocketAddr, why: &str) {
+    let mut clipped = false;
+    let mut f = Map::new();
+    f.insert("peer".into(), json!(peer.to_string()));
+    f.insert("message".into(), json!(clip(why, &mut clipped)));
+    auditlog::record("login_failed", f);
+}
+
+fn who_fields(w: &Who<'_>) -> Map<String, Value> {
+    let mut f = Map::new();
+    f.insert("via".into(), json!(w.via.name()));
+    f.insert("peer".into(), json!(w.peer.to_string()));
+    f.insert("who".into(), json!(w.who));
+    f.insert("id".into(), json!(w.id));
+    f
+}
+
+fn job_fields(j: &Job<'_>) -> Map<String, Value> {
+    let mut clipped = false;
+    let mut f = Map::new();
+    f.insert("job".into(), json!(j.job));
+    f.extend(who_fields(&j.who));
+    f.insert("pid".into(), json!(j.pid));
+    command_fields(&mut f, j.command, &mut clipped);
+    f.insert(
+        "cwd".into(),
+        j.cwd.map_or(Value::Null, |c| json!(clip(c, &mut clipped))),
     );
+    f.insert("env".into(), env_names(j.env, &mut clipped));
+    f.insert("tty".into(), json!(j.tty));
+    if clipped {
+        f.insert("clipped".into(), json!(true));
+    }
+    f
+}
+
+/// `argv` as executed (`/bin/sh -c LINE` for a command line, with
+/// `shell`), its words clipped to [`MAX_TEXT`] bytes together.
+fn command_fields(f: &mut Map<String, Value>, command: &Command, clipped: &mut bool) {
+    let (words, shell): (Vec<&str>, bool) = match command {
+        Command::Shell(line) => (vec!["/bin/sh", "-c", line], true),
+        Command::Argv(argv) => (argv.iter().map(String::as_str).collect(), false),
+    };
+    let mut room = MAX_TEXT;
+    let mut argv = Vec::new();
+    for w in words {
+        if room == 0 {
+            *clipped = true;
+            break;
+        }
+        let kept = clip_to(w, room, clipped);
+        room = room.saturating_sub(kept.len());
+        argv.push(Value::String(kept));
+    }
+    f.insert("argv".into(), Value::Array(argv));
+    f.insert("shell".into(), json!(shell));
+}
+
+fn env_names(env: &BTreeMap<String, String>, clipped: &mut bool) -> Value {
+    if env.len() > MAX_ENV_NAMES {
+        *clipped = true;
+    }
+    Value::Array(
+        env.keys()
+            .take(MAX_ENV_NAMES)
+            .map(|k| json!(clip_to(k, 256, clipped)))
+            .collect(),
+    )
+}
+
+fn clip(s: &str, clipped: &mut bool) -> String {
+    clip_to(s, MAX_TEXT, clipped)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` marking a
+/// cut.
+fn clip_to(s: &str, max: usize, clipped: &mut bool) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    *clipped = true;
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", s.get(..end).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -113,49 +234,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peer_strings_are_escaped_in_the_record() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let command = Command::Shell("true\nFORGED audit line".into());
-        let env = BTreeMap::from([("K\nFORGED".to_string(), "secret".to_string())]);
-        tracing::subscriber::with_default(subscriber, || {
-            job(&JobRecord {
-                via: Via::Legacy,
-                peer: "127.0.0.1:1".parse().unwrap(),
-                who: "none",
-                id: 1,
-                pid: 2,
-                command: &command,
-                cwd: Some("/tmp\nFORGED"),
-                env: &env,
-                tty: false,
-                status: &ExitStatus::Code(0),
-                duration: Duration::from_millis(3),
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-            })
-        });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.contains(r"true\nFORGED audit line"), "{text}");
-        assert!(text.contains(r"/tmp\nFORGED"), "{text}");
-        assert!(text.contains(r"K\nFORGED"), "{text}");
-        assert!(!text.contains("secret"), "values are never logged: {text}");
+    fn commands_are_argv_arrays_and_long_text_is_clipped() {
+        let mut f = Map::new();
+        let mut clipped = false;
+        command_fields(&mut f, &Command::Shell("echo hi".into()), &mut clipped);
+        assert_eq!(f["argv"], json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(f["shell"], json!(true));
+        assert!(!clipped);
+
+        let long = "é".repeat(MAX_TEXT);
+        let mut f = Map::new();
+        command_fields(
+            &mut f,
+            &Command::Argv(vec!["/bin/echo".into(), long.clone(), "more".into()]),
+            &mut clipped,
+        );
+        assert!(clipped);
+        let argv = f["argv"].as_array().unwrap();
+        let total: usize = argv.iter().map(|w| w.as_str().unwrap().len()).sum();
+        assert!(total <= MAX_TEXT + "…".len(), "{total}");
+        assert_eq!(argv.len(), 2, "nothing after the clipped word");
+        assert!(argv[1].as_str().unwrap().ends_with('…'));
     }
 }

@@ -30,7 +30,6 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use nix::unistd::Pid;
@@ -215,18 +214,14 @@ pub struct Prepared {
     procs: OwnedFd,
 }
 
-/// Makes a cgroup for one job with `pids.max` = `max`; `None` when the
-/// server has no pids cgroup.
-pub fn prepare(max: u64) -> io::Result<Option<Prepared>> {
-    static N: AtomicU64 = AtomicU64::new(0);
+/// Makes a cgroup for job number `job` (the server-wide number the audit
+/// trail gives it) with `pids.max` = `max`; `None` when the server has no
+/// pids cgroup.
+pub fn prepare(max: u64, job: u64) -> io::Result<Option<Prepared>> {
     let Some(base) = base() else {
         return Ok(None);
     };
-    let dir = base.join(format!(
-        "sb-{}-job-{}",
-        instance(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = base.join(format!("sb-{}-job-{job}", instance()));
     std::fs::create_dir(&dir)?;
     let made = (|| {
         std::fs::OpenOptions::new()

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::ExecShared;
-use super::audit::{self, JobRecord, Via};
+use super::audit::{self, Via};
 use super::policy::Refusal;
 use super::{job, process};
 use crate::proto::{ErrorCode, ExecRequest, ExitStatus};
@@ -119,15 +119,19 @@ async fn run(
         if r.code == ErrorCode::Forbidden {
             shared.counters.forbidden.inc();
         }
-        let what = audit::Request {
+        let who = audit::Who {
             via: Via::Legacy,
             peer,
             who: "none",
             id,
-            command: Some(&request.command),
-            env: &request.env,
         };
-        audit::refused(&what, r.code, &r.message);
+        audit::refused(
+            &who,
+            Some(&request.command),
+            &request.env,
+            r.code,
+            &r.message,
+        );
         format!("switchboard: {}: {}\n", r.code.as_str(), r.message).into_bytes()
     };
     let Ok(_slot) = shared.job_slots.clone().try_acquire_owned() else {
@@ -149,23 +153,32 @@ async fn run(
         Err(r) => return refused(r),
     };
     shared.counters.jobs_started.inc();
-    let ((out, out_total), (err, err_total), status) =
-        collect(&mut spawned, cap, cancel, live.cfg.kill_grace).await;
-    audit::job(&JobRecord {
-        via: Via::Legacy,
-        peer,
-        who: "none",
-        id,
+    let job = audit::Job {
+        who: audit::Who {
+            via: Via::Legacy,
+            peer,
+            who: "none",
+            id,
+        },
+        job: spawned.job,
         pid: spawned.pid,
         command: &approved,
         cwd: None,
         env: &request.env,
         tty: false,
-        status: &status,
-        duration: started.elapsed(),
-        stdout_bytes: out_total,
-        stderr_bytes: err_total,
-    });
+    };
+    audit::started(&job);
+    let ((out, out_total), (err, err_total), status) =
+        collect(&mut spawned, cap, cancel, live.cfg.kill_grace).await;
+    audit::ended(
+        &job,
+        &audit::End {
+            status: &status,
+            duration: started.elapsed(),
+            stdout_bytes: out_total,
+            stderr_bytes: err_total,
+        },
+    );
     let mut all = out;
     all.extend_from_slice(
         err.get(..cap.saturating_sub(all.len()).min(err.len()))

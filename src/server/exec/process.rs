@@ -90,6 +90,9 @@ pub struct JobSpec {
 
 /// A spawned job, before its task runs.
 pub struct Spawned {
+    /// The job's number, unique in this server process: the audit
+    /// trail's `job`, the `started` frame's `job`, its cgroup's name.
+    pub job: u64,
     pub child: Child,
     pub pgid: Pid,
     pub pid: u32,
@@ -220,8 +223,9 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
     let dir_c = dir.as_ref().map(|(_, c)| c.clone());
     // exec.max_processes: the job's own cgroup where there is one, else
     // RLIMIT_NPROC where it binds (a job user other than root).
+    let job = next_job();
     let cgroup = match spec.max_processes {
-        Some(max) => super::cgroup::prepare(max)?,
+        Some(max) => super::cgroup::prepare(max, job)?,
         None => None,
     };
     let cgroup_fd = cgroup.as_ref().map(|c| c.procs_fd());
@@ -307,12 +311,20 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
     }
     let stdin = child.stdin.take();
     Ok(Spawned {
+        job,
         child,
         pgid,
         pid,
         stdin,
         pty,
     })
+}
+
+/// The next job number: counted from 1 over the whole server process
+/// (native and legacy jobs alike), never reused while it runs.
+fn next_job() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Marks the errno of a failed `chdir` in the child. std passes the child's

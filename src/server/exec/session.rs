@@ -205,9 +205,10 @@ async fn serve(
             handshake_slot.authenticated();
             shared.sources.auth_ok(peer.ip());
         }
-        Handshake::Failed => {
+        Handshake::Failed(why) => {
             drop(handshake_slot);
             shared.counters.auth_failures.inc();
+            audit::login_failed(peer, why);
             let (penalty, failures) =
                 shared
                     .sources
@@ -286,7 +287,7 @@ async fn write_loop(
 enum Handshake {
     Ok,
     /// Wrong MAC or a frame other than `auth`: counts toward the penalty.
-    Failed,
+    Failed(&'static str),
     /// EOF, a protocol error, a deadline: no credential was tried.
     Abandoned,
 }
@@ -340,7 +341,7 @@ async fn handshake(
             let _ = tx
                 .send(fail(ErrorCode::AuthFailed, "authenticate first"))
                 .await;
-            return Handshake::Failed;
+            return Handshake::Failed("a request before authentication");
         }
     };
     if version != VERSION {
@@ -361,7 +362,7 @@ async fn handshake(
                 let _ = tx
                     .send(fail(ErrorCode::AuthFailed, "the token was not accepted"))
                     .await;
-                return Handshake::Failed;
+                return Handshake::Failed("the token was not accepted");
             }
             let cn = client_nonce.unwrap_or_default();
             ServerMsg::Ready {
@@ -469,17 +470,19 @@ impl Session {
     /// An `exec` frame that is not a valid request is refused before
     /// anything is known of its command; it still gets its audit record.
     fn audit_malformed(&self, e: &ParseError) {
-        let who = self.who.clone();
         let none = std::collections::BTreeMap::new();
-        let what = audit::Request {
+        let who = self.audit_who(e.id().unwrap_or(0));
+        audit::refused(&who, None, &none, e.code(), &e.to_string());
+    }
+
+    /// This connection's side of its audit records, for job `id`.
+    fn audit_who(&self, id: u64) -> audit::Who<'_> {
+        audit::Who {
             via: audit::Via::Native,
             peer: self.peer,
-            who: &who,
-            id: e.id().unwrap_or(0),
-            command: None,
-            env: &none,
-        };
-        audit::refused(&what, e.code(), &e.to_string());
+            who: &self.who,
+            id,
+        }
     }
 
     async fn send(&self, msg: ServerMsg) {
@@ -611,16 +614,8 @@ impl Session {
             if r.code == ErrorCode::Forbidden {
                 self.shared.counters.forbidden.inc();
             }
-            let who = self.who.clone();
-            let what = audit::Request {
-                via: audit::Via::Native,
-                peer: self.peer,
-                who: &who,
-                id,
-                command: Some(&command),
-                env: &env,
-            };
-            audit::refused(&what, r.code, &r.message);
+            let who = self.audit_who(id);
+            audit::refused(&who, Some(&command), &env, r.code, &r.message);
         })
     }
 
@@ -689,20 +684,26 @@ impl Session {
         let spawned = process::spawn(&spec)
             .map_err(|e| job::spawn_refusal(&e, &spec))
             .inspect_err(|r| {
-                let what = audit::Request {
-                    via: audit::Via::Native,
-                    peer: self.peer,
-                    who: &who,
-                    id,
-                    command: Some(&approved),
-                    env: &spec.env,
-                };
-                audit::refused(&what, r.code, &r.message);
+                let who = self.audit_who(id);
+                audit::refused(&who, Some(&approved), &spec.env, r.code, &r.message);
             })?;
         let (pid, pgid, pty) = (spawned.pid, spawned.pgid, spawned.pty.clone());
+        let job_no = spawned.job;
         self.shared.counters.jobs_started.inc();
-        info!(id, pid, tty = pty.is_some(), command = ?approved, "job started");
-        self.send(ServerMsg::Started { id, pid }).await;
+        info!(id, job = job_no, pid, tty = pty.is_some(), command = ?approved, "job started");
+        audit::started(&job_record(
+            self.audit_who(id),
+            job_no,
+            pid,
+            &approved,
+            &spec,
+        ));
+        self.send(ServerMsg::Started {
+            id,
+            pid,
+            job: Some(job_no),
+        })
+        .await;
 
         let (child, input, outputs) = job::streams(spawned);
         let ended = CancellationToken::new();
@@ -723,21 +724,20 @@ impl Session {
             drop(slot);
             let output = end.stdout_bytes + end.stderr_bytes;
             counters.record_job(&end.status, output, started.elapsed());
-            audit::job(&audit::JobRecord {
+            let who = audit::Who {
                 via: audit::Via::Native,
                 peer,
                 who: &who,
                 id,
-                pid,
-                command: &approved,
-                cwd: spec.cwd.as_deref(),
-                env: &spec.env,
-                tty: spec.pty.is_some(),
+            };
+            let job = job_record(who, job_no, pid, &approved, &spec);
+            let how = audit::End {
                 status: &end.status,
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
                 stderr_bytes: end.stderr_bytes,
-            });
+            };
+            audit::ended(&job, &how);
             let status = end.status;
             let _ = done.send(JobDone { id, pgid, status });
         });
@@ -808,6 +808,25 @@ impl Drop for Session {
         for pgid in pgids.into_iter().chain(self.lingering.drain(..)) {
             process::kill_group_now(pgid);
         }
+    }
+}
+
+/// A job's audit record, from what the policy approved and the spec.
+fn job_record<'a>(
+    who: audit::Who<'a>,
+    job: u64,
+    pid: u32,
+    approved: &'a crate::proto::Command,
+    spec: &'a JobSpec,
+) -> audit::Job<'a> {
+    audit::Job {
+        who,
+        job,
+        pid,
+        command: approved,
+        cwd: spec.cwd.as_deref(),
+        env: &spec.env,
+        tty: spec.pty.is_some(),
     }
 }
 
