@@ -811,17 +811,19 @@ async fn a_pty_job_that_never_reads_its_input_does_not_hold_the_connection_past_
     };
     // Then far more input than the terminal's buffers hold: the server's
     // writer blocks on the terminal, and the job's end must release it.
-    // Raw mode: a canonical terminal drops what overflows its line
-    // instead of blocking the writer.
-    let job = json!({"type":"exec","id":1,"cmd":"stty raw -echo; sleep 1","pty":{}});
+    // Whole lines, which a canonical terminal keeps (4 KiB of them) and
+    // then refuses: the writer waits on the terminal until the job ends.
+    let job = json!({"type":"exec","id":1,"cmd":"sleep 1","pty":{}});
     let mut bytes = frame(job, b"");
-    let chunk = vec![b'x'; 65536];
+    let chunk = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(1024);
     for _ in 0..32 {
         bytes.extend(frame(
             json!({"type":"stdin","id":1,"size":chunk.len()}),
             &chunk,
         ));
     }
+    // And the end of input, which types ^D into the full terminal.
+    bytes.extend(frame(json!({"type":"eof","id":1}), b""));
     bytes.extend(frame(json!({"type":"ping"}), b""));
     let writer = tokio::spawn(async move {
         wr.write_all(&bytes).await.unwrap();
@@ -860,6 +862,70 @@ async fn a_pty_job_that_never_reads_its_input_does_not_hold_the_connection_past_
         "the connection stayed stuck after the job ended (exit {seen_exit}, pong {seen_pong})"
     );
     tokio::time::timeout(T, writer).await.unwrap().unwrap();
+    // Nothing of the job is left in the server: its terminal's master is
+    // closed (a hung-up terminal once kept a writer spinning on it).
+    assert!(
+        common::wait_until(T, || ptmx_fds() == 0).await,
+        "{} terminal masters left open",
+        ptmx_fds()
+    );
+}
+
+/// Descriptors of this process (the in-process server's) on /dev/ptmx.
+fn ptmx_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.ends_with("ptmx")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_client_that_floods_a_pty_job_without_reading_and_leaves_takes_the_job_with_it() {
+    let fx = Fixture::new().await;
+    let mut s = raw_authed(&fx).await;
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":1,"cmd":"cat","pty":{}}),
+        b"",
+    )
+    .await;
+    let (started, _) = common::raw::recv(&mut s).await.unwrap();
+    let pid = started["pid"].as_i64().unwrap() as i32;
+    // Lines the terminal echoes and cat copies: output the client never
+    // reads, until the job blocks on it and stops reading its input.
+    let (_rd, mut wr) = s.into_split();
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(1024);
+    let frame = {
+        let h = serde_json::to_vec(&json!({"type":"stdin","id":1,"size":line.len()})).unwrap();
+        let mut f = (h.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(&line);
+        f
+    };
+    let flood = async {
+        for _ in 0..1024 {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Bounded: the flood stops when the server stops reading.
+    let _ = tokio::time::timeout(Duration::from_secs(2), flood).await;
+    drop(wr);
+    drop(_rd);
+    let gone = common::wait_until(T, || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+    })
+    .await;
+    assert!(gone, "job {pid} outlived its connection");
+    assert!(
+        common::wait_until(T, || ptmx_fds() == 0).await,
+        "{} masters left",
+        ptmx_fds()
+    );
 }
 
 #[tokio::test]

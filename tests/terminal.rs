@@ -287,17 +287,14 @@ fn the_escape_and_a_signal_disconnect_kill_the_job_and_restore_the_terminal() {
     let (_srv, addr, token) = server();
     let env = [("SWITCHBOARD_TOKEN", token.as_str())];
     let dir = tempfile::tempdir().expect("tempdir");
-    type Disconnect = fn(&mut OnPty);
-    let how: [(&str, Disconnect); 3] = [
-        ("escape", |t| t.type_keys(b"\r~.")),
-        ("TERM", |t| {
-            nix::sys::signal::kill(Pid::from_raw(t.child.id() as i32), Signal::SIGTERM)
-                .expect("kill")
-        }),
-        ("HUP", |t| {
-            nix::sys::signal::kill(Pid::from_raw(t.child.id() as i32), Signal::SIGHUP)
-                .expect("kill")
-        }),
+    // The escape, then every signal that would end the client by default.
+    let how: [(&str, Option<Signal>); 6] = [
+        ("escape", None),
+        ("TERM", Some(Signal::SIGTERM)),
+        ("HUP", Some(Signal::SIGHUP)),
+        ("QUIT", Some(Signal::SIGQUIT)),
+        ("USR1", Some(Signal::SIGUSR1)),
+        ("ALRM", Some(Signal::SIGALRM)),
     ];
     for (name, disconnect) in how {
         let pidfile = dir.path().join(name);
@@ -306,7 +303,12 @@ fn the_escape_and_a_signal_disconnect_kill_the_job_and_restore_the_terminal() {
         let cooked_before = LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG;
         t.expect("READY");
         t.wait_raw();
-        disconnect(&mut t);
+        match disconnect {
+            None => t.type_keys(b"\r~."),
+            Some(sig) => {
+                nix::sys::signal::kill(Pid::from_raw(t.child.id() as i32), sig).expect("kill")
+            }
+        }
         assert_eq!(t.wait().code(), Some(255), "{name}: {}", t.screen());
         assert!(
             cooked(&t.modes()).contains(cooked_before),

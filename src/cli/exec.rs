@@ -191,15 +191,12 @@ async fn run_job(
         let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
         let mut last_int: Option<Instant> = None;
         // Only a job on a terminal needs these; the handlers replace the
-        // default actions, so a plain job leaves TERM and HUP alone.
-        let on_tty = |kind| {
-            tty.then(|| signal(kind))
-                .transpose()
-                .map_err(ClientError::Io)
-        };
-        let mut winch = on_tty(SignalKind::window_change())?;
-        let mut term = on_tty(SignalKind::terminate())?;
-        let mut hup = on_tty(SignalKind::hangup())?;
+        // default actions, so a plain job leaves those signals alone.
+        let mut winch = tty
+            .then(|| signal(SignalKind::window_change()))
+            .transpose()
+            .map_err(ClientError::Io)?;
+        let mut fatal = if tty { Some(fatal_signals()?) } else { None };
         loop {
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
@@ -216,8 +213,7 @@ async fn run_job(
                     let (rows, cols) = window_size();
                     let _ = queue.send(ClientMsg::Resize { id, rows, cols }).await;
                 }
-                Some(()) = recv(&mut term) => return Err(Failure::Signalled("TERM")),
-                Some(()) = recv(&mut hup) => return Err(Failure::Signalled("HUP")),
+                Some(name) = recv_any(&mut fatal) => return Err(Failure::Signalled(name)),
                 _ = sigint.recv() => {
                     if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                         return Err(Failure::Interrupted);
@@ -232,6 +228,46 @@ async fn run_job(
         r = receive => r,
         Err(e) = writer => Err(e.into()),
         f = feed_stdin => Err(f),
+    }
+}
+
+/// The signals whose default action ends the process, other than INT
+/// (which the job gets) and those no program catches: while the terminal
+/// is raw, each is caught so that the client restores the terminal on its
+/// way out (as ssh does for TERM, HUP and QUIT).
+const FATAL_SIGNALS: [(i32, &str); 8] = [
+    (libc::SIGTERM, "TERM"),
+    (libc::SIGHUP, "HUP"),
+    (libc::SIGQUIT, "QUIT"),
+    (libc::SIGUSR1, "USR1"),
+    (libc::SIGUSR2, "USR2"),
+    (libc::SIGALRM, "ALRM"),
+    (libc::SIGVTALRM, "VTALRM"),
+    (libc::SIGPROF, "PROF"),
+];
+
+/// One receiver for every signal of [`FATAL_SIGNALS`]: the name of each
+/// one delivered.
+fn fatal_signals() -> Result<tokio::sync::mpsc::Receiver<&'static str>, ClientError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(FATAL_SIGNALS.len());
+    for (number, name) in FATAL_SIGNALS {
+        let mut s = signal(SignalKind::from_raw(number)).map_err(ClientError::Io)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if s.recv().await.is_some() {
+                let _ = tx.send(name).await;
+            }
+        });
+    }
+    Ok(rx)
+}
+
+async fn recv_any(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<&'static str>>,
+) -> Option<&'static str> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

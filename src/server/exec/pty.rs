@@ -14,7 +14,10 @@
 //!
 //! The master is non-blocking and read through tokio's reactor; reading it
 //! fails with EIO once no process holds the slave open, which is the
-//! terminal's end of file.
+//! terminal's end of file. Once the slave is hung up, the reactor reports
+//! the master as ready for good (a hang-up is never cleared) while a write
+//! still fails with EAGAIN: a write then ends with an error instead of
+//! trying again, or it would spin on the CPU forever.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -166,6 +169,20 @@ impl Pty {
     }
 }
 
+/// Whether the slave side is hung up (no process holds it): the kernel
+/// says so in `poll`, and the reactor's readiness, which keeps a hang-up
+/// for good, cannot be cleared by a failed attempt.
+fn hung_up(master: &AsyncFd<OwnedFd>) -> bool {
+    let mut p = libc::pollfd {
+        fd: master.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLHUP != 0
+}
+
 /// Reads what the job wrote to its terminal; EIO (no process holds the
 /// slave any more) is the end of file.
 impl AsyncRead for Pty {
@@ -195,6 +212,8 @@ impl AsyncRead for Pty {
                 }
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
+                // Hung up with nothing to read: the end, not a retry.
+                Err(_would_block) if hung_up(&self.0) => return Poll::Ready(Ok(())),
                 Err(_would_block) => continue,
             }
         }
@@ -222,6 +241,9 @@ impl AsyncWrite for Pty {
             });
             match result {
                 Ok(r) => return Poll::Ready(r),
+                Err(_would_block) if hung_up(&self.0) => {
+                    return Poll::Ready(Err(io::Error::from_raw_os_error(libc::EIO)));
+                }
                 Err(_would_block) => continue,
             }
         }
@@ -236,5 +258,41 @@ impl AsyncWrite for Pty {
             Some(c) => self.as_mut().poll_write(cx, &[c]).map_ok(|_| ()),
             None => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A terminal nobody reads fills; once its slave is closed too, a
+    /// write must fail. (The reactor keeps a hang-up as readiness for
+    /// good, so a write that retried on EAGAIN would spin forever inside
+    /// one poll, out of reach of any timeout or cancellation.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_full_hung_up_terminal_fails_instead_of_spinning() {
+        let (mut pty, slave) = open(24, 80, Uid::effective()).expect("a terminal");
+        let line = [[b'x'; 63].as_slice(), b"\n"].concat();
+        let mut filled = false;
+        for _ in 0..100_000 {
+            match tokio::time::timeout(Duration::from_millis(200), pty.write_all(&line)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("write failed before the hang-up: {e}"),
+                Err(_) => {
+                    filled = true;
+                    break;
+                }
+            }
+        }
+        assert!(filled, "the terminal never filled");
+        drop(slave);
+        let write = tokio::spawn(async move { pty.write_all(&line).await });
+        let ended = tokio::time::timeout(Duration::from_secs(5), write).await;
+        assert!(
+            matches!(ended, Ok(Ok(Err(_)))),
+            "a write to a hung-up terminal did not fail: {ended:?}"
+        );
     }
 }

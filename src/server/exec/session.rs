@@ -144,7 +144,7 @@ pub async fn accept(
     };
     let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
     let Some(acceptor) = tls else {
-        return serve(stream, peer, slot, deadline, shared, shutdown).await;
+        return serve(stream, peer, false, slot, deadline, shared, shutdown).await;
     };
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
@@ -164,7 +164,7 @@ pub async fn accept(
             }
         },
     };
-    serve(stream, peer, slot, deadline, shared, shutdown).await
+    serve(stream, peer, true, slot, deadline, shared, shutdown).await
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -173,6 +173,7 @@ pub async fn accept(
 async fn serve(
     stream: impl crate::net::IntoHalves,
     peer: SocketAddr,
+    tls: bool,
     handshake_slot: HandshakeGuard,
     deadline: tokio::time::Instant,
     shared: Arc<ExecShared>,
@@ -233,6 +234,7 @@ async fn serve(
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
             peer,
+            tls,
             // What this connection proved, judged now, as it
             // authenticates: a reload changes neither. The token file is
             // judged again here: one exposed since the last reload proves
@@ -391,6 +393,8 @@ struct Session {
     ),
     conn_cancel: CancellationToken,
     peer: SocketAddr,
+    /// Over TLS (for the byte counters).
+    tls: bool,
     /// Who authenticated, for the audit log (`token:…` or `none`).
     who: String,
     /// The SHA-256 of the token this connection proved, if any: root jobs
@@ -547,7 +551,11 @@ impl Session {
                 }
             }
             ClientMsg::Stdin { id, data } => {
-                self.shared.counters.bytes_in.add(data.len() as u64);
+                self.shared
+                    .counters
+                    .bytes(self.tls)
+                    .stdin
+                    .add(data.len() as u64);
                 let Some(job) = self.jobs.get(&id) else {
                     return self.send(no_such_job(id)).await;
                 };
@@ -561,8 +569,19 @@ impl Session {
                         .await
                     }
                     // A send fails only when the job's stdin writer has ended.
+                    // A job that does not read its input fills the queue,
+                    // and the wait for room stops the reading of the
+                    // connection (flow control is TCP's, PROTOCOL.md §3.3).
+                    // It gives up when the client is gone (its writer
+                    // failed: a peer that left with output unread resets
+                    // the connection) or the server stops, so that the
+                    // loop sees the end and the jobs are killed.
                     Some(s) if !data.is_empty() => {
-                        let _ = s.send(data).await;
+                        tokio::select! {
+                            _ = s.send(data) => {}
+                            () = self.tx.closed() => {}
+                            () = self.conn_cancel.cancelled() => {}
+                        }
                     }
                     Some(_) => {}
                 }
@@ -716,14 +735,14 @@ impl Session {
         let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
-        let peer = self.peer;
+        let (peer, tls) = (self.peer, self.tls);
         self.shared.tracker.spawn(async move {
             let started = Instant::now();
             let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
             ended.cancel();
             drop(slot);
             let output = end.stdout_bytes + end.stderr_bytes;
-            counters.record_job(&end.status, output, started.elapsed());
+            counters.record_job(&end.status, output, started.elapsed(), tls);
             let who = audit::Who {
                 via: audit::Via::Native,
                 peer,
