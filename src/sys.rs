@@ -16,6 +16,52 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(soft)
 }
 
+/// The process's own figures for the `process_*` metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub rss_bytes: f64,
+    pub vm_bytes: f64,
+    pub open_fds: f64,
+    pub max_fds: f64,
+    pub start_time_seconds: f64,
+}
+
+/// Reads [`ProcessFigures`] from /proc/self (Linux); `None` where it
+/// cannot be read.
+pub fn process_figures() -> Option<ProcessFigures> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name, in parentheses, may hold spaces: fields are
+    // counted after its closing parenthesis, where field 3 (state) is 0.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Option<f64> { f.get(n - 3)?.parse::<f64>().ok() };
+    // SAFETY: sysconf reads a constant.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    if ticks <= 0.0 {
+        return None;
+    }
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+    let (max_fds, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    Some(ProcessFigures {
+        cpu_seconds: (field(14)? + field(15)?) / ticks,
+        vm_bytes: field(23)?,
+        rss_bytes: field(24)? * page,
+        open_fds,
+        max_fds: max_fds as f64,
+        start_time_seconds: boot + field(22)? / ticks,
+    })
+}
+
 /// The local zone at `unix_secs` as the C library sees it: the offset east
 /// of UTC in seconds and the abbreviation (`CET`, `EDT`, ...) that C's
 /// `strftime("%Z")` prints. Both come from one `localtime_r`, so they

@@ -30,7 +30,7 @@ fn dropped_lines(srv: &ServeProcess) -> u64 {
     let addr = srv.addr("metrics", Transport::Tcp);
     let mut s = std::net::TcpStream::connect(&addr).expect("metrics");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut page = String::new();
     s.read_to_string(&mut page).unwrap();

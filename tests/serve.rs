@@ -258,7 +258,11 @@ fn sigterm_kills_and_reaps_running_jobs_and_exits_within_the_grace() {
 fn scrape(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -287,7 +291,10 @@ fn metrics_change_as_load_arrives() {
     assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
     assert!(before.contains("# TYPE switchboard_connections_total counter"));
     assert_eq!(
-        metric(&before, "switchboard_connections_total{service=\"echo\"}"),
+        metric(
+            &before,
+            "switchboard_connections_total{service=\"echo\",transport=\"tcp\"}"
+        ),
         0
     );
     assert_eq!(metric(&before, "switchboard_job_duration_seconds_count"), 0);
@@ -312,7 +319,10 @@ fn metrics_change_as_load_arrives() {
 
     let after = scrape(&m, "/metrics");
     assert_eq!(
-        metric(&after, "switchboard_connections_total{service=\"echo\"}"),
+        metric(
+            &after,
+            "switchboard_connections_total{service=\"echo\",transport=\"tcp\"}"
+        ),
         3
     );
     assert_eq!(
@@ -346,6 +356,81 @@ fn metrics_change_as_load_arrives() {
         4
     );
     assert!(scrape(&m, "/nope").starts_with("HTTP/1.1 404"));
+    assert!(metric(&after, "process_resident_memory_bytes") > 1_000_000);
+    assert!(metric(&after, "process_open_fds") > 3);
+    assert_eq!(
+        metric(&after, "switchboard_build_info{version=\"0.1.0\"}"),
+        1
+    );
+}
+
+/// What a scraper and a probe send: keep-alive, HEAD, a query string
+/// (Prometheus `params`), OpenMetrics by Accept, and methods that are not
+/// allowed.
+#[test]
+fn the_metrics_endpoint_speaks_http_as_scrapers_do() {
+    let srv = spawn_serve(&[
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let m = srv.addr("metrics", Transport::Tcp);
+    let mut s = TcpStream::connect(&m).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // One response's head, and the length of the body that follows.
+    let read_one = |s: &mut TcpStream| -> (String, usize) {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        (head, len)
+    };
+    // Two requests pipelined on one connection, then a HEAD.
+    write!(
+        s,
+        "GET /metrics?module=x HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n"
+    )
+    .unwrap();
+    for want in ["text/plain; version=0.0.4", "application/openmetrics-text"] {
+        let (head, len) = read_one(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains(want), "{head}");
+        let mut text = vec![0u8; len];
+        s.read_exact(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("switchboard_jobs_running 0"), "{text}");
+        if want.starts_with("application") {
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        }
+    }
+    write!(s, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (head, len) = read_one(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 OK") && len > 0, "{head}");
+    // HEAD sends no body: the next response follows at once.
+    write!(
+        s,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 405 Method Not Allowed"),
+        "{rest}"
+    );
+    assert!(rest.contains("Allow: GET, HEAD"), "{rest}");
 }
 
 /// `none` switches a service off, so a server runs without the others'

@@ -361,7 +361,7 @@ impl Server {
         info!("shutting down: no new connections; open ones get {grace:?}");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
-                open = stats.echo_tcp.open.get() + stats.exec_tcp.open.get(),
+                open = stats.connections_open(),
                 "shutdown grace passed; closing the remaining connections"
             );
         }
@@ -459,13 +459,14 @@ impl Running {
         &self,
         service: &'static str,
         limit: &Arc<limit::Limit>,
+        counters: &Arc<stats::TcpCounters>,
         sources: &Arc<sources::Sources>,
     ) -> AcceptContext {
         let shared = self.exec.clone();
         self.accept_context(
             service,
             limit,
-            &self.stats.exec_tcp,
+            counters,
             sources,
             Arc::new(move || shared.live().cfg.max_connections_per_source),
         )
@@ -482,7 +483,12 @@ impl Running {
             _ => None,
         };
         let (shared, shutdown) = (self.exec.clone(), self.shutdown.clone());
-        let mut ctx = self.exec_context("exec", &self.limits.exec_connections, &self.exec.sources);
+        let counters = match transport {
+            Transport::Tls => &self.stats.exec_tls,
+            _ => &self.stats.exec_tcp,
+        };
+        let limit = &self.limits.exec_connections;
+        let mut ctx = self.exec_context("exec", limit, counters, &self.exec.sources);
         // A TLS client expects a ServerHello, not a frame: silence there.
         if tls.is_none() {
             ctx.turned_away = Some(exec::session::turned_away_frame);
@@ -499,6 +505,7 @@ impl Running {
             self.exec_context(
                 "exec-legacy",
                 &self.limits.legacy_connections,
+                &self.stats.exec_legacy,
                 &self.legacy_sources,
             ),
             move |stream, peer| exec::legacy::serve(stream, peer, shared.clone(), shutdown.clone()),

@@ -52,20 +52,11 @@ impl Histogram {
         self.count.inc();
     }
 
-    /// Cumulative counts per bucket bound (the last is +Inf), the sum in
-    /// seconds, and the count.
+    /// The count in each bucket on its own (not cumulative; the last is
+    /// +Inf), the sum in seconds, and the count.
     pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
-        let mut acc = 0;
-        let cumulative = self
-            .buckets
-            .iter()
-            .map(|b| {
-                acc += b.get();
-                acc
-            })
-            .collect();
         (
-            cumulative,
+            self.buckets.iter().map(Counter::get).collect(),
             self.sum_micros.get() as f64 / 1e6,
             self.count.get(),
         )
@@ -131,18 +122,36 @@ pub struct ExecCounters {
     pub jobs_timed_out: Counter,
     /// Job durations.
     pub job_seconds: Histogram,
-    /// Stdin bytes received for jobs, and job output bytes sent.
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
+    /// Job bytes on native connections over plain TCP, and over TLS.
+    pub tcp: JobBytes,
+    pub tls: JobBytes,
+}
+
+/// The bytes of native exec jobs on connections of one transport: frame
+/// bodies only (no frame headers, handshakes or TLS records).
+#[derive(Debug, Default)]
+pub struct JobBytes {
+    /// Stdin bytes received for jobs (`stdin` frame bodies).
+    pub stdin: Counter,
+    /// Job output sent (`stdout` and `stderr` frame bodies), counted when
+    /// each job ends.
+    pub output: Counter,
 }
 
 impl ExecCounters {
-    /// A finished job: outcome, duration, output bytes; one fewer running.
+    /// The byte counters of connections over TLS (`tls`) or plain TCP.
+    pub fn bytes(&self, tls: bool) -> &JobBytes {
+        if tls { &self.tls } else { &self.tcp }
+    }
+
+    /// A finished job: outcome, duration, output bytes (on a connection
+    /// over TLS or not); one fewer running.
     pub fn record_job(
         &self,
         status: &crate::proto::ExitStatus,
         output_bytes: u64,
         elapsed: std::time::Duration,
+        tls: bool,
     ) {
         use crate::proto::ExitStatus;
         self.jobs_running.dec();
@@ -155,7 +164,7 @@ impl ExecCounters {
             ExitStatus::Signal { .. } => self.jobs_signaled.inc(),
         }
         self.job_seconds.observe(elapsed);
-        self.bytes_out.add(output_bytes);
+        self.bytes(tls).output.add(output_bytes);
     }
 }
 
@@ -165,6 +174,25 @@ pub struct Stats {
     pub echo_tcp: Arc<TcpCounters>,
     pub echo_udp: Arc<UdpCounters>,
     pub time_udp: Arc<UdpCounters>,
+    /// Native exec connections over plain TCP, over TLS, and the
+    /// tutorial-compatible protocol's.
     pub exec_tcp: Arc<TcpCounters>,
+    pub exec_tls: Arc<TcpCounters>,
+    pub exec_legacy: Arc<TcpCounters>,
     pub exec: Arc<ExecCounters>,
+}
+
+impl Stats {
+    /// Connections of every TCP service open now.
+    pub fn connections_open(&self) -> u64 {
+        [
+            &self.echo_tcp,
+            &self.exec_tcp,
+            &self.exec_tls,
+            &self.exec_legacy,
+        ]
+        .iter()
+        .map(|c| c.open.get())
+        .sum()
+    }
 }
