@@ -212,3 +212,52 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
     assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
     rt.block_on(fresh.ping()).unwrap();
 }
+
+/// A configured metrics endpoint is served under socket activation too,
+/// when systemd passes no socket for it (it was once silently dropped).
+#[test]
+fn socket_activation_serves_configured_metrics_that_no_socket_was_passed_for() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::activated_command(
+        &[echo.as_raw_fd()],
+        "echo",
+        &["--metrics", "127.0.0.1:0"],
+        dir.path(),
+    );
+    let mut child = cmd.stderr(Stdio::null()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut banner = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("ready");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let metrics = banner
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("metrics"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|e| e.strip_prefix("tcp://"))
+        .map(String::from);
+    let scraped = metrics.as_ref().map(|addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        page
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.is_some(),
+        "no metrics line in the banner: {banner:?}"
+    );
+    let page = scraped.unwrap_or_default();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("switchboard_connections_open"), "{page}");
+}

@@ -113,42 +113,15 @@ impl Server {
     /// cannot be bound; nothing is served until [`run`](Server::run).
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
         config.validate()?;
-        let mut sockets: Vec<(Bound, Socket)> = Vec::new();
-        for wanted in
-            exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?
-        {
-            let (service, endpoint) = (wanted.service, wanted.endpoint());
-            let bind = |addr| match wanted.transport {
-                Transport::Tcp | Transport::Tls => bind_tcp(addr).map(Socket::Tcp),
-                Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
-            };
-            // `--echo HOST:0` is one service on TCP and UDP: it gets one
-            // port for both, as a fixed port does, when that port is free
-            // on the other transport.
-            let udp = wanted.transport == Transport::Udp;
-            let twin = sockets.iter().find(|(b, _)| {
-                wanted.addr.port() == 0
-                    && b.service == service
-                    && b.addr.ip() == wanted.addr.ip()
-                    && (b.transport == Transport::Udp) != udp
-            });
-            let socket = match twin.map(|(b, _)| b.addr) {
-                Some(twin) => bind(twin).or_else(|_| bind(wanted.addr)),
-                None => bind(wanted.addr),
-            }
-            .with_context(|| format!("{service}: cannot bind {endpoint}"))?;
-            let addr = match &socket {
-                Socket::Tcp(l) => l.local_addr()?,
-                Socket::Udp(s) => s.local_addr()?,
-            };
-            sockets.push((Bound { addr, ..wanted }, socket));
-        }
+        let sockets = bind_endpoints(&config, config.listen_endpoints()).await?;
         Self::assemble(config, sockets)
     }
 
     /// A server on sockets handed over by a service manager (systemd
-    /// socket activation): the configuration's endpoints are not bound;
-    /// each socket serves the service it is named for.
+    /// socket activation): each socket serves the service it is named for,
+    /// and the configuration's endpoints are not bound, but for metrics
+    /// configured with no socket passed for them (off by default, so a
+    /// configured endpoint is meant: served, not silently dropped).
     pub async fn from_activation(
         config: ServerConfig,
         passed: Vec<crate::activation::Passed>,
@@ -176,6 +149,18 @@ impl Server {
                 addr,
             };
             sockets.push((bound, socket));
+        }
+        // Metrics are off unless configured: one configured with no socket
+        // passed for it is bound here, rather than silently not served.
+        if !sockets.iter().any(|(b, _)| b.service == Service::Metrics) {
+            let metrics = config
+                .listen_endpoints()
+                .filter(|(s, _)| *s == Service::Metrics);
+            let bound = bind_endpoints(&config, metrics).await?;
+            for (b, _) in &bound {
+                info!(endpoint = %b.endpoint(), "metrics: no socket passed for them; bound as configured");
+            }
+            sockets.extend(bound);
         }
         Self::assemble(config, sockets)
     }
@@ -368,6 +353,45 @@ impl Server {
         // Job cgroups whose last tasks were still exiting at release.
         exec::cgroup::sweep();
     }
+}
+
+/// Judges `wanted` by the exposure rules and binds every endpoint:
+/// `serve`'s sockets, and under socket activation those of a configured
+/// service that systemd passed none for (metrics). Fails, naming the
+/// endpoint, if any is refused or cannot be bound.
+async fn bind_endpoints<'a>(
+    config: &ServerConfig,
+    wanted: impl Iterator<Item = (Service, &'a crate::endpoint::Endpoint)>,
+) -> anyhow::Result<Vec<(Bound, Socket)>> {
+    let mut sockets: Vec<(Bound, Socket)> = Vec::new();
+    for wanted in exposure::resolve_and_check(wanted, config.exec.exposure()).await? {
+        let (service, endpoint) = (wanted.service, wanted.endpoint());
+        let bind = |addr| match wanted.transport {
+            Transport::Tcp | Transport::Tls => bind_tcp(addr).map(Socket::Tcp),
+            Transport::Udp => bind_udp(addr, config.udp.recv_buffer).map(Socket::Udp),
+        };
+        // `--echo HOST:0` is one service on TCP and UDP: it gets one
+        // port for both, as a fixed port does, when that port is free
+        // on the other transport.
+        let udp = wanted.transport == Transport::Udp;
+        let twin = sockets.iter().find(|(b, _)| {
+            wanted.addr.port() == 0
+                && b.service == service
+                && b.addr.ip() == wanted.addr.ip()
+                && (b.transport == Transport::Udp) != udp
+        });
+        let socket = match twin.map(|(b, _)| b.addr) {
+            Some(twin) => bind(twin).or_else(|_| bind(wanted.addr)),
+            None => bind(wanted.addr),
+        }
+        .with_context(|| format!("{service}: cannot bind {endpoint}"))?;
+        let addr = match &socket {
+            Socket::Tcp(l) => l.local_addr()?,
+            Socket::Udp(s) => s.local_addr()?,
+        };
+        sockets.push((Bound { addr, ..wanted }, socket));
+    }
+    Ok(sockets)
 }
 
 /// What the services of a running server share; one method per service
