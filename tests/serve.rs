@@ -474,3 +474,60 @@ fn services_can_be_switched_off_and_echo_gets_one_port() {
         assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// The page as Prometheus's own tooling reads it: Python's
+/// prometheus_client parses both formats (.ci/run installs it; without
+/// it, and outside CI, the test says it skipped).
+#[test]
+fn the_metrics_page_parses_with_pythons_prometheus_client() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("SB_CI").is_none(),
+            "CI must have Python's prometheus_client"
+        );
+        eprintln!("SKIPPED: python3 -m pip install prometheus_client to run this test");
+        return;
+    }
+    let srv = spawn_serve(&[
+        "--echo",
+        "127.0.0.1:0",
+        "--time",
+        "none",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let m = srv.addr("metrics", Transport::Tcp);
+    let echo = srv.addr("echo", Transport::Tcp);
+    assert_eq!(stdout(&client(&["echo", &echo, "hi"], None)), "HI\n");
+    let script = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families as prom
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+url = "http://" + sys.argv[1] + "/metrics"
+for parse, accept in ((prom, "text/plain"), (om, "application/openmetrics-text; version=1.0.0")):
+    req = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        families = {f.name: f for f in parse(r.read().decode())}
+    conns = families["switchboard_connections"]
+    assert conns.type == "counter", conns.type
+    echo = [s for s in conns.samples if s.labels == {"service": "echo", "transport": "tcp"} and s.name.endswith("_total")]
+    assert echo and echo[0].value == 1, conns.samples
+    assert families["switchboard_job_duration_seconds"].type == "histogram"
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    print(accept, len(families), "families")
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", script, &m])
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
