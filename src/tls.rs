@@ -82,10 +82,22 @@ pub fn server_identity(cert: &Path, key: &Path) -> anyhow::Result<ServerIdentity
     })
 }
 
+/// How long a self-signed certificate is valid for from the day it is
+/// made: ten years, since it is trusted by its pinned fingerprint, which
+/// rotating would change for every client. (Rotate by removing the pair
+/// and restarting.)
+pub const SELF_SIGNED_DAYS: i64 = 3650;
+
 /// The kept self-signed certificate and key in `dir` (`tls-cert.pem`,
-/// `tls-key.pem`), created for `names` when missing. Returns their paths and
-/// whether they were just created.
-pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
+/// `tls-key.pem`), created when missing for `names`, with the common name
+/// `cn` (the host's name), valid from yesterday (clocks disagree) for
+/// [`SELF_SIGNED_DAYS`]. Returns their paths and whether they were just
+/// created.
+pub fn self_signed(
+    dir: &Path,
+    cn: &str,
+    names: &[String],
+) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
     let cert_path = dir.join("tls-cert.pem");
     let key_path = dir.join("tls-key.pem");
     let present = |p: &Path| p.metadata().is_ok_and(|m| m.len() > 0);
@@ -95,15 +107,26 @@ pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, Pat
     // Missing, or torn by an older version's in-place write (0 bytes): a
     // new pair, each file replaced whole, the key first so that the
     // certificate never names a key that is not there.
-    let certified = rcgen::generate_simple_self_signed(names.to_vec())
+    let key = rcgen::KeyPair::generate().context("cannot create a key")?;
+    let mut params =
+        rcgen::CertificateParams::new(names.to_vec()).context("cannot create a certificate")?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let day = |d: chrono::NaiveDate| {
+        use chrono::Datelike;
+        rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+    };
+    let today = chrono::Utc::now().date_naive();
+    params.not_before = day(today - chrono::Days::new(1));
+    params.not_after = day(today + chrono::Days::new(SELF_SIGNED_DAYS as u64));
+    let cert = params
+        .self_signed(&key)
         .context("cannot create a certificate")?;
     crate::files::ensure_dir(dir, 0o700)?;
-    crate::files::replace(
-        &key_path,
-        certified.signing_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    crate::files::replace(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    crate::files::replace(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    crate::files::replace(&cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok((cert_path, key_path, true))
 }
 
@@ -124,6 +147,8 @@ pub struct TlsInfo {
     /// SHA-256 of the certificate, lower-case hex.
     pub fingerprint: String,
     pub cert: std::path::PathBuf,
+    /// The self-signed certificate's key, when it is the self-signed one.
+    pub self_signed_key: Option<std::path::PathBuf>,
     /// The self-signed certificate was created by this start.
     pub created: bool,
 }
@@ -146,8 +171,12 @@ pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>,
                     .context("no config directory for the self-signed certificate")?,
             };
             let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-                names.push(h.trim().to_string());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty());
+            if let Some(h) = &host {
+                names.push(h.clone());
             }
             for e in x
                 .listen
@@ -158,7 +187,7 @@ pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>,
                     names.push(e.host.clone());
                 }
             }
-            self_signed(&dir, &names)?
+            self_signed(&dir, host.as_deref().unwrap_or("localhost"), &names)?
         }
     };
     let id = server_identity(&cert, &key)?;
@@ -166,6 +195,7 @@ pub fn load_server(x: &ExecConfig) -> anyhow::Result<(Arc<rustls::ServerConfig>,
         id.config,
         TlsInfo {
             fingerprint: id.fingerprint,
+            self_signed_key: x.tls_cert.is_none().then(|| key.clone()),
             cert,
             created,
         },
@@ -511,8 +541,43 @@ mod tests {
     fn self_signed_is_created_once_with_a_private_key() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let (c, k, created) = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let (c, k, created) =
+            self_signed(dir.path(), "web01.example", &["localhost".into()]).unwrap();
         assert!(created);
+        // Named for the host, valid from yesterday for ten years, as
+        // openssl reads it (where it is installed).
+        match std::process::Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-subject",
+                "-startdate",
+                "-enddate",
+                "-in",
+            ])
+            .arg(&c)
+            .output()
+        {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                assert!(
+                    text.contains("CN = web01.example") || text.contains("CN=web01.example"),
+                    "{text}"
+                );
+                let year = |prefix: &str| -> i32 {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(prefix))
+                        .and_then(|d| d.split_whitespace().nth(3))
+                        .and_then(|y| y.parse().ok())
+                        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+                };
+                use chrono::Datelike;
+                let now = chrono::Utc::now().year();
+                assert!((now - 1..=now).contains(&year("notBefore=")), "{text}");
+                assert!((now + 9..=now + 10).contains(&year("notAfter=")), "{text}");
+            }
+            other => eprintln!("SKIPPED the certificate's fields: no openssl ({other:?})"),
+        }
         assert_eq!(
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
             0o600
@@ -523,7 +588,7 @@ mod tests {
         let e = format!("{:#}", server_identity(&c, &k).err().unwrap());
         assert!(e.contains(&format!("chmod 600 {}", k.display())), "{e}");
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let (_, _, created) = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let (_, _, created) = self_signed(dir.path(), "other", &["localhost".into()]).unwrap();
         assert!(!created);
         assert_eq!(
             server_identity(&c, &k).unwrap().fingerprint,

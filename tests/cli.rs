@@ -918,7 +918,7 @@ fn completions_man_page_version_and_json_logs() {
     }
     let o = client(&["man"], None);
     assert!(o.status.success());
-    assert!(stdout(&o).starts_with(".ie") && stdout(&o).contains(".TH switchboard 1"));
+    assert!(stdout(&o).starts_with(".ie") && stdout(&o).contains(".TH SWITCHBOARD 1 "));
     // The pages the top page refers to (switchboard-exec(1), ...) exist.
     let pages = tempfile::tempdir().unwrap();
     let o = client(&["man", "--dir", pages.path().to_str().unwrap()], None);
@@ -927,7 +927,7 @@ fn completions_man_page_version_and_json_logs() {
         let page = std::fs::read_to_string(pages.path().join(format!("switchboard-{sub}.1")))
             .unwrap_or_default();
         assert!(
-            page.contains(&format!(".TH switchboard-{sub} 1")),
+            page.contains(&format!(".TH SWITCHBOARD-{} 1 ", sub.to_uppercase())),
             "{sub}: {page:.200}"
         );
     }
@@ -970,4 +970,18 @@ fn completions_man_page_version_and_json_logs() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
+}
+
+#[test]
+fn a_rust_log_that_does_not_parse_is_said_not_ignored() {
+    let o = std::process::Command::new(common::bin())
+        .args(["echo", "udp://127.0.0.1:9", "--timeout", "1ms", "x"])
+        .env("RUST_LOG", "info,[unclosed")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("RUST_LOG=\"info,[unclosed\" is not a filter"),
+        "{err}"
+    );
 }

@@ -400,21 +400,24 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man { dir: None } => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(Into::into)
-        }
+        Command::Man { dir: None } => man_pages().and_then(|pages| {
+            use anyhow::Context as _;
+            use std::io::Write as _;
+            let (_, top) = pages.first().context("no man page")?;
+            std::io::stdout().write_all(top)?;
+            Ok(ExitCode::SUCCESS)
+        }),
         // The top page's SEE ALSO names switchboard-exec(1) and the others:
         // these are they.
-        Command::Man { dir: Some(dir) } => {
-            use clap::CommandFactory;
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(|e| anyhow::anyhow!("cannot write man pages to {}: {e}", dir.display()))
-        }
+        Command::Man { dir: Some(dir) } => man_pages().and_then(|pages| {
+            use anyhow::Context as _;
+            for (name, page) in pages {
+                let path = dir.join(name);
+                std::fs::write(&path, page)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,
@@ -434,6 +437,48 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The manual: `switchboard.1`, then `switchboard-SUBCOMMAND.1` for each
+/// subcommand, as (file name, roff). Each is titled with its full name and
+/// dated (`SOURCE_DATE_EPOCH` when set, for reproducible packages; else
+/// today), and clap_mangen's paragraph breaks around blank help lines are
+/// tidied so that `mandoc -T lint` finds nothing to warn about.
+fn man_pages() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use clap::CommandFactory;
+    let date = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .unwrap_or_else(chrono::Utc::now)
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut top = Cli::command().disable_help_subcommand(true);
+    top.build();
+    let mut commands = vec![top.clone()];
+    commands.extend(top.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| {
+        let name = format!("switchboard-{}", s.get_name());
+        s.clone().display_name(name)
+    }));
+    let mut pages = Vec::new();
+    for cmd in commands {
+        let name = cmd
+            .get_display_name()
+            .unwrap_or_else(|| cmd.get_name())
+            .to_string();
+        let man = clap_mangen::Man::new(cmd)
+            .title(name.to_uppercase())
+            .date(date.clone())
+            .source(format!("switchboard {}", env!("CARGO_PKG_VERSION")))
+            .manual("switchboard manual");
+        let mut roff = Vec::new();
+        man.render(&mut roff)?;
+        let text = String::from_utf8_lossy(&roff)
+            .replace(".br\n\n.br\n", ".sp\n")
+            .replace("\n\n.br\n", "\n.sp\n");
+        pages.push((format!("{name}.1"), text.into_bytes()));
+    }
+    Ok(pages)
+}
+
 /// Sets up `tracing`: RUST_LOG if set, else a level from -v/-q. Servers
 /// log at info by default, clients only warnings.
 pub fn init_tracing(cli: &Cli) {
@@ -445,7 +490,14 @@ pub fn init_tracing(cli: &Cli) {
         (_, 1, _) => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A RUST_LOG that does not parse is said, not silently replaced.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            say!("switchboard: RUST_LOG={spec:?} is not a filter ({e}); logging at {default}");
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
     use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

@@ -247,6 +247,15 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
         let state = if t.created { "created" } else { "from" };
         writeln!(out, "  tls   certificate {state} {}", t.cert.display())?;
         writeln!(out, "  tls   fingerprint sha256:{}", t.fingerprint)?;
+        if let Some(key) = &t.self_signed_key {
+            writeln!(
+                out,
+                "  tls   self-signed, valid {} days from its creation; to rotate it, remove it \
+                 and {} and restart (clients then pin the new fingerprint)",
+                crate::tls::SELF_SIGNED_DAYS,
+                key.display()
+            )?;
+        }
     }
     if let Some(t) = server.token_info() {
         let state = if t.created { "created" } else { "from" };
