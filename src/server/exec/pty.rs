@@ -62,10 +62,13 @@ pub fn open(rows: u16, cols: u16, owner: Uid) -> io::Result<(Pty, OwnedFd)> {
             Some(g) => (g.as_raw(), 0o620),
             None => (u32::MAX, 0o600), // -1: group unchanged
         };
-        // SAFETY: fchown/fchmod on a descriptor we own.
+        // SAFETY: fchmod/fchown on a descriptor we own. The mode first,
+        // while the slave is still the server's: changing the mode of a
+        // file of another user's would need CAP_FOWNER, which a hardened
+        // unit does not grant.
         unsafe {
-            if libc::fchown(slave.as_raw_fd(), owner.as_raw(), group) != 0
-                || libc::fchmod(slave.as_raw_fd(), mode) != 0
+            if libc::fchmod(slave.as_raw_fd(), mode) != 0
+                || libc::fchown(slave.as_raw_fd(), owner.as_raw(), group) != 0
             {
                 return Err(io::Error::last_os_error());
             }
