@@ -43,15 +43,7 @@ fn socket_activation_serves_passed_sockets_and_notifies_readiness() {
     }
     let stdout = child.stdout.take().unwrap();
     let mut child = Kill(child);
-    let mut banner = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("ready");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
+    let banner = read_banner(stdout);
     let text = banner.join("\n");
     assert!(text.contains(&format!("tcp://{echo_addr}")), "{text}");
     assert!(text.contains(&format!("udp://{time_addr}")), "{text}");
@@ -227,15 +219,7 @@ fn socket_activation_serves_configured_metrics_that_no_socket_was_passed_for() {
     );
     let mut child = cmd.stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut banner = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("ready");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
+    let banner = read_banner(stdout);
     let metrics = banner
         .iter()
         .find_map(|l| l.trim_start().strip_prefix("metrics"))
@@ -260,4 +244,18 @@ fn socket_activation_serves_configured_metrics_that_no_socket_was_passed_for() {
     let page = scraped.unwrap_or_default();
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
     assert!(page.contains("switchboard_connections_open"), "{page}");
+}
+
+/// The banner's lines, through the one that says `ready`.
+fn read_banner(stdout: impl Read) -> Vec<String> {
+    let mut banner = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("ready");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    banner
 }

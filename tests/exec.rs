@@ -802,13 +802,7 @@ async fn a_pty_job_that_never_reads_its_input_does_not_hold_the_connection_past_
     let fx = Fixture::new().await;
     let s = raw_authed(&fx).await;
     let (mut rd, mut wr) = s.into_split();
-    let frame = |h: serde_json::Value, body: &[u8]| {
-        let h = serde_json::to_vec(&h).unwrap();
-        let mut f = (h.len() as u32).to_be_bytes().to_vec();
-        f.extend_from_slice(&h);
-        f.extend_from_slice(body);
-        f
-    };
+    let frame = common::raw::frame;
     // Then far more input than the terminal's buffers hold: the server's
     // writer blocks on the terminal, and the job's end must release it.
     // Whole lines, which a canonical terminal keeps (4 KiB of them) and
@@ -898,13 +892,7 @@ async fn a_client_that_floods_a_pty_job_without_reading_and_leaves_takes_the_job
     // reads, until the job blocks on it and stops reading its input.
     let (_rd, mut wr) = s.into_split();
     let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(1024);
-    let frame = {
-        let h = serde_json::to_vec(&json!({"type":"stdin","id":1,"size":line.len()})).unwrap();
-        let mut f = (h.len() as u32).to_be_bytes().to_vec();
-        f.extend_from_slice(&h);
-        f.extend_from_slice(&line);
-        f
-    };
+    let frame = common::raw::frame(json!({"type":"stdin","id":1,"size":line.len()}), &line);
     let flood = async {
         for _ in 0..1024 {
             if wr.write_all(&frame).await.is_err() {

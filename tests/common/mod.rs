@@ -437,12 +437,16 @@ pub mod raw {
     /// Writes one frame: `header` as JSON, then `body` (its size must be in
     /// the header, or not, as the test wants).
     pub async fn send(s: &mut TcpStream, header: Value, body: &[u8]) {
+        s.write_all(&frame(header, body)).await.expect("write");
+    }
+
+    /// The bytes of one frame: `header` as JSON, then `body`.
+    pub fn frame(header: Value, body: &[u8]) -> Vec<u8> {
         let h = serde_json::to_vec(&header).expect("json");
-        s.write_all(&(h.len() as u32).to_be_bytes())
-            .await
-            .expect("write");
-        s.write_all(&h).await.expect("write");
-        s.write_all(body).await.expect("write");
+        let mut f = (h.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&h);
+        f.extend_from_slice(body);
+        f
     }
 
     /// Reads one frame; None at EOF (or a broken connection). Fails the
