@@ -876,39 +876,79 @@ fn ptmx_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// A client that sends a job more input than it reads, then leaves: the
+/// reading of its connection waits on the job, yet its FIN (or reset)
+/// must still be seen, and its job killed. On a terminal that echoes into
+/// output nobody reads (`cat`), and on pipes, silent (`sleep`); left by a
+/// close and by a reset.
 #[tokio::test]
-async fn a_client_that_floods_a_pty_job_without_reading_and_leaves_takes_the_job_with_it() {
+async fn a_client_that_floods_a_job_without_reading_and_leaves_takes_the_job_with_it() {
     let fx = Fixture::new().await;
-    let mut s = raw_authed(&fx).await;
-    common::raw::send(
-        &mut s,
-        json!({"type":"exec","id":1,"cmd":"cat","pty":{}}),
-        b"",
-    )
-    .await;
-    let (started, _) = common::raw::recv(&mut s).await.unwrap();
-    let pid = started["pid"].as_i64().unwrap() as i32;
-    // Lines the terminal echoes and cat copies: output the client never
-    // reads, until the job blocks on it and stops reading its input.
-    let (_rd, mut wr) = s.into_split();
-    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(1024);
-    let frame = common::raw::frame(json!({"type":"stdin","id":1,"size":line.len()}), &line);
-    let flood = async {
-        for _ in 0..1024 {
-            if wr.write_all(&frame).await.is_err() {
-                return;
+    // (request, 64 KiB frames of input, leave by a reset). A clean close
+    // is seen only once every byte before the FIN has reached the server
+    // (640 KiB here: more than the job's pipe and queue take, less than
+    // the socket buffers hold); a FIN stuck behind more unsent input than
+    // that waits for per-job flow control (PROTOCOL.md §3.3).
+    let cases = [
+        (
+            json!({"type":"exec","id":1,"cmd":"cat","pty":{}}),
+            64,
+            false,
+        ),
+        (
+            json!({"type":"exec","id":1,"cmd":"sleep 60","pty":{}}),
+            10,
+            false,
+        ),
+        (
+            json!({"type":"exec","id":1,"cmd":"sleep 60","pty":{}}),
+            64,
+            true,
+        ),
+        (
+            json!({"type":"exec","id":1,"cmd":"sleep 60","stdin":true}),
+            10,
+            false,
+        ),
+        (
+            json!({"type":"exec","id":1,"cmd":"echo hi; sleep 60","stdin":true}),
+            64,
+            true,
+        ),
+    ];
+    for (exec, frames, reset) in cases {
+        let mut s = raw_authed(&fx).await;
+        common::raw::send(&mut s, exec.clone(), b"").await;
+        let (started, _) = common::raw::recv(&mut s).await.unwrap();
+        let pid = started["pid"].as_i64().unwrap() as i32;
+        let line =
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(1024);
+        let frame = common::raw::frame(json!({"type":"stdin","id":1,"size":line.len()}), &line);
+        // Bounded: the flood stops when the server stops reading.
+        let flood = async {
+            for _ in 0..frames {
+                if s.write_all(&frame).await.is_err() {
+                    return;
+                }
             }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flood).await;
+        if reset {
+            // SO_LINGER 0: the close sends a reset.
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
         }
-    };
-    // Bounded: the flood stops when the server stops reading.
-    let _ = tokio::time::timeout(Duration::from_secs(2), flood).await;
-    drop(wr);
-    drop(_rd);
-    let gone = common::wait_until(T, || {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
-    })
-    .await;
-    assert!(gone, "job {pid} outlived its connection");
+        drop(s);
+        let gone = common::wait_until(T, || {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+        })
+        .await;
+        assert!(
+            gone,
+            "{exec} ({frames} frames, reset {reset}): job {pid} outlived its connection"
+        );
+    }
     assert!(
         common::wait_until(T, || ptmx_fds() == 0).await,
         "{} masters left",

@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, Target};
-use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, window_size};
+use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, TtySignal, TtySignals, window_size};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
@@ -86,9 +86,10 @@ enum Failure {
     Interrupted,
     /// The user typed the `~.` escape.
     Disconnected,
-    /// The client got SIGTERM or SIGHUP (its terminal closed) while its
-    /// terminal was raw: it restores the terminal and leaves.
-    Signalled(&'static str),
+    /// The client got a signal that would have ended it (TERM, HUP when
+    /// its terminal closed, ...) while its terminal was raw: it restores
+    /// the terminal and leaves.
+    Signalled(String),
     /// Our stdout or stderr is a pipe whose reader left (`exec -- yes |
     /// head`): end quietly with the status of a local process killed by
     /// SIGPIPE, as `yes` itself would.
@@ -126,7 +127,7 @@ type Ended = (ExitStatus, Option<String>);
 /// Runs one job to its end, streaming its output; forwards local stdin when
 /// `forward_stdin`, reading `~` escapes in it when `escapes` (a raw local
 /// terminal). A job on a terminal (`req.pty`) follows the local window's
-/// size.
+/// size through `tty` (handlers installed before the terminal went raw).
 ///
 /// Reading the connection never waits on writing it: stdin and signals go
 /// through a queue to their own writer, so a job that echoes its input
@@ -137,10 +138,10 @@ async fn run_job(
     req: ExecRequest,
     forward_stdin: bool,
     escapes: bool,
+    mut tty: Option<&mut TtySignals>,
     out: &mut Output,
 ) -> Result<Ended, Failure> {
     let id = req.id;
-    let tty = req.pty.is_some();
     tx.send(ClientMsg::Exec(req)).await?;
     let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
     let writer = async {
@@ -190,13 +191,6 @@ async fn run_job(
     let receive = async {
         let mut sigint = signal(SignalKind::interrupt()).map_err(ClientError::Io)?;
         let mut last_int: Option<Instant> = None;
-        // Only a job on a terminal needs these; the handlers replace the
-        // default actions, so a plain job leaves those signals alone.
-        let mut winch = tty
-            .then(|| signal(SignalKind::window_change()))
-            .transpose()
-            .map_err(ClientError::Io)?;
-        let mut fatal = if tty { Some(fatal_signals()?) } else { None };
         loop {
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
@@ -209,11 +203,13 @@ async fn run_job(
                     }
                     JobEvent::Failed(f) => return Err(ClientError::from(f).into()),
                 },
-                Some(()) = recv(&mut winch) => {
-                    let (rows, cols) = window_size();
-                    let _ = queue.send(ClientMsg::Resize { id, rows, cols }).await;
-                }
-                Some(name) = recv_any(&mut fatal) => return Err(Failure::Signalled(name)),
+                sig = tty_signal(&mut tty) => match sig {
+                    TtySignal::Resized => {
+                        let (rows, cols) = window_size();
+                        let _ = queue.send(ClientMsg::Resize { id, rows, cols }).await;
+                    }
+                    TtySignal::Fatal(name) => return Err(Failure::Signalled(name)),
+                },
                 _ = sigint.recv() => {
                     if last_int.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
                         return Err(Failure::Interrupted);
@@ -231,51 +227,10 @@ async fn run_job(
     }
 }
 
-/// The signals whose default action ends the process, other than INT
-/// (which the job gets) and those no program catches: while the terminal
-/// is raw, each is caught so that the client restores the terminal on its
-/// way out (as ssh does for TERM, HUP and QUIT).
-const FATAL_SIGNALS: [(i32, &str); 8] = [
-    (libc::SIGTERM, "TERM"),
-    (libc::SIGHUP, "HUP"),
-    (libc::SIGQUIT, "QUIT"),
-    (libc::SIGUSR1, "USR1"),
-    (libc::SIGUSR2, "USR2"),
-    (libc::SIGALRM, "ALRM"),
-    (libc::SIGVTALRM, "VTALRM"),
-    (libc::SIGPROF, "PROF"),
-];
-
-/// One receiver for every signal of [`FATAL_SIGNALS`]: the name of each
-/// one delivered.
-fn fatal_signals() -> Result<tokio::sync::mpsc::Receiver<&'static str>, ClientError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(FATAL_SIGNALS.len());
-    for (number, name) in FATAL_SIGNALS {
-        let mut s = signal(SignalKind::from_raw(number)).map_err(ClientError::Io)?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if s.recv().await.is_some() {
-                let _ = tx.send(name).await;
-            }
-        });
-    }
-    Ok(rx)
-}
-
-async fn recv_any(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<&'static str>>,
-) -> Option<&'static str> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next delivery of a signal that may not be listened for (`None`:
-/// never).
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
+/// The next signal for a job on a terminal; never, for one without.
+async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
+    match tty {
+        Some(t) => t.next().await,
         None => std::future::pending().await,
     }
 }
@@ -473,6 +428,15 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
     let mut out = Output::new(encoding);
+    // Listened for before the terminal goes raw, so that no signal in
+    // between ends the client by its default action with the terminal raw.
+    let mut tty_signals = match &tty {
+        Some(_) => {
+            let _runtime = rt.enter();
+            Some(TtySignals::new().context("cannot listen for signals")?)
+        }
+        None => None,
+    };
     let run = |words: Vec<String>, forward: bool| {
         next_id += 1;
         let mut req = args.request(next_id, words);
@@ -491,7 +455,9 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 .flatten();
         }
         let escapes = raw.is_some();
-        let result = rt.block_on(run_job(&mut tx, &mut rx, req, forward, escapes, &mut out));
+        let signals = tty_signals.as_mut();
+        let job = run_job(&mut tx, &mut rx, req, forward, escapes, signals, &mut out);
+        let result = rt.block_on(job);
         // Restored before anything is said about the job.
         drop(raw);
         report(result)

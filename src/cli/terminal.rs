@@ -11,6 +11,8 @@
 use std::io::{self, IsTerminal};
 
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
 
 /// The terminal on stdin, in raw mode until dropped. Dropping restores it
 /// as it was: a normal exit, an error, the escape, a signal the client
@@ -37,6 +39,86 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = tcsetattr(io::stdin(), SetArg::TCSADRAIN, &self.saved);
+    }
+}
+
+/// The signals a client on a raw terminal listens for: window-size
+/// changes, and every signal whose default action would end the process
+/// with the terminal left raw. Made before the terminal is made raw, so
+/// that no such signal can arrive in between.
+pub struct TtySignals {
+    winch: Signal,
+    fatal: mpsc::Receiver<String>,
+}
+
+/// What a [`TtySignals`] delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtySignal {
+    /// The window changed size.
+    Resized,
+    /// A signal that ends the client (named without `SIG`): restore the
+    /// terminal and leave.
+    Fatal(String),
+}
+
+/// The signals that end a process by default and that a program can catch,
+/// but INT (the job's, in raw mode a key sent as a byte), PIPE (Rust
+/// ignores it: writes fail instead) and the synchronous faults (ILL, FPE,
+/// SEGV, BUS), which tokio refuses. The real-time signals are added to them.
+const FATAL: [(i32, &str); 16] = [
+    (libc::SIGTERM, "TERM"),
+    (libc::SIGHUP, "HUP"),
+    (libc::SIGQUIT, "QUIT"),
+    (libc::SIGUSR1, "USR1"),
+    (libc::SIGUSR2, "USR2"),
+    (libc::SIGALRM, "ALRM"),
+    (libc::SIGVTALRM, "VTALRM"),
+    (libc::SIGPROF, "PROF"),
+    (libc::SIGXCPU, "XCPU"),
+    (libc::SIGXFSZ, "XFSZ"),
+    (libc::SIGPWR, "PWR"),
+    (libc::SIGSYS, "SYS"),
+    (libc::SIGTRAP, "TRAP"),
+    (libc::SIGABRT, "ABRT"),
+    (libc::SIGSTKFLT, "STKFLT"),
+    (libc::SIGIO, "IO"),
+];
+
+impl TtySignals {
+    /// Installs the handlers; inside a tokio runtime.
+    pub fn new() -> io::Result<TtySignals> {
+        let winch = signal(SignalKind::window_change())?;
+        let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .map(|n| (n, format!("RTMIN+{}", n - libc::SIGRTMIN())));
+        let all: Vec<(i32, String)> = FATAL
+            .iter()
+            .map(|&(n, name)| (n, name.to_string()))
+            .chain(realtime)
+            .collect();
+        let (tx, fatal) = mpsc::channel(all.len());
+        for (number, name) in all {
+            // Best effort: a signal the runtime will not handle keeps its
+            // default action.
+            let Ok(mut s) = signal(SignalKind::from_raw(number)) else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if s.recv().await.is_some() {
+                    let _ = tx.send(name).await;
+                }
+            });
+        }
+        Ok(TtySignals { winch, fatal })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> TtySignal {
+        tokio::select! {
+            Some(()) = self.winch.recv() => TtySignal::Resized,
+            Some(name) = self.fatal.recv() => TtySignal::Fatal(name),
+            else => std::future::pending().await,
+        }
     }
 }
 

@@ -143,8 +143,13 @@ pub async fn accept(
         return Ok(());
     };
     let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+    let mut link = Link {
+        peer,
+        tls: tls.is_some(),
+        fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+    };
     let Some(acceptor) = tls else {
-        return serve(stream, peer, false, slot, deadline, shared, shutdown).await;
+        return serve(stream, link, slot, deadline, shared, shutdown).await;
     };
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
@@ -164,7 +169,20 @@ pub async fn accept(
             }
         },
     };
-    serve(stream, peer, true, slot, deadline, shared, shutdown).await
+    link.fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+    serve(stream, link, slot, deadline, shared, shutdown).await
+}
+
+/// What a session knows of its connection besides its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    peer: SocketAddr,
+    /// Over TLS (for the byte counters).
+    tls: bool,
+    /// The TCP socket under the stream (TLS or not), for
+    /// [`crate::net::peer_gone`]; open for as long as the session runs,
+    /// which owns the stream's halves.
+    fd: std::os::fd::RawFd,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -172,8 +190,7 @@ pub async fn accept(
 /// handshake is over; the handshake must end by `deadline`.
 async fn serve(
     stream: impl crate::net::IntoHalves,
-    peer: SocketAddr,
-    tls: bool,
+    link: Link,
     handshake_slot: HandshakeGuard,
     deadline: tokio::time::Instant,
     shared: Arc<ExecShared>,
@@ -181,6 +198,7 @@ async fn serve(
 ) -> io::Result<()> {
     let live = shared.live();
     let cfg = &live.cfg;
+    let peer = link.peer;
     let (rd, wr) = stream.into_halves();
     let codec = || FrameCodec::new(cfg.max_header, cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
@@ -234,7 +252,8 @@ async fn serve(
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
             peer,
-            tls,
+            link,
+            peer_gone: false,
             // What this connection proved, judged now, as it
             // authenticates: a reload changes neither. The token file is
             // judged again here: one exposed since the last reload proves
@@ -393,8 +412,10 @@ struct Session {
     ),
     conn_cancel: CancellationToken,
     peer: SocketAddr,
-    /// Over TLS (for the byte counters).
-    tls: bool,
+    link: Link,
+    /// The client was seen to leave while the reading of its connection
+    /// was held up: the session ends without reading what it left.
+    peer_gone: bool,
     /// Who authenticated, for the audit log (`token:…` or `none`).
     who: String,
     /// The SHA-256 of the token this connection proved, if any: root jobs
@@ -457,7 +478,13 @@ impl Session {
                         last_activity = Instant::now();
                         let is_exec = frame.kind() == "exec";
                         match ClientMsg::parse(frame) {
-                            Ok(msg) => self.handle(msg).await,
+                            Ok(msg) => {
+                                self.handle(msg).await;
+                                if self.peer_gone {
+                                    debug!("the client left while its stdin waited for a job");
+                                    return;
+                                }
+                            }
                             Err(e) => {
                                 if is_exec {
                                     self.audit_malformed(&e);
@@ -553,7 +580,7 @@ impl Session {
             ClientMsg::Stdin { id, data } => {
                 self.shared
                     .counters
-                    .bytes(self.tls)
+                    .bytes(self.link.tls)
                     .stdin
                     .add(data.len() as u64);
                 let Some(job) = self.jobs.get(&id) else {
@@ -573,14 +600,15 @@ impl Session {
                     // and the wait for room stops the reading of the
                     // connection (flow control is TCP's, PROTOCOL.md §3.3).
                     // It gives up when the client is gone (its writer
-                    // failed: a peer that left with output unread resets
-                    // the connection) or the server stops, so that the
-                    // loop sees the end and the jobs are killed.
+                    // failed, or its FIN or reset arrived behind the
+                    // unread bytes) or the server stops: the session then
+                    // ends and the jobs are killed.
                     Some(s) if !data.is_empty() => {
                         tokio::select! {
                             _ = s.send(data) => {}
-                            () = self.tx.closed() => {}
+                            () = self.tx.closed() => self.peer_gone = true,
                             () = self.conn_cancel.cancelled() => {}
+                            () = left(self.link.fd) => self.peer_gone = true,
                         }
                     }
                     Some(_) => {}
@@ -735,7 +763,7 @@ impl Session {
         let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
-        let (peer, tls) = (self.peer, self.tls);
+        let (peer, tls) = (self.peer, self.link.tls);
         self.shared.tracker.spawn(async move {
             let started = Instant::now();
             let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
@@ -846,6 +874,18 @@ fn job_record<'a>(
         cwd: spec.cwd.as_deref(),
         env: &spec.env,
         tty: spec.pty.is_some(),
+    }
+}
+
+/// Resolves once the peer of socket `fd` has gone ([`crate::net::peer_gone`]),
+/// looked at every 100 ms: a wait that the reading of the connection
+/// cannot end (it is the reading that waits).
+async fn left(fd: std::os::fd::RawFd) {
+    loop {
+        if crate::net::peer_gone(fd) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
