@@ -38,8 +38,17 @@ fn self_signed_certificate_pinning_and_trust_on_first_use() {
         &[
             &BASE[..],
             &["--exec", "tls://127.0.0.1:0", "--tls-self-signed"],
+            &["--metrics", "127.0.0.1:0"],
         ]
         .concat(),
+    );
+    // The banner says how to rotate a self-signed certificate.
+    assert!(
+        srv.banner
+            .iter()
+            .any(|l| l.contains("to rotate it, remove it")),
+        "{:?}",
+        srv.banner
     );
     let fp = srv
         .banner
@@ -60,6 +69,28 @@ fn self_signed_certificate_pinning_and_trust_on_first_use() {
     let o = exec(home, &[&addr, "--", "echo second"]);
     assert_eq!(text(&o.stdout), "second\n");
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
+
+    // The metrics count them as exec over TLS.
+    let page = {
+        use std::io::{Read, Write};
+        let mut m = std::net::TcpStream::connect(srv.addr("metrics", Transport::Tcp)).unwrap();
+        m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        m.read_to_string(&mut page).unwrap();
+        page
+    };
+    let value = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {page}"))
+    };
+    let tls = "{service=\"exec\",transport=\"tls\"}";
+    assert_eq!(value(&format!("switchboard_connections_total{tls}")), 2);
+    assert_eq!(value(&format!("switchboard_bytes_sent_total{tls}")), 13);
+    let tcp = "{service=\"exec\",transport=\"tcp\"}";
+    assert_eq!(value(&format!("switchboard_connections_total{tcp}")), 0);
 
     // Pinning, with the fingerprint pasted the way people paste it.
     let colons: String = fp
