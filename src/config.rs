@@ -273,6 +273,12 @@ pub struct ExecConfig {
     pub max_header: usize,
     /// Largest frame body accepted. Default: 1 MiB.
     pub max_body: usize,
+    /// Per-job stdin window for clients that ask for windows (PROTOCOL.md
+    /// §3.6): the stdin bytes (each frame's size plus 64) a job may have
+    /// received and not yet taken, at most. Memory for stdin is bounded
+    /// by this times exec.max_jobs. Default: 256 KiB (131,072 to
+    /// 16,777,216).
+    pub stdin_window: u64,
     /// Legacy mode: output kept per command. Default: 64 MiB.
     pub legacy_output_cap: usize,
     /// Refuse shell jobs (`cmd`); only `argv`. Default: false.
@@ -349,6 +355,7 @@ impl Default for ExecConfig {
             job_timeout: Duration::ZERO,
             max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
             max_body: crate::proto::frame::DEFAULT_MAX_BODY,
+            stdin_window: 256 * 1024,
             legacy_output_cap: 64 * 1024 * 1024,
             argv_only: false,
             allowed_programs: Vec::new(),
@@ -564,6 +571,9 @@ impl ServerConfig {
         if x.max_connections == 0 || x.max_jobs_per_connection == 0 || x.max_jobs == 0 {
             bail!("exec.max_connections, max_jobs_per_connection and max_jobs must be at least 1");
         }
+        if !(128 * 1024..=16 * 1024 * 1024).contains(&x.stdin_window) {
+            bail!("exec.stdin_window must be between 131072 and 16777216");
+        }
         if !(256..=16 * 1024 * 1024).contains(&x.max_header) {
             bail!("exec.max_header must be between 256 and 16777216");
         }
@@ -680,6 +690,7 @@ impl ServerConfig {
             job_timeout: _,
             max_header: _,
             max_body: _,
+            stdin_window: _,
             legacy_output_cap: _,
             argv_only: _,
             allowed_programs: _,

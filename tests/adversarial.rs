@@ -510,23 +510,13 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
     srv.signal(Signal::SIGHUP);
     assert!(srv.wait_log("reloaded", 1), "{}", srv.log());
     let addr = srv.addr("exec", Transport::Tcp);
-    refused(
-        &srv,
-        &addr,
-        ClientAuth {
-            token: None,
-            allow_unauthenticated: true,
-        },
-    );
+    refused(&srv, &addr, ClientAuth::none());
     // A connection that got in then, without the token, keeps none of
     // root's rights when a reload turns authentication back on: it is
     // judged by what it proved, not by the configuration of the day.
     let unauthenticated = rt.block_on(ExecClient::connect(
         &addr,
-        &ClientAuth {
-            token: None,
-            allow_unauthenticated: true,
-        },
+        &ClientAuth::none(),
         Duration::from_secs(10),
     ));
     let mut unauthenticated = unauthenticated.expect("connect");

@@ -22,6 +22,7 @@ use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
+use crate::proto::message::STDIN_FRAME_COST;
 use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 use crate::secrets::client_token;
 
@@ -120,6 +121,17 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// What a job gets of local stdin.
+#[derive(Debug, Clone, Copy)]
+struct LocalInput {
+    /// Local stdin goes to the job.
+    forward: bool,
+    /// The job's stdin window, when the server keeps windows.
+    window: Option<u64>,
+    /// `~` escapes are read in it (a raw local terminal).
+    escapes: bool,
+}
+
 /// How a job ended: its status, and why the server ended it when it did
 /// so for a reason of its own (shutdown).
 type Ended = (ExitStatus, Option<String>);
@@ -136,8 +148,7 @@ async fn run_job(
     tx: &mut ExecSender,
     rx: &mut ExecReceiver,
     req: ExecRequest,
-    forward_stdin: bool,
-    escapes: bool,
+    input: LocalInput,
     mut tty: Option<&mut TtySignals>,
     out: &mut Output,
 ) -> Result<Ended, Failure> {
@@ -151,6 +162,20 @@ async fn run_job(
         std::future::pending::<Result<(), ClientError>>().await
     };
     let stdin_queue = queue.clone();
+    // With a stdin window (PROTOCOL.md §3.6), input is sent only as the
+    // job takes it, so the server never has to stop reading the
+    // connection: a Ctrl-C still reaches a job that does not read.
+    let LocalInput {
+        forward: forward_stdin,
+        window,
+        escapes,
+    } = input;
+    let credit = window.map(|w| {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(w).unwrap_or(usize::MAX >> 4),
+        ))
+    });
+    let stdin_credit = credit.clone();
     let feed_stdin = async move {
         if forward_stdin {
             let mut stdin = tokio::io::stdin();
@@ -175,11 +200,23 @@ async fn run_job(
                         bytes::Bytes::from(send)
                     }
                 };
-                if !data.is_empty()
-                    && stdin_queue
-                        .send(ClientMsg::Stdin { id, data })
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(credit) = &stdin_credit {
+                    let cost = data.len() as u64 + STDIN_FRAME_COST;
+                    match credit
+                        .acquire_many(u32::try_from(cost).unwrap_or(u32::MAX))
                         .await
-                        .is_err()
+                    {
+                        Ok(permits) => permits.forget(),
+                        Err(_) => break,
+                    }
+                }
+                if stdin_queue
+                    .send(ClientMsg::Stdin { id, data })
+                    .await
+                    .is_err()
                 {
                     break;
                 }
@@ -195,6 +232,9 @@ async fn run_job(
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
                     JobEvent::Started { .. } => {}
+                    JobEvent::Window { stdin } => if let Some(c) = &credit {
+                        c.add_permits(usize::try_from(stdin).unwrap_or(0));
+                    },
                     JobEvent::Stdout(data) => out.write(false, &data, false).map_err(Failure::output)?,
                     JobEvent::Stderr(data) => out.write(true, &data, false).map_err(Failure::output)?,
                     JobEvent::Exit { status, reason } => {
@@ -240,8 +280,8 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
 fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
     match client_token(args.token_file.as_deref()) {
         Ok((token, _)) => Ok(ClientAuth {
-            token: Some(token),
             allow_unauthenticated: args.no_auth,
+            ..ClientAuth::token(token)
         }),
         Err(_) if args.no_auth => Ok(ClientAuth::none()),
         Err(e) => Err(anyhow::Error::new(e).context(
@@ -399,6 +439,12 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         let words = args.command.clone();
         return super::fanout::fanout(args, hosts, words, auth);
     }
+    // One job at a time, its stdin paced by its window, so a job that
+    // does not read cannot hold up the Ctrl-C meant for it.
+    let auth = ClientAuth {
+        window: true,
+        ..auth
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -425,6 +471,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(first) = client.first_use() {
         super::tell_first_use(&target.addr, first);
     }
+    let stdin_window = client.stdin_window();
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
     let mut out = Output::new(encoding);
@@ -456,7 +503,12 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }
         let escapes = raw.is_some();
         let signals = tty_signals.as_mut();
-        let job = run_job(&mut tx, &mut rx, req, forward, escapes, signals, &mut out);
+        let input = LocalInput {
+            forward,
+            window: stdin_window,
+            escapes,
+        };
+        let job = run_job(&mut tx, &mut rx, req, input, signals, &mut out);
         let result = rt.block_on(job);
         // Restored before anything is said about the job.
         drop(raw);

@@ -251,7 +251,7 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
             let (is_err, data) = match rx.job_event(id).await? {
                 JobEvent::Exit { status, .. } => return Ok(status),
                 JobEvent::Failed(f) => return Err(f.into()),
-                JobEvent::Started { .. } => continue,
+                JobEvent::Started { .. } | JobEvent::Window { .. } => continue,
                 JobEvent::Stdout(data) => (false, data),
                 JobEvent::Stderr(data) => (true, data),
             };

@@ -46,6 +46,11 @@ pub struct ClientAuth {
     /// Accept a server that says `"auth":"none"` (refused by default, since
     /// such a server cannot prove it is the one we meant).
     pub allow_unauthenticated: bool,
+    /// Ask for per-job stdin windows (PROTOCOL.md §3.6): the caller then
+    /// sends a job no more stdin than its window holds, counting each
+    /// frame's bytes plus [`crate::proto::message::STDIN_FRAME_COST`], and
+    /// gets it back through [`JobEvent::Window`].
+    pub window: bool,
 }
 
 impl ClientAuth {
@@ -53,6 +58,7 @@ impl ClientAuth {
         ClientAuth {
             token: Some(token),
             allow_unauthenticated: false,
+            window: false,
         }
     }
 
@@ -60,6 +66,7 @@ impl ClientAuth {
         ClientAuth {
             token: None,
             allow_unauthenticated: true,
+            window: false,
         }
     }
 }
@@ -92,6 +99,11 @@ pub enum JobEvent {
     /// The request failed (before or instead of running), or the
     /// connection failed for every job (an error frame without an id).
     Failed(JobFailure),
+    /// The job took `stdin` more bytes of its stdin window (frame costs
+    /// included): that much more may be sent.
+    Window {
+        stdin: u64,
+    },
 }
 
 /// Why a job did not run: the server's `error` frame.
@@ -135,6 +147,7 @@ impl JobEvent {
                     exit_status,
                 }),
             ),
+            ServerMsg::Window { id, stdin } => (Some(id), JobEvent::Window { stdin }),
             ServerMsg::Hello { .. } | ServerMsg::Ready { .. } | ServerMsg::Pong => return None,
         })
     }
@@ -160,6 +173,9 @@ pub struct ExecClient {
     tx: ExecSender,
     rx: ExecReceiver,
     next_id: u64,
+    /// The server's per-job stdin window, when windows were asked for and
+    /// granted.
+    stdin_window: Option<u64>,
     // Boxed: rare, and kept out of the size of every client.
     first_use: Option<Box<crate::tls::FirstUse>>,
 }
@@ -332,6 +348,7 @@ impl ExecClient {
                 stream: FramedRead::new(rd, FrameCodec::default()),
             },
             next_id: 0,
+            stdin_window: None,
             first_use: None,
         };
         match tokio::time::timeout(timeout, client.handshake(auth)).await {
@@ -398,10 +415,12 @@ impl ExecClient {
                         version: VERSION,
                         nonce: Some(client_nonce.clone()),
                         mac: Some(mac),
+                        window: auth.window,
                     })
                     .await?;
                 let ServerMsg::Ready {
                     mac: Some(server_mac),
+                    stdin_window,
                 } = self.expect().await?
                 else {
                     return Err(ClientError::Protocol("expected ready with a mac".into()));
@@ -413,6 +432,7 @@ impl ExecClient {
                         "the server's MAC is wrong: it does not know the token (impostor?)".into(),
                     ));
                 }
+                self.stdin_window = stdin_window;
                 Ok(())
             }
             ("hmac-sha256", None) => Err(ClientError::AuthFailed(
@@ -424,10 +444,14 @@ impl ExecClient {
                         version: VERSION,
                         nonce: None,
                         mac: None,
+                        window: auth.window,
                     })
                     .await?;
                 match self.expect().await? {
-                    ServerMsg::Ready { .. } => Ok(()),
+                    ServerMsg::Ready { stdin_window, .. } => {
+                        self.stdin_window = stdin_window;
+                        Ok(())
+                    }
                     _ => Err(ClientError::Protocol("expected ready".into())),
                 }
             }
@@ -444,6 +468,13 @@ impl ExecClient {
     /// was recorded in known_hosts, for the caller to tell the user.
     pub fn first_use(&self) -> Option<&crate::tls::FirstUse> {
         self.first_use.as_deref()
+    }
+
+    /// Each job's stdin window, when the client asked for windows and the
+    /// server keeps them (PROTOCOL.md §3.6); `None`: stdin is paced by TCP
+    /// alone.
+    pub fn stdin_window(&self) -> Option<u64> {
+        self.stdin_window
     }
 
     /// A fresh job id for this connection.
@@ -484,7 +515,7 @@ impl ExecClient {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match self.rx.job_event(id).await? {
-                JobEvent::Started { .. } => {}
+                JobEvent::Started { .. } | JobEvent::Window { .. } => {}
                 JobEvent::Stdout(data) => stdout.extend_from_slice(&data),
                 JobEvent::Stderr(data) => stderr.extend_from_slice(&data),
                 JobEvent::Exit { status, .. } => {

@@ -101,6 +101,10 @@ pub struct PtyRequest {
     pub term: Option<String>,
 }
 
+/// What each `stdin` frame costs against a job's stdin window besides
+/// its bytes (PROTOCOL.md §3.6): many tiny frames cost memory too.
+pub const STDIN_FRAME_COST: u64 = 64;
+
 /// Longest `TERM` a request may give.
 pub const MAX_TERM: usize = 64;
 
@@ -124,6 +128,9 @@ pub enum ClientMsg {
         version: u64,
         nonce: Option<String>,
         mac: Option<String>,
+        /// (Extension) the client keeps to per-job stdin windows
+        /// (PROTOCOL.md §3.6).
+        window: bool,
     },
     Exec(ExecRequest),
     Stdin {
@@ -164,6 +171,9 @@ pub enum ServerMsg {
     },
     Ready {
         mac: Option<String>,
+        /// (Extension) the stdin window of each job, in bytes, when the
+        /// client asked for windows (PROTOCOL.md §3.6).
+        stdin_window: Option<u64>,
     },
     Started {
         id: u64,
@@ -197,6 +207,12 @@ pub enum ServerMsg {
         exit_status: Option<i32>,
     },
     Pong,
+    /// (Extension) `stdin` more bytes of job `id`'s stdin window are
+    /// free again (PROTOCOL.md §3.6).
+    Window {
+        id: u64,
+        stdin: u64,
+    },
 }
 
 /// Why a well-formed frame is not a valid message.
@@ -245,6 +261,8 @@ struct AuthFields {
     nonce: Option<String>,
     #[serde(default)]
     mac: Option<String>,
+    #[serde(default)]
+    window: bool,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +308,7 @@ impl ClientMsg {
                     version: f.version,
                     nonce: f.nonce,
                     mac: f.mac,
+                    window: f.window,
                 }
             }
             "exec" => {
@@ -356,6 +375,7 @@ impl ClientMsg {
                 version,
                 nonce,
                 mac,
+                window,
             } => {
                 let mut h = json!({"type": "auth", "version": version});
                 if let Some(n) = nonce {
@@ -363,6 +383,9 @@ impl ClientMsg {
                 }
                 if let Some(m) = mac {
                     h["mac"] = json!(m);
+                }
+                if *window {
+                    h["window"] = json!(true);
                 }
                 (h, Bytes::new())
             }
@@ -427,6 +450,19 @@ struct HelloFields {
 struct ReadyFields {
     #[serde(default)]
     mac: Option<String>,
+    #[serde(default)]
+    window: Option<WindowFields>,
+}
+
+#[derive(Deserialize)]
+struct WindowFields {
+    stdin: u64,
+}
+
+#[derive(Deserialize)]
+struct GrantFields {
+    id: u64,
+    stdin: u64,
 }
 
 #[derive(Deserialize)]
@@ -475,9 +511,20 @@ impl ServerMsg {
                     nonce: f.nonce,
                 }
             }
-            "ready" => ServerMsg::Ready {
-                mac: fields::<ReadyFields>(h)?.mac,
-            },
+            "ready" => {
+                let f: ReadyFields = fields(h)?;
+                ServerMsg::Ready {
+                    mac: f.mac,
+                    stdin_window: f.window.map(|w| w.stdin),
+                }
+            }
+            "window" => {
+                let f: GrantFields = fields(h)?;
+                ServerMsg::Window {
+                    id: f.id,
+                    stdin: f.stdin,
+                }
+            }
             "started" => {
                 let f: StartedFields = fields(h)?;
                 ServerMsg::Started {
@@ -545,13 +592,20 @@ impl ServerMsg {
                 }
                 (h, Bytes::new())
             }
-            ServerMsg::Ready { mac } => {
+            ServerMsg::Ready { mac, stdin_window } => {
                 let mut h = json!({"type": "ready"});
                 if let Some(m) = mac {
                     h["mac"] = json!(m);
                 }
+                if let Some(w) = stdin_window {
+                    h["window"] = json!({ "stdin": w });
+                }
                 (h, Bytes::new())
             }
+            ServerMsg::Window { id, stdin } => (
+                json!({"type": "window", "id": id, "stdin": stdin}),
+                Bytes::new(),
+            ),
             ServerMsg::Started { id, pid, job } => {
                 let mut h = json!({"type": "started", "id": id, "pid": pid});
                 if let Some(j) = job {
@@ -627,6 +681,7 @@ mod tests {
                 version: 1,
                 nonce: Some("ab".into()),
                 mac: Some("cd".into()),
+                window: true,
             },
             ClientMsg::Exec(ExecRequest {
                 id: 7,
@@ -684,7 +739,18 @@ mod tests {
                 auth: "hmac-sha256".into(),
                 nonce: Some("00".into()),
             },
-            ServerMsg::Ready { mac: None },
+            ServerMsg::Ready {
+                mac: None,
+                stdin_window: None,
+            },
+            ServerMsg::Ready {
+                mac: Some("ef".into()),
+                stdin_window: Some(262_144),
+            },
+            ServerMsg::Window {
+                id: 3,
+                stdin: 65_600,
+            },
             ServerMsg::Started {
                 id: 1,
                 pid: 42,

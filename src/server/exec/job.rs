@@ -136,22 +136,45 @@ pub fn streams(mut spawned: Spawned) -> (Child, Option<Input>, Outputs) {
 pub type Outputs = (Option<Output>, Option<Output>);
 type Output = Box<dyn AsyncRead + Send + Unpin>;
 
+/// Gives a job's stdin window back as the job takes its input
+/// (PROTOCOL.md §3.6).
+pub struct Grant {
+    pub id: u64,
+    /// What the job's stdin holds against its window.
+    pub charged: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub out: mpsc::Sender<ServerMsg>,
+}
+
 /// Copies the client's stdin frames into the job's stdin. Ends (closing
 /// the pipe, or typing end-of-file on a terminal) when the channel closes
 /// (`eof`); a job that closed its stdin makes further data be discarded.
-/// Ends at once when the job has `ended`: a write blocked on a pipe or
-/// terminal that a leftover process holds and never reads would otherwise
-/// keep this task, and the terminal, for as long as that process lives.
+/// With a `grant`, each frame taken (written, or discarded) frees its cost
+/// in the window and tells the client so. Ends at once when the job has
+/// `ended`: a write blocked on a pipe or terminal that a leftover process
+/// holds and never reads would otherwise keep this task, and the terminal,
+/// for as long as that process lives.
 pub async fn stdin_writer(
     mut stdin: Input,
     mut rx: mpsc::Receiver<Bytes>,
     ended: CancellationToken,
+    grant: Option<Grant>,
 ) {
     let copy = async {
         let mut broken = false;
         while let Some(data) = rx.recv().await {
             if !broken && stdin.write_all(&data).await.is_err() {
                 broken = true;
+            }
+            if let Some(g) = &grant {
+                let cost = data.len() as u64 + crate::proto::message::STDIN_FRAME_COST;
+                g.charged
+                    .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
+                let freed = ServerMsg::Window {
+                    id: g.id,
+                    stdin: cost,
+                };
+                // Fails only when the connection is gone, and the job with it.
+                let _ = g.out.send(freed).await;
             }
         }
         let _ = stdin.shutdown().await;

@@ -35,11 +35,13 @@ use super::policy::Refusal;
 use super::process::{self, JobSpec};
 use super::{ExecShared, audit};
 use crate::proto::auth::{self, is_nonce};
+use crate::proto::message::STDIN_FRAME_COST;
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
 };
 use crate::server::listener::TurnedAway;
 use crate::server::sources::HandshakeGuard;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Frames queued for the writer; small, so a client that stops reading
 /// stops the jobs quickly.
@@ -63,10 +65,19 @@ struct Admission {
 
 struct JobHandle {
     pgid: Pid,
-    stdin: Option<mpsc::Sender<Bytes>>,
+    stdin: Option<Stdin>,
     /// The job's terminal, for `resize`.
     pty: Option<super::pty::Pty>,
     cancel: CancellationToken,
+}
+
+/// The session's end of a job's stdin.
+struct Stdin {
+    tx: mpsc::Sender<Bytes>,
+    /// With windows: what the job's stdin holds against its window (each
+    /// frame's bytes plus [`STDIN_FRAME_COST`]), given back as the job
+    /// takes it.
+    charged: Option<Arc<AtomicU64>>,
 }
 
 /// A job's end, reported to the session loop.
@@ -220,7 +231,7 @@ async fn serve(
         },
     };
     match outcome {
-        Handshake::Ok => {
+        Handshake::Ok { .. } => {
             handshake_slot.authenticated();
             shared.sources.auth_ok(peer.ip());
         }
@@ -242,8 +253,7 @@ async fn serve(
         }
         Handshake::Abandoned => drop(handshake_slot),
     }
-    let authed = outcome == Handshake::Ok;
-    if authed {
+    if let Handshake::Ok { stdin_window } = outcome {
         let mut session = Session {
             shared: shared.clone(),
             tx: tx.clone(),
@@ -253,7 +263,8 @@ async fn serve(
             conn_cancel: shutdown.child_token(),
             peer,
             link,
-            peer_gone: false,
+            stdin_window,
+            stop: None,
             // What this connection proved, judged now, as it
             // authenticates: a reload changes neither. The token file is
             // judged again here: one exposed since the last reload proves
@@ -306,7 +317,9 @@ async fn write_loop(
 /// How a handshake ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handshake {
-    Ok,
+    /// Authenticated, with the stdin window agreed on (PROTOCOL.md §3.6)
+    /// if the client asked for one.
+    Ok { stdin_window: Option<u64> },
     /// Wrong MAC or a frame other than `auth`: counts toward the penalty.
     Failed(&'static str),
     /// EOF, a protocol error, a deadline: no credential was tried.
@@ -348,12 +361,13 @@ async fn handshake(
         Some(Ok(f)) => f,
     };
     let is_auth = frame.kind() == "auth";
-    let (version, client_nonce, mac) = match ClientMsg::parse(frame) {
+    let (version, client_nonce, mac, window) = match ClientMsg::parse(frame) {
         Ok(ClientMsg::Auth {
             version,
             nonce,
             mac,
-        }) => (version, nonce, mac),
+            window,
+        }) => (version, nonce, mac, window),
         Err(ParseError::BadRequest { message, .. }) if is_auth => {
             let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
             return Handshake::Abandoned;
@@ -371,8 +385,13 @@ async fn handshake(
             .await;
         return Handshake::Abandoned;
     }
+    // The window the client asked for, as configured now.
+    let stdin_window = window.then_some(live.cfg.stdin_window);
     let ready = match &live.token {
-        None => ServerMsg::Ready { mac: None },
+        None => ServerMsg::Ready {
+            mac: None,
+            stdin_window,
+        },
         Some(token) => {
             let ok = match (&client_nonce, &mac) {
                 (Some(cn), Some(m)) => is_nonce(cn) && token.verify_client(&server_nonce, cn, m),
@@ -388,12 +407,13 @@ async fn handshake(
             let cn = client_nonce.unwrap_or_default();
             ServerMsg::Ready {
                 mac: Some(token.server_mac(&server_nonce, &cn)),
+                stdin_window,
             }
         }
     };
     debug!("authenticated");
     if tx.send(ready).await.is_ok() {
-        Handshake::Ok
+        Handshake::Ok { stdin_window }
     } else {
         Handshake::Abandoned
     }
@@ -413,9 +433,13 @@ struct Session {
     conn_cancel: CancellationToken,
     peer: SocketAddr,
     link: Link,
-    /// The client was seen to leave while the reading of its connection
-    /// was held up: the session ends without reading what it left.
-    peer_gone: bool,
+    /// The stdin window of each job, when the client keeps to windows
+    /// (PROTOCOL.md §3.6): its input is then never waited for.
+    stdin_window: Option<u64>,
+    /// Why the session ends without reading further: the client was seen
+    /// to leave while the reading of its connection was held up, or broke
+    /// a window.
+    stop: Option<&'static str>,
     /// Who authenticated, for the audit log (`token:…` or `none`).
     who: String,
     /// The SHA-256 of the token this connection proved, if any: root jobs
@@ -480,8 +504,8 @@ impl Session {
                         match ClientMsg::parse(frame) {
                             Ok(msg) => {
                                 self.handle(msg).await;
-                                if self.peer_gone {
-                                    debug!("the client left while its stdin waited for a job");
+                                if let Some(why) = self.stop {
+                                    debug!("{why}");
                                     return;
                                 }
                             }
@@ -595,23 +619,48 @@ impl Session {
                         ))
                         .await
                     }
-                    // A send fails only when the job's stdin writer has ended.
-                    // A job that does not read its input fills the queue,
-                    // and the wait for room stops the reading of the
-                    // connection (flow control is TCP's, PROTOCOL.md §3.3).
-                    // It gives up when the client is gone (its writer
-                    // failed, or its FIN or reset arrived behind the
-                    // unread bytes) or the server stops: the session then
-                    // ends and the jobs are killed.
-                    Some(s) if !data.is_empty() => {
+                    Some(_) if data.is_empty() => {}
+                    // Windows: the input fits in the job's window or the
+                    // client broke the protocol; either way nothing waits,
+                    // so signals and other jobs are never held up.
+                    Some(Stdin {
+                        tx,
+                        charged: Some(charged),
+                    }) => {
+                        let window = self.stdin_window.unwrap_or_default();
+                        let cost = data.len() as u64 + STDIN_FRAME_COST;
+                        if charged.load(Ordering::Acquire) + cost > window {
+                            let why =
+                                format!("stdin beyond the window of job {id} ({window} bytes)");
+                            self.send(ServerMsg::error(Some(id), ErrorCode::Protocol, why))
+                                .await;
+                            self.stop = Some("a client broke a stdin window");
+                            return;
+                        }
+                        charged.fetch_add(cost, Ordering::AcqRel);
+                        // Room by construction (a slot per cost); fails
+                        // only once the job's stdin writer has ended.
+                        let _ = tx.try_send(data);
+                    }
+                    // No windows: a job that does not read its input fills
+                    // the queue, and the wait for room stops the reading of
+                    // the connection (flow control is TCP's). It gives up
+                    // when the client is gone (its writer failed, or its
+                    // FIN or reset arrived behind the unread bytes) or the
+                    // server stops: the session then ends and the jobs are
+                    // killed. A send fails only once the writer has ended.
+                    Some(Stdin { tx, charged: None }) => {
                         tokio::select! {
-                            _ = s.send(data) => {}
-                            () = self.tx.closed() => self.peer_gone = true,
+                            _ = tx.send(data) => {}
+                            () = self.tx.closed() => {
+                                self.stop = Some("the client left while its stdin waited for a job");
+                            }
                             () = self.conn_cancel.cancelled() => {}
-                            () = left(self.link.fd) => self.peer_gone = true,
+                            () = left(self.link.fd) => {
+                                self.stop = Some("the client left while its stdin waited for a job");
+                            }
                         }
                     }
-                    Some(_) => {}
                 }
             }
             ClientMsg::Eof { id } => match self.jobs.get_mut(&id) {
@@ -755,9 +804,19 @@ impl Session {
         let (child, input, outputs) = job::streams(spawned);
         let ended = CancellationToken::new();
         let stdin = input.map(|input| {
-            let (stx, srx) = mpsc::channel(STDIN_QUEUE);
-            tokio::spawn(job::stdin_writer(input, srx, ended.clone()));
-            stx
+            // With windows, a slot for each frame the window can hold.
+            let slots = self.stdin_window.map_or(STDIN_QUEUE, |w| {
+                usize::try_from(w / STDIN_FRAME_COST + 1).unwrap_or(STDIN_QUEUE)
+            });
+            let (tx, rx) = mpsc::channel(slots);
+            let charged = self.stdin_window.map(|_| Arc::new(AtomicU64::new(0)));
+            let grant = charged.clone().map(|charged| job::Grant {
+                id,
+                charged,
+                out: self.tx.clone(),
+            });
+            tokio::spawn(job::stdin_writer(input, rx, ended.clone(), grant));
+            Stdin { tx, charged }
         });
         let cancel = self.conn_cancel.child_token();
         let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
