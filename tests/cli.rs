@@ -985,3 +985,61 @@ fn a_rust_log_that_does_not_parse_is_said_not_ignored() {
         "{err}"
     );
 }
+
+/// Issue 13's case from the command line: a job that never reads its
+/// stdin is piped megabytes; Ctrl-C (SIGINT to the client) must still
+/// reach it. The client keeps to the job's stdin window, so the server
+/// never stops reading the connection and the signal is not stuck behind
+/// the input.
+#[test]
+fn ctrl_c_reaches_a_job_that_does_not_read_its_piped_input() {
+    use std::io::{BufRead, BufReader, Write};
+    let srv = spawn_serve(&["--echo", "none", "--time", "none"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let home = srv.home.path();
+    let mut child = Command::new(bin())
+        .args([
+            "exec",
+            &addr,
+            "--",
+            "echo READY; trap 'echo got-int; exit 3' INT; sleep 30",
+        ])
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    // Give the flood a moment to fill whatever it can fill.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let status = common::exit_within(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    let _ = feeder.join();
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "{rest}");
+    assert_eq!(rest, "got-int\n");
+}

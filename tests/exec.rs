@@ -974,3 +974,128 @@ async fn a_server_that_forbids_terminals_says_so() {
     let out = c.run("tty").await.unwrap();
     assert_eq!(out.stdout, b"not a tty\n");
 }
+
+/// Authenticates asking for stdin windows; returns the window.
+async fn windowed(fx: &Fixture) -> (TcpStream, u64) {
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let (hello, _) = common::raw::recv(&mut s).await.unwrap();
+    let sn = hello["nonce"].as_str().unwrap().to_string();
+    let cn = "ab".repeat(32);
+    let mac = fx.token().client_mac(&sn, &cn);
+    common::raw::send(
+        &mut s,
+        json!({"type":"auth","version":1,"nonce":cn,"mac":mac,"window":true}),
+        b"",
+    )
+    .await;
+    let (ready, _) = common::raw::recv(&mut s).await.unwrap();
+    assert_eq!(ready["type"], "ready", "{ready}");
+    let window = ready["window"]["stdin"].as_u64().expect("a stdin window");
+    (s, window)
+}
+
+/// Issue 13's case: a job that never reads its input is sent all its
+/// window holds; another job still starts and answers at once, the first
+/// still gets its signal, a job that reads gives its window back, and
+/// input beyond the window is refused.
+#[tokio::test]
+async fn stdin_windows_keep_other_jobs_and_signals_moving() {
+    let fx = Fixture::new().await;
+    let (mut s, window) = windowed(&fx).await;
+    assert_eq!(window, 256 * 1024);
+    // Frames that cost 64 KiB each (their bytes plus 64): four fill it.
+    let body = vec![b'x'; 65_536 - 64];
+    let stdin =
+        |id: u64| common::raw::frame(json!({"type":"stdin","id":id,"size":body.len()}), &body);
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":1,"cmd":"sleep 30","stdin":true}),
+        b"",
+    )
+    .await;
+    for _ in 0..4 {
+        s.write_all(&stdin(1)).await.unwrap();
+    }
+    common::raw::send(&mut s, json!({"type":"exec","id":2,"cmd":"echo hi"}), b"").await;
+    common::raw::send(&mut s, json!({"type":"signal","id":1,"signal":"INT"}), b"").await;
+    let (mut out2, mut exits) = (Vec::new(), HashMap::new());
+    while exits.len() < 2 {
+        let (h, body) = common::raw::recv(&mut s)
+            .await
+            .expect("a frame within 10 s");
+        match (h["type"].as_str(), h["id"].as_u64()) {
+            (Some("stdout"), Some(2)) => out2.extend_from_slice(&body),
+            (Some("exit"), Some(id)) => {
+                exits.insert(id, h);
+            }
+            (Some("error"), _) => panic!("{h}"),
+            _ => {}
+        }
+    }
+    assert_eq!(out2, b"hi\n");
+    assert_eq!(exits[&2]["code"], 0);
+    assert_eq!(exits[&1]["signal"], "INT", "{}", exits[&1]);
+
+    // A job that reads gives its window back, frame by frame.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":3,"cmd":"wc -c","stdin":true}),
+        b"",
+    )
+    .await;
+    let (mut sent, mut granted) = (0u64, 0u64);
+    for _ in 0..8 {
+        // Never more than the window outstanding: wait for room first.
+        while sent - granted + 65_536 > window {
+            let (h, _) = common::raw::recv(&mut s).await.unwrap();
+            if h["type"] == "window" {
+                assert_eq!(h["id"], 3);
+                granted += h["stdin"].as_u64().unwrap();
+            }
+        }
+        s.write_all(&stdin(3)).await.unwrap();
+        sent += 65_536;
+    }
+    common::raw::send(&mut s, json!({"type":"eof","id":3}), b"").await;
+    let mut out3 = Vec::new();
+    loop {
+        let (h, body) = common::raw::recv(&mut s).await.unwrap();
+        match h["type"].as_str() {
+            Some("window") => granted += h["stdin"].as_u64().unwrap(),
+            Some("stdout") => out3.extend_from_slice(&body),
+            Some("exit") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&out3).trim(),
+        (8 * body.len()).to_string()
+    );
+    assert_eq!(granted, sent, "the whole window came back");
+
+    // Beyond the window: a protocol error, and the connection closes (the
+    // job with it). The window counts what the server holds: the job's
+    // pipe takes the first 64 KiB, so twice the window surely overflows.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":4,"cmd":"sleep 30","stdin":true}),
+        b"",
+    )
+    .await;
+    for _ in 0..8 {
+        if s.write_all(&stdin(4)).await.is_err() {
+            break;
+        }
+    }
+    let mut refused = None;
+    while let Some((h, _)) = common::raw::recv(&mut s).await {
+        if h["type"] == "error" {
+            refused = Some(h);
+        }
+    }
+    let refused = refused.expect("an error before the close");
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].as_u64()),
+        (Some("protocol"), Some(4))
+    );
+}
