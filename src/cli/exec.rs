@@ -170,6 +170,14 @@ async fn run_job(
         window,
         escapes,
     } = input;
+    // A frame never costs more than the window (a server's window too
+    // small for any frame would be ignored).
+    let window = window.filter(|&w| w > 1024);
+    let chunk = window.map_or(crate::proto::frame::CHUNK, |w| {
+        usize::try_from(w - STDIN_FRAME_COST)
+            .unwrap_or(crate::proto::frame::CHUNK)
+            .min(crate::proto::frame::CHUNK)
+    });
     let credit = window.map(|w| {
         std::sync::Arc::new(tokio::sync::Semaphore::new(
             usize::try_from(w).unwrap_or(usize::MAX >> 4),
@@ -179,7 +187,7 @@ async fn run_job(
     let feed_stdin = async move {
         if forward_stdin {
             let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; crate::proto::frame::CHUNK];
+            let mut buf = vec![0u8; chunk];
             let mut reader = escapes.then(Escapes::default);
             loop {
                 let typed = match stdin.read(&mut buf).await {

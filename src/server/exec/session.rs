@@ -261,7 +261,6 @@ async fn serve(
             lingering: Vec::new(),
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
-            peer,
             link,
             stdin_window,
             stop: None,
@@ -431,7 +430,6 @@ struct Session {
         mpsc::UnboundedReceiver<JobDone>,
     ),
     conn_cancel: CancellationToken,
-    peer: SocketAddr,
     link: Link,
     /// The stdin window of each job, when the client keeps to windows
     /// (PROTOCOL.md §3.6): its input is then never waited for.
@@ -534,7 +532,7 @@ impl Session {
     fn audit_who(&self, id: u64) -> audit::Who<'_> {
         audit::Who {
             via: audit::Via::Native,
-            peer: self.peer,
+            peer: self.link.peer,
             who: &self.who,
             id,
         }
@@ -822,7 +820,7 @@ impl Session {
         let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
-        let (peer, tls) = (self.peer, self.link.tls);
+        let (peer, tls) = (self.link.peer, self.link.tls);
         self.shared.tracker.spawn(async move {
             let started = Instant::now();
             let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
