@@ -1073,6 +1073,55 @@ async fn stdin_windows_keep_other_jobs_and_signals_moving() {
     );
     assert_eq!(granted, sent, "the whole window came back");
 
+    // A job that ends with input still held gives all of it back, after
+    // its exit if need be (the id may be used again at once): here its
+    // stdin stays open in a background process that does not read it, so
+    // a write is still blocked when the job ends.
+    let holder = "exec 3<&0; sleep 3 <&3 & exit 0";
+    for round in 0..3 {
+        common::raw::send(
+            &mut s,
+            json!({"type":"exec","id":5,"cmd":holder,"stdin":true}),
+            b"",
+        )
+        .await;
+        for _ in 0..4 {
+            s.write_all(&stdin(5)).await.unwrap();
+        }
+        let (mut back, mut exited) = (0, false);
+        while !(exited && back == window) {
+            let (h, _) = common::raw::recv(&mut s)
+                .await
+                .unwrap_or_else(|| panic!("round {round}: {back} of {window} back"));
+            match h["type"].as_str() {
+                Some("window") => back += h["stdin"].as_u64().unwrap(),
+                Some("exit") => exited = true,
+                _ => {}
+            }
+        }
+        assert_eq!(back, window, "round {round}");
+    }
+
+    // Empty frames cost nothing and get nothing back.
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":6,"cmd":"cat","stdin":true}),
+        b"",
+    )
+    .await;
+    for _ in 0..5000 {
+        common::raw::send(&mut s, json!({"type":"stdin","id":6,"size":0}), b"").await;
+    }
+    common::raw::send(&mut s, json!({"type":"eof","id":6}), b"").await;
+    loop {
+        let (h, _) = common::raw::recv(&mut s).await.unwrap();
+        assert_ne!(h["type"], "window", "{h}");
+        assert_ne!(h["type"], "error", "{h}");
+        if h["type"] == "exit" {
+            break;
+        }
+    }
+
     // Beyond the window: a protocol error, and the connection closes (the
     // job with it). The window counts what the server holds: the job's
     // pipe takes the first 64 KiB, so twice the window surely overflows.

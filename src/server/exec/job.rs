@@ -159,30 +159,58 @@ pub async fn stdin_writer(
     ended: CancellationToken,
     grant: Option<Grant>,
 ) {
-    let copy = async {
-        let mut broken = false;
-        while let Some(data) = rx.recv().await {
-            if !broken && stdin.write_all(&data).await.is_err() {
-                broken = true;
+    let mut broken = false;
+    loop {
+        let data = tokio::select! {
+            d = rx.recv() => d,
+            () = ended.cancelled() => break,
+        };
+        let Some(data) = data else {
+            // `eof`: the end of the job's input.
+            tokio::select! {
+                _ = stdin.shutdown() => {}
+                () = ended.cancelled() => {}
             }
-            if let Some(g) = &grant {
-                let cost = data.len() as u64 + crate::proto::message::STDIN_FRAME_COST;
-                g.charged
-                    .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
-                let freed = ServerMsg::Window {
-                    id: g.id,
-                    stdin: cost,
-                };
-                // Fails only when the connection is gone, and the job with it.
-                let _ = g.out.send(freed).await;
+            return;
+        };
+        if !broken {
+            tokio::select! {
+                r = stdin.write_all(&data) => broken = r.is_err(),
+                () = ended.cancelled() => {
+                    give_back(grant.as_ref(), frame_cost(&data)).await;
+                    break;
+                }
             }
         }
-        let _ = stdin.shutdown().await;
-    };
-    tokio::select! {
-        () = copy => {}
-        () = ended.cancelled() => {}
+        give_back(grant.as_ref(), frame_cost(&data)).await;
     }
+    // The job is over: what is still sent to it until the session lets go
+    // of it (the job's `exit` seen) is dropped and given back, so that
+    // every frame's cost comes back to the client (PROTOCOL.md §3.6).
+    if grant.is_some() {
+        while let Some(data) = rx.recv().await {
+            give_back(grant.as_ref(), frame_cost(&data)).await;
+        }
+    }
+}
+
+/// What a stdin frame costs against its job's window.
+fn frame_cost(data: &Bytes) -> u64 {
+    data.len() as u64 + crate::proto::message::STDIN_FRAME_COST
+}
+
+/// Frees `cost` of a job's window, then tells the client (with windows):
+/// in that order, so that what the client sends on hearing of it fits.
+async fn give_back(grant: Option<&Grant>, cost: u64) {
+    let Some(g) = grant else { return };
+    g.charged
+        .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
+    let freed = ServerMsg::Window {
+        id: g.id,
+        stdin: cost,
+    };
+    // Fails only once the connection is gone, and the job with it.
+    let _ = g.out.send(freed).await;
 }
 
 /// How a job ended, and what it sent.
