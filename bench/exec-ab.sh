@@ -17,7 +17,7 @@ serve() { # BIN [ARGS...] -> sets pid, addr
   "$bin" serve -q --allow-root --echo tcp://127.0.0.1:0 --time 127.0.0.1:0 --exec tcp://127.0.0.1:0 "$@" >"$home/banner" &
   pid=$!
   for _ in $(seq 100); do grep -q '^ready' "$home/banner" && break; sleep 0.05; done
-  addr=$(awk '$1=="exec" {sub("tcp://","",$2); print $2}' "$home/banner")
+  addr=$(awk '$1=="exec" && $2 ~ /^tcp:/ {sub("tcp://","",$2); print $2}' "$home/banner")
 }
 rate() { # MODE CONNS -> jobs/s
   "$b" bench "$1" "$addr" --conns "$2" --duration "${secs}s" --json |

@@ -16,7 +16,7 @@ out=$home/banner
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$home"' EXIT
 for _ in $(seq 50); do grep -q '^ready' "$out" && break; sleep 0.1; done
-exec_addr=$(awk '$1=="exec" {sub("tcp://","",$2); print $2}' "$out")
+exec_addr=$(awk '$1=="exec" && $2 ~ /^tcp:/ {sub("tcp://","",$2); print $2}' "$out")
 echo "machine: $(nproc) cores, $(uname -r)"
 echo "idle server RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
 for run in 1 2 3; do
