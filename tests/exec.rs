@@ -1148,3 +1148,94 @@ async fn stdin_windows_keep_other_jobs_and_signals_moving() {
         (Some("protocol"), Some(4))
     );
 }
+
+/// Authenticates giving an output window; returns the server's answer.
+async fn with_output_window(fx: &Fixture, s: &mut TcpStream, window: u64) -> serde_json::Value {
+    let (hello, _) = common::raw::recv(s).await.unwrap();
+    let sn = hello["nonce"].as_str().unwrap().to_string();
+    let cn = "ab".repeat(32);
+    let mac = fx.token().client_mac(&sn, &cn);
+    let auth = json!({"type":"auth","version":1,"nonce":cn,"mac":mac,"output_window":window});
+    common::raw::send(s, auth, b"").await;
+    common::raw::recv(s).await.unwrap().0
+}
+
+/// Output windows: a job whose output the client does not take stops at
+/// its window while another job's output still flows; given back, the
+/// rest comes, all of it; more given back than was sent is refused, and
+/// so is a window too small for a frame.
+#[tokio::test]
+async fn output_windows_pace_one_job_without_holding_up_another() {
+    let fx = Fixture::new().await;
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let ready = with_output_window(&fx, &mut s, 131_072).await;
+    assert_eq!(ready["window"]["output"], 131_072, "{ready}");
+    common::raw::send(
+        &mut s,
+        json!({"type":"exec","id":1,"cmd":"head -c 2000000 /dev/zero"}),
+        b"",
+    )
+    .await;
+    // Nothing given back: the job's output stops at its window.
+    let (mut held, mut total) = (0u64, 0u64);
+    while let Ok(Some((h, body))) =
+        tokio::time::timeout(Duration::from_millis(500), common::raw::recv(&mut s)).await
+    {
+        if h["type"] == "stdout" {
+            held += body.len() as u64 + 64;
+            total += body.len() as u64;
+        }
+    }
+    assert!(
+        held > 0 && held <= 131_072,
+        "{held} of cost sent and not given back"
+    );
+    // Another job's output still comes.
+    common::raw::send(&mut s, json!({"type":"exec","id":2,"cmd":"echo hi"}), b"").await;
+    let (mut hi, mut exit2) = (Vec::new(), None);
+    while exit2.is_none() {
+        let (h, body) = common::raw::recv(&mut s).await.unwrap();
+        match (h["type"].as_str(), h["id"].as_u64()) {
+            (Some("stdout"), Some(2)) => hi.extend_from_slice(&body),
+            (Some("exit"), Some(2)) => exit2 = Some(h),
+            (Some("exit"), Some(1)) => panic!("job 1 ended without its output taken"),
+            _ => {}
+        }
+    }
+    assert_eq!(hi, b"hi\n");
+    // Given back as taken, the rest comes: 2,000,000 bytes in all.
+    common::raw::send(&mut s, json!({"type":"window","id":1,"output":held}), b"").await;
+    let mut end = None;
+    while end.is_none() {
+        let (h, body) = common::raw::recv(&mut s).await.unwrap();
+        match (h["type"].as_str(), h["id"].as_u64()) {
+            (Some("stdout"), Some(1)) => {
+                total += body.len() as u64;
+                let back = json!({"type":"window","id":1,"output":body.len() + 64});
+                common::raw::send(&mut s, back, b"").await;
+            }
+            (Some("exit"), Some(1)) => end = Some(h),
+            (Some("error"), _) => panic!("{h}"),
+            _ => {}
+        }
+    }
+    assert_eq!(end.unwrap()["code"], 0);
+    assert_eq!(total, 2_000_000);
+    // More given back than was sent: a protocol error, and the close.
+    common::raw::send(&mut s, json!({"type":"exec","id":3,"cmd":"sleep 5"}), b"").await;
+    common::raw::send(&mut s, json!({"type":"window","id":3,"output":1}), b"").await;
+    let mut refused = None;
+    while let Some((h, _)) = common::raw::recv(&mut s).await {
+        if h["type"] == "error" {
+            refused = Some(h);
+        }
+    }
+    assert_eq!(refused.expect("an error")["code"], "protocol");
+    // A window that cannot hold a frame is refused at the handshake.
+    let mut s = TcpStream::connect(fx.srv.exec).await.unwrap();
+    let refused = with_output_window(&fx, &mut s, 1_000).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("protocol"))
+    );
+}

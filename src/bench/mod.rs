@@ -329,7 +329,7 @@ async fn connect_all(p: &Params) -> anyhow::Result<Vec<Client>> {
             Mode::Exec | Mode::ExecStream | Mode::Stream | Mode::Idle => {
                 let auth = p.exec_auth.clone().unwrap_or_else(ClientAuth::none);
                 Client::Exec(
-                    ExecClient::connect(&p.addr, &auth, p.timeout).await?,
+                    Box::new(ExecClient::connect(&p.addr, &auth, p.timeout).await?),
                     p.cmd.clone(),
                 )
             }
@@ -423,7 +423,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
 enum Client {
     Echo(EchoClient),
     Time(TimeClient),
-    Exec(ExecClient, String),
+    Exec(Box<ExecClient>, String),
     /// A new connection per request.
     Connect(String, Duration),
     /// A new exec connection per job; `handshakes` holds the number in

@@ -22,7 +22,7 @@ use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
-use crate::proto::message::STDIN_FRAME_COST;
+use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 use crate::secrets::client_token;
 
@@ -97,6 +97,10 @@ enum Failure {
     OutputClosed,
 }
 
+/// The output window `switchboard exec` gives each job: 1 MiB, enough for
+/// the pipe's speed on loopback (BENCHMARKS.md), little to hold.
+const OUTPUT_WINDOW: u64 = 1 << 20;
+
 /// What `exec -t` with no command runs: the login shell of the job's user
 /// (`SHELL` comes from the password database, PROTOCOL.md §3.3).
 const LOGIN_SHELL: &str = "exec \"${SHELL:-/bin/sh}\" -l";
@@ -121,13 +125,16 @@ impl From<ClientError> for Failure {
     }
 }
 
-/// What a job gets of local stdin.
+/// What a job gets of local stdin, and how its output is paced.
 #[derive(Debug, Clone, Copy)]
 struct LocalInput {
     /// Local stdin goes to the job.
     forward: bool,
     /// The job's stdin window, when the server keeps windows.
     window: Option<u64>,
+    /// The server keeps to an output window: each output frame is given
+    /// back once written here.
+    output_window: bool,
     /// `~` escapes are read in it (a raw local terminal).
     escapes: bool,
 }
@@ -168,8 +175,17 @@ async fn run_job(
     let LocalInput {
         forward: forward_stdin,
         window,
+        output_window,
         escapes,
     } = input;
+    // With an output window, what was written here is given back, so that
+    // the job's output comes only as fast as this terminal or pipe takes it.
+    let taken = |len: usize| {
+        output_window.then(|| ClientMsg::Window {
+            id,
+            output: len as u64 + OUTPUT_FRAME_COST,
+        })
+    };
     // A frame never costs more than the window (a server's window too
     // small for any frame would be ignored).
     let window = window.filter(|&w| w > 1024);
@@ -243,8 +259,18 @@ async fn run_job(
                     JobEvent::Window { stdin } => if let Some(c) = &credit {
                         c.add_permits(usize::try_from(stdin).unwrap_or(0));
                     },
-                    JobEvent::Stdout(data) => out.write(false, &data, false).map_err(Failure::output)?,
-                    JobEvent::Stderr(data) => out.write(true, &data, false).map_err(Failure::output)?,
+                    JobEvent::Stdout(data) => {
+                        out.write(false, &data, false).map_err(Failure::output)?;
+                        if let Some(msg) = taken(data.len()) {
+                            let _ = queue.send(msg).await;
+                        }
+                    }
+                    JobEvent::Stderr(data) => {
+                        out.write(true, &data, false).map_err(Failure::output)?;
+                        if let Some(msg) = taken(data.len()) {
+                            let _ = queue.send(msg).await;
+                        }
+                    }
                     JobEvent::Exit { status, reason } => {
                         out.finish().map_err(Failure::output)?;
                         return Ok((status, reason));
@@ -451,6 +477,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // does not read cannot hold up the Ctrl-C meant for it.
     let auth = ClientAuth {
         window: true,
+        output_window: Some(OUTPUT_WINDOW),
         ..auth
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -480,6 +507,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         super::tell_first_use(&target.addr, first);
     }
     let stdin_window = client.stdin_window();
+    let output_window = client.output_window().is_some();
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
     let mut out = Output::new(encoding);
@@ -514,6 +542,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         let input = LocalInput {
             forward,
             window: stdin_window,
+            output_window,
             escapes,
         };
         let job = run_job(&mut tx, &mut rx, req, input, signals, &mut out);

@@ -51,6 +51,11 @@ pub struct ClientAuth {
     /// frame's bytes plus [`crate::proto::message::STDIN_FRAME_COST`], and
     /// gets it back through [`JobEvent::Window`].
     pub window: bool,
+    /// Give each job this output window (PROTOCOL.md §3.6): the caller
+    /// then gives back each output frame's bytes plus
+    /// [`crate::proto::message::OUTPUT_FRAME_COST`] once it has taken
+    /// it (`ClientMsg::Window`), or the job's output stops.
+    pub output_window: Option<u64>,
 }
 
 impl ClientAuth {
@@ -59,6 +64,7 @@ impl ClientAuth {
             token: Some(token),
             allow_unauthenticated: false,
             window: false,
+            output_window: None,
         }
     }
 
@@ -67,6 +73,7 @@ impl ClientAuth {
             token: None,
             allow_unauthenticated: true,
             window: false,
+            output_window: None,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct ExecClient {
     /// The server's per-job stdin window, when windows were asked for and
     /// granted.
     stdin_window: Option<u64>,
+    /// The output window the server keeps to, when one was given.
+    output_window: Option<u64>,
     // Boxed: rare, and kept out of the size of every client.
     first_use: Option<Box<crate::tls::FirstUse>>,
 }
@@ -349,6 +358,7 @@ impl ExecClient {
             },
             next_id: 0,
             stdin_window: None,
+            output_window: None,
             first_use: None,
         };
         match tokio::time::timeout(timeout, client.handshake(auth)).await {
@@ -416,11 +426,13 @@ impl ExecClient {
                         nonce: Some(client_nonce.clone()),
                         mac: Some(mac),
                         window: auth.window,
+                        output_window: auth.output_window,
                     })
                     .await?;
                 let ServerMsg::Ready {
                     mac: Some(server_mac),
                     stdin_window,
+                    output_window,
                 } = self.expect().await?
                 else {
                     return Err(ClientError::Protocol("expected ready with a mac".into()));
@@ -433,6 +445,7 @@ impl ExecClient {
                     ));
                 }
                 self.stdin_window = stdin_window;
+                self.output_window = output_window;
                 Ok(())
             }
             ("hmac-sha256", None) => Err(ClientError::AuthFailed(
@@ -445,11 +458,17 @@ impl ExecClient {
                         nonce: None,
                         mac: None,
                         window: auth.window,
+                        output_window: auth.output_window,
                     })
                     .await?;
                 match self.expect().await? {
-                    ServerMsg::Ready { stdin_window, .. } => {
+                    ServerMsg::Ready {
+                        stdin_window,
+                        output_window,
+                        ..
+                    } => {
                         self.stdin_window = stdin_window;
+                        self.output_window = output_window;
                         Ok(())
                     }
                     _ => Err(ClientError::Protocol("expected ready".into())),
@@ -475,6 +494,12 @@ impl ExecClient {
     /// alone.
     pub fn stdin_window(&self) -> Option<u64> {
         self.stdin_window
+    }
+
+    /// The output window the server keeps to for each job, when the
+    /// client gave one and the server knows windows.
+    pub fn output_window(&self) -> Option<u64> {
+        self.output_window
     }
 
     /// A fresh job id for this connection.

@@ -105,6 +105,13 @@ pub struct PtyRequest {
 /// its bytes (PROTOCOL.md §3.6): many tiny frames cost memory too.
 pub const STDIN_FRAME_COST: u64 = 64;
 
+/// What each `stdout` or `stderr` frame costs against a job's output
+/// window besides its bytes (PROTOCOL.md §3.6), as for stdin.
+pub const OUTPUT_FRAME_COST: u64 = 64;
+/// The output windows a client may give (PROTOCOL.md §3.6): room for two
+/// full frames at least.
+pub const OUTPUT_WINDOWS: std::ops::RangeInclusive<u64> = 131_072..=1 << 30;
+
 /// Longest `TERM` a request may give.
 pub const MAX_TERM: usize = 64;
 
@@ -131,6 +138,9 @@ pub enum ClientMsg {
         /// (Extension) the client keeps to per-job stdin windows
         /// (PROTOCOL.md §3.6).
         window: bool,
+        /// (Extension) each job's output window, which the client gives
+        /// back as it takes the output (PROTOCOL.md §3.6).
+        output_window: Option<u64>,
     },
     Exec(ExecRequest),
     Stdin {
@@ -143,6 +153,12 @@ pub enum ClientMsg {
     Signal {
         id: u64,
         signal: String,
+    },
+    /// (Extension) the client took `output` bytes (frame costs included)
+    /// of job `id`'s output: the server may send that much more.
+    Window {
+        id: u64,
+        output: u64,
     },
     /// The job's terminal changed size (only for a job with a `pty`).
     Resize {
@@ -174,6 +190,9 @@ pub enum ServerMsg {
         /// (Extension) the stdin window of each job, in bytes, when the
         /// client asked for windows (PROTOCOL.md §3.6).
         stdin_window: Option<u64>,
+        /// (Extension) the output window the server keeps to, when the
+        /// client gave one.
+        output_window: Option<u64>,
     },
     Started {
         id: u64,
@@ -263,6 +282,14 @@ struct AuthFields {
     mac: Option<String>,
     #[serde(default)]
     window: bool,
+    #[serde(default)]
+    output_window: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OutputGrantFields {
+    id: u64,
+    output: u64,
 }
 
 #[derive(Deserialize)]
@@ -309,6 +336,14 @@ impl ClientMsg {
                     nonce: f.nonce,
                     mac: f.mac,
                     window: f.window,
+                    output_window: f.output_window,
+                }
+            }
+            "window" => {
+                let f: OutputGrantFields = fields(h)?;
+                ClientMsg::Window {
+                    id: f.id,
+                    output: f.output,
                 }
             }
             "exec" => {
@@ -376,8 +411,12 @@ impl ClientMsg {
                 nonce,
                 mac,
                 window,
+                output_window,
             } => {
                 let mut h = json!({"type": "auth", "version": version});
+                if let Some(w) = output_window {
+                    h["output_window"] = json!(w);
+                }
                 if let Some(n) = nonce {
                     h["nonce"] = json!(n);
                 }
@@ -418,6 +457,10 @@ impl ClientMsg {
                 json!({"type": "signal", "id": id, "signal": signal}),
                 Bytes::new(),
             ),
+            ClientMsg::Window { id, output } => (
+                json!({"type": "window", "id": id, "output": output}),
+                Bytes::new(),
+            ),
             ClientMsg::Resize { id, rows, cols } => (
                 json!({"type": "resize", "id": id, "rows": rows, "cols": cols}),
                 Bytes::new(),
@@ -456,7 +499,10 @@ struct ReadyFields {
 
 #[derive(Deserialize)]
 struct WindowFields {
-    stdin: u64,
+    #[serde(default)]
+    stdin: Option<u64>,
+    #[serde(default)]
+    output: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -515,7 +561,8 @@ impl ServerMsg {
                 let f: ReadyFields = fields(h)?;
                 ServerMsg::Ready {
                     mac: f.mac,
-                    stdin_window: f.window.map(|w| w.stdin),
+                    stdin_window: f.window.as_ref().and_then(|w| w.stdin),
+                    output_window: f.window.as_ref().and_then(|w| w.output),
                 }
             }
             "window" => {
@@ -592,13 +639,20 @@ impl ServerMsg {
                 }
                 (h, Bytes::new())
             }
-            ServerMsg::Ready { mac, stdin_window } => {
+            ServerMsg::Ready {
+                mac,
+                stdin_window,
+                output_window,
+            } => {
                 let mut h = json!({"type": "ready"});
                 if let Some(m) = mac {
                     h["mac"] = json!(m);
                 }
                 if let Some(w) = stdin_window {
                     h["window"] = json!({ "stdin": w });
+                }
+                if let Some(w) = output_window {
+                    h["window"]["output"] = json!(w);
                 }
                 (h, Bytes::new())
             }
@@ -682,6 +736,11 @@ mod tests {
                 nonce: Some("ab".into()),
                 mac: Some("cd".into()),
                 window: true,
+                output_window: Some(1 << 20),
+            },
+            ClientMsg::Window {
+                id: 4,
+                output: 65_600,
             },
             ClientMsg::Exec(ExecRequest {
                 id: 7,
@@ -742,10 +801,12 @@ mod tests {
             ServerMsg::Ready {
                 mac: None,
                 stdin_window: None,
+                output_window: None,
             },
             ServerMsg::Ready {
                 mac: Some("ef".into()),
                 stdin_window: Some(262_144),
+                output_window: Some(1 << 20),
             },
             ServerMsg::Window {
                 id: 3,

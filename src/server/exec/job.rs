@@ -21,7 +21,7 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -229,7 +229,7 @@ pub async fn run(
     (mut child, (stdout, stderr)): (Child, Outputs),
     pgid: Pid,
     timing: JobTiming,
-    out: mpsc::Sender<ServerMsg>,
+    out: Out,
     cancel: CancellationToken,
 ) -> JobEnd {
     let (exited_tx, exited_rx) = watch::channel::<Option<Instant>>(None);
@@ -289,7 +289,7 @@ async fn pump_both(
     id: u64,
     stdout: Option<impl AsyncRead + Unpin>,
     stderr: Option<impl AsyncRead + Unpin>,
-    out: mpsc::Sender<ServerMsg>,
+    out: Out,
     exited: watch::Receiver<Option<Instant>>,
     grace: Duration,
     cancel: CancellationToken,
@@ -316,7 +316,7 @@ async fn pump(
     id: u64,
     mut pipe: impl AsyncRead + Unpin,
     is_stderr: bool,
-    out: &mpsc::Sender<ServerMsg>,
+    out: &Out,
     mut exited: watch::Receiver<Option<Instant>>,
     grace: Duration,
     cancel: &CancellationToken,
@@ -329,10 +329,13 @@ async fn pump(
     let mut blocked = Duration::ZERO;
     loop {
         buf.reserve(CHUNK);
+        // A frame holds 64 KiB at most (PROTOCOL.md §3.3), whatever room
+        // the buffer has: an output window counts on it.
+        let mut room = (&mut buf).limit(CHUNK);
         let exit_time = *exited.borrow();
         let n = match exit_time {
             Some(t) => {
-                match tokio::time::timeout_at(t + grace + blocked, pipe.read_buf(&mut buf)).await {
+                match tokio::time::timeout_at(t + grace + blocked, pipe.read_buf(&mut room)).await {
                     Ok(r) => r,
                     Err(_) => {
                         debug!(
@@ -344,7 +347,7 @@ async fn pump(
                 }
             }
             None => tokio::select! {
-                r = pipe.read_buf(&mut buf) => r,
+                r = pipe.read_buf(&mut room) => r,
                 _ = exited.changed() => continue,
             },
         };
@@ -360,7 +363,7 @@ async fn pump(
                 };
                 let t0 = Instant::now();
                 tokio::select! {
-                    r = out.send(msg) => if r.is_err() {
+                    r = out.send(msg, len) => if r.is_err() {
                         return sent; // the connection is gone
                     },
                     // Closing: nobody will read the rest.
@@ -372,6 +375,66 @@ async fn pump(
                 }
             }
         }
+    }
+}
+
+/// Where a job's output frames go: the connection's writer, paced by the
+/// job's output window when the client gave one.
+#[derive(Clone)]
+pub struct Out {
+    pub tx: mpsc::Sender<ServerMsg>,
+    pub window: Option<std::sync::Arc<OutputWindow>>,
+}
+
+impl Out {
+    /// Queues an output frame of `len` bytes, first waiting for room in
+    /// the job's window; `Err` once the connection is gone.
+    async fn send(&self, msg: ServerMsg, len: u64) -> Result<(), ()> {
+        if let Some(w) = &self.window {
+            w.take(len + crate::proto::message::OUTPUT_FRAME_COST)
+                .await?;
+        }
+        self.tx.send(msg).await.map_err(|_| ())
+    }
+}
+
+/// A job's output window (PROTOCOL.md §3.6): what the server may still
+/// send before the client says it took it.
+pub struct OutputWindow {
+    room: tokio::sync::Semaphore,
+    /// Costs sent and not yet given back: a client may give back no more.
+    owed: std::sync::atomic::AtomicU64,
+}
+
+impl OutputWindow {
+    pub fn new(window: u64) -> OutputWindow {
+        OutputWindow {
+            room: tokio::sync::Semaphore::new(usize::try_from(window).unwrap_or(0)),
+            owed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn take(&self, cost: u64) -> Result<(), ()> {
+        let n = u32::try_from(cost).map_err(|_| ())?;
+        self.room.acquire_many(n).await.map_err(|_| ())?.forget();
+        self.owed
+            .fetch_add(cost, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The client took `k` of what was sent; more than was sent is a
+    /// protocol error (and would let the window grow without bound).
+    pub fn give_back(&self, k: u64) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        self.owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                owed.checked_sub(k)
+            })
+            .map_err(|owed| {
+                format!("output window given back ({k}) beyond what was sent ({owed})")
+            })?;
+        self.room.add_permits(usize::try_from(k).unwrap_or(0));
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ use super::policy::Refusal;
 use super::process::{self, JobSpec};
 use super::{ExecShared, audit};
 use crate::proto::auth::{self, is_nonce};
-use crate::proto::message::STDIN_FRAME_COST;
+use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
 };
@@ -68,6 +68,8 @@ struct JobHandle {
     stdin: Option<Stdin>,
     /// The job's terminal, for `resize`.
     pty: Option<super::pty::Pty>,
+    /// The job's output window, when the client gave one.
+    output: Option<Arc<job::OutputWindow>>,
     cancel: CancellationToken,
 }
 
@@ -253,7 +255,11 @@ async fn serve(
         }
         Handshake::Abandoned => drop(handshake_slot),
     }
-    if let Handshake::Ok { stdin_window } = outcome {
+    if let Handshake::Ok {
+        stdin_window,
+        output_window,
+    } = outcome
+    {
         let mut session = Session {
             shared: shared.clone(),
             tx: tx.clone(),
@@ -263,6 +269,7 @@ async fn serve(
             conn_cancel: shutdown.child_token(),
             link,
             stdin_window,
+            output_window,
             stop: None,
             // What this connection proved, judged now, as it
             // authenticates: a reload changes neither. The token file is
@@ -318,7 +325,10 @@ async fn write_loop(
 enum Handshake {
     /// Authenticated, with the stdin window agreed on (PROTOCOL.md §3.6)
     /// if the client asked for one.
-    Ok { stdin_window: Option<u64> },
+    Ok {
+        stdin_window: Option<u64>,
+        output_window: Option<u64>,
+    },
     /// Wrong MAC or a frame other than `auth`: counts toward the penalty.
     Failed(&'static str),
     /// EOF, a protocol error, a deadline: no credential was tried.
@@ -360,13 +370,14 @@ async fn handshake(
         Some(Ok(f)) => f,
     };
     let is_auth = frame.kind() == "auth";
-    let (version, client_nonce, mac, window) = match ClientMsg::parse(frame) {
+    let (version, client_nonce, mac, window, output_window) = match ClientMsg::parse(frame) {
         Ok(ClientMsg::Auth {
             version,
             nonce,
             mac,
             window,
-        }) => (version, nonce, mac, window),
+            output_window,
+        }) => (version, nonce, mac, window, output_window),
         Err(ParseError::BadRequest { message, .. }) if is_auth => {
             let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
             return Handshake::Abandoned;
@@ -384,12 +395,24 @@ async fn handshake(
             .await;
         return Handshake::Abandoned;
     }
+    if let Some(w) = output_window
+        && !OUTPUT_WINDOWS.contains(&w)
+    {
+        let why = format!(
+            "output_window must be between {} and {}",
+            OUTPUT_WINDOWS.start(),
+            OUTPUT_WINDOWS.end()
+        );
+        let _ = tx.send(fail(ErrorCode::Protocol, &why)).await;
+        return Handshake::Abandoned;
+    }
     // The window the client asked for, as configured now.
     let stdin_window = window.then_some(live.cfg.stdin_window);
     let ready = match &live.token {
         None => ServerMsg::Ready {
             mac: None,
             stdin_window,
+            output_window,
         },
         Some(token) => {
             let ok = match (&client_nonce, &mac) {
@@ -407,12 +430,16 @@ async fn handshake(
             ServerMsg::Ready {
                 mac: Some(token.server_mac(&server_nonce, &cn)),
                 stdin_window,
+                output_window,
             }
         }
     };
     debug!("authenticated");
     if tx.send(ready).await.is_ok() {
-        Handshake::Ok { stdin_window }
+        Handshake::Ok {
+            stdin_window,
+            output_window,
+        }
     } else {
         Handshake::Abandoned
     }
@@ -434,6 +461,9 @@ struct Session {
     /// The stdin window of each job, when the client keeps to windows
     /// (PROTOCOL.md §3.6): its input is then never waited for.
     stdin_window: Option<u64>,
+    /// Each job's output window, when the client gave one (PROTOCOL.md
+    /// §3.6): a job's output waits for the client to take what it sent.
+    output_window: Option<u64>,
     /// Why the session ends without reading further: the client was seen
     /// to leave while the reading of its connection was held up, or broke
     /// a window.
@@ -665,6 +695,18 @@ impl Session {
                 None => self.send(no_such_job(id)).await,
                 Some(job) => job.stdin = None,
             },
+            ClientMsg::Window { id, output } => {
+                // A job that has ended owes nothing more: its grants are
+                // moot.
+                let Some(window) = self.jobs.get(&id).and_then(|j| j.output.clone()) else {
+                    return;
+                };
+                if let Err(why) = window.give_back(output) {
+                    self.send(ServerMsg::error(Some(id), ErrorCode::Protocol, why))
+                        .await;
+                    self.stop = Some("a client gave back more output window than it was sent");
+                }
+            }
             ClientMsg::Resize { id, rows, cols } => {
                 let Some(job) = self.jobs.get(&id) else {
                     return self.send(no_such_job(id)).await;
@@ -817,7 +859,14 @@ impl Session {
             Stdin { tx, charged }
         });
         let cancel = self.conn_cancel.child_token();
-        let (out, done, job_cancel) = (self.tx.clone(), self.done.0.clone(), cancel.clone());
+        let output = self
+            .output_window
+            .map(|w| Arc::new(job::OutputWindow::new(w)));
+        let out = job::Out {
+            tx: self.tx.clone(),
+            window: output.clone(),
+        };
+        let (done, job_cancel) = (self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
         let (peer, tls) = (self.link.peer, self.link.tls);
@@ -851,6 +900,7 @@ impl Session {
                 pgid,
                 stdin,
                 pty,
+                output,
                 cancel,
             },
         );
