@@ -14,8 +14,10 @@
 //! ```
 //!
 //! The pumps read a pipe only when the previous chunk has been queued for
-//! the client, so a client that stops reading stops the job (its pipe
-//! fills) instead of growing the server's memory.
+//! the client (and, with an output window, when the window had room for
+//! it), so a client that stops reading stops the job (its pipe fills)
+//! instead of growing the server's memory. With windows (PROTOCOL.md
+//! §3.6), stdin frames are given back as the job takes them.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;

@@ -323,8 +323,8 @@ async fn write_loop(
 /// How a handshake ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Handshake {
-    /// Authenticated, with the stdin window agreed on (PROTOCOL.md §3.6)
-    /// if the client asked for one.
+    /// Authenticated, with the stdin window agreed on if the client asked
+    /// for one, and the output window it gave (PROTOCOL.md §3.6).
     Ok {
         stdin_window: Option<u64>,
         output_window: Option<u64>,
