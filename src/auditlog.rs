@@ -101,17 +101,13 @@ pub fn open(target: &AuditTarget) -> anyhow::Result<()> {
 
 /// Whether the trail could be opened where `target` says, without
 /// creating anything (`--check-config`, a reload): an existing file must
-/// open for appending, a new one needs its directory.
+/// pass [`open_file`]'s rules, a new one needs its directory.
 pub fn check(target: &AuditTarget) -> anyhow::Result<()> {
     let AuditTarget::File(path) = target else {
         return Ok(());
     };
-    if path.exists() {
-        OpenOptions::new()
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open the audit log {}", path.display()))?;
-        return Ok(());
+    if path.symlink_metadata().is_ok() {
+        return open_trail(path, false).map(drop);
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -127,14 +123,54 @@ pub fn check(target: &AuditTarget) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the trail for appending, created 0600 if missing: at start, on
+/// SIGHUP's reopen, and (without creating) for `--check-config`.
 fn open_file(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
+    open_trail(path, true)
+}
+
+/// The one place the trail's file is judged. Often in a directory other
+/// users can write to (a log directory, /tmp), so: never through a
+/// symbolic link (O_NOFOLLOW: a link planted there would have a root
+/// server append to the file it points at), never a FIFO or a device
+/// (O_NONBLOCK keeps a FIFO without reader from hanging the open), a
+/// regular file of the server's own user, which neither other users nor
+/// the group may write (forged records) and others may not read (commands
+/// may carry secrets); the group may read it (logrotate's `create 0640
+/// root adm`).
+fn open_trail(path: &Path, create: bool) -> anyhow::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let what = || format!("cannot open the audit log {}", path.display());
+    let file = OpenOptions::new()
         .append(true)
-        .create(true)
+        .create(create)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .with_context(|| format!("cannot open the audit log {}", path.display()))
+        .with_context(what)?;
+    let meta = file.metadata().with_context(what)?;
+    let euid = nix::unistd::Uid::effective().as_raw();
+    let why = if !meta.file_type().is_file() {
+        Some("it is not a regular file".to_string())
+    } else if meta.uid() != euid {
+        Some(format!(
+            "it belongs to uid {}, not this server's",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o026 != 0 {
+        Some(format!(
+            "its mode {:04o} lets others read it or others or the group write it; \
+             run: chmod 640 {}",
+            meta.mode() & 0o7777,
+            path.display()
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(anyhow::anyhow!("{}: {why}", what())),
+        None => Ok(file),
+    }
 }
 
 /// SIGHUP: the file is reopened by name before the next record (after

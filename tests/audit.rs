@@ -239,3 +239,92 @@ fn check_config_refuses_a_trail_that_cannot_be_written() {
     );
     assert!(!nowhere.exists());
 }
+
+/// The trail is often in a directory others can write to: a link planted
+/// there, a FIFO, a file others may write or read, or another user's file
+/// is refused, by --check-config and at start alike, never followed,
+/// appended to or waited on.
+#[test]
+fn a_trail_that_is_a_link_a_fifo_or_open_to_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched\n").expect("write");
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let fifo = dir.path().join("fifo.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let open = dir.path().join("open.log");
+    std::fs::write(&open, "").expect("write");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut cases = vec![
+        (link, "audit log"),
+        (fifo, "cannot open the audit log"),
+        (open, "chmod 640"),
+    ];
+    if nix::unistd::Uid::effective().is_root() {
+        let foreign = dir.path().join("foreign.log");
+        std::fs::write(&foreign, "").expect("write");
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        nix::unistd::chown(&foreign, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+        cases.push((foreign, "belongs to uid 65534"));
+    } else {
+        eprintln!("SKIPPED the other user's file: not root");
+    }
+    for (path, says) in cases {
+        let p = path.to_str().expect("path");
+        for args in [
+            &[
+                "serve",
+                "--check-config",
+                "--exec",
+                "none",
+                "--audit-log",
+                p,
+            ][..],
+            &[
+                "serve",
+                "--echo",
+                "127.0.0.1:0",
+                "--time",
+                "none",
+                "--exec",
+                "none",
+                "--audit-log",
+                p,
+            ],
+        ] {
+            let start = Instant::now();
+            let o = common::client(args, None);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{p} {args:?}: {}",
+                common::stderr(&o)
+            );
+            assert!(
+                common::stderr(&o).contains(says),
+                "{p}: {}",
+                common::stderr(&o)
+            );
+            assert!(start.elapsed() < T, "{p}: the open waited");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    // A group-readable file of our own is fine (logrotate's 0640).
+    let ok = dir.path().join("ok.log");
+    std::fs::write(&ok, "").expect("write");
+    std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let o = common::client(
+        &[
+            "serve",
+            "--check-config",
+            "--exec",
+            "none",
+            "--audit-log",
+            ok.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+}
