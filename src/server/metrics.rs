@@ -279,32 +279,38 @@ impl Collector for Services {
                 (&[("service", "time")], ut.replied.get()),
             ],
         )?;
-        let mut dropped: Vec<Sample<'_>> = Vec::new();
-        for (service, c) in [("echo", ue), ("time", ut)] {
-            let reasons: [(&str, u64); 3] = [
-                ("low_port", c.dropped_low_port.get()),
-                ("rate_limit", c.dropped_rate_limited.get()),
-                ("send_error", c.send_errors.get()),
-            ];
-            for (reason, v) in reasons {
-                let labels: &[(&str, &str)] = match (service, reason) {
-                    ("echo", "low_port") => &[("service", "echo"), ("reason", "low_port")],
-                    ("echo", "rate_limit") => &[("service", "echo"), ("reason", "rate_limit")],
-                    ("echo", _) => &[("service", "echo"), ("reason", "send_error")],
-                    (_, "low_port") => &[("service", "time"), ("reason", "low_port")],
-                    (_, "rate_limit") => &[("service", "time"), ("reason", "rate_limit")],
-                    _ => &[("service", "time"), ("reason", "send_error")],
-                };
-                dropped.push((labels, v));
-            }
-        }
         family(
             &mut e,
             "udp_dropped",
             "UDP datagrams dropped, by reason: a source port below 1024 (reflection \
              guard), the per-source rate limit, a reply the kernel refused.",
             Counter,
-            &dropped,
+            &[
+                (
+                    &[("service", "echo"), ("reason", "low_port")],
+                    ue.dropped_low_port.get(),
+                ),
+                (
+                    &[("service", "echo"), ("reason", "rate_limit")],
+                    ue.dropped_rate_limited.get(),
+                ),
+                (
+                    &[("service", "echo"), ("reason", "send_error")],
+                    ue.send_errors.get(),
+                ),
+                (
+                    &[("service", "time"), ("reason", "low_port")],
+                    ut.dropped_low_port.get(),
+                ),
+                (
+                    &[("service", "time"), ("reason", "rate_limit")],
+                    ut.dropped_rate_limited.get(),
+                ),
+                (
+                    &[("service", "time"), ("reason", "send_error")],
+                    ut.send_errors.get(),
+                ),
+            ],
         )?;
         family(
             &mut e,
