@@ -1177,13 +1177,21 @@ async fn output_windows_pace_one_job_without_holding_up_another() {
     )
     .await;
     // Nothing given back: the job's output stops at its window.
+    // Read until the output has started and then stayed quiet a while.
     let (mut held, mut total) = (0u64, 0u64);
-    while let Ok(Some((h, body))) =
-        tokio::time::timeout(Duration::from_millis(500), common::raw::recv(&mut s)).await
-    {
-        if h["type"] == "stdout" {
-            held += body.len() as u64 + 64;
-            total += body.len() as u64;
+    loop {
+        let quiet = if held == 0 {
+            T
+        } else {
+            Duration::from_millis(500)
+        };
+        match tokio::time::timeout(quiet, common::raw::recv(&mut s)).await {
+            Ok(Some((h, body))) if h["type"] == "stdout" => {
+                held += body.len() as u64 + 64;
+                total += body.len() as u64;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
         }
     }
     assert!(

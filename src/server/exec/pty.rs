@@ -278,18 +278,28 @@ mod tests {
     async fn a_write_to_a_full_hung_up_terminal_fails_instead_of_spinning() {
         let (mut pty, slave) = open(24, 80, Uid::effective()).expect("a terminal");
         let line = [[b'x'; 63].as_slice(), b"\n"].concat();
-        let mut filled = false;
-        for _ in 0..100_000 {
-            match tokio::time::timeout(Duration::from_millis(200), pty.write_all(&line)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("write failed before the hang-up: {e}"),
-                Err(_) => {
-                    filled = true;
+        // Full for certain, not by a timing: written until EAGAIN, again
+        // after the kernel had time to move what it could, until a round
+        // takes nothing.
+        let fd = pty.0.as_raw_fd();
+        let mut idle_rounds = 0;
+        for _ in 0..1_000 {
+            let mut took = 0;
+            loop {
+                // SAFETY: a write from `line` to the master we hold.
+                let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+                if n <= 0 {
                     break;
                 }
+                took += n;
             }
+            idle_rounds = if took == 0 { idle_rounds + 1 } else { 0 };
+            if idle_rounds == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(filled, "the terminal never filled");
+        assert_eq!(idle_rounds, 3, "the terminal never filled");
         drop(slave);
         let write = tokio::spawn(async move { pty.write_all(&line).await });
         let ended = tokio::time::timeout(Duration::from_secs(5), write).await;
