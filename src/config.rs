@@ -208,6 +208,23 @@ pub struct ExecConfig {
     /// The shared token's file. Default: `switchboard/token` in the user's
     /// config directory, created (0600, random) if missing.
     pub token_file: Option<PathBuf>,
+    /// How clients authenticate: `token` (the shared token), `key`
+    /// (Ed25519 keys in `authorized_keys`, certificates of
+    /// `trusted_user_ca`) or `either`. Default: `token`.
+    pub auth: crate::identity::AuthMode,
+    /// The server's Ed25519 host key, which proves it to key clients.
+    /// Default: `host_key` beside the token file, created (0600) if missing.
+    pub host_key: Option<PathBuf>,
+    /// Keys that may log in, with their options (`exec.auth` `key` or
+    /// `either`). Default: `authorized_keys` beside the token file.
+    pub authorized_keys: Option<PathBuf>,
+    /// CA public keys whose user certificates are accepted. Default: none.
+    pub trusted_user_ca: Option<PathBuf>,
+    /// With `trusted_user_ca`: the principals admitted, one per line with
+    /// options. Default: `authorized_principals` beside the token file.
+    pub authorized_principals: Option<PathBuf>,
+    /// Public keys refused whatever else says (users' or CAs'). Default: none.
+    pub revoked_keys: Option<PathBuf>,
     /// Simultaneous exec connections, native and legacy each (legacy
     /// connections never authenticate, so they cannot take native ones).
     /// Default: 256.
@@ -337,6 +354,12 @@ impl Default for ExecConfig {
             legacy_listen: Vec::new(),
             no_auth: false,
             token_file: None,
+            auth: crate::identity::AuthMode::Token,
+            host_key: None,
+            authorized_keys: None,
+            trusted_user_ca: None,
+            authorized_principals: None,
+            revoked_keys: None,
             max_connections: 256,
             max_connections_per_source: 32,
             max_startups: Startups::default(),
@@ -672,6 +695,13 @@ impl ServerConfig {
             legacy_listen,
             no_auth: _,
             token_file: _,
+            // live: read again by each reload (identity::Credentials::load)
+            auth: _,
+            host_key: _,
+            authorized_keys: _,
+            trusted_user_ca: _,
+            authorized_principals: _,
+            revoked_keys: _,
             max_connections: _,
             max_connections_per_source: _,
             max_startups: _,

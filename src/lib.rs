@@ -14,6 +14,7 @@
 //! | [`server`] | [`server::Server`]: binds, runs each service, reloads, shuts down; `server::exec` runs jobs |
 //! | [`proto`] | the exec protocol `switchboard/1`: frame codec, messages, the HMAC handshake's cryptography |
 //! | [`secrets`] | the token's lookup and creation, secret files read as ssh reads keys |
+//! | [`identity`] | who a connection is: token, keys (`authorized_keys` and its options), user certificates, revocations; the client's key, the agent, `keygen` |
 //! | [`files`] | files the program writes for itself (token, self-signed pair, known_hosts): whole or not at all, every error naming the file |
 //! | [`tls`] | TLS 1.3: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
 //! | [`net`] | plain-or-TLS connections split into reader and writer halves |
@@ -52,6 +53,7 @@ pub mod endpoint;
 pub mod exposure;
 pub mod files;
 pub mod hosts;
+pub mod identity;
 pub mod logsink;
 pub mod net;
 pub mod proto;

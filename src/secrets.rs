@@ -53,6 +53,15 @@ pub enum SecretError {
         path: PathBuf,
         mode: u32,
     },
+    #[error(
+        "{what} {p} is writable by group or others (mode {mode:04o}); run: chmod go-w {p}",
+        p = path.display()
+    )]
+    Writable {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
     #[error("{what} {} is larger than {MAX_SECRET_FILE} bytes", path.display())]
     TooLarge { what: &'static str, path: PathBuf },
     #[error("{from} is not UTF-8")]
@@ -283,6 +292,26 @@ pub fn read_private(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretEr
 /// named there fails at once instead of hanging a start or a reload.
 pub fn read_regular(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretError> {
     read_checked(path, what, |_| Ok(()))
+}
+
+/// Reads a file that says who may log in (`authorized_keys`, the CA
+/// keys, principals, revocations), as sshd's StrictModes reads one: a
+/// regular file owned by this user or root that group and others cannot
+/// write. Whoever could write it could let themselves in.
+pub fn read_trusted(path: &Path, what: &'static str) -> Result<Vec<u8>, SecretError> {
+    read_checked(path, what, |meta| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        check_private_owner(path, what, meta.uid())?;
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 {
+            return Err(SecretError::Writable {
+                what,
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+        Ok(())
+    })
 }
 
 fn read_checked(

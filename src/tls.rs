@@ -311,8 +311,9 @@ impl ClientTls {
         };
         let recorded = record_known_host(path, key, &fingerprint).map_err(|e| format!("{e:#}"));
         Some(FirstUse {
-            fingerprint,
+            fingerprint: format!("sha256:{fingerprint}"),
             recorded,
+            kind: "certificate",
         })
     }
 }
@@ -324,12 +325,14 @@ impl ClientTls {
 pub struct FirstUse {
     pub fingerprint: String,
     pub recorded: Result<(), String>,
+    /// What was trusted: `certificate` (TLS) or `host key` (plain TCP).
+    pub kind: &'static str,
 }
 
 /// Adds `key fingerprint` to the known-hosts file: under a lock, the file
 /// read again (another client may have recorded it meanwhile) and replaced
 /// whole, so a full disk leaves the old file, never half a line.
-fn record_known_host(path: &Path, key: &str, fp: &str) -> anyhow::Result<()> {
+pub(crate) fn record_known_host(path: &Path, key: &str, fp: &str) -> anyhow::Result<()> {
     // A known_hosts that is a link (dotfile managers) is updated where it
     // points: replacing the link itself with a file would detach it.
     let resolved;

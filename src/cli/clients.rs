@@ -239,3 +239,51 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// `switchboard keygen`: a new Ed25519 pair, as ssh-keygen makes one.
+pub fn keygen(args: super::KeygenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let path = match args.file {
+        Some(p) => p,
+        None => crate::identity::keys::default_key_files()
+            .into_iter()
+            .next()
+            .context("no config directory for the default key; give -f FILE")?,
+    };
+    let comment = args.comment.unwrap_or_else(|| {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .ok()
+            .flatten()
+            .map_or_else(|| "user".to_string(), |u| u.name);
+        format!("{user}@{}", crate::identity::hostname())
+    });
+    let passphrase = match args.passphrase {
+        Some(p) => p,
+        None if std::io::stdin().is_terminal() => {
+            use crate::identity::keys::passphrase;
+            let one = passphrase("Enter passphrase (empty for no passphrase): ")?;
+            let two = passphrase("Enter same passphrase again: ")?;
+            if one != two {
+                anyhow::bail!("the passphrases do not match");
+            }
+            one
+        }
+        None => String::new(),
+    };
+    let key = crate::identity::keys::keygen(&path, &comment, &passphrase)?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    say!(
+        "switchboard: private key {} (0600), public key {}.pub",
+        path.display(),
+        path.display()
+    );
+    say!(
+        "switchboard: fingerprint {}",
+        key.fingerprint(ssh_key::HashAlg::Sha256)
+    );
+    println!("{public}");
+    Ok(ExitCode::SUCCESS)
+}

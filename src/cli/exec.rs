@@ -309,17 +309,41 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
     }
 }
 
-/// The token to present: `SWITCHBOARD_TOKEN`, `--token-file` or the
-/// default file; none at all only with `--no-auth`.
+/// What to log in with: a key (`-i`, a default key file or the agent's)
+/// for servers that take keys, and the token (`SWITCHBOARD_TOKEN`,
+/// `--token-file` or the default file) for those that want it; neither
+/// only with `--no-auth`. A default key file that cannot be used is
+/// warned about and left aside, as ssh does; one named with `-i` is an
+/// error.
 fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
-    match client_token(args.token_file.as_deref()) {
+    let key = match crate::identity::keys::ClientKey::find(args.identity.as_deref()) {
+        Ok(k) => k.map(std::sync::Arc::new),
+        Err(e) if args.identity.is_some() => return Err(e),
+        Err(e) => {
+            say!("switchboard: warning: {e:#}; not using that key");
+            None
+        }
+    };
+    let known_hosts = match &args.known_hosts {
+        Some(p) => Some(p.clone()),
+        None => crate::tls::default_known_hosts(),
+    };
+    let token = client_token(args.token_file.as_deref());
+    let auth = ClientAuth {
+        key,
+        known_hosts,
+        allow_unauthenticated: args.no_auth,
+        ..ClientAuth::none()
+    };
+    match token {
         Ok((token, _)) => Ok(ClientAuth {
-            allow_unauthenticated: args.no_auth,
-            ..ClientAuth::token(token)
+            token: Some(token),
+            ..auth
         }),
-        Err(_) if args.no_auth => Ok(ClientAuth::none()),
+        Err(_) if args.no_auth || auth.key.is_some() => Ok(auth),
         Err(e) => Err(anyhow::Error::new(e).context(
-            "no exec token (use --token-file, SWITCHBOARD_TOKEN, or --no-auth for a server without auth)",
+            "no exec token and no key (use --token-file, SWITCHBOARD_TOKEN, -i KEY, or --no-auth \
+             for a server without auth)",
         )),
     }
 }

@@ -102,6 +102,11 @@ pub enum Command {
         after_help = "Examples:\n  switchboard exec -- uname -a\n  switchboard exec 127.0.0.1:8080 -- sh -c 'exit 7'; echo $?   # 7\n  tar c dir | switchboard exec -- tar x -C /tmp/x\n  switchboard exec --argv -- printf '%s\\n' 'one arg'\n  switchboard exec --encoding gbk -- cat gbk.txt\n  switchboard exec                    # REPL, one command a line\n\nExit status: the job's code; 128+N if killed by signal N; 124 if it timed out;\n255 if the connection, the handshake or the protocol failed."
     )]
     Exec(ExecArgs),
+    /// Make an Ed25519 key pair in OpenSSH's formats, as ssh-keygen -t ed25519.
+    #[command(
+        after_help = "Examples:\n  switchboard keygen                       # ~/.config/switchboard/id_ed25519\n  switchboard keygen -f deploy_key -C 'deploy@ci' -N ''\n\nThe private key is written 0600, the public one (FILE.pub) 0644; the public line\nprinted goes in a server's authorized_keys (see `switchboard serve --auth key`)."
+    )]
+    Keygen(KeygenArgs),
     /// Load generator: request/response load with every reply checked.
     #[command(
         after_help = "Examples:\n  switchboard bench echo --conns 1000 --duration 10s\n  switchboard bench udp-echo 127.0.0.1:9000 --conns 16 --size 32 --json\n  switchboard bench echo --server-pid $(pgrep -n switchboard)"
@@ -124,6 +129,20 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The private key's file; the public key goes to FILE.pub
+    /// [default: ~/.config/switchboard/id_ed25519].
+    #[arg(short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The comment, which a server's authorized_keys makes the key's name [default: USER@HOST].
+    #[arg(short = 'C', value_name = "COMMENT")]
+    pub comment: Option<String>,
+    /// The passphrase ('' for none) [default: asked on the terminal; none without one].
+    #[arg(short = 'N', value_name = "PASSPHRASE")]
+    pub passphrase: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +174,11 @@ pub struct ExecArgs {
     /// Token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Key to log in with, for servers that take keys (a FILE-cert.pub beside it is
+    /// presented too) [default: ~/.config/switchboard/id_ed25519, ~/.ssh/id_ed25519,
+    /// else the agent's first Ed25519 key].
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Accept a server that runs without authentication.
     #[arg(long)]
     pub no_auth: bool,
@@ -164,8 +188,8 @@ pub struct ExecArgs {
     /// tls:// servers: trust exactly the certificate with this SHA-256 fingerprint.
     #[arg(long, value_name = "SHA256")]
     pub tls_fingerprint: Option<String>,
-    /// tls:// servers without --tls-ca/--tls-fingerprint: trust on first use, remembered here
-    /// [default: ~/.config/switchboard/known_hosts].
+    /// tls:// servers without --tls-ca/--tls-fingerprint, and tcp:// servers' host keys: trust
+    /// on first use, remembered here [default: ~/.config/switchboard/known_hosts].
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
     /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file.
@@ -336,6 +360,27 @@ pub struct ServeArgs {
     /// Exec token file [default: ~/.config/switchboard/token, created if missing].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// How exec clients log in: the shared token, keys (authorized_keys, certificates), or
+    /// either [default: token].
+    #[arg(long, value_name = "MODE", value_parser = ["token", "key", "either"])]
+    pub auth: Option<String>,
+    /// Keys that may log in, with their options [default: ~/.config/switchboard/authorized_keys].
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: Option<PathBuf>,
+    /// The host key that proves this server to key clients [default:
+    /// ~/.config/switchboard/host_key, created if missing].
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
+    /// CA public keys whose user certificates are accepted.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_user_ca: Option<PathBuf>,
+    /// With --trusted-user-ca: the principals admitted, one a line with options
+    /// [default: ~/.config/switchboard/authorized_principals].
+    #[arg(long, value_name = "FILE")]
+    pub authorized_principals: Option<PathBuf>,
+    /// Public keys refused whatever else says (users' or CAs').
+    #[arg(long, value_name = "FILE")]
+    pub revoked_keys: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100.
     #[arg(long = "metrics", value_name = "ADDR")]
     pub metrics: Vec<String>,
@@ -390,6 +435,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Time(args) => clients::time(args),
         Command::Bench(args) => clients::bench(args),
         Command::Exec(args) => exec::exec(args),
+        Command::Keygen(args) => clients::keygen(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -519,13 +565,13 @@ pub fn init_tracing(cli: &Cli) {
 /// could not be recorded and will be trusted afresh next time (as ssh
 /// says "Failed to add the host to the list of known hosts").
 fn tell_first_use(addr: &str, first: &crate::tls::FirstUse) {
-    let fp = &first.fingerprint;
+    let (fp, kind) = (&first.fingerprint, first.kind);
     match &first.recorded {
         Ok(()) => {
-            say!("switchboard: new server {addr}: certificate sha256:{fp} recorded in known_hosts")
+            say!("switchboard: new server {addr}: {kind} {fp} recorded in known_hosts")
         }
         Err(e) => say!(
-            "switchboard: warning: new server {addr}: certificate sha256:{fp} trusted for this \
+            "switchboard: warning: new server {addr}: {kind} {fp} trusted for this \
              connection only: {e}; the next connection will trust on first use again"
         ),
     }

@@ -58,6 +58,23 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(p) = &args.token_file {
         cfg.exec.token_file = Some(p.clone());
     }
+    if let Some(a) = &args.auth {
+        cfg.exec.auth = a.parse()?;
+    }
+    for (flag, setting) in [
+        (&args.authorized_keys, &mut cfg.exec.authorized_keys),
+        (&args.host_key, &mut cfg.exec.host_key),
+        (&args.trusted_user_ca, &mut cfg.exec.trusted_user_ca),
+        (
+            &args.authorized_principals,
+            &mut cfg.exec.authorized_principals,
+        ),
+        (&args.revoked_keys, &mut cfg.exec.revoked_keys),
+    ] {
+        if let Some(p) = flag {
+            *setting = Some(p.clone());
+        }
+    }
     if let Some(u) = &args.run_as {
         cfg.exec.run_as = Some(u.clone());
     }
@@ -232,7 +249,7 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             Service::Echo => format!("mode={}", cfg.echo.mode.name()),
             Service::Time => format!("clock={}", if cfg.time.utc { "utc" } else { "local" }),
             Service::Exec if cfg.exec.no_auth => "auth=none".to_string(),
-            Service::Exec => "auth=hmac-sha256".to_string(),
+            Service::Exec => format!("auth={}", cfg.exec.auth.name()),
             Service::ExecLegacy => "tutorial protocol, unauthenticated".to_string(),
             Service::Metrics => "GET /metrics (Prometheus)".to_string(),
         };
@@ -257,9 +274,8 @@ fn print_banner(server: &Server) -> anyhow::Result<()> {
             )?;
         }
     }
-    if let Some(t) = server.token_info() {
-        let state = if t.created { "created" } else { "from" };
-        writeln!(out, "  token {state} {}", t.source)?;
+    for line in server.auth_lines() {
+        writeln!(out, "  {line}")?;
     }
     let exec = server
         .endpoints()

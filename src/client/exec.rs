@@ -5,7 +5,9 @@
 //! stream output, forward stdin and send signals at the same time (the CLI,
 //! the load generator).
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::{BoxRead, BoxWrite, IntoHalves};
@@ -14,8 +16,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::{ClientError, connect_tcp};
-use crate::proto::auth::{self, Token};
-use crate::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION};
+use crate::identity::keys::ClientKey;
+use crate::proto::auth::{self, Role, Token};
+use crate::proto::{
+    AuthRequest, ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION,
+};
 
 /// Exit status when the connection, the handshake or the protocol failed.
 pub const EXIT_CONNECTION: u8 = 255;
@@ -43,6 +48,13 @@ pub fn exit_code(status: &ExitStatus) -> u8 {
 pub struct ClientAuth {
     /// The shared token; None to connect only to servers without auth.
     pub token: Option<Token>,
+    /// A key (PROTOCOL.md §3.7), used when the server accepts keys.
+    pub key: Option<Arc<ClientKey>>,
+    /// Where plain-TCP servers' host keys are trusted on first use and
+    /// checked afterwards (`HOST:PORT` entries); `None`: a host key is
+    /// taken as it comes (tests, the load generator). Under TLS the
+    /// certificate proves the server instead.
+    pub known_hosts: Option<PathBuf>,
     /// Accept a server that says `"auth":"none"` (refused by default, since
     /// such a server cannot prove it is the one we meant).
     pub allow_unauthenticated: bool,
@@ -62,6 +74,28 @@ impl ClientAuth {
     pub fn token(token: Token) -> Self {
         ClientAuth {
             token: Some(token),
+            key: None,
+            known_hosts: None,
+            allow_unauthenticated: false,
+            window: false,
+            output_window: None,
+        }
+    }
+
+    /// A key, checking host keys against `known_hosts` when given.
+    pub fn key(key: Arc<ClientKey>, known_hosts: Option<PathBuf>) -> Self {
+        ClientAuth {
+            key: Some(key),
+            known_hosts,
+            ..ClientAuth::token_less()
+        }
+    }
+
+    fn token_less() -> Self {
+        ClientAuth {
+            token: None,
+            key: None,
+            known_hosts: None,
             allow_unauthenticated: false,
             window: false,
             output_window: None,
@@ -71,6 +105,8 @@ impl ClientAuth {
     pub fn none() -> Self {
         ClientAuth {
             token: None,
+            key: None,
+            known_hosts: None,
             allow_unauthenticated: true,
             window: false,
             output_window: None,
@@ -185,6 +221,8 @@ pub struct ExecClient {
     stdin_window: Option<u64>,
     /// The output window the server keeps to, when one was given.
     output_window: Option<u64>,
+    /// Who the server says this client is (servers that say).
+    identity: Option<String>,
     // Boxed: rare, and kept out of the size of every client.
     first_use: Option<Box<crate::tls::FirstUse>>,
 }
@@ -282,6 +320,85 @@ fn tls_error(addr: &str, e: std::io::Error) -> ClientError {
     }
 }
 
+/// Where a handshake runs: for messages, for the host key's known_hosts
+/// entry (plain TCP only), and the TLS session key signatures cover.
+struct Site {
+    what: String,
+    /// `HOST:PORT` as the client dialled it, on plain TCP.
+    known_as: Option<String>,
+    channel: Option<[u8; 32]>,
+}
+
+/// The server's host key from `hello`, checked against known_hosts on
+/// plain TCP (first use recorded once the server has proved it holds it).
+struct HostKey {
+    key: ssh_key::PublicKey,
+    fingerprint: String,
+    /// Not yet in known_hosts: (file, entry, hex SHA-256) to record.
+    unknown: Option<(PathBuf, String, String)>,
+}
+
+impl HostKey {
+    fn from_hello(
+        line: Option<&str>,
+        auth: &ClientAuth,
+        site: &Site,
+    ) -> Result<HostKey, ClientError> {
+        let key = line
+            .and_then(|l| ssh_key::PublicKey::from_openssh(l).ok())
+            .filter(|k| k.algorithm() == ssh_key::Algorithm::Ed25519)
+            .ok_or_else(|| {
+                ClientError::Protocol("hello offers keys without an Ed25519 host_key".into())
+            })?;
+        let fp = key.fingerprint(ssh_key::HashAlg::Sha256);
+        let fingerprint = fp.to_string();
+        let mut unknown = None;
+        if let (Some(path), Some(addr)) = (&auth.known_hosts, &site.known_as) {
+            let entry = format!("host-key:{addr}");
+            let hex = auth::hex(fp.sha256().unwrap_or_default().as_slice());
+            match crate::tls::known_fingerprint(path, &entry)
+                .map_err(|e| ClientError::AuthFailed(format!("{e:#}")))?
+            {
+                Some(known) if known == hex => {}
+                Some(known) => {
+                    return Err(ClientError::AuthFailed(format!(
+                        "HOST KEY CHANGED for {addr}: the server's host key is {fingerprint} \
+                         (sha256 {hex}), {} has sha256 {known}. Someone may be impersonating \
+                         the server; if the key was replaced on purpose, remove the line \
+                         host-key:{addr} from that file",
+                        path.display()
+                    )));
+                }
+                None => unknown = Some((path.clone(), entry, hex)),
+            }
+        }
+        Ok(HostKey {
+            key,
+            fingerprint,
+            unknown,
+        })
+    }
+
+    fn verifies(&self, pem: &str, transcript: &[u8]) -> bool {
+        ssh_key::SshSig::from_pem(pem).is_ok_and(|sig| {
+            self.key
+                .verify(auth::KEY_NAMESPACE, transcript, &sig)
+                .is_ok()
+        })
+    }
+
+    /// Records a first-seen host key.
+    fn commit(self) -> Option<crate::tls::FirstUse> {
+        let (path, entry, hex) = self.unknown?;
+        Some(crate::tls::FirstUse {
+            fingerprint: self.fingerprint,
+            recorded: crate::tls::record_known_host(&path, &entry, &hex)
+                .map_err(|e| format!("{e:#}")),
+            kind: "host key",
+        })
+    }
+}
+
 impl ExecClient {
     /// Connects to `addr` (`HOST:PORT`) and authenticates. `timeout` bounds
     /// the connect and the handshake each.
@@ -291,21 +408,21 @@ impl ExecClient {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let stream = connect_tcp(addr, timeout).await?;
-        Self::handshake_over(
-            stream.into_halves(),
-            &format!("tcp://{addr}"),
-            auth,
-            timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            // A TLS port (or another service's) waits for us to speak.
-            ClientError::Timeout { after, .. } => ClientError::NoHello {
-                addr: addr.to_string(),
-                after,
-            },
-            e => e,
-        })
+        let site = Site {
+            what: format!("tcp://{addr}"),
+            known_as: Some(addr.to_string()),
+            channel: None,
+        };
+        Self::handshake_over(stream.into_halves(), &site, auth, timeout)
+            .await
+            .map_err(|e| match e {
+                // A TLS port (or another service's) waits for us to speak.
+                ClientError::Timeout { after, .. } => ClientError::NoHello {
+                    addr: addr.to_string(),
+                    after,
+                },
+                e => e,
+            })
     }
 
     /// Connects with TLS 1.3 to `addr`, verifying the server as `tls` says,
@@ -331,21 +448,25 @@ impl ExecClient {
                 });
             }
         };
-        let client = Self::handshake_over(
-            stream.into_halves(),
-            &format!("tls://{addr}"),
-            auth,
-            timeout,
-        )
-        .await?;
-        let mut client = client;
+        // Key signatures cover this TLS session (PROTOCOL.md §3.7).
+        let channel = stream
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], auth::EXPORTER_LABEL, None)
+            .ok();
+        let site = Site {
+            what: format!("tls://{addr}"),
+            known_as: None,
+            channel,
+        };
+        let mut client = Self::handshake_over(stream.into_halves(), &site, auth, timeout).await?;
         client.first_use = tls.commit().map(Box::new);
         Ok(client)
     }
 
     async fn handshake_over(
         (rd, wr): (crate::net::BoxRead, crate::net::BoxWrite),
-        what: &str,
+        site: &Site,
         auth: &ClientAuth,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
@@ -359,13 +480,14 @@ impl ExecClient {
             next_id: 0,
             stdin_window: None,
             output_window: None,
+            identity: None,
             first_use: None,
         };
-        match tokio::time::timeout(timeout, client.handshake(auth)).await {
+        match tokio::time::timeout(timeout, client.handshake(auth, site)).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(ClientError::Timeout {
-                    addr: format!("{what} (handshake)"),
+                    addr: format!("{} (handshake)", site.what),
                     after: timeout,
                 });
             }
@@ -397,11 +519,13 @@ impl ExecClient {
         }
     }
 
-    async fn handshake(&mut self, auth: &ClientAuth) -> Result<(), ClientError> {
+    async fn handshake(&mut self, auth: &ClientAuth, site: &Site) -> Result<(), ClientError> {
         let ServerMsg::Hello {
             version,
             auth: method,
             nonce,
+            methods,
+            host_key,
             ..
         } = self.expect().await?
         else {
@@ -412,75 +536,140 @@ impl ExecClient {
                 "server speaks version {version}"
             )));
         }
-        match (method.as_str(), &auth.token) {
-            ("hmac-sha256", Some(token)) => {
-                let server_nonce = nonce
-                    .filter(|n| auth::is_nonce(n))
-                    .ok_or_else(|| ClientError::Protocol("hello without a valid nonce".into()))?;
-                let client_nonce =
-                    auth::nonce().map_err(|e| ClientError::Io(std::io::Error::other(e)))?;
-                let mac = token.client_mac(&server_nonce, &client_nonce);
-                self.tx
-                    .send(ClientMsg::Auth {
-                        version: VERSION,
-                        nonce: Some(client_nonce.clone()),
-                        mac: Some(mac),
-                        window: auth.window,
-                        output_window: auth.output_window,
-                    })
-                    .await?;
-                let ServerMsg::Ready {
-                    mac: Some(server_mac),
+        let offers = |m: &str| method == m || methods.iter().any(|x| x == m);
+        let request = AuthRequest {
+            version: VERSION,
+            window: auth.window,
+            output_window: auth.output_window,
+            ..AuthRequest::default()
+        };
+        if method == "none" {
+            if !auth.allow_unauthenticated {
+                return Err(ClientError::AuthFailed(
+                    "the server runs without authentication; accept it explicitly (--no-auth)"
+                        .into(),
+                ));
+            }
+            self.tx.send(ClientMsg::Auth(request)).await?;
+            return match self.expect().await? {
+                ServerMsg::Ready {
                     stdin_window,
                     output_window,
-                } = self.expect().await?
-                else {
-                    return Err(ClientError::Protocol("expected ready with a mac".into()));
+                    ..
+                } => {
+                    self.stdin_window = stdin_window;
+                    self.output_window = output_window;
+                    Ok(())
+                }
+                _ => Err(ClientError::Protocol("expected ready".into())),
+            };
+        }
+        if !offers("hmac-sha256") && !offers("publickey") {
+            return Err(ClientError::Protocol(format!(
+                "unknown auth method {method:?}"
+            )));
+        }
+        let server_nonce = nonce
+            .filter(|n| auth::is_nonce(n))
+            .ok_or_else(|| ClientError::Protocol("hello without a valid nonce".into()))?;
+        let client_nonce = auth::nonce().map_err(|e| ClientError::Io(std::io::Error::other(e)))?;
+        let (ready, check) = match (&auth.key, &auth.token) {
+            (Some(key), _) if offers("publickey") => {
+                let host = HostKey::from_hello(host_key.as_deref(), auth, site)?;
+                let transcript = |role| {
+                    auth::key_transcript(
+                        role,
+                        &server_nonce,
+                        &client_nonce,
+                        &host.fingerprint,
+                        &key.fingerprint(),
+                        site.channel.as_ref(),
+                    )
                 };
+                let signature = key
+                    .sign(&transcript(Role::Client))
+                    .and_then(|s| {
+                        s.to_pem(ssh_key::LineEnding::LF)
+                            .map_err(|e| anyhow::anyhow!("{e}"))
+                    })
+                    .map_err(|e| ClientError::AuthFailed(format!("{e:#}")))?;
+                self.tx
+                    .send(ClientMsg::Auth(AuthRequest {
+                        nonce: Some(client_nonce.clone()),
+                        method: Some("publickey".into()),
+                        key: Some(key.presented()),
+                        signature: Some(signature),
+                        ..request
+                    }))
+                    .await?;
+                let ready = self.expect().await?;
+                // Proves the server holds the host key the client checked
+                // (known_hosts) or took (TLS): nothing is sent to an
+                // impostor.
+                let ok = matches!(&ready, ServerMsg::Ready { signature: Some(sig), .. }
+                    if host.verifies(sig, &transcript(Role::Server)));
+                if !ok {
+                    return Err(ClientError::AuthFailed(
+                        "the server did not prove it holds its host key (impostor?)".into(),
+                    ));
+                }
+                (ready, Some(host))
+            }
+            (_, Some(token)) if offers("hmac-sha256") => {
+                let mac = token.client_mac(&server_nonce, &client_nonce);
+                self.tx
+                    .send(ClientMsg::Auth(AuthRequest {
+                        nonce: Some(client_nonce.clone()),
+                        mac: Some(mac),
+                        ..request
+                    }))
+                    .await?;
+                let ready = self.expect().await?;
                 // Proves the server knows the token too: nothing is sent
                 // to an impostor that grabbed the port first.
-                if !token.verify_server(&server_nonce, &client_nonce, &server_mac) {
+                let ok = matches!(&ready, ServerMsg::Ready { mac: Some(m), .. }
+                    if token.verify_server(&server_nonce, &client_nonce, m));
+                if !ok {
                     return Err(ClientError::AuthFailed(
                         "the server's MAC is wrong: it does not know the token (impostor?)".into(),
                     ));
                 }
-                self.stdin_window = stdin_window;
-                self.output_window = output_window;
-                Ok(())
+                (ready, None)
             }
-            ("hmac-sha256", None) => Err(ClientError::AuthFailed(
-                "the server requires a token".into(),
-            )),
-            ("none", _) if auth.allow_unauthenticated => {
-                self.tx
-                    .send(ClientMsg::Auth {
-                        version: VERSION,
-                        nonce: None,
-                        mac: None,
-                        window: auth.window,
-                        output_window: auth.output_window,
-                    })
-                    .await?;
-                match self.expect().await? {
-                    ServerMsg::Ready {
-                        stdin_window,
-                        output_window,
-                        ..
-                    } => {
-                        self.stdin_window = stdin_window;
-                        self.output_window = output_window;
-                        Ok(())
-                    }
-                    _ => Err(ClientError::Protocol("expected ready".into())),
-                }
+            (_, _) if offers("hmac-sha256") => {
+                return Err(ClientError::AuthFailed(
+                    "the server requires a token".into(),
+                ));
             }
-            ("none", _) => Err(ClientError::AuthFailed(
-                "the server runs without authentication; accept it explicitly (--no-auth)".into(),
-            )),
-            (other, _) => Err(ClientError::Protocol(format!(
-                "unknown auth method {other:?}"
-            ))),
+            (_, _) => {
+                return Err(ClientError::AuthFailed(
+                    "the server accepts keys only: give -i FILE (switchboard keygen makes one; \
+                     its .pub line goes in the server's authorized_keys)"
+                        .into(),
+                ));
+            }
+        };
+        if let ServerMsg::Ready {
+            stdin_window,
+            output_window,
+            identity,
+            ..
+        } = ready
+        {
+            self.stdin_window = stdin_window;
+            self.output_window = output_window;
+            self.identity = identity;
         }
+        if let Some(host) = check {
+            self.first_use = host.commit().map(Box::new);
+        }
+        Ok(())
+    }
+
+    /// Who the server says this client is (its key's name, a principal,
+    /// `token:…`), for servers that say.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// A certificate this connection trusted on first use, and whether it

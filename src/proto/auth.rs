@@ -11,6 +11,23 @@
 //! Each side proves it knows the token without sending it, each nonce keeps
 //! an old exchange from being replayed, and the two labels keep one side's
 //! MAC from being reflected back as the other's.
+//!
+//! With keys (PROTOCOL.md §3.7) each side signs a transcript instead, as
+//! an SSH signature (`SSHSIG`, namespace [`KEY_NAMESPACE`]):
+//!
+//! ```text
+//! switchboard/1 publickey ROLE        ROLE: client | server
+//! server-nonce <64 hex>
+//! client-nonce <64 hex>
+//! host-key SHA256:<server's host key fingerprint>
+//! client-key SHA256:<client's key fingerprint>
+//! channel <64 hex: TLS exporter> | channel none
+//! ```
+//!
+//! The host key line binds the client's signature to the server it
+//! checked, and the TLS exporter (RFC 8446 §7.5, label
+//! [`EXPORTER_LABEL`]) to this TLS session: a signature relayed to another
+//! server, or through another TLS session, does not verify there.
 
 use anyhow::bail;
 use hmac::{Hmac, KeyInit, Mac};
@@ -104,6 +121,40 @@ impl Token {
     }
 }
 
+/// The namespace of every key signature of the handshake.
+pub const KEY_NAMESPACE: &str = "switchboard/1";
+/// The TLS exporter label that binds key signatures to a TLS session.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-switchboard/1 publickey";
+
+/// Which side signs a key transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// What each side of a key handshake signs (see the module header).
+/// `channel`: the TLS exporter's 32 bytes, or none on plain TCP.
+pub fn key_transcript(
+    role: Role,
+    server_nonce: &str,
+    client_nonce: &str,
+    host_key: &str,
+    client_key: &str,
+    channel: Option<&[u8; 32]>,
+) -> Vec<u8> {
+    let role = match role {
+        Role::Client => "client",
+        Role::Server => "server",
+    };
+    let channel = channel.map_or_else(|| "none".to_string(), |c| hex(c));
+    format!(
+        "switchboard/1 publickey {role}\nserver-nonce {server_nonce}\nclient-nonce {client_nonce}\n\
+         host-key {host_key}\nclient-key {client_key}\nchannel {channel}\n"
+    )
+    .into_bytes()
+}
+
 /// A fresh nonce: 32 random bytes as 64 lower-case hex characters.
 pub fn nonce() -> anyhow::Result<String> {
     Ok(hex(&random_bytes::<32>()?))
@@ -165,6 +216,29 @@ mod tests {
         assert!(!t.verify_client("aa", "bb", "zz"));
         assert!(!t.verify_client("aa", "bb", ""));
         assert!(t.verify_server("aa", "bb", &t.server_mac("aa", "bb")));
+    }
+
+    #[test]
+    fn key_transcripts_name_role_server_and_channel() {
+        let t = key_transcript(Role::Client, "aa", "bb", "SHA256:h", "SHA256:c", None);
+        assert_eq!(
+            String::from_utf8(t).unwrap(),
+            "switchboard/1 publickey client\nserver-nonce aa\nclient-nonce bb\n\
+             host-key SHA256:h\nclient-key SHA256:c\nchannel none\n"
+        );
+        let s = key_transcript(
+            Role::Server,
+            "aa",
+            "bb",
+            "SHA256:h",
+            "SHA256:c",
+            Some(&[1; 32]),
+        );
+        assert!(
+            String::from_utf8(s)
+                .unwrap()
+                .ends_with(&format!("channel {}\n", "01".repeat(32)))
+        );
     }
 
     #[test]

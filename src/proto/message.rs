@@ -128,20 +128,36 @@ impl PtyRequest {
     }
 }
 
+/// The client's `auth` frame (§3.2, with the extensions of §3.6 and §3.7).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct AuthRequest {
+    pub version: u64,
+    #[serde(default)]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// (Extension) the client keeps to per-job stdin windows (§3.6).
+    #[serde(default)]
+    pub window: bool,
+    /// (Extension) each job's output window, which the client gives back
+    /// as it takes the output (§3.6).
+    #[serde(default)]
+    pub output_window: Option<u64>,
+    /// (Extension, §3.7) `publickey`; absent: the token's HMAC.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// (§3.7) the client's public key or certificate, an OpenSSH line.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// (§3.7) the client's SSH signature of the transcript, PEM.
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMsg {
-    Auth {
-        version: u64,
-        nonce: Option<String>,
-        mac: Option<String>,
-        /// (Extension) the client keeps to per-job stdin windows
-        /// (PROTOCOL.md §3.6).
-        window: bool,
-        /// (Extension) each job's output window, which the client gives
-        /// back as it takes the output (PROTOCOL.md §3.6).
-        output_window: Option<u64>,
-    },
+    Auth(AuthRequest),
     Exec(ExecRequest),
     Stdin {
         id: u64,
@@ -184,9 +200,20 @@ pub enum ServerMsg {
         server: String,
         auth: String,
         nonce: Option<String>,
+        /// (Extension, §3.7) every method the server accepts, when more
+        /// than `auth`.
+        methods: Vec<String>,
+        /// (§3.7) the server's host key, an OpenSSH public key line, when
+        /// it accepts keys.
+        host_key: Option<String>,
     },
     Ready {
         mac: Option<String>,
+        /// (Extension, §3.7) the host key's SSH signature of the
+        /// transcript, PEM, after a key login.
+        signature: Option<String>,
+        /// (§3.7) who the client is to this server.
+        identity: Option<String>,
         /// (Extension) the stdin window of each job, in bytes, when the
         /// client asked for windows (PROTOCOL.md §3.6).
         stdin_window: Option<u64>,
@@ -274,19 +301,6 @@ struct IdOnly {
 }
 
 #[derive(Deserialize)]
-struct AuthFields {
-    version: u64,
-    #[serde(default)]
-    nonce: Option<String>,
-    #[serde(default)]
-    mac: Option<String>,
-    #[serde(default)]
-    window: bool,
-    #[serde(default)]
-    output_window: Option<u64>,
-}
-
-#[derive(Deserialize)]
 struct OutputGrantFields {
     id: u64,
     output: u64,
@@ -329,16 +343,7 @@ impl ClientMsg {
     pub fn parse(frame: Frame) -> Result<ClientMsg, ParseError> {
         let h = &frame.header;
         Ok(match frame.kind() {
-            "auth" => {
-                let f: AuthFields = fields(h)?;
-                ClientMsg::Auth {
-                    version: f.version,
-                    nonce: f.nonce,
-                    mac: f.mac,
-                    window: f.window,
-                    output_window: f.output_window,
-                }
-            }
+            "auth" => ClientMsg::Auth(fields(h)?),
             "window" => {
                 let f: OutputGrantFields = fields(h)?;
                 ClientMsg::Window {
@@ -406,25 +411,24 @@ impl ClientMsg {
     /// The frame for this message.
     pub fn to_frame(&self) -> Frame {
         let (header, body) = match self {
-            ClientMsg::Auth {
-                version,
-                nonce,
-                mac,
-                window,
-                output_window,
-            } => {
-                let mut h = json!({"type": "auth", "version": version});
-                if let Some(w) = output_window {
+            ClientMsg::Auth(a) => {
+                let mut h = json!({"type": "auth", "version": a.version});
+                if let Some(w) = a.output_window {
                     h["output_window"] = json!(w);
                 }
-                if let Some(n) = nonce {
-                    h["nonce"] = json!(n);
-                }
-                if let Some(m) = mac {
-                    h["mac"] = json!(m);
-                }
-                if *window {
+                if a.window {
                     h["window"] = json!(true);
+                }
+                for (name, v) in [
+                    ("nonce", &a.nonce),
+                    ("mac", &a.mac),
+                    ("method", &a.method),
+                    ("key", &a.key),
+                    ("signature", &a.signature),
+                ] {
+                    if let Some(v) = v {
+                        h[name] = json!(v);
+                    }
                 }
                 (h, Bytes::new())
             }
@@ -487,12 +491,20 @@ struct HelloFields {
     auth: String,
     #[serde(default)]
     nonce: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    host_key: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ReadyFields {
     #[serde(default)]
     mac: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    identity: Option<String>,
     #[serde(default)]
     window: Option<WindowFields>,
 }
@@ -555,12 +567,16 @@ impl ServerMsg {
                     server: f.server,
                     auth: f.auth,
                     nonce: f.nonce,
+                    methods: f.methods,
+                    host_key: f.host_key,
                 }
             }
             "ready" => {
                 let f: ReadyFields = fields(h)?;
                 ServerMsg::Ready {
                     mac: f.mac,
+                    signature: f.signature,
+                    identity: f.identity,
                     stdin_window: f.window.as_ref().and_then(|w| w.stdin),
                     output_window: f.window.as_ref().and_then(|w| w.output),
                 }
@@ -631,22 +647,38 @@ impl ServerMsg {
                 server,
                 auth,
                 nonce,
+                methods,
+                host_key,
             } => {
                 let mut h =
                     json!({"type": "hello", "version": version, "server": server, "auth": auth});
                 if let Some(n) = nonce {
                     h["nonce"] = json!(n);
                 }
+                if !methods.is_empty() {
+                    h["methods"] = json!(methods);
+                }
+                if let Some(k) = host_key {
+                    h["host_key"] = json!(k);
+                }
                 (h, Bytes::new())
             }
             ServerMsg::Ready {
                 mac,
+                signature,
+                identity,
                 stdin_window,
                 output_window,
             } => {
                 let mut h = json!({"type": "ready"});
-                if let Some(m) = mac {
-                    h["mac"] = json!(m);
+                for (name, v) in [
+                    ("mac", mac),
+                    ("signature", signature),
+                    ("identity", identity),
+                ] {
+                    if let Some(v) = v {
+                        h[name] = json!(v);
+                    }
                 }
                 if let Some(w) = stdin_window {
                     h["window"] = json!({ "stdin": w });
@@ -731,13 +763,22 @@ mod tests {
     #[test]
     fn client_messages_round_trip() {
         let msgs = vec![
-            ClientMsg::Auth {
+            ClientMsg::Auth(AuthRequest {
                 version: 1,
                 nonce: Some("ab".into()),
                 mac: Some("cd".into()),
                 window: true,
                 output_window: Some(1 << 20),
-            },
+                ..AuthRequest::default()
+            }),
+            ClientMsg::Auth(AuthRequest {
+                version: 1,
+                nonce: Some("ab".into()),
+                method: Some("publickey".into()),
+                key: Some("ssh-ed25519 AAAA x".into()),
+                signature: Some("-----BEGIN SSH SIGNATURE-----\n...".into()),
+                ..AuthRequest::default()
+            }),
             ClientMsg::Window {
                 id: 4,
                 output: 65_600,
@@ -797,14 +838,28 @@ mod tests {
                 server: "switchboard 0.1.0".into(),
                 auth: "hmac-sha256".into(),
                 nonce: Some("00".into()),
+                methods: vec![],
+                host_key: None,
+            },
+            ServerMsg::Hello {
+                version: 1,
+                server: "switchboard 0.1.0".into(),
+                auth: "hmac-sha256".into(),
+                nonce: Some("00".into()),
+                methods: vec!["hmac-sha256".into(), "publickey".into()],
+                host_key: Some("ssh-ed25519 AAAA".into()),
             },
             ServerMsg::Ready {
                 mac: None,
+                signature: None,
+                identity: None,
                 stdin_window: None,
                 output_window: None,
             },
             ServerMsg::Ready {
                 mac: Some("ef".into()),
+                signature: Some("sig".into()),
+                identity: Some("alice".into()),
                 stdin_window: Some(262_144),
                 output_window: Some(1 << 20),
             },

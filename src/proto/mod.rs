@@ -8,7 +8,8 @@ pub mod message;
 
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use message::{
-    ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, PtyRequest, ServerMsg,
+    AuthRequest, ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, PtyRequest,
+    ServerMsg,
 };
 
 /// The protocol version this build speaks.

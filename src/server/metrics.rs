@@ -341,9 +341,39 @@ impl Collector for Services {
         family(
             &mut e,
             "auth_failures",
-            "Failed exec logins (a wrong token, a request before authentication).",
+            "Failed exec logins (a wrong token, a key not accepted, a request before \
+             authentication).",
             Counter,
             &[(&[], x.auth_failures.get())],
+        )?;
+        let identities = x.identities();
+        let labels: Vec<[(&str, &str); 1]> = identities
+            .iter()
+            .map(|(n, _)| [("identity", n.as_str())])
+            .collect();
+        let rows =
+            |f: fn(&crate::server::stats::IdentityCounts) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+                labels
+                    .iter()
+                    .zip(&identities)
+                    .map(|(l, (_, c))| (&l[..], f(c)))
+                    .collect()
+            };
+        family(
+            &mut e,
+            "identity_jobs",
+            "Exec jobs started, by identity (a key's name, a certificate's principal, \
+             token:ID, none).",
+            Counter,
+            &rows(|c| c.jobs_started),
+        )?;
+        family(
+            &mut e,
+            "identity_auth_failures",
+            "Failed exec logins by the identity they named (unknown: a key not listed, or \
+             a signature that proved nothing).",
+            Counter,
+            &rows(|c| c.auth_failures),
         )?;
         family(
             &mut e,

@@ -50,7 +50,6 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::ServerConfig;
 use crate::endpoint::Transport;
 use crate::exposure;
-use crate::secrets::TokenSource;
 use exec::ExecShared;
 use listener::{AcceptContext, accept_loop, bind_tcp, bind_udp};
 use reload::{Limits, LiveConfig};
@@ -71,7 +70,6 @@ pub struct Server {
     live: Arc<LiveConfig>,
     sockets: Vec<(Bound, Socket)>,
     stats: Arc<Stats>,
-    token_info: Option<TokenInfo>,
     tls: Option<(Arc<rustls::ServerConfig>, crate::tls::TlsInfo)>,
     exec: Arc<ExecShared>,
     tracker: TaskTracker,
@@ -79,28 +77,25 @@ pub struct Server {
     echo_sources: Arc<sources::Sources>,
 }
 
-/// Where the exec token came from, for the banner.
-#[derive(Debug, Clone)]
-pub struct TokenInfo {
-    pub source: TokenSource,
-    /// The file was created by this start.
-    pub created: bool,
-}
-
 impl Server {
     /// Everything a start checks short of binding and creating files: the
     /// configuration's ranges, the exposure rules on its resolved
-    /// addresses, the command policy (the run-as user), the token file if
-    /// it exists, the TLS certificate and key, where the audit trail goes.
+    /// addresses, the command policy (the run-as user), the credentials
+    /// (the token file and host key if they exist, `authorized_keys` and
+    /// the other key files), the TLS certificate and key, where the audit
+    /// trail goes.
     /// `--check-config` and SIGHUP reload run this, so what they accept is
     /// what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         config.validate()?;
         exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
         exec::policy::Policy::from_config(&config.exec)?;
-        if !config.exec.listen.is_empty() && !config.exec.no_auth {
-            crate::secrets::check_server_token(config.exec.token_file.as_deref())?;
-        }
+        let serves_exec = !config.exec.listen.is_empty();
+        crate::identity::Credentials::load(
+            &config.exec,
+            serves_exec,
+            crate::identity::Load::Check,
+        )?;
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
         }
@@ -166,7 +161,7 @@ impl Server {
     }
 
     /// Everything after binding, common to every way of getting sockets:
-    /// the exposure rules, then token, TLS identity, policy.
+    /// the exposure rules, then credentials, TLS identity, policy.
     fn assemble(config: ServerConfig, sockets: Vec<(Bound, Socket)>) -> anyhow::Result<Server> {
         // Every service switched off (`--echo none --time none --exec
         // none`), or no socket passed: a mistake, not a server. Judged on
@@ -176,13 +171,11 @@ impl Server {
         }
         exposure::check(sockets.iter().map(|(b, _)| b), config.exec.exposure())?;
         let has = |s: Service| sockets.iter().any(|(b, _)| b.service == s);
-        let (token, token_info) = if has(Service::Exec) && !config.exec.no_auth {
-            let (token, source, created) =
-                crate::secrets::server_token(config.exec.token_file.as_deref(), true)?;
-            (Some(token), Some(TokenInfo { source, created }))
-        } else {
-            (None, None)
-        };
+        let credentials = crate::identity::Credentials::load(
+            &config.exec,
+            has(Service::Exec),
+            crate::identity::Load::Start,
+        )?;
         let tls = if sockets.iter().any(|(b, _)| b.transport == Transport::Tls) {
             Some(crate::tls::load_server(&config.exec)?)
         } else {
@@ -192,7 +185,7 @@ impl Server {
         policy.root_token = exposure::root_jobs_without_asking(
             sockets.iter().map(|(b, _)| b),
             config.exec.exposure(),
-            token_info.as_ref().map(|t| &t.source),
+            credentials.root_rule_source(),
         );
         if (has(Service::Exec) || has(Service::ExecLegacy)) && policy.refuses_root() {
             warn!("running as root without --run-as or --allow-root: exec jobs will be refused");
@@ -201,7 +194,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let limits = Limits::new(&config);
         let exec = Arc::new(ExecShared::new(
-            exec::Live::new(config.exec.clone(), token, policy),
+            exec::Live::new(config.exec.clone(), credentials, policy),
             limits.jobs.clone(),
             stats.exec.clone(),
             tracker.clone(),
@@ -212,7 +205,6 @@ impl Server {
             live: LiveConfig::new(config),
             sockets,
             stats,
-            token_info,
             tls,
             exec,
             tracker,
@@ -268,9 +260,35 @@ impl Server {
         self.exec.live().policy.jobs()
     }
 
-    /// Where the exec token is, if exec runs with authentication.
-    pub fn token_info(&self) -> Option<&TokenInfo> {
-        self.token_info.as_ref()
+    /// What exec authenticates with, one line each, for the banner: the
+    /// token file, the host key (and its fingerprint), the keys and
+    /// principals listed.
+    pub fn auth_lines(&self) -> Vec<String> {
+        let live = self.exec.live();
+        let c = &live.credentials;
+        let mut out = Vec::new();
+        if let Some(mode) = c.mode {
+            out.push(format!("auth  {}", mode.name()));
+        }
+        if let Some(source) = &c.token_source {
+            let state = if c.token_created { "created" } else { "from" };
+            out.push(format!("token {state} {source}"));
+        }
+        if let Some(k) = &c.keys {
+            let state = if k.host_key_created {
+                "created"
+            } else {
+                "from"
+            };
+            out.push(format!("host key {state} {}", k.host_key_path.display()));
+            out.push(format!("host key fingerprint {}", k.host_fingerprint()));
+            let (keys, principals, cas) = k.counts();
+            out.push(format!(
+                "keys  {keys} in {}; {principals} principals of {cas} CA keys",
+                k.authorized_keys.display()
+            ));
+        }
+        out
     }
 
     /// Serves until `shutdown` is cancelled, then gives open connections

@@ -3,7 +3,7 @@
 //! ```text
 //! new config ─ preflight (as a start: validate, exposure on the resolved
 //!              endpoints, policy, TLS files) ─ exposure::check(bound
-//!              sockets, new) ─ token (never created) ─ policy
+//!              sockets, new) ─ credentials (never created) ─ policy
 //!      │            any failure: nothing changes, the error is returned
 //!      ├─ restart-only settings (ServerConfig::restart_settings) compared
 //!      │  as a whole: each one that changed is named in a warning
@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Connections stay up throughout; new settings apply to new connections
-//! and requests.
+//! and requests, but for a key removed, revoked or expired: its
+//! connections are closed and their jobs killed (each session judges its
+//! identity again at the reload's signal).
 
 use std::sync::{Arc, RwLock};
 
@@ -90,18 +92,16 @@ impl Reloader {
         super::Server::preflight(&new).await?;
         exposure::check(&self.listeners, new.exec.exposure())?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
-        let (token, source) = if has(Service::Exec) && !new.exec.no_auth {
-            let (token, source, _) =
-                crate::secrets::server_token(new.exec.token_file.as_deref(), false)?;
-            (Some(token), Some(source))
-        } else {
-            (None, None)
-        };
+        let credentials = crate::identity::Credentials::load(
+            &new.exec,
+            has(Service::Exec),
+            crate::identity::Load::Reload,
+        )?;
         let mut policy = exec::policy::Policy::from_config(&new.exec)?;
         policy.root_token = exposure::root_jobs_without_asking(
             &self.listeners,
             new.exec.exposure(),
-            source.as_ref(),
+            credentials.root_rule_source(),
         );
         let old = self.live.get();
         let mut warnings: Vec<String> = old
@@ -116,7 +116,7 @@ impl Reloader {
         }
         self.limits.apply(&new);
         self.exec
-            .replace(exec::Live::new(new.exec.clone(), token, policy));
+            .replace(exec::Live::new(new.exec.clone(), credentials, policy));
         self.live.set(new);
         Ok(warnings)
     }

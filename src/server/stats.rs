@@ -125,6 +125,18 @@ pub struct ExecCounters {
     /// Job bytes on native connections over plain TCP, and over TLS.
     pub tcp: JobBytes,
     pub tls: JobBytes,
+    /// Jobs started and failed logins by identity (`key`'s name, a
+    /// principal, `token:…`, `none`, `unknown` for a key or signature
+    /// that proved nothing). Bounded: names come from the server's own
+    /// files, never from a peer.
+    by_identity: std::sync::Mutex<std::collections::BTreeMap<String, IdentityCounts>>,
+}
+
+/// What [`ExecCounters`] counts per identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityCounts {
+    pub jobs_started: u64,
+    pub auth_failures: u64,
 }
 
 /// The bytes of native exec jobs on connections of one transport: frame
@@ -139,6 +151,30 @@ pub struct JobBytes {
 }
 
 impl ExecCounters {
+    /// A job started for `identity`.
+    pub fn identity_job(&self, identity: &str) {
+        self.per_identity(identity, |c| c.jobs_started += 1);
+    }
+
+    /// A failed login that named `identity`.
+    pub fn identity_auth_failure(&self, identity: &str) {
+        self.per_identity(identity, |c| c.auth_failures += 1);
+    }
+
+    fn per_identity(&self, identity: &str, f: impl FnOnce(&mut IdentityCounts)) {
+        let mut map = self.by_identity.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(identity) {
+            Some(c) => f(c),
+            None => f(map.entry(identity.to_string()).or_default()),
+        }
+    }
+
+    /// Every identity's counts, by name.
+    pub fn identities(&self) -> Vec<(String, IdentityCounts)> {
+        let map = self.by_identity.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// The byte counters of connections over TLS (`tls`) or plain TCP.
     pub fn bytes(&self, tls: bool) -> &JobBytes {
         if tls { &self.tls } else { &self.tcp }

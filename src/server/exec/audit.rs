@@ -14,7 +14,8 @@
 //!
 //! ```text
 //! {"ts":"2026-12-02T15:52:58.804Z","audit":"job_ended","job":7,"via":"native",
-//!  "peer":"127.0.0.1:50122","who":"token:3f2a9c01","id":1,"pid":4242,
+//!  "peer":"127.0.0.1:50122","who":"alice","auth":"key",
+//!  "key":"SHA256:0pQ0…","id":1,"pid":4242,
 //!  "argv":["/bin/sh","-c","make test"],"shell":true,"cwd":null,"env":[],
 //!  "tty":false,"exit_code":0,"timed_out":false,"duration_ms":1840,
 //!  "stdout_bytes":5120,"stderr_bytes":0}
@@ -27,6 +28,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::auditlog;
+use crate::identity::Identity;
 use crate::proto::{Command, ErrorCode, ExitStatus};
 
 /// Bytes of peer-chosen text one record keeps: the command's words
@@ -59,8 +61,9 @@ impl Via {
 pub struct Who<'a> {
     pub via: Via,
     pub peer: SocketAddr,
-    /// The authenticated identity (`token:…`, or `none`).
-    pub who: &'a str,
+    /// The authenticated identity ([`Identity::audit_fields`]: `who`,
+    /// `auth`, and the key or certificate).
+    pub who: &'a Identity,
     /// The client's job id (legacy: the command's number on its connection).
     pub id: u64,
 }
@@ -139,12 +142,16 @@ pub fn refused(
     auditlog::record("refused", f);
 }
 
-/// The record of a failed login (a wrong MAC, a bad handshake): what
-/// fail2ban and its kind watch for.
-pub fn login_failed(peer: SocketAddr, why: &str) {
+/// The record of a failed login (a wrong MAC, a key not accepted, a bad
+/// handshake): what fail2ban and its kind watch for. `key`: the
+/// fingerprint of the key the client tried, if it tried one.
+pub fn login_failed(peer: SocketAddr, key: Option<&str>, why: &str) {
     let mut clipped = false;
     let mut f = Map::new();
     f.insert("peer".into(), json!(peer.to_string()));
+    if let Some(k) = key {
+        f.insert("key".into(), json!(k));
+    }
     f.insert("message".into(), json!(clip(why, &mut clipped)));
     auditlog::record("login_failed", f);
 }
@@ -153,7 +160,7 @@ fn who_fields(w: &Who<'_>) -> Map<String, Value> {
     let mut f = Map::new();
     f.insert("via".into(), json!(w.via.name()));
     f.insert("peer".into(), json!(w.peer.to_string()));
-    f.insert("who".into(), json!(w.who));
+    f.extend(w.who.audit_fields());
     f.insert("id".into(), json!(w.id));
     f
 }

@@ -50,10 +50,14 @@ pub struct JobTiming {
 /// policy handed back (argv[0] resolved), the rest comes from the request.
 /// What the kernel would refuse or misread (NUL bytes, an empty name) is a
 /// `bad_request`.
-pub fn spec(approved: &Command, req: &ExecRequest, live: &super::Live) -> Result<JobSpec, Refusal> {
+pub fn spec(
+    approved: &super::policy::Approved,
+    req: &ExecRequest,
+    live: &super::Live,
+) -> Result<JobSpec, Refusal> {
     let bad = |m: String| Err(Refusal::new(ErrorCode::BadRequest, m));
     let nul = |s: &str| s.contains('\0');
-    let argv = match approved {
+    let argv = match &approved.command {
         Command::Shell(c) if nul(c) => return bad("cmd contains a NUL byte".into()),
         Command::Shell(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
         Command::Argv(a) if a.iter().any(|s| nul(s)) => {
@@ -80,7 +84,7 @@ pub fn spec(approved: &Command, req: &ExecRequest, live: &super::Live) -> Result
         env: req.env.clone(),
         cwd: req.cwd.clone(),
         stdin: req.stdin,
-        run_as: live.policy.run_as.clone(),
+        run_as: approved.run_as.clone(),
         max_processes: (live.cfg.max_processes > 0).then_some(live.cfg.max_processes),
         pty: req.pty.clone(),
     })

@@ -122,7 +122,7 @@ async fn run(
         let who = audit::Who {
             via: Via::Legacy,
             peer,
-            who: "none",
+            who: &crate::identity::Identity::NONE,
             id,
         };
         audit::refused(
@@ -141,7 +141,10 @@ async fn run(
         ));
     };
     // Unauthenticated: never root by the exposure rule.
-    let approved = match live.policy.check(&request, false) {
+    let approved = match live
+        .policy
+        .check(&request, false, &crate::identity::Restrictions::NONE)
+    {
         Ok(c) => c,
         Err(r) => return refused(r),
     };
@@ -157,12 +160,12 @@ async fn run(
         who: audit::Who {
             via: Via::Legacy,
             peer,
-            who: "none",
+            who: &crate::identity::Identity::NONE,
             id,
         },
         job: spawned.job,
         pid: spawned.pid,
-        command: &approved,
+        command: &approved.command,
         cwd: None,
         env: &request.env,
         tty: false,

@@ -15,7 +15,8 @@ pub mod pty;
 pub mod reaper;
 pub mod session;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::task::TaskTracker;
 
@@ -23,31 +24,82 @@ use super::limit::Limit;
 use super::sources::Sources;
 use super::stats::ExecCounters;
 use crate::config::ExecConfig;
-use crate::proto::auth::Token;
+use crate::identity::Credentials;
 
 /// What SIGHUP can replace while connections stay up: read once per
-/// connection (the handshake) or per request (limits, policy).
+/// connection (the handshake) or per request (limits, policy, and whether
+/// the connection's key still gets in).
 pub struct Live {
     pub cfg: ExecConfig,
-    /// None: authentication is off (loopback only).
-    pub token: Option<Token>,
+    /// Token, keys, certificates (`mode` None: authentication is off,
+    /// loopback only).
+    pub credentials: Credentials,
     pub policy: policy::Policy,
-    /// Who the token is, for the audit log: `token:` and the first 8 hex
-    /// digits of its SHA-256, or `none`.
-    pub auth_id: String,
 }
 
 impl Live {
-    pub fn new(cfg: ExecConfig, token: Option<Token>, policy: policy::Policy) -> Live {
-        let auth_id = match &token {
-            Some(t) => format!("token:{}", t.id()),
-            None => "none".into(),
-        };
+    pub fn new(cfg: ExecConfig, credentials: Credentials, policy: policy::Policy) -> Live {
         Live {
             cfg,
-            token,
+            credentials,
             policy,
-            auth_id,
+        }
+    }
+}
+
+/// Connections and running jobs per identity, over the whole server,
+/// for `max-connections=` and `max-jobs=`.
+#[derive(Debug, Default)]
+pub struct PerIdentity(Mutex<HashMap<String, [usize; 2]>>);
+
+/// One connection (`CONN`) or job (`JOB`) of an identity, given back when
+/// dropped.
+#[derive(Debug)]
+pub struct IdentitySlot {
+    of: Arc<PerIdentity>,
+    name: String,
+    kind: usize,
+}
+
+impl PerIdentity {
+    pub const CONN: usize = 0;
+    pub const JOB: usize = 1;
+
+    /// Takes a slot of `kind` for `name`, unless it already has `max`.
+    pub fn take(
+        self: &Arc<Self>,
+        name: &str,
+        kind: usize,
+        max: Option<usize>,
+    ) -> Option<IdentitySlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = map.entry(name.to_string()).or_default();
+        let held = counts.get_mut(kind)?;
+        if max.is_some_and(|m| *held >= m) {
+            if *counts == [0, 0] {
+                map.remove(name);
+            }
+            return None;
+        }
+        *held += 1;
+        Some(IdentitySlot {
+            of: self.clone(),
+            name: name.to_string(),
+            kind,
+        })
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = self.of.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counts) = map.get_mut(&self.name) {
+            if let Some(held) = counts.get_mut(self.kind) {
+                *held = held.saturating_sub(1);
+            }
+            if *counts == [0, 0] {
+                map.remove(&self.name);
+            }
         }
     }
 }
@@ -62,6 +114,9 @@ pub struct ExecShared {
     pub tracker: TaskTracker,
     /// Per-source connection, handshake and penalty bookkeeping.
     pub sources: Arc<Sources>,
+    pub per_identity: Arc<PerIdentity>,
+    /// Bumped by each reload: sessions then judge their identity again.
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 impl ExecShared {
@@ -78,7 +133,14 @@ impl ExecShared {
             counters,
             tracker,
             sources,
+            per_identity: Arc::default(),
+            reloaded: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes when the live settings are replaced.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// The current settings, token and policy.
@@ -89,6 +151,7 @@ impl ExecShared {
     /// Replaces them (SIGHUP); connections keep running.
     pub fn replace(&self, live: Live) {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        self.reloaded.send_modify(|n| *n += 1);
     }
 }
 

@@ -12,6 +12,12 @@
 //! allow-list or `accept_env` is set), `cwd` overrides when they are
 //! forbidden, terminals (`pty`) when they are.
 //!
+//! An identity's `authorized_keys` options ([`Restrictions`]) narrow the
+//! server's policy, in the same checks: its `programs=` is an allow-list
+//! of its own (both lists must allow a program), `no-env`, `no-cwd` and
+//! `no-pty` refuse what they name. Its `run-as=` picks the job user in
+//! place of the server's `--run-as`.
+//!
 //! Why the environment is part of the allow-list: an allowed program is
 //! only as narrow as the environment it starts in. `LD_PRELOAD` runs code
 //! in any dynamically linked program, `BASH_ENV` and `BASH_FUNC_x%%` run
@@ -26,7 +32,16 @@ use nix::unistd::Uid;
 
 pub use super::process::RunAs;
 use crate::config::ExecConfig;
+use crate::identity::Restrictions;
 use crate::proto::{Command, ErrorCode, ExecRequest};
+
+/// What the policy approved: the command exactly as it is to run, and
+/// the user it runs as (`None`: the server's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    pub command: Command,
+    pub run_as: Option<RunAs>,
+}
 
 /// The server's own PATH, fixed when the policy is built: the one bare
 /// program names are looked up in.
@@ -133,7 +148,14 @@ impl Policy {
     /// root's token (unauthenticated, or with a token since replaced) never
     /// gets root jobs from a reload that allows them to others.
     pub fn refuses_root_to(&self, rule_at_auth: bool) -> bool {
-        self.run_as.is_none()
+        self.refuses_root_for(rule_at_auth, &Restrictions::NONE)
+    }
+
+    /// [`refuses_root_to`](Self::refuses_root_to) for an identity, whose
+    /// `run-as=` is a user of its own.
+    fn refuses_root_for(&self, rule_at_auth: bool, who: &Restrictions) -> bool {
+        who.run_as.is_none()
+            && self.run_as.is_none()
             && Uid::effective().is_root()
             && !self.allow_root
             && !(rule_at_auth
@@ -164,32 +186,49 @@ impl Policy {
     /// Whether request `env` names are checked against `accept_env`: always
     /// under an allow-list (an empty `accept_env` then accepts nothing), and
     /// without one as soon as the operator wrote an `accept_env`.
-    fn restricts_env(&self) -> bool {
-        !self.allowed_programs.is_empty() || !self.accept_env.is_empty()
+    fn restricts_env(&self, who: &Restrictions) -> bool {
+        !self.allowed_programs.is_empty() || who.programs.is_some() || !self.accept_env.is_empty()
     }
 
-    /// Judges a request. Approved, it returns the command to hand the
-    /// spawner unchanged: a shell line as sent, or argv with a bare
-    /// `argv[0]` replaced by its absolute path in the server's PATH.
+    /// Judges a request of an identity with restrictions `who`
+    /// ([`Restrictions::NONE`] for the token, or no authentication).
+    /// Approved, it returns the command to hand the spawner unchanged (a
+    /// shell line as sent, or argv with a bare `argv[0]` replaced by its
+    /// absolute path in the server's PATH) and the job's user.
     /// `rule_at_auth`: see [`refuses_root_to`](Self::refuses_root_to).
-    pub fn check(&self, req: &ExecRequest, rule_at_auth: bool) -> Result<Command, Refusal> {
-        if self.refuses_root_to(rule_at_auth) {
+    pub fn check(
+        &self,
+        req: &ExecRequest,
+        rule_at_auth: bool,
+        who: &Restrictions,
+    ) -> Result<Approved, Refusal> {
+        if self.refuses_root_for(rule_at_auth, who) {
             return Err(Refusal::forbidden(
                 "the server runs as root and may not run jobs as root \
                  (start it with --run-as USER, or --allow-root)",
             ));
         }
         match &req.command {
-            Command::Shell(_) if self.argv_only => {
+            Command::Shell(_) if self.argv_only || who.programs.is_some() => {
                 return Err(Refusal::forbidden(
                     "shell commands are not allowed here; send argv",
                 ));
             }
-            Command::Argv(argv) if !self.allowed_programs.is_empty() => {
+            Command::Argv(argv) => {
                 let prog = argv.first().map(String::as_str).unwrap_or_default();
-                if !self.allowed_programs.iter().any(|p| p == prog) {
+                if !self.allowed_programs.is_empty()
+                    && !self.allowed_programs.iter().any(|p| p == prog)
+                {
                     return Err(Refusal::forbidden(format!(
                         "program {prog:?} is not in the allow-list"
+                    )));
+                }
+                if let Some(mine) = &who.programs
+                    && !mine.iter().any(|p| p == prog)
+                {
+                    return Err(Refusal::forbidden(format!(
+                        "program {prog:?} is not among your key's programs= ({})",
+                        mine.join(",")
                     )));
                 }
             }
@@ -199,7 +238,12 @@ impl Policy {
             if !self.allow_env {
                 return Err(Refusal::forbidden("env overrides are not allowed here"));
             }
-            if self.restricts_env()
+            if who.no_env {
+                return Err(Refusal::forbidden(
+                    "env overrides are not allowed for your key (no-env)",
+                ));
+            }
+            if self.restricts_env(who)
                 && let Some(name) = req
                     .env
                     .keys()
@@ -210,16 +254,31 @@ impl Policy {
                 )));
             }
         }
-        if !self.allow_cwd && req.cwd.is_some() {
-            return Err(Refusal::forbidden("cwd overrides are not allowed here"));
+        if req.cwd.is_some() {
+            if !self.allow_cwd {
+                return Err(Refusal::forbidden("cwd overrides are not allowed here"));
+            }
+            if who.no_cwd {
+                return Err(Refusal::forbidden(
+                    "cwd overrides are not allowed for your key (no-cwd)",
+                ));
+            }
         }
-        if !self.allow_pty && req.pty.is_some() {
-            return Err(Refusal::forbidden(
-                "terminals are not allowed here (exec.allow_pty); run without -t",
-            ));
+        if req.pty.is_some() {
+            if !self.allow_pty {
+                return Err(Refusal::forbidden(
+                    "terminals are not allowed here (exec.allow_pty); run without -t",
+                ));
+            }
+            if who.no_pty {
+                return Err(Refusal::forbidden(
+                    "terminals are not allowed for your key (no-pty, or a certificate \
+                     without permit-pty); run without -t",
+                ));
+            }
         }
-        match &req.command {
-            Command::Shell(line) => Ok(Command::Shell(line.clone())),
+        let command = match &req.command {
+            Command::Shell(line) => Command::Shell(line.clone()),
             Command::Argv(argv) => {
                 let Some((prog, args)) = argv.split_first() else {
                     return Err(Refusal::new(ErrorCode::BadRequest, "argv is empty"));
@@ -227,9 +286,13 @@ impl Policy {
                 let mut resolved = Vec::with_capacity(argv.len());
                 resolved.push(self.resolve(prog)?);
                 resolved.extend(args.iter().cloned());
-                Ok(Command::Argv(resolved))
+                Command::Argv(resolved)
             }
-        }
+        };
+        Ok(Approved {
+            command,
+            run_as: who.run_as.clone().or_else(|| self.run_as.clone()),
+        })
     }
 
     /// `prog` as the spawner must run it. A name with a slash is a path
@@ -328,32 +391,42 @@ mod tests {
     fn each_rule_refuses_what_it_names() {
         let shell = ExecRequest::shell(1, "ls");
         let ls = argv(&["ls"]);
-        assert!(policy().check(&shell, false).is_ok());
+        assert!(policy().check(&shell, false, &Restrictions::NONE).is_ok());
 
         let p = Policy {
             argv_only: true,
             ..policy()
         };
-        assert!(p.check(&shell, false).is_err());
-        assert!(p.check(&ls, false).is_ok());
+        assert!(p.check(&shell, false, &Restrictions::NONE).is_err());
+        assert!(p.check(&ls, false, &Restrictions::NONE).is_ok());
 
         let p = Policy {
             argv_only: true,
             allowed_programs: vec!["/bin/sh".into(), "true".into()],
             ..policy()
         };
-        let refused = p.check(&ls, false).unwrap_err();
+        let refused = p.check(&ls, false, &Restrictions::NONE).unwrap_err();
         assert_eq!(refused.code, ErrorCode::Forbidden);
         assert!(refused.message.contains("allow-list"));
-        assert!(p.check(&argv(&["true"]), false).is_ok());
-        assert!(p.check(&argv(&["/bin/sh", "-c", "true"]), false).is_ok());
+        assert!(
+            p.check(&argv(&["true"]), false, &Restrictions::NONE)
+                .is_ok()
+        );
+        assert!(
+            p.check(
+                &argv(&["/bin/sh", "-c", "true"]),
+                false,
+                &Restrictions::NONE
+            )
+            .is_ok()
+        );
 
         assert!(
             Policy {
                 allow_env: false,
                 ..policy()
             }
-            .check(&with_env(shell.clone(), "K"), false)
+            .check(&with_env(shell.clone(), "K"), false, &Restrictions::NONE)
             .is_err()
         );
         let mut with_cwd = shell.clone();
@@ -363,17 +436,21 @@ mod tests {
                 allow_cwd: false,
                 ..policy()
             }
-            .check(&with_cwd, false)
+            .check(&with_cwd, false, &Restrictions::NONE)
             .is_err()
         );
         let mut with_pty = shell.clone();
         with_pty.pty = Some(Default::default());
-        assert!(policy().check(&with_pty, false).is_ok());
+        assert!(
+            policy()
+                .check(&with_pty, false, &Restrictions::NONE)
+                .is_ok()
+        );
         let refused = Policy {
             allow_pty: false,
             ..policy()
         }
-        .check(&with_pty, false)
+        .check(&with_pty, false, &Restrictions::NONE)
         .unwrap_err();
         assert!(refused.message.contains("allow_pty"), "{refused:?}");
     }
@@ -387,7 +464,7 @@ mod tests {
         };
         for name in ["LD_PRELOAD", "BASH_ENV", "BASH_FUNC_x%%", "PATH", "LANG"] {
             let r = listed
-                .check(&with_env(argv(&["true"]), name), false)
+                .check(&with_env(argv(&["true"]), name), false, &Restrictions::NONE)
                 .unwrap_err();
             assert_eq!(r.code, ErrorCode::Forbidden, "{name}");
         }
@@ -398,7 +475,7 @@ mod tests {
         for ok in ["LANG", "LC_ALL", "LC_", "SB_1"] {
             assert!(
                 accepting
-                    .check(&with_env(argv(&["true"]), ok), false)
+                    .check(&with_env(argv(&["true"]), ok), false, &Restrictions::NONE)
                     .is_ok(),
                 "{ok}"
             );
@@ -406,7 +483,7 @@ mod tests {
         for no in ["LANGUAGE", "SB_12", "SB_", "LD_PRELOAD", "lang"] {
             assert!(
                 accepting
-                    .check(&with_env(argv(&["true"]), no), false)
+                    .check(&with_env(argv(&["true"]), no), false, &Restrictions::NONE)
                     .is_err(),
                 "{no}"
             );
@@ -415,8 +492,12 @@ mod tests {
         // request; left empty, allow_env alone decides.
         let open = policy();
         assert!(
-            open.check(&with_env(argv(&["true"]), "LD_PRELOAD"), false)
-                .is_ok()
+            open.check(
+                &with_env(argv(&["true"]), "LD_PRELOAD"),
+                false,
+                &Restrictions::NONE
+            )
+            .is_ok()
         );
         let narrowed = Policy {
             accept_env: vec!["LANG".into()],
@@ -424,12 +505,20 @@ mod tests {
         };
         assert!(
             narrowed
-                .check(&with_env(ExecRequest::shell(1, "env"), "LANG"), false)
+                .check(
+                    &with_env(ExecRequest::shell(1, "env"), "LANG"),
+                    false,
+                    &Restrictions::NONE
+                )
                 .is_ok()
         );
         assert!(
             narrowed
-                .check(&with_env(ExecRequest::shell(1, "env"), "LD_PRELOAD"), false)
+                .check(
+                    &with_env(ExecRequest::shell(1, "env"), "LD_PRELOAD"),
+                    false,
+                    &Restrictions::NONE
+                )
                 .is_err()
         );
     }
@@ -449,20 +538,24 @@ mod tests {
         let mut r = argv(&["true", "x"]);
         r.env.insert("PATH".into(), "/somewhere/else".into());
         assert_eq!(
-            p.check(&r, false).unwrap(),
+            p.check(&r, false, &Restrictions::NONE).unwrap().command,
             Command::Argv(vec![fake.to_string_lossy().into_owned(), "x".into()])
         );
         let missing = p
-            .check(&argv(&["no-such-program-here"]), false)
+            .check(&argv(&["no-such-program-here"]), false, &Restrictions::NONE)
             .unwrap_err();
         assert_eq!(missing.code, ErrorCode::SpawnFailed);
         // Paths are run as written; shell lines are untouched.
         assert_eq!(
-            p.check(&argv(&["/bin/true"]), false).unwrap(),
+            p.check(&argv(&["/bin/true"]), false, &Restrictions::NONE)
+                .unwrap()
+                .command,
             Command::Argv(vec!["/bin/true".into()])
         );
         assert_eq!(
-            p.check(&ExecRequest::shell(1, "true"), false).unwrap(),
+            p.check(&ExecRequest::shell(1, "true"), false, &Restrictions::NONE)
+                .unwrap()
+                .command,
             Command::Shell("true".into())
         );
     }

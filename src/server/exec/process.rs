@@ -34,7 +34,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The user jobs run as, resolved once at start-up (never between fork and
 /// exec, where looking up /etc/group is not safe).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub name: String,
     pub uid: Uid,

@@ -33,8 +33,9 @@ use tracing::{debug, info, warn};
 use super::job::{self, JobTiming};
 use super::policy::Refusal;
 use super::process::{self, JobSpec};
-use super::{ExecShared, audit};
-use crate::proto::auth::{self, is_nonce};
+use super::{ExecShared, IdentitySlot, PerIdentity, audit};
+use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
+use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
 use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
@@ -59,8 +60,10 @@ struct Admission {
     approved: crate::proto::Command,
     timing: JobTiming,
     /// Who the connection authenticated as, for the audit.
-    who: String,
+    who: Arc<Identity>,
     slot: crate::server::limit::LimitGuard,
+    /// The identity's job, for its `max-jobs=`.
+    identity_slot: Option<IdentitySlot>,
 }
 
 struct JobHandle {
@@ -160,6 +163,7 @@ pub async fn accept(
         peer,
         tls: tls.is_some(),
         fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+        channel: None,
     };
     let Some(acceptor) = tls else {
         return serve(stream, link, slot, deadline, shared, shutdown).await;
@@ -183,6 +187,12 @@ pub async fn accept(
         },
     };
     link.fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+    // Key signatures are bound to this TLS session (PROTOCOL.md §3.7).
+    link.channel = stream
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], auth::EXPORTER_LABEL, None)
+        .ok();
     serve(stream, link, slot, deadline, shared, shutdown).await
 }
 
@@ -196,6 +206,9 @@ struct Link {
     /// [`crate::net::peer_gone`]; open for as long as the session runs,
     /// which owns the stream's halves.
     fd: std::os::fd::RawFd,
+    /// Under TLS: the session's exporter value, which key signatures
+    /// cover ([`auth::EXPORTER_LABEL`]).
+    channel: Option<[u8; 32]>,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -224,7 +237,7 @@ async fn serve(
             debug!("handshake slot taken over by another source");
             Handshake::Abandoned
         }
-        r = tokio::time::timeout_at(deadline, handshake(&mut reader, &tx, &live)) => match r {
+        r = tokio::time::timeout_at(deadline, handshake(&mut reader, &tx, &live, &link, &shared)) => match r {
             Ok(outcome) => outcome,
             Err(_) => {
                 debug!("handshake deadline passed");
@@ -232,15 +245,17 @@ async fn serve(
             }
         },
     };
-    match outcome {
+    match &outcome {
         Handshake::Ok { .. } => {
             handshake_slot.authenticated();
             shared.sources.auth_ok(peer.ip());
         }
-        Handshake::Failed(why) => {
+        Handshake::Failed { why, key, named } => {
             drop(handshake_slot);
             shared.counters.auth_failures.inc();
-            audit::login_failed(peer, why);
+            shared.counters.identity_auth_failure(named);
+            info!(%why, key = key.as_deref().unwrap_or("-"), "authentication failed");
+            audit::login_failed(peer, key.as_deref(), why);
             let (penalty, failures) =
                 shared
                     .sources
@@ -253,13 +268,22 @@ async fn serve(
                 );
             }
         }
-        Handshake::Abandoned => drop(handshake_slot),
+        Handshake::Refused | Handshake::Abandoned => drop(handshake_slot),
     }
     if let Handshake::Ok {
         stdin_window,
         output_window,
+        who,
+        identity_slot,
     } = outcome
     {
+        // What this connection proved, judged now, as it authenticates: a
+        // reload changes neither. The token file is judged again here: one
+        // exposed since the last reload proves nothing.
+        let proved = match &who.proof {
+            Proof::Token(digest) => Some(*digest),
+            _ => None,
+        };
         let mut session = Session {
             shared: shared.clone(),
             tx: tx.clone(),
@@ -271,12 +295,9 @@ async fn serve(
             stdin_window,
             output_window,
             stop: None,
-            // What this connection proved, judged now, as it
-            // authenticates: a reload changes neither. The token file is
-            // judged again here: one exposed since the last reload proves
-            // nothing.
-            who: live.auth_id.clone(),
-            proved: live.token.as_ref().map(|t| t.digest()),
+            who: Arc::new(who),
+            _identity_slot: identity_slot,
+            proved,
             root_rule_at_auth: live
                 .policy
                 .root_token
@@ -321,41 +342,78 @@ async fn write_loop(
 }
 
 /// How a handshake ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Handshake {
-    /// Authenticated, with the stdin window agreed on if the client asked
-    /// for one, and the output window it gave (PROTOCOL.md §3.6).
+    /// Authenticated as `who`, with the stdin window agreed on if the
+    /// client asked for one, and the output window it gave (PROTOCOL.md
+    /// §3.6); holding the identity's connection slot if it has a limit.
     Ok {
         stdin_window: Option<u64>,
         output_window: Option<u64>,
+        who: Identity,
+        identity_slot: Option<IdentitySlot>,
     },
-    /// Wrong MAC or a frame other than `auth`: counts toward the penalty.
-    Failed(&'static str),
+    /// Wrong MAC, a key not accepted, or a frame other than `auth`: counts
+    /// toward the penalty. `why` is for the server's log and audit trail
+    /// (the client hears less); `key` the fingerprint of the key tried;
+    /// `named` the identity the metrics count it against.
+    Failed {
+        why: std::borrow::Cow<'static, str>,
+        key: Option<String>,
+        named: String,
+    },
+    /// Authenticated, but the identity is at its `max-connections=`.
+    Refused,
     /// EOF, a protocol error, a deadline: no credential was tried.
     Abandoned,
 }
 
-/// Runs §3.2; `Ok` when the client is authenticated and `ready` is queued.
-/// One step after another as the protocol text has them (a little over 80
-/// lines), so the two can be read side by side.
+impl Handshake {
+    fn failed(why: impl Into<std::borrow::Cow<'static, str>>, named: &str) -> Handshake {
+        Handshake::Failed {
+            why: why.into(),
+            key: None,
+            named: named.into(),
+        }
+    }
+}
+
+/// What the client hears when its key is not accepted, whatever the
+/// reason (unknown, revoked, expired, from=, a bad signature): the reason
+/// goes to the server's log and audit trail only.
+const KEY_NOT_ACCEPTED: &str = "the key was not accepted";
+
+/// Runs §3.2 (and §3.7 for keys); `Ok` when the client is authenticated
+/// and `ready` is queued. One step after another as the protocol text has
+/// them, so the two can be read side by side.
 async fn handshake(
     reader: &mut FramedRead<BoxRead, FrameCodec>,
     tx: &mpsc::Sender<ServerMsg>,
     live: &super::Live,
+    link: &Link,
+    shared: &ExecShared,
 ) -> Handshake {
+    let creds = &live.credentials;
     let Ok(server_nonce) = auth::nonce() else {
         return Handshake::Abandoned;
+    };
+    // An old client reads `auth` only: `either` names the token there.
+    let (method, methods) = match creds.mode {
+        None => ("none", vec![]),
+        Some(AuthMode::Token) => ("hmac-sha256", vec![]),
+        Some(AuthMode::Key) => ("publickey", vec![]),
+        Some(AuthMode::Either) => (
+            "hmac-sha256",
+            vec!["hmac-sha256".to_string(), "publickey".to_string()],
+        ),
     };
     let hello = ServerMsg::Hello {
         version: VERSION,
         server: crate::VERSION.to_string(),
-        auth: if live.token.is_some() {
-            "hmac-sha256"
-        } else {
-            "none"
-        }
-        .into(),
-        nonce: live.token.as_ref().map(|_| server_nonce.clone()),
+        auth: method.into(),
+        nonce: creds.mode.map(|_| server_nonce.clone()),
+        methods,
+        host_key: creds.keys.as_ref().map(|k| k.host_public()),
     };
     if tx.send(hello).await.is_err() {
         return Handshake::Abandoned;
@@ -370,14 +428,8 @@ async fn handshake(
         Some(Ok(f)) => f,
     };
     let is_auth = frame.kind() == "auth";
-    let (version, client_nonce, mac, window, output_window) = match ClientMsg::parse(frame) {
-        Ok(ClientMsg::Auth {
-            version,
-            nonce,
-            mac,
-            window,
-            output_window,
-        }) => (version, nonce, mac, window, output_window),
+    let a = match ClientMsg::parse(frame) {
+        Ok(ClientMsg::Auth(a)) => a,
         Err(ParseError::BadRequest { message, .. }) if is_auth => {
             let _ = tx.send(fail(ErrorCode::Protocol, &message)).await;
             return Handshake::Abandoned;
@@ -386,16 +438,16 @@ async fn handshake(
             let _ = tx
                 .send(fail(ErrorCode::AuthFailed, "authenticate first"))
                 .await;
-            return Handshake::Failed("a request before authentication");
+            return Handshake::failed("a request before authentication", "unknown");
         }
     };
-    if version != VERSION {
+    if a.version != VERSION {
         let _ = tx
             .send(fail(ErrorCode::Protocol, "unsupported version"))
             .await;
         return Handshake::Abandoned;
     }
-    if let Some(w) = output_window
+    if let Some(w) = a.output_window
         && !OUTPUT_WINDOWS.contains(&w)
     {
         let why = format!(
@@ -406,43 +458,166 @@ async fn handshake(
         let _ = tx.send(fail(ErrorCode::Protocol, &why)).await;
         return Handshake::Abandoned;
     }
-    // The window the client asked for, as configured now.
-    let stdin_window = window.then_some(live.cfg.stdin_window);
-    let ready = match &live.token {
-        None => ServerMsg::Ready {
-            mac: None,
-            stdin_window,
-            output_window,
-        },
-        Some(token) => {
-            let ok = match (&client_nonce, &mac) {
-                (Some(cn), Some(m)) => is_nonce(cn) && token.verify_client(&server_nonce, cn, m),
+    let client_nonce = a.nonce.clone().filter(|n| is_nonce(n));
+    let proved = match (creds.mode, a.method.as_deref(), &creds.token, &creds.keys) {
+        (None, _, _, _) => Ok((Identity::NONE, Restrictions::NONE.into(), ServerProof::None)),
+        (Some(_), Some("publickey"), _, Some(keys)) => {
+            key_login(&a, client_nonce.as_deref(), &server_nonce, keys, link)
+        }
+        (Some(_), None | Some("hmac-sha256"), Some(token), _) => {
+            let ok = match (&client_nonce, &a.mac) {
+                (Some(cn), Some(m)) => token.verify_client(&server_nonce, cn, m),
                 _ => false,
             };
-            if !ok {
-                info!("authentication failed");
-                let _ = tx
-                    .send(fail(ErrorCode::AuthFailed, "the token was not accepted"))
-                    .await;
-                return Handshake::Failed("the token was not accepted");
-            }
-            let cn = client_nonce.unwrap_or_default();
-            ServerMsg::Ready {
-                mac: Some(token.server_mac(&server_nonce, &cn)),
-                stdin_window,
-                output_window,
+            match (ok, &client_nonce) {
+                (true, Some(cn)) => Ok((
+                    Identity::token(token),
+                    Restrictions::NONE.into(),
+                    ServerProof::Mac(token.server_mac(&server_nonce, cn)),
+                )),
+                _ => Err(Handshake::failed("the token was not accepted", "token")),
             }
         }
+        (Some(_), m, _, _) => Err(Handshake::failed(
+            format!(
+                "method {:?} is not accepted here",
+                m.unwrap_or("hmac-sha256")
+            ),
+            "unknown",
+        )),
     };
-    debug!("authenticated");
+    let (who, restrictions, proof) = match proved {
+        Ok(p) => p,
+        Err(failed) => {
+            let said = match (&failed, a.method.as_deref()) {
+                (_, Some("publickey")) => KEY_NOT_ACCEPTED,
+                _ => "the token was not accepted",
+            };
+            let _ = tx.send(fail(ErrorCode::AuthFailed, said)).await;
+            return failed;
+        }
+    };
+    // max-connections= counts the identity's connections over the server.
+    let identity_slot = match restrictions.max_connections {
+        None => None,
+        Some(max) => match shared
+            .per_identity
+            .take(&who.name, PerIdentity::CONN, Some(max))
+        {
+            Some(slot) => Some(slot),
+            None => {
+                let why = format!(
+                    "{} already has its {max} connections (max-connections); try again later",
+                    who.name
+                );
+                let _ = tx.send(fail(ErrorCode::Busy, &why)).await;
+                return Handshake::Refused;
+            }
+        },
+    };
+    // The window the client asked for, as configured now.
+    let stdin_window = a.window.then_some(live.cfg.stdin_window);
+    let (mac, signature) = match proof {
+        ServerProof::None => (None, None),
+        ServerProof::Mac(m) => (Some(m), None),
+        ServerProof::Signature(s) => (None, Some(s)),
+    };
+    let ready = ServerMsg::Ready {
+        mac,
+        signature,
+        identity: creds.mode.map(|_| who.name.to_string()),
+        stdin_window,
+        output_window: a.output_window,
+    };
+    debug!(identity = %who.name, "authenticated");
     if tx.send(ready).await.is_ok() {
         Handshake::Ok {
             stdin_window,
-            output_window,
+            output_window: a.output_window,
+            who,
+            identity_slot,
         }
     } else {
         Handshake::Abandoned
     }
+}
+
+/// How the server proves itself in `ready`.
+enum ServerProof {
+    None,
+    /// The token's HMAC (§3.2).
+    Mac(String),
+    /// The host key's signature (§3.7).
+    Signature(String),
+}
+
+/// A key login (§3.7): the client's signature over the transcript first,
+/// whatever the key (so an unknown key costs what a known one does), then
+/// the one judgement of the key ([`crate::identity::KeyAuth::admit`]);
+/// admitted, the host key signs the server's transcript for `ready`.
+fn key_login(
+    a: &crate::proto::AuthRequest,
+    client_nonce: Option<&str>,
+    server_nonce: &str,
+    keys: &crate::identity::KeyAuth,
+    link: &Link,
+) -> Result<(Identity, Arc<Restrictions>, ServerProof), Handshake> {
+    use ssh_key::{HashAlg, LineEnding, PublicKey, SshSig};
+    let cn =
+        client_nonce.ok_or_else(|| Handshake::failed("a malformed client nonce", "unknown"))?;
+    let presented = a
+        .key
+        .as_deref()
+        .and_then(Presented::parse)
+        .ok_or_else(|| Handshake::failed("not an Ed25519 key or certificate", "unknown"))?;
+    let fp = presented
+        .key_data()
+        .fingerprint(HashAlg::Sha256)
+        .to_string();
+    let refused = |why: std::borrow::Cow<'static, str>, named: Option<String>| Handshake::Failed {
+        why,
+        key: Some(fp.clone()),
+        named: named.unwrap_or_else(|| "unknown".into()),
+    };
+    let host_fp = keys.host_fingerprint();
+    let transcript = auth::key_transcript(
+        Role::Client,
+        server_nonce,
+        cn,
+        &host_fp,
+        &fp,
+        link.channel.as_ref(),
+    );
+    let signed = a
+        .signature
+        .as_deref()
+        .and_then(|pem| SshSig::from_pem(pem).ok())
+        .is_some_and(|sig| {
+            sig.public_key() == presented.key_data()
+                && PublicKey::from(presented.key_data().clone())
+                    .verify(KEY_NAMESPACE, &transcript, &sig)
+                    .is_ok()
+        });
+    if !signed {
+        return Err(refused("the signature does not verify".into(), None));
+    }
+    let (who, restrictions) = keys
+        .admit(&presented, link.peer.ip(), crate::identity::unix_now())
+        .map_err(|d| refused(d.why, d.name))?;
+    let server = auth::key_transcript(
+        Role::Server,
+        server_nonce,
+        cn,
+        &host_fp,
+        &fp,
+        link.channel.as_ref(),
+    );
+    let signature = keys
+        .host_key
+        .sign(KEY_NAMESPACE, HashAlg::Sha512, &server)
+        .and_then(|s| s.to_pem(LineEnding::LF))
+        .map_err(|e| refused(format!("the host key cannot sign: {e}").into(), None))?;
+    Ok((who, restrictions, ServerProof::Signature(signature)))
 }
 
 struct Session {
@@ -468,8 +643,10 @@ struct Session {
     /// to leave while the reading of its connection was held up, or broke
     /// a window.
     stop: Option<&'static str>,
-    /// Who authenticated, for the audit log (`token:…` or `none`).
-    who: String,
+    /// Who authenticated: judged again at each request and each reload.
+    who: Arc<Identity>,
+    /// The identity's connection, for its `max-connections=`.
+    _identity_slot: Option<IdentitySlot>,
     /// The SHA-256 of the token this connection proved, if any: root jobs
     /// by the exposure rule need it to be the token in force.
     proved: Option<[u8; 32]>,
@@ -492,9 +669,18 @@ impl Session {
         let mut last_activity = Instant::now();
         // (frames decoded so far, when the current partial frame was first seen)
         let mut partial: Option<(u64, Instant)> = None;
+        let mut reloads = self.shared.reloads();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                // A key removed, revoked or expired closes its connections
+                // (and their jobs) at the reload that says so.
+                Ok(()) = reloads.changed() => {
+                    if let Err(why) = self.still_in() {
+                        self.send(ServerMsg::error(None, ErrorCode::AuthFailed, why)).await;
+                        return;
+                    }
+                }
                 _ = tick.tick() => {
                     if self.jobs.is_empty() && last_activity.elapsed() >= idle {
                         debug!("idle timeout");
@@ -566,6 +752,28 @@ impl Session {
             who: &self.who,
             id,
         }
+    }
+
+    /// What this connection's identity may do now: the credentials as
+    /// they are now judge it as at its handshake. `Err` (the key was
+    /// removed, revoked or has expired; its kind of login was turned off)
+    /// ends the connection, with the reason logged and audited.
+    fn still_in(&self) -> Result<Arc<Restrictions>, String> {
+        let live = self.shared.live();
+        live.credentials
+            .recheck(&self.who, self.link.peer.ip(), crate::identity::unix_now())
+            .map_err(|d| {
+                info!(identity = %self.who.name, why = %d, "identity no longer accepted; closing");
+                audit::login_failed(
+                    self.link.peer,
+                    self.who.fingerprint().as_deref(),
+                    &format!("{} no longer accepted: {d}", self.who.name),
+                );
+                format!(
+                    "{} is no longer accepted here (removed, revoked or expired): closing",
+                    self.who.name
+                )
+            })
     }
 
     async fn send(&self, msg: ServerMsg) {
@@ -744,20 +952,26 @@ impl Session {
     /// Judges a request against the connection's jobs, the server's job
     /// slots and the policy, as they are now (SIGHUP may have changed
     /// them); admitted, it holds its job slot until the job ends.
-    fn admit(&self, req: ExecRequest) -> Result<Admission, Refusal> {
+    fn admit(&mut self, req: ExecRequest) -> Result<Admission, Refusal> {
         let (id, command, env) = (req.id, req.command.clone(), req.env.clone());
-        self.judge(req).inspect_err(|r| {
+        let judged = self.judge(req);
+        if let Err(r) = &judged {
             if r.code == ErrorCode::Forbidden {
                 self.shared.counters.forbidden.inc();
             }
             let who = self.audit_who(id);
             audit::refused(&who, Some(&command), &env, r.code, &r.message);
-        })
+        }
+        judged
     }
 
-    fn judge(&self, req: ExecRequest) -> Result<Admission, Refusal> {
+    fn judge(&mut self, req: ExecRequest) -> Result<Admission, Refusal> {
         let id = req.id;
         let live = self.shared.live();
+        let restrictions = self.still_in().map_err(|why| {
+            self.stop = Some("the identity is no longer accepted");
+            Refusal::new(ErrorCode::AuthFailed, why)
+        })?;
         if self.jobs.contains_key(&id) {
             return Err(Refusal::new(
                 ErrorCode::DuplicateId,
@@ -784,9 +998,23 @@ impl Session {
         // (rotated because it leaked) takes root away from its holders.
         let proved_current = self.root_rule_at_auth
             && self.proved.is_some()
-            && self.proved == live.token.as_ref().map(|t| t.digest());
-        let approved = live.policy.check(&req, proved_current)?;
+            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
+        let approved = live.policy.check(&req, proved_current, &restrictions)?;
         let spec = job::spec(&approved, &req, &live)?;
+        let identity_slot = match restrictions.max_jobs {
+            None => None,
+            Some(max) => Some(
+                self.shared
+                    .per_identity
+                    .take(&self.who.name, PerIdentity::JOB, Some(max))
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            ErrorCode::Busy,
+                            format!("{} is running its {max} jobs (max-jobs)", self.who.name),
+                        )
+                    })?,
+            ),
+        };
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
@@ -795,7 +1023,7 @@ impl Session {
         Ok(Admission {
             id,
             spec,
-            approved,
+            approved: approved.command,
             timing: JobTiming {
                 timeout,
                 kill_grace: live.cfg.kill_grace,
@@ -803,6 +1031,7 @@ impl Session {
             },
             who: self.who.clone(),
             slot,
+            identity_slot,
         })
     }
 
@@ -816,6 +1045,7 @@ impl Session {
             timing,
             who,
             slot,
+            identity_slot,
         } = a;
         let spawned = process::spawn(&spec)
             .map_err(|e| job::spawn_refusal(&e, &spec))
@@ -826,6 +1056,7 @@ impl Session {
         let (pid, pgid, pty) = (spawned.pid, spawned.pgid, spawned.pty.clone());
         let job_no = spawned.job;
         self.shared.counters.jobs_started.inc();
+        self.shared.counters.identity_job(&who.name);
         info!(id, job = job_no, pid, tty = pty.is_some(), command = ?approved, "job started");
         audit::started(&job_record(
             self.audit_who(id),
@@ -874,7 +1105,7 @@ impl Session {
             let started = Instant::now();
             let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
             ended.cancel();
-            drop(slot);
+            drop((slot, identity_slot));
             let output = end.stdout_bytes + end.stderr_bytes;
             counters.record_job(&end.status, output, started.elapsed(), tls);
             let who = audit::Who {
