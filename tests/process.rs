@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::TempUser;
 use common::{ServeProcess, runtime, spawn_serve, spawn_serve_under};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -74,44 +75,6 @@ fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
-}
-
-/// A throwaway system user, deleted when dropped (also when the test fails).
-struct TempUser {
-    name: String,
-}
-
-impl TempUser {
-    /// A user for `--run-as`, which needs a root server: None (and a loud
-    /// message) when this process is not root or cannot create users.
-    fn for_run_as() -> Option<TempUser> {
-        if !is_root() {
-            eprintln!("SKIPPED: --run-as needs a root server");
-            return None;
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!("sbt{}x{}", std::process::id(), nanos % 100_000);
-        let st = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/bin/false"])
-            .arg(&name)
-            .status();
-        match st {
-            Ok(s) if s.success() => Some(TempUser { name }),
-            other => {
-                eprintln!("SKIPPED: cannot create a throwaway user with useradd: {other:?}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
 }
 
 fn chmod(p: &Path, mode: u32) {

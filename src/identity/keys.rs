@@ -41,11 +41,12 @@ pub fn generate(comment: &str) -> anyhow::Result<PrivateKey> {
     Ok(key)
 }
 
-/// Writes `key` (encrypted or not) to `path` (0600, never over an
-/// existing file: `Ok(false)` then) and its public half to `path.pub`
-/// (0644).
-pub fn write_pair(key: &PrivateKey, path: &Path) -> anyhow::Result<bool> {
-    let text = key
+/// Writes `stored` (the key, encrypted or not) to `path` (0600, never
+/// over an existing file: `Ok(false)` then) and the public half of `key`
+/// to `path.pub` (0644). The public half comes from the unencrypted key:
+/// an encrypted one keeps its comment inside the encryption.
+pub fn write_pair(stored: &PrivateKey, key: &PrivateKey, path: &Path) -> anyhow::Result<bool> {
+    let text = stored
         .to_openssh(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
     if !crate::files::create_new(path, text.as_bytes(), 0o600)? {
@@ -90,7 +91,7 @@ pub fn keygen(path: &Path, comment: &str, passphrase: &str) -> anyhow::Result<Pr
         key.encrypt(&mut ssh_key::rand_core::OsRng, passphrase)
             .map_err(|e| anyhow::anyhow!("cannot encrypt the key: {e}"))?
     };
-    if !write_pair(&stored, path)? {
+    if !write_pair(&stored, &key, path)? {
         bail!("{} already exists", path.display());
     }
     Ok(key)
@@ -271,8 +272,18 @@ fn certificate_for(path: &Path, public: &PublicKey) -> anyhow::Result<Option<Cer
     let Ok(bytes) = crate::secrets::read_regular(&cpath, "certificate") else {
         return Ok(None);
     };
-    let cert = Certificate::from_openssh(String::from_utf8_lossy(&bytes).trim())
-        .map_err(|e| anyhow::anyhow!("{}: not a certificate ({e})", cpath.display()))?;
+    let cert = Certificate::from_openssh(String::from_utf8_lossy(&bytes).trim()).map_err(|e| {
+        match e {
+            // OpenSSH writes "forever" as 2^64-1, past what ssh-key 0.6
+            // reads.
+            ssh_key::Error::Time => anyhow::anyhow!(
+                "{}: a certificate valid forever, which switchboard cannot read; \
+                 have it signed with an end (ssh-keygen -s CA -V +52w ...)",
+                cpath.display()
+            ),
+            e => anyhow::anyhow!("{}: not a certificate ({e})", cpath.display()),
+        }
+    })?;
     if cert.public_key() != public.key_data() {
         bail!(
             "{} certifies another key than {}",

@@ -574,7 +574,7 @@ fn host_key(path: &Path, how: Load) -> anyhow::Result<Option<(PrivateKey, bool)>
                     crate::files::ensure_dir(dir, 0o700)?;
                 }
                 let key = keys::generate(&format!("switchboard host key {}", hostname()))?;
-                if keys::write_pair(&key, path)? {
+                if keys::write_pair(&key, &key, path)? {
                     return Ok(Some((key, true)));
                 }
                 // Another server starting at the same moment wrote one.

@@ -507,6 +507,44 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
     (s, port)
 }
 
+/// A throwaway system user, deleted when dropped (also when the test fails).
+pub struct TempUser {
+    pub name: String,
+}
+
+impl TempUser {
+    /// A user for `--run-as`, which needs a root server: None (and a loud
+    /// message) when this process is not root or cannot create users.
+    pub fn for_run_as() -> Option<TempUser> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: --run-as needs a root server");
+            return None;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("sbt{}x{}", std::process::id(), nanos % 100_000);
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/false"])
+            .arg(&name)
+            .status();
+        match st {
+            Ok(s) if s.success() => Some(TempUser { name }),
+            other => {
+                eprintln!("SKIPPED: cannot create a throwaway user with useradd: {other:?}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
 // Helpers for running the binary as a client.
 
 /// Runs the client binary with `args` and `input` on stdin, with HOME in a
@@ -518,12 +556,27 @@ pub fn client(args: &[&str], input: Option<&[u8]>) -> Output {
 
 /// Runs the client binary with HOME (and the XDG directories) at `home`.
 pub fn client_in(home: &std::path::Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    client_env(home, args, input, &[])
+}
+
+/// [`client_in`] with more environment variables. The caller's agent and
+/// askpass are never inherited: a test names its own.
+pub fn client_env(
+    home: &std::path::Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> Output {
     let mut child = Command::new(bin())
         .args(args)
         .env("HOME", home)
         .env("XDG_DATA_HOME", home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env_remove("SWITCHBOARD_TOKEN")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_ASKPASS")
+        .env_remove("SSH_ASKPASS_REQUIRE")
+        .envs(env.iter().copied())
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
