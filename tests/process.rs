@@ -23,10 +23,6 @@ const T: Duration = Duration::from_secs(10);
 /// Keeps the default echo and time ports free: these tests need exec only.
 const QUIET: [&str; 4] = ["--echo", "tcp://127.0.0.1:0", "--time", "127.0.0.1:0"];
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// `/proc/PID/stat` as (state, ppid, pgid); None once the process is gone.
 fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

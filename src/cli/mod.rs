@@ -81,6 +81,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// The arguments of one command, parsed once: their sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the services (echo on 127.0.0.1:9000 TCP+UDP, time on 127.0.0.1:9001 UDP, exec on 127.0.0.1:8080).
     #[command(

@@ -116,7 +116,7 @@ enum Signer {
     /// A key file, decrypted on first use.
     File {
         path: PathBuf,
-        key: Mutex<PrivateKey>,
+        key: Box<Mutex<PrivateKey>>,
     },
 }
 
@@ -191,7 +191,7 @@ impl ClientKey {
             (Some(sock), _) => Signer::Agent(sock.to_path_buf()),
             (None, Some(key)) => Signer::File {
                 path: path.to_path_buf(),
-                key: Mutex::new(key),
+                key: Box::new(Mutex::new(key)),
             },
             (None, None) => bail!(
                 "{}: a public key, and no agent holds its private half",

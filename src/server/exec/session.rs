@@ -250,7 +250,7 @@ async fn serve(
             handshake_slot.authenticated();
             shared.sources.auth_ok(peer.ip());
         }
-        Handshake::Failed { why, key, named } => {
+        Handshake::Failed(Failed { why, key, named }) => {
             drop(handshake_slot);
             shared.counters.auth_failures.inc();
             shared.counters.identity_auth_failure(named);
@@ -354,23 +354,27 @@ enum Handshake {
         identity_slot: Option<IdentitySlot>,
     },
     /// Wrong MAC, a key not accepted, or a frame other than `auth`: counts
-    /// toward the penalty. `why` is for the server's log and audit trail
-    /// (the client hears less); `key` the fingerprint of the key tried;
-    /// `named` the identity the metrics count it against.
-    Failed {
-        why: std::borrow::Cow<'static, str>,
-        key: Option<String>,
-        named: String,
-    },
+    /// toward the penalty.
+    Failed(Failed),
     /// Authenticated, but the identity is at its `max-connections=`.
     Refused,
     /// EOF, a protocol error, a deadline: no credential was tried.
     Abandoned,
 }
 
-impl Handshake {
-    fn failed(why: impl Into<std::borrow::Cow<'static, str>>, named: &str) -> Handshake {
-        Handshake::Failed {
+/// A failed login: `why` is for the server's log and audit trail (the
+/// client hears less); `key` the fingerprint of the key tried; `named` the
+/// identity the metrics count it against.
+#[derive(Debug)]
+struct Failed {
+    why: std::borrow::Cow<'static, str>,
+    key: Option<String>,
+    named: String,
+}
+
+impl Failed {
+    fn new(why: impl Into<std::borrow::Cow<'static, str>>, named: &str) -> Failed {
+        Failed {
             why: why.into(),
             key: None,
             named: named.into(),
@@ -438,7 +442,7 @@ async fn handshake(
             let _ = tx
                 .send(fail(ErrorCode::AuthFailed, "authenticate first"))
                 .await;
-            return Handshake::failed("a request before authentication", "unknown");
+            return Handshake::Failed(Failed::new("a request before authentication", "unknown"));
         }
     };
     if a.version != VERSION {
@@ -475,10 +479,10 @@ async fn handshake(
                     Restrictions::NONE.into(),
                     ServerProof::Mac(token.server_mac(&server_nonce, cn)),
                 )),
-                _ => Err(Handshake::failed("the token was not accepted", "token")),
+                _ => Err(Failed::new("the token was not accepted", "token")),
             }
         }
-        (Some(_), m, _, _) => Err(Handshake::failed(
+        (Some(_), m, _, _) => Err(Failed::new(
             format!(
                 "method {:?} is not accepted here",
                 m.unwrap_or("hmac-sha256")
@@ -494,7 +498,7 @@ async fn handshake(
                 _ => "the token was not accepted",
             };
             let _ = tx.send(fail(ErrorCode::AuthFailed, said)).await;
-            return failed;
+            return Handshake::Failed(failed);
         }
     };
     // max-connections= counts the identity's connections over the server.
@@ -561,20 +565,19 @@ fn key_login(
     server_nonce: &str,
     keys: &crate::identity::KeyAuth,
     link: &Link,
-) -> Result<(Identity, Arc<Restrictions>, ServerProof), Handshake> {
+) -> Result<(Identity, Arc<Restrictions>, ServerProof), Failed> {
     use ssh_key::{HashAlg, LineEnding, PublicKey, SshSig};
-    let cn =
-        client_nonce.ok_or_else(|| Handshake::failed("a malformed client nonce", "unknown"))?;
+    let cn = client_nonce.ok_or_else(|| Failed::new("a malformed client nonce", "unknown"))?;
     let presented = a
         .key
         .as_deref()
         .and_then(Presented::parse)
-        .ok_or_else(|| Handshake::failed("not an Ed25519 key or certificate", "unknown"))?;
+        .ok_or_else(|| Failed::new("not an Ed25519 key or certificate", "unknown"))?;
     let fp = presented
         .key_data()
         .fingerprint(HashAlg::Sha256)
         .to_string();
-    let refused = |why: std::borrow::Cow<'static, str>, named: Option<String>| Handshake::Failed {
+    let refused = |why: std::borrow::Cow<'static, str>, named: Option<String>| Failed {
         why,
         key: Some(fp.clone()),
         named: named.unwrap_or_else(|| "unknown".into()),
