@@ -493,8 +493,8 @@ async fn handshake(
     let (who, restrictions, proof) = match proved {
         Ok(p) => p,
         Err(failed) => {
-            let said = match (&failed, a.method.as_deref()) {
-                (_, Some("publickey")) => KEY_NOT_ACCEPTED,
+            let said = match a.method.as_deref() {
+                Some("publickey") => KEY_NOT_ACCEPTED,
                 _ => "the token was not accepted",
             };
             let _ = tx.send(fail(ErrorCode::AuthFailed, said)).await;
