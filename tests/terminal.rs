@@ -430,3 +430,53 @@ fn without_t_a_terminals_typed_lines_still_reach_the_job() {
         t.screen()
     );
 }
+
+/// Issue 14: an encrypted key asks for its passphrase on the terminal, with
+/// echo off, and only when the server wants a key; the job then runs.
+#[test]
+fn an_encrypted_key_asks_for_its_passphrase_on_the_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("id_enc");
+    switchboard::identity::keys::keygen(&key, "pat", "s3cret").expect("keygen");
+    let public = std::fs::read_to_string(dir.path().join("id_enc.pub")).expect("pub");
+    let ak = dir.path().join("authorized_keys");
+    std::fs::write(&ak, public).expect("authorized_keys");
+    let srv = spawn_serve(&[
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--auth",
+        "key",
+        "--authorized-keys",
+        ak.to_str().expect("utf-8"),
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let kh = dir.path().join("known_hosts");
+    let (key, kh) = (key.to_str().expect("utf-8"), kh.to_str().expect("utf-8"));
+    let mut t = OnPty::spawn(
+        &[
+            "exec",
+            &addr,
+            "-i",
+            key,
+            "--known-hosts",
+            kh,
+            "--",
+            "echo",
+            "typed-ok",
+        ],
+        &[],
+        24,
+        80,
+    );
+    t.expect("Enter passphrase for");
+    t.type_keys(b"s3cret\r");
+    t.expect("typed-ok");
+    assert!(t.wait().success(), "{}", t.screen());
+    assert!(
+        !t.screen().contains("s3cret"),
+        "the passphrase was echoed: {}",
+        t.screen()
+    );
+}
