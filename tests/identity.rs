@@ -43,6 +43,22 @@ fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
+/// `switchboard serve` taking keys from `ak`, exec only, with `extra` flags.
+fn key_server(ak: &Path, extra: &[&str]) -> common::ServeProcess {
+    let mut args = vec![
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--auth",
+        "key",
+        "--authorized-keys",
+        ak.to_str().expect("utf-8"),
+    ];
+    args.extend(extra);
+    spawn_serve(&args)
+}
+
 fn key_auth(path: &Path) -> ClientAuth {
     let key = ClientKey::find(Some(path)).expect("key").expect("a key");
     ClientAuth::key(Arc::new(key), None)
@@ -591,18 +607,7 @@ fn keygen_passphrase_and_host_key_trust_on_first_use() {
     let ak = srv_dir.path().join("ak");
     write_private(&ak, &public_line);
     let audit = srv_dir.path().join("audit");
-    let srv = spawn_serve(&[
-        "--echo",
-        "none",
-        "--time",
-        "none",
-        "--auth",
-        "key",
-        "--authorized-keys",
-        ak.to_str().unwrap(),
-        "--audit-log",
-        audit.to_str().unwrap(),
-    ]);
+    let srv = key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
     let addr = srv.addr("exec", Transport::Tcp);
     let askpass = home.path().join("askpass");
     write_private(&askpass, "#!/bin/sh\necho s3cret\n");
@@ -734,16 +739,7 @@ fn a_key_held_by_ssh_agent() {
     let srv_dir = tempfile::tempdir().unwrap();
     let ak = srv_dir.path().join("ak");
     write_private(&ak, &public(&key));
-    let srv = spawn_serve(&[
-        "--echo",
-        "none",
-        "--time",
-        "none",
-        "--auth",
-        "key",
-        "--authorized-keys",
-        ak.to_str().unwrap(),
-    ]);
+    let srv = key_server(&ak, &[]);
     let addr = srv.addr("exec", Transport::Tcp);
     let env = [("SSH_AUTH_SOCK", sock.to_str().unwrap())];
     let pubfile = home.path().join("ivan.pub");
@@ -785,18 +781,7 @@ fn a_revoked_key_is_closed_mid_job_at_the_reload() {
     write_private(&ak, &format!("{}\n{}\n", public(&jo), public(&kim)));
     let revoked = dir.path().join("revoked");
     write_private(&revoked, "");
-    let srv = spawn_serve(&[
-        "--echo",
-        "none",
-        "--time",
-        "none",
-        "--auth",
-        "key",
-        "--authorized-keys",
-        ak.to_str().unwrap(),
-        "--revoked-keys",
-        revoked.to_str().unwrap(),
-    ]);
+    let srv = key_server(&ak, &["--revoked-keys", revoked.to_str().unwrap()]);
     let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     let rt = common::runtime();
     rt.block_on(async {
