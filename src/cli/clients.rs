@@ -175,6 +175,11 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Exec | Mode::ExecStream | Mode::ExecConnect if args.no_auth => {
             Some(crate::client::ClientAuth::none())
         }
+        Mode::Exec | Mode::ExecStream | Mode::ExecConnect if args.identity.is_some() => {
+            let key = crate::identity::keys::ClientKey::find(args.identity.as_deref())?
+                .context("no key")?;
+            Some(crate::client::ClientAuth::key(std::sync::Arc::new(key), None))
+        }
         Mode::Exec | Mode::ExecStream | Mode::ExecConnect => {
             Some(crate::client::ClientAuth::token(
                 crate::secrets::client_token(args.token_file.as_deref())?.0,
