@@ -553,8 +553,11 @@ impl ServerConfig {
     }
 
     /// Reads a TOML file; fields it leaves out keep their defaults.
+    /// Reads a configuration file as the key files are read (the server
+    /// user's or root's, writable by no one else): it says who may log in
+    /// (`no_auth`, `auth`, the key files) and what jobs may do.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let bytes = crate::secrets::read_regular(path, "config")?;
+        let bytes = crate::secrets::read_trusted(path, "config")?;
         let text = String::from_utf8(bytes)
             .with_context(|| format!("config {} is not UTF-8", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("bad config {}", path.display()))
@@ -589,6 +592,12 @@ impl ServerConfig {
         }
         if self.udp.max_sources == 0 {
             bail!("udp.max_sources must be at least 1");
+        }
+        if self.exec.no_auth && self.exec.auth != crate::identity::AuthMode::Token {
+            bail!(
+                "exec.no_auth contradicts exec.auth = \"{}\": say which (no_auth turns every login off)",
+                self.exec.auth.name()
+            );
         }
         let x = &self.exec;
         if x.max_connections == 0 || x.max_jobs_per_connection == 0 || x.max_jobs == 0 {

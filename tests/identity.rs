@@ -162,6 +162,32 @@ async fn two_identities_each_get_only_their_own_programs_and_user() {
     srv.stop().await;
 }
 
+/// A key's run-as="root" is a root job: it needs the server's
+/// --allow-root, as the server's own root jobs do.
+#[tokio::test]
+async fn run_as_root_on_a_key_needs_allow_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: run-as= needs a root server");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let oz = new_key(dir.path(), "oz");
+    let ak = format!("run-as=\"root\" {}\n", public(&oz));
+    for allow_root in [false, true] {
+        let mut cfg = key_config(dir.path(), &ak);
+        cfg.exec.allow_root = allow_root;
+        let srv = common::start(cfg).await;
+        let mut c = connect(srv.exec, &key_auth(&oz)).await.expect("oz gets in");
+        let got = c.run("id -u").await;
+        if allow_root {
+            assert_eq!(got.expect("allowed").stdout, b"0\n");
+        } else {
+            assert!(forbidden(got).contains("--allow-root"));
+        }
+        srv.stop().await;
+    }
+}
+
 /// An unknown key, a key used from outside its from=, an expired key and
 /// a signature that proves nothing all get the same answer on the wire;
 /// the server's counters tell them apart.
@@ -216,10 +242,25 @@ async fn refused_keys_are_indistinguishable_on_the_wire() {
 /// Raw frames: presents `claimed` (a listed key) with a signature by
 /// `signer`'s key; returns the server's message.
 async fn forged_signature(addr: std::net::SocketAddr, claimed: &str, signer: &Path) -> String {
-    use common::raw::{recv, send};
-    use switchboard::proto::auth::{Role, key_transcript};
+    use common::raw::recv;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (hello, _) = recv(&mut s).await.expect("hello");
+    raw_key_auth(&mut s, &hello, claimed, signer).await;
+    let (reply, _) = recv(&mut s).await.expect("an answer");
+    assert_eq!(reply["code"], "auth_failed", "{reply}");
+    assert!(recv(&mut s).await.is_none(), "the connection stays open");
+    reply["message"].as_str().unwrap().to_string()
+}
+
+/// Sends a key `auth` for `hello`, presenting `claimed`, signed by
+/// `signer`'s key.
+async fn raw_key_auth(
+    s: &mut tokio::net::TcpStream,
+    hello: &serde_json::Value,
+    claimed: &str,
+    signer: &Path,
+) {
+    use switchboard::proto::auth::{Role, key_transcript};
     assert_eq!(hello["auth"], "publickey");
     let sn = hello["nonce"].as_str().unwrap().to_string();
     let host = ssh_key::PublicKey::from_openssh(hello["host_key"].as_str().unwrap()).unwrap();
@@ -238,11 +279,7 @@ async fn forged_signature(addr: std::net::SocketAddr, claimed: &str, signer: &Pa
         .unwrap();
     let auth = serde_json::json!({"type":"auth","version":1,"method":"publickey",
         "nonce":cn,"key":claimed,"signature":sig});
-    send(&mut s, auth, b"").await;
-    let (reply, _) = recv(&mut s).await.expect("an answer");
-    assert_eq!(reply["code"], "auth_failed", "{reply}");
-    assert!(recv(&mut s).await.is_none(), "the connection stays open");
-    reply["message"].as_str().unwrap().to_string()
+    common::raw::send(s, auth, b"").await;
 }
 
 /// max-connections= and max-jobs= count per identity, over connections.
@@ -845,6 +882,37 @@ fn a_revoked_key_is_closed_mid_job_at_the_reload() {
     assert!(srv.log().contains("no longer accepted"), "{}", srv.log());
 }
 
+/// A key removed while its holder is in the middle of the handshake (the
+/// server has sent `hello`, the client has not yet answered): the login
+/// may still be judged by the files as they were, but the connection is
+/// then closed at once, before any request.
+#[test]
+fn a_key_removed_during_the_handshake_gets_no_session() {
+    use common::raw::recv;
+    let dir = tempfile::tempdir().unwrap();
+    let (mo, ned) = (new_key(dir.path(), "mo"), new_key(dir.path(), "ned"));
+    let ak = dir.path().join("ak");
+    write_private(&ak, &format!("{}\n{}\n", public(&mo), public(&ned)));
+    let srv = key_server(&ak, &[]);
+    let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    common::runtime().block_on(async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (hello, _) = recv(&mut s).await.expect("hello");
+        write_private(&ak, &format!("{}\n", public(&ned)));
+        srv.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(srv.wait_log("reloaded", 1), "{}", srv.log());
+        raw_key_auth(&mut s, &hello, &public(&mo), &mo).await;
+        let mut frames = Vec::new();
+        while let Some((h, _)) = recv(&mut s).await {
+            frames.push(h);
+        }
+        assert!(
+            frames.iter().any(|h| h["code"] == "auth_failed"),
+            "{frames:?}"
+        );
+    });
+}
+
 /// `--check-config` reads the key files as a start would: an unknown
 /// option is an error naming the file and line; a file others may write
 /// is refused.
@@ -884,4 +952,43 @@ fn check_config_validates_the_keys_file() {
     let out = check(&ak);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("chmod go-w"), "{}", stderr(&out));
+    std::fs::set_permissions(&ak, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // The configuration file says who may log in: read as the key files
+    // are, and a contradiction in it is an error, not a quiet no_auth.
+    let cfg = dir.path().join("sb.toml");
+    std::fs::write(&cfg, "[exec]\nauth = \"key\"\nno_auth = true\n").unwrap();
+    let run = |args: &[&str]| client_env(dir.path(), args, None, &[]);
+    let cfg_s = cfg.to_str().unwrap();
+    let out = run(&["serve", "--check-config", "--config", cfg_s]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("no_auth"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["serve", "--check-config", "--auth", "key", "--no-auth"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("no_auth"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&cfg, "[exec]\nauth = \"key\"\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let args = [
+        "serve",
+        "--check-config",
+        "--config",
+        cfg_s,
+        "--authorized-keys",
+        ak.to_str().unwrap(),
+    ];
+    let out = run(&args);
+    assert!(
+        !out.status.success() && stderr(&out).contains("chmod go-w"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

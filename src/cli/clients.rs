@@ -178,7 +178,10 @@ pub fn bench(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Exec | Mode::ExecStream | Mode::ExecConnect if args.identity.is_some() => {
             let key = crate::identity::keys::ClientKey::find(args.identity.as_deref())?
                 .context("no key")?;
-            Some(crate::client::ClientAuth::key(std::sync::Arc::new(key), None))
+            Some(crate::client::ClientAuth::key(
+                std::sync::Arc::new(key),
+                None,
+            ))
         }
         Mode::Exec | Mode::ExecStream | Mode::ExecConnect => {
             Some(crate::client::ClientAuth::token(

@@ -275,7 +275,12 @@ pub struct BenchArgs {
     pub token_file: Option<PathBuf>,
     /// exec modes: log in with this key instead of the token (the server's host
     /// key is taken as it comes: this is a load generator, not a client to trust).
-    #[arg(short = 'i', long = "identity", value_name = "FILE", conflicts_with = "no_auth")]
+    #[arg(
+        short = 'i',
+        long = "identity",
+        value_name = "FILE",
+        conflicts_with = "no_auth"
+    )]
     pub identity: Option<PathBuf>,
     /// exec modes: connect to a server without authentication.
     #[arg(long)]

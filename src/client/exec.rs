@@ -346,7 +346,7 @@ impl HostKey {
     ) -> Result<HostKey, ClientError> {
         let key = line
             .and_then(|l| ssh_key::PublicKey::from_openssh(l).ok())
-            .filter(|k| k.algorithm() == ssh_key::Algorithm::Ed25519)
+            .filter(|k| crate::identity::strong_ed25519(k.key_data()))
             .ok_or_else(|| {
                 ClientError::Protocol("hello offers keys without an Ed25519 host_key".into())
             })?;

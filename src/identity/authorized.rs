@@ -124,18 +124,28 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
+        let written: IpAddr = addr
             .parse()
             .with_context(|| format!("{s:?} is not an address (names are not resolved)"))?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max_written = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match len {
-            None => max,
+            None => max_written,
             Some(l) => l
                 .parse::<u8>()
                 .ok()
-                .filter(|&l| l <= max)
+                .filter(|&l| l <= max_written)
                 .with_context(|| format!("bad prefix length in {s:?}"))?,
+        };
+        // Peers are compared as IPv4 when they are IPv4-mapped, so is a
+        // mapped block (::ffff:10.0.0.0/104 is 10.0.0.0/8); a block wider
+        // than the mapped range is an IPv6 one.
+        let addr = written.to_canonical();
+        let prefix = match (written, addr) {
+            (IpAddr::V6(_), IpAddr::V4(_)) if prefix >= 96 => prefix - 96,
+            (IpAddr::V6(_), IpAddr::V4(_)) => {
+                bail!("{s:?}: an IPv4-mapped block must be /96 or longer")
+            }
+            _ => prefix,
         };
         let c = Cidr { addr, prefix };
         if c.masked(addr) != addr {
@@ -206,6 +216,9 @@ pub fn parse_keys(text: &str, path: &Path) -> anyhow::Result<Vec<KeyEntry>> {
                 key.algorithm()
             ))
             .with_context(at);
+        }
+        if !super::strong_ed25519(key.key_data()) {
+            bail!("{}: a weak (small-order) Ed25519 key", at());
         }
         let fp = key.fingerprint(HashAlg::Sha256);
         let name = match key.comment().trim() {
@@ -331,11 +344,19 @@ pub fn parse_options(text: &str) -> anyhow::Result<Restrictions> {
         ..Restrictions::default()
     };
     let mut pty = false;
+    let mut seen: Vec<String> = Vec::new();
     for opt in split_commas(text)? {
         let (name, value) = match opt.split_once('=') {
             Some((n, v)) => (n, Some(unquote(v).with_context(|| format!("option {n}"))?)),
             None => (opt, None),
         };
+        // Given twice, which would hold? The second could loosen what the
+        // first meant to restrict (a tool that appends one, say).
+        let key = name.to_ascii_lowercase();
+        if seen.contains(&key) {
+            bail!("option {name} is given twice");
+        }
+        seen.push(key);
         let need = || value.with_context(|| format!("option {name} needs a value: {name}=\"…\""));
         let flag = |v: &Option<&str>| -> anyhow::Result<()> {
             match v {
@@ -538,6 +559,35 @@ mod tests {
     }
 
     #[test]
+    fn an_option_given_twice_is_an_error() {
+        for twice in [
+            "expiry-time=\"20000101\",expiry-time=\"20991231\"",
+            "programs=\"id\",programs=\"sh\"",
+            "max-jobs=1,Max-Jobs=50",
+            "from=\"10.0.0.0/8\",from=\"0.0.0.0/0\"",
+            "no-env,no-env",
+        ] {
+            let e = parse_options(twice).unwrap_err().to_string();
+            assert!(e.contains("given twice"), "{twice}: {e}");
+        }
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        // The identity point: every "signature" with R = identity, S = 0
+        // verifies under it.
+        let mut point = [0u8; 32];
+        point[0] = 1;
+        let weak = PublicKey::from(ssh_key::public::KeyData::Ed25519(
+            ssh_key::public::Ed25519PublicKey(point),
+        ));
+        let line = weak.to_openssh().unwrap();
+        let e = format!("{:#}", keys(&format!("{line} weak\n")).unwrap_err());
+        assert!(e.contains("small-order"), "{e}");
+        assert!(super::super::Presented::parse(&line).is_none());
+    }
+
+    #[test]
     fn restrict_then_pty_keeps_the_terminal() {
         let r = parse_options("restrict,pty").unwrap();
         assert!(r.no_env && r.no_cwd && !r.no_pty);
@@ -581,5 +631,15 @@ mod tests {
                 .contains("1.2.3.4".parse().unwrap())
         );
         assert!(Cidr::parse("1.2.3.4/33").is_err());
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains("10.9.8.7".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("::ffff:0:0/96")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+        assert!(Cidr::parse("::ffff:0:0/95").is_err());
     }
 }

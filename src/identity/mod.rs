@@ -174,7 +174,7 @@ impl Presented {
         } else {
             Presented::Key(PublicKey::from_openssh(line).ok()?)
         };
-        (p.key_data().algorithm() == Algorithm::Ed25519).then_some(p)
+        strong_ed25519(p.key_data()).then_some(p)
     }
 
     /// The key that signs: the key itself, or the certificate's.
@@ -584,7 +584,7 @@ fn host_key(path: &Path, how: Load) -> anyhow::Result<Option<(PrivateKey, bool)>
     let bytes = crate::secrets::read_private(path, "host key")?;
     let key = PrivateKey::from_openssh(&bytes)
         .map_err(|e| anyhow::anyhow!("host key {}: {e}", path.display()))?;
-    if key.is_encrypted() || key.algorithm() != Algorithm::Ed25519 {
+    if key.is_encrypted() || !strong_ed25519(key.public_key().key_data()) {
         bail!(
             "host key {}: must be an unencrypted Ed25519 key",
             path.display()
@@ -635,12 +635,28 @@ fn public_keys(text: &str, path: &Path) -> anyhow::Result<Vec<PublicKey>> {
             let k = PublicKey::from_openssh(l.trim()).map_err(|e| {
                 anyhow::anyhow!("{}:{}: not a public key ({e})", path.display(), i + 1)
             })?;
-            if k.algorithm() != Algorithm::Ed25519 {
-                bail!("{}:{}: Ed25519 keys only", path.display(), i + 1);
+            if !strong_ed25519(k.key_data()) {
+                bail!(
+                    "{}:{}: Ed25519 keys of full order only",
+                    path.display(),
+                    i + 1
+                );
             }
             Ok(k)
         })
         .collect()
+}
+
+/// Whether `key` is an Ed25519 key of full order. A key of small order
+/// (the identity point, say) verifies signatures that nobody made: the
+/// signature check this build uses (`ssh-key`'s, not `verify_strict`)
+/// would let anyone who presents one in, so such keys are refused
+/// wherever a key is taken (authorized_keys, CA keys, a presented key or
+/// certificate, a server's host key).
+pub fn strong_ed25519(key: &ssh_key::public::KeyData) -> bool {
+    key.ed25519()
+        .and_then(|k| ed25519_dalek::VerifyingKey::try_from(k).ok())
+        .is_some_and(|k| !k.is_weak())
 }
 
 /// Unix time now.

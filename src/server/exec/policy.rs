@@ -202,6 +202,14 @@ impl Policy {
         rule_at_auth: bool,
         who: &Restrictions,
     ) -> Result<Approved, Refusal> {
+        // A key's run-as="root" is root jobs: the server's own consent
+        // to those (--allow-root) is needed, as for jobs as the server's
+        // root user.
+        if who.run_as.as_ref().is_some_and(|r| r.uid.is_root()) && !self.allow_root {
+            return Err(Refusal::forbidden(
+                "your key's run-as=\"root\" needs the server's --allow-root",
+            ));
+        }
         if self.refuses_root_for(rule_at_auth, who) {
             return Err(Refusal::forbidden(
                 "the server runs as root and may not run jobs as root \

@@ -230,6 +230,9 @@ async fn serve(
     let mut reader = FramedRead::new(rd, codec());
     let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
     let mut writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec()), rx));
+    // From before the handshake, which judges the key by the files as
+    // they were at its start: a reload during it is seen by the session.
+    let reloads = shared.reloads();
 
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Handshake::Abandoned,
@@ -304,7 +307,7 @@ async fn serve(
                 .as_ref()
                 .is_some_and(crate::secrets::RootToken::holds),
         };
-        session.run(&mut reader, &shutdown).await;
+        session.run(&mut reader, &shutdown, reloads).await;
         let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
         session.close(reason).await;
     }
@@ -663,6 +666,7 @@ impl Session {
         &mut self,
         reader: &mut FramedRead<BoxRead, FrameCodec>,
         shutdown: &CancellationToken,
+        mut reloads: tokio::sync::watch::Receiver<u64>,
     ) {
         let live = self.shared.live();
         let (idle, frame_timeout) = (live.cfg.idle_timeout, live.cfg.frame_timeout);
@@ -672,7 +676,6 @@ impl Session {
         let mut last_activity = Instant::now();
         // (frames decoded so far, when the current partial frame was first seen)
         let mut partial: Option<(u64, Instant)> = None;
-        let mut reloads = self.shared.reloads();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
