@@ -534,24 +534,15 @@ fn a_root_server_refuses_root_jobs_unless_told_and_runs_as_another_user() {
     }
     let out = rt.block_on(async { srv.exec_client().await.run("id -u").await.unwrap() });
     assert_eq!(out.stdout, b"0\n", "a connection with the token does");
-    // A token rotated by a reload (it leaked) takes root away from the
-    // connections that proved the old one; the new one works.
+    // A token rotated by a reload (it leaked) shuts out the connections
+    // that proved the old one; the new one works.
     let mut old = rt.block_on(srv.exec_client());
     let rotated = "ab".repeat(32);
     std::fs::write(srv.token_file(), format!("{rotated}\n")).unwrap();
     srv.signal(Signal::SIGHUP);
     assert!(srv.wait_log("reloaded", 3), "{}", srv.log());
     let r = rt.block_on(old.run("id -u"));
-    assert!(
-        matches!(
-            r,
-            Err(ClientError::Job {
-                code: ErrorCode::Forbidden,
-                ..
-            })
-        ),
-        "a root job with a rotated token: {r:?}"
-    );
+    assert!(r.is_err(), "a root job with a rotated token: {r:?}");
     let out = rt.block_on(async { srv.exec_client().await.run("id -u").await.unwrap() });
     assert_eq!(out.stdout, b"0\n", "the new token does");
     // A token opened to the group since: root jobs stop at once, with no

@@ -164,8 +164,7 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
         b"before\n"
     );
 
-    // Rotate the token and forbid shell commands, then SIGHUP.
-    std::fs::write(&token_file, "second-token\n").unwrap();
+    // Forbid shell commands, then SIGHUP.
     std::fs::write(&cfg, format!("{base}argv_only = true\n")).unwrap();
     srv.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
@@ -185,7 +184,19 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
         rt.block_on(held.run_request(argv.clone())).unwrap().stdout,
         b"argv\n"
     );
-    // New connections need the new token.
+
+    // Rotate the token (it leaked): whoever proved the old one is shut
+    // out, connected or not.
+    std::fs::write(&token_file, "second-token\n").unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(srv.wait_log("configuration reloaded", 2), "{}", srv.log());
+    let r = rt.block_on(held.run_request(argv.clone()));
+    assert!(r.is_err(), "the old token's connection ran a job: {r:?}");
+    assert!(
+        srv.log().contains("the token was replaced"),
+        "{}",
+        srv.log()
+    );
     assert!(
         rt.block_on(ExecClient::connect(&addr, &auth("first-token"), t))
             .is_err()

@@ -639,6 +639,34 @@ fn keygen_passphrase_and_host_key_trust_on_first_use() {
         let again = client_env(home.path(), &["keygen", "-f", key_s, "-N", ""], None, &[]);
         assert!(!again.status.success() && stderr(&again).contains("already exists"));
     }
+    // Nor a public half left alone, nor a .pub that is a directory; and
+    // a comment cannot add a line to the .pub file.
+    let orphan = home.path().join("orphan");
+    std::fs::write(home.path().join("orphan.pub"), "someone's\n").unwrap();
+    std::fs::create_dir(home.path().join("dir.pub")).unwrap();
+    for (f, comment, why) in [
+        ("orphan", "x", "orphan.pub already exists"),
+        ("dir", "x", "dir.pub already exists"),
+        ("nl", "a\nssh-ed25519 AAAA evil", "control characters"),
+    ] {
+        let f = home.path().join(f);
+        let out = client_env(
+            home.path(),
+            &["keygen", "-f", f.to_str().unwrap(), "-C", comment, "-N", ""],
+            None,
+            &[],
+        );
+        assert!(
+            !out.status.success() && stderr(&out).contains(why),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!f.exists(), "a private key was written: {}", f.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(orphan.with_extension("pub")).unwrap(),
+        "someone's\n"
+    );
 
     let srv_dir = tempfile::tempdir().unwrap();
     let ak = srv_dir.path().join("ak");
@@ -991,4 +1019,109 @@ fn check_config_validates_the_keys_file() {
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A client holding a key is never talked down to the token by a server
+/// that offers only that, once the server's host key is on record (an
+/// impostor in the middle would strip `publickey` to get a token MAC it
+/// can replay); a key named with -i is never traded for the token at all.
+#[test]
+fn a_key_holder_is_not_talked_down_to_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let conf = home.path().join(".config").join("switchboard");
+    std::fs::create_dir_all(&conf).unwrap();
+    let key = new_key(&conf, "id_ed25519");
+    let ak = dir.path().join("ak");
+    write_private(&ak, &format!("{}\n", public(&key)));
+    let token = dir.path().join("token");
+    write_private(&token, &format!("{}\n", "ab".repeat(32)));
+    let cfg = dir.path().join("sb.toml");
+    let config = |auth: &str| {
+        format!(
+            "[exec]\nauth = {auth:?}\ntoken_file = {:?}\nauthorized_keys = {:?}\nhost_key = {:?}\n",
+            token.to_str().unwrap(),
+            ak.to_str().unwrap(),
+            dir.path().join("host_key").to_str().unwrap()
+        )
+    };
+    std::fs::write(&cfg, config("either")).unwrap();
+    let srv = spawn_serve(&[
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "exec",
+            addr.as_str(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.extend(["--", "echo", "hi"]);
+        client_env(home.path(), &args, None, &[])
+    };
+    // The default key gets in, and the host key is recorded.
+    let out = run(&[]);
+    assert_eq!(stdout(&out), "hi\n", "{}", stderr(&out));
+    let known = std::fs::read_to_string(conf.join("known_hosts")).unwrap();
+    assert!(known.contains(&format!("host-key:{addr} ")), "{known}");
+
+    std::fs::write(&cfg, config("token")).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
+    let out = run(&[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("offers only the token"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["-i", key.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("does not take keys"),
+        "{}",
+        stderr(&out)
+    );
+    // A server never seen taking keys: the token is the simple mode.
+    let other = dir.path().join("other_known_hosts");
+    let out = run(&["--known-hosts", other.to_str().unwrap()]);
+    assert_eq!(stdout(&out), "hi\n", "{}", stderr(&out));
+}
+
+/// An audit trail the server would refuse to open (a mode logrotate got
+/// wrong) is warned about at a reload, and the reload still applies: a
+/// removed key is out.
+#[test]
+fn a_bad_audit_trail_does_not_keep_a_removed_key_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (jo, kim) = (new_key(dir.path(), "jo"), new_key(dir.path(), "kim"));
+    let ak = dir.path().join("ak");
+    write_private(&ak, &format!("{}\n{}\n", public(&jo), public(&kim)));
+    let audit = dir.path().join("audit");
+    let srv = key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
+    let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    let rt = common::runtime();
+    rt.block_on(async { connect(addr, &key_auth(&jo)).await.expect("jo") });
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o666)).unwrap();
+    write_private(&ak, &format!("{}\n", public(&kim)));
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(srv.wait_log("configuration reloaded", 1), "{}", srv.log());
+    assert!(
+        srv.log().contains("records go on to the file already open"),
+        "{}",
+        srv.log()
+    );
+    rt.block_on(async {
+        assert!(matches!(
+            connect(addr, &key_auth(&jo)).await,
+            Err(ClientError::AuthFailed(_))
+        ));
+        connect(addr, &key_auth(&kim)).await.expect("kim");
+    });
 }

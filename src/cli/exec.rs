@@ -314,7 +314,7 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
 /// `--token-file` or the default file) for those that want it; neither
 /// only with `--no-auth`. A default key file that cannot be used is
 /// warned about and left aside, as ssh does; one named with `-i` is an
-/// error.
+/// error, and the only way in tried.
 fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
     let key = match crate::identity::keys::ClientKey::find(args.identity.as_deref()) {
         Ok(k) => k.map(std::sync::Arc::new),
@@ -328,6 +328,16 @@ fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
         Some(p) => Some(p.clone()),
         None => crate::tls::default_known_hosts(),
     };
+    // A key named with -i is what the user means to log in with: never
+    // traded for the token by a server that offers only that.
+    if args.identity.is_some() {
+        return Ok(ClientAuth {
+            key,
+            known_hosts,
+            allow_unauthenticated: args.no_auth,
+            ..ClientAuth::none()
+        });
+    }
     let token = client_token(args.token_file.as_deref());
     let auth = ClientAuth {
         key,

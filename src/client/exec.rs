@@ -338,6 +338,28 @@ struct HostKey {
     unknown: Option<(PathBuf, String, String)>,
 }
 
+/// A client holding a key meets a plain-TCP server that offers only the
+/// token, where known_hosts says a host key answered before: an impostor
+/// in the middle may be stripping `publickey` to get a token MAC it can
+/// replay to the real server (which a key signature, bound to the host
+/// key, never is). Refused, as ssh refuses a changed host key.
+fn refuse_downgrade(auth: &ClientAuth, site: &Site) -> Result<(), ClientError> {
+    let (Some(path), Some(addr)) = (&auth.known_hosts, &site.known_as) else {
+        return Ok(());
+    };
+    let entry = format!("host-key:{addr}");
+    match crate::tls::known_fingerprint(path, &entry) {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(ClientError::AuthFailed(format!(
+            "{addr} took keys before ({} has its host key) but now offers only the token: \
+             someone may be in the middle. If the server was changed to token-only on purpose, \
+             remove the line {entry} from that file",
+            path.display()
+        ))),
+        Err(e) => Err(ClientError::AuthFailed(format!("{e:#}"))),
+    }
+}
+
 impl HostKey {
     fn from_hello(
         line: Option<&str>,
@@ -616,6 +638,9 @@ impl ExecClient {
                 (ready, Some(host))
             }
             (_, Some(token)) if offers("hmac-sha256") => {
+                if auth.key.is_some() {
+                    refuse_downgrade(auth, site)?;
+                }
                 let mac = token.client_mac(&server_nonce, &client_nonce);
                 self.tx
                     .send(ClientMsg::Auth(AuthRequest {
@@ -635,6 +660,13 @@ impl ExecClient {
                     ));
                 }
                 (ready, None)
+            }
+            (Some(_), None) if offers("hmac-sha256") => {
+                return Err(ClientError::AuthFailed(
+                    "the server does not take keys, only the shared token (a key given with -i \
+                     is never traded for the token; leave -i out to use the token)"
+                        .into(),
+                ));
             }
             (_, _) if offers("hmac-sha256") => {
                 return Err(ClientError::AuthFailed(

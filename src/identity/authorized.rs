@@ -287,6 +287,12 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     if name.len() > MAX_NAME || name.chars().any(char::is_control) {
         bail!("the name {name:?} is longer than {MAX_NAME} bytes or has control characters");
     }
+    // The names the server gives connections that are no key's: one of
+    // them on a key would mix its jobs and failures with theirs (metric
+    // labels, audit records).
+    if name == "none" || name == "unknown" || name.starts_with("token:") {
+        bail!("the name {name:?} is reserved (none, unknown, token:…); give the key another");
+    }
     Ok(())
 }
 
@@ -422,6 +428,11 @@ pub fn parse_options(text: &str) -> anyhow::Result<Restrictions> {
         }
     }
     if pty {
+        // restrict,pty is OpenSSH's idiom: all off but the terminal.
+        // no-pty and pty together say two things; neither wins silently.
+        if seen.iter().any(|o| o == "no-pty") {
+            bail!("options no-pty and pty contradict each other");
+        }
         r.no_pty = false;
     }
     Ok(r)
@@ -591,6 +602,17 @@ mod tests {
     fn restrict_then_pty_keeps_the_terminal() {
         let r = parse_options("restrict,pty").unwrap();
         assert!(r.no_env && r.no_cwd && !r.no_pty);
+        let e = format!("{:#}", parse_options("pty,no-pty").unwrap_err());
+        assert!(e.contains("contradict"), "{e}");
+    }
+
+    #[test]
+    fn names_the_server_gives_are_reserved() {
+        for name in ["none", "unknown", "token:abc"] {
+            let e = format!("{:#}", keys(&format!("{KEY_A} {name}\n")).unwrap_err());
+            assert!(e.contains("reserved"), "{name}: {e}");
+        }
+        assert!(keys(&format!("{KEY_A} token-holder\n")).is_ok());
     }
 
     #[test]

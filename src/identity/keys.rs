@@ -75,11 +75,20 @@ fn cert_path(path: &Path) -> PathBuf {
 /// `switchboard keygen`: a new pair at `path`, encrypted when
 /// `passphrase` is not empty. Refuses to replace an existing key.
 pub fn keygen(path: &Path, comment: &str, passphrase: &str) -> anyhow::Result<PrivateKey> {
-    if path.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists; remove it first, or give another -f",
-            path.display()
-        );
+    // The public half too: replacing someone's .pub would leave it
+    // naming a key it is not the half of.
+    for p in [path.to_path_buf(), pub_path(path)] {
+        if p.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists; remove it first, or give another -f",
+                p.display()
+            );
+        }
+    }
+    // The comment ends the .pub line and becomes a name in
+    // authorized_keys: a newline would add a line of its own.
+    if comment.chars().any(char::is_control) {
+        bail!("the comment {comment:?} has control characters");
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::ensure_dir(dir, 0o700)?;

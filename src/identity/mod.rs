@@ -446,8 +446,8 @@ impl Credentials {
 
     /// What an identity that got in may do now, as the credentials are
     /// now (for keys, [`KeyAuth::recheck`]); `Err` once it would not get
-    /// in any more. A token connection outlives a new token (root jobs do
-    /// not: see `Policy::refuses_root_to`), but not token logins turned off.
+    /// in any more: a token connection does not outlive a new token, nor
+    /// token logins turned off.
     pub fn recheck(
         &self,
         id: &Identity,
@@ -458,8 +458,13 @@ impl Credentials {
         match &id.proof {
             Proof::None if self.mode.is_none() => open(),
             Proof::None => Err(Denied::new("the server now requires authentication")),
-            Proof::Token(_) if self.token.is_some() => open(),
-            Proof::Token(_) => Err(Denied::of(&id.name, "token logins are off now (exec.auth)")),
+            // A rotated token (it leaked) shuts out whoever proved the old
+            // one, as a removed key does.
+            Proof::Token(proved) => match &self.token {
+                Some(t) if t.digest() == *proved => open(),
+                Some(_) => Err(Denied::of(&id.name, "the token was replaced")),
+                None => Err(Denied::of(&id.name, "token logins are off now (exec.auth)")),
+            },
             Proof::Key(_) | Proof::Cert(..) => match &self.keys {
                 Some(k) => k.recheck(id, ip, now),
                 None => Err(Denied::of(&id.name, "key logins are off now (exec.auth)")),

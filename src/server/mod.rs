@@ -87,6 +87,14 @@ impl Server {
     /// `--check-config` and SIGHUP reload run this, so what they accept is
     /// what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
+        Self::judge(config).await?;
+        crate::auditlog::check(&config.server.audit_log)
+    }
+
+    /// [`preflight`](Self::preflight) but for the audit trail, which a
+    /// reload only warns about: the trail's file (a mode logrotate got
+    /// wrong, say) must not keep a revoked key or a rotated token in force.
+    pub(crate) async fn judge(config: &ServerConfig) -> anyhow::Result<()> {
         config.validate()?;
         exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
         exec::policy::Policy::from_config(&config.exec)?;
@@ -99,7 +107,6 @@ impl Server {
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
         }
-        crate::auditlog::check(&config.server.audit_log)?;
         Ok(())
     }
 

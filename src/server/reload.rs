@@ -6,15 +6,16 @@
 //!              sockets, new) ─ credentials (never created) ─ policy
 //!      │            any failure: nothing changes, the error is returned
 //!      ├─ restart-only settings (ServerConfig::restart_settings) compared
-//!      │  as a whole: each one that changed is named in a warning
+//!      │  as a whole: each one that changed is named in a warning; so is
+//!      │  an audit trail that would be refused (never a failed reload)
 //!      └─ everything else applied: connection and job limits resized, the
 //!         live copy replaced (read per accept, connection and request)
 //! ```
 //!
 //! Connections stay up throughout; new settings apply to new connections
-//! and requests, but for a key removed, revoked or expired: its
-//! connections are closed and their jobs killed (each session judges its
-//! identity again at the reload's signal).
+//! and requests, but for a key removed, revoked or expired, or a token
+//! replaced: its connections are closed and their jobs killed (each
+//! session judges its identity again at the reload's signal).
 
 use std::sync::{Arc, RwLock};
 
@@ -84,12 +85,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Checks `new` as a start would ([`super::Server::preflight`]) and
+    /// Checks `new` as a start would ([`super::Server::preflight`], the
+    /// audit trail only warned about) and
     /// against the sockets being served, applies what can change live, and
     /// returns warnings about what cannot. On error nothing changes.
     pub async fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
         let _one_at_a_time = self.lock.lock().await;
-        super::Server::preflight(&new).await?;
+        super::Server::judge(&new).await?;
         exposure::check(&self.listeners, new.exec.exposure())?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
         let credentials = crate::identity::Credentials::load(
@@ -113,6 +115,9 @@ impl Reloader {
             warnings.push(
                 "running as root without run_as or allow_root: exec jobs will be refused".into(),
             );
+        }
+        if let Err(e) = crate::auditlog::check(&new.server.audit_log) {
+            warnings.push(format!("{e:#}; records go on to the file already open"));
         }
         self.limits.apply(&new);
         self.exec

@@ -152,13 +152,18 @@ impl Policy {
     }
 
     /// [`refuses_root_to`](Self::refuses_root_to) for an identity, whose
-    /// `run-as=` is a user of its own.
+    /// `run-as=` is a user of its own. Judged by the uid the job would get
+    /// (a key's run-as, else the server's run_as, else the server's own),
+    /// so `run_as = "root"` or another name for uid 0 needs --allow-root
+    /// as the server's own root does. Only a job as the server's own user
+    /// may have root from the exposure rule (the token only root can
+    /// read): naming a user is asking for that user, not for the rule.
     fn refuses_root_for(&self, rule_at_auth: bool, who: &Restrictions) -> bool {
-        who.run_as.is_none()
-            && self.run_as.is_none()
-            && Uid::effective().is_root()
-            && !self.allow_root
-            && !(rule_at_auth
+        let named = who.run_as.as_ref().or(self.run_as.as_ref());
+        let root = named.map_or_else(|| Uid::effective().is_root(), |r| r.uid.is_root());
+        root && !self.allow_root
+            && !(named.is_none()
+                && rule_at_auth
                 && self
                     .root_token
                     .as_ref()
@@ -167,9 +172,15 @@ impl Policy {
 
     /// What exec does with a job, for the banner and the reload log.
     pub fn jobs(&self) -> String {
+        let refused = self.refuses_root();
         match &self.run_as {
+            Some(r) if refused => format!(
+                "jobs refused: run_as {:?} is root (uid 0); give --allow-root to run jobs as root",
+                r.name
+            ),
+            Some(r) if r.uid.is_root() => format!("jobs run as {} (root)", r.name),
             Some(r) => format!("jobs run as {}", r.name),
-            None if self.refuses_root() => "jobs refused: the server runs as root; give --run-as \
+            None if refused => "jobs refused: the server runs as root; give --run-as \
                  USER or --allow-root, or serve exec only on loopback addresses, with \
                  authentication and a token file only root can read"
                 .to_string(),
@@ -202,19 +213,20 @@ impl Policy {
         rule_at_auth: bool,
         who: &Restrictions,
     ) -> Result<Approved, Refusal> {
-        // A key's run-as="root" is root jobs: the server's own consent
-        // to those (--allow-root) is needed, as for jobs as the server's
-        // root user.
-        if who.run_as.as_ref().is_some_and(|r| r.uid.is_root()) && !self.allow_root {
-            return Err(Refusal::forbidden(
-                "your key's run-as=\"root\" needs the server's --allow-root",
-            ));
-        }
         if self.refuses_root_for(rule_at_auth, who) {
-            return Err(Refusal::forbidden(
-                "the server runs as root and may not run jobs as root \
-                 (start it with --run-as USER, or --allow-root)",
-            ));
+            return Err(Refusal::forbidden(match (&who.run_as, &self.run_as) {
+                (Some(r), _) => format!(
+                    "your key's run-as={:?} is root (uid 0): that needs the server's --allow-root",
+                    r.name
+                ),
+                (None, Some(r)) => format!(
+                    "the server's run_as {:?} is root (uid 0) and --allow-root is not given",
+                    r.name
+                ),
+                (None, None) => "the server runs as root and may not run jobs as root \
+                     (start it with --run-as USER, or --allow-root)"
+                    .to_string(),
+            }));
         }
         match &req.command {
             Command::Shell(_) if self.argv_only || who.programs.is_some() => {
@@ -393,6 +405,50 @@ mod tests {
     fn with_env(mut r: ExecRequest, k: &str) -> ExecRequest {
         r.env.insert(k.into(), "v".into());
         r
+    }
+
+    fn user(name: &str, uid: u32) -> RunAs {
+        RunAs {
+            name: name.into(),
+            uid: Uid::from_raw(uid),
+            gid: nix::unistd::Gid::from_raw(uid),
+            groups: vec![],
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    #[test]
+    fn uid_0_by_any_name_needs_allow_root() {
+        let ls = argv(&["ls"]);
+        let no_root = Policy {
+            allow_root: false,
+            ..policy()
+        };
+        for name in ["root", "toor"] {
+            let p = Policy {
+                run_as: Some(user(name, 0)),
+                ..no_root.clone()
+            };
+            let e = p.check(&ls, true, &Restrictions::NONE).unwrap_err();
+            assert!(e.message.contains("uid 0"), "{}", e.message);
+            assert!(p.jobs().starts_with("jobs refused"), "{}", p.jobs());
+            let mut key = Restrictions::default();
+            key.run_as = Some(user(name, 0));
+            let e = no_root.check(&ls, true, &key).unwrap_err();
+            assert!(e.message.contains("your key's"), "{}", e.message);
+            assert!(policy().check(&ls, true, &key).is_ok());
+        }
+        let p = Policy {
+            run_as: Some(user("root", 0)),
+            ..policy()
+        };
+        assert_eq!(p.jobs(), "jobs run as root (root)");
+        let p = Policy {
+            run_as: Some(user("nobody", 65534)),
+            ..no_root.clone()
+        };
+        assert!(p.check(&ls, true, &Restrictions::NONE).is_ok());
     }
 
     #[test]
