@@ -43,22 +43,6 @@ fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-/// `switchboard serve` taking keys from `ak`, exec only, with `extra` flags.
-fn key_server(ak: &Path, extra: &[&str]) -> common::ServeProcess {
-    let mut args = vec![
-        "--echo",
-        "none",
-        "--time",
-        "none",
-        "--auth",
-        "key",
-        "--authorized-keys",
-        ak.to_str().expect("utf-8"),
-    ];
-    args.extend(extra);
-    spawn_serve(&args)
-}
-
 fn key_auth(path: &Path) -> ClientAuth {
     let key = ClientKey::find(Some(path)).expect("key").expect("a key");
     ClientAuth::key(Arc::new(key), None)
@@ -672,7 +656,7 @@ fn keygen_passphrase_and_host_key_trust_on_first_use() {
     let ak = srv_dir.path().join("ak");
     write_private(&ak, &public_line);
     let audit = srv_dir.path().join("audit");
-    let srv = key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
+    let srv = common::spawn_key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
     let addr = srv.addr("exec", Transport::Tcp);
     let askpass = home.path().join("askpass");
     write_private(&askpass, "#!/bin/sh\necho s3cret\n");
@@ -804,7 +788,7 @@ fn a_key_held_by_ssh_agent() {
     let srv_dir = tempfile::tempdir().unwrap();
     let ak = srv_dir.path().join("ak");
     write_private(&ak, &public(&key));
-    let srv = key_server(&ak, &[]);
+    let srv = common::spawn_key_server(&ak, &[]);
     let addr = srv.addr("exec", Transport::Tcp);
     let env = [("SSH_AUTH_SOCK", sock.to_str().unwrap())];
     let pubfile = home.path().join("ivan.pub");
@@ -846,7 +830,7 @@ fn a_revoked_key_is_closed_mid_job_at_the_reload() {
     write_private(&ak, &format!("{}\n{}\n", public(&jo), public(&kim)));
     let revoked = dir.path().join("revoked");
     write_private(&revoked, "");
-    let srv = key_server(&ak, &["--revoked-keys", revoked.to_str().unwrap()]);
+    let srv = common::spawn_key_server(&ak, &["--revoked-keys", revoked.to_str().unwrap()]);
     let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     let rt = common::runtime();
     rt.block_on(async {
@@ -921,7 +905,7 @@ fn a_key_removed_during_the_handshake_gets_no_session() {
     let (mo, ned) = (new_key(dir.path(), "mo"), new_key(dir.path(), "ned"));
     let ak = dir.path().join("ak");
     write_private(&ak, &format!("{}\n{}\n", public(&mo), public(&ned)));
-    let srv = key_server(&ak, &[]);
+    let srv = common::spawn_key_server(&ak, &[]);
     let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     common::runtime().block_on(async {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1104,7 +1088,7 @@ fn a_bad_audit_trail_does_not_keep_a_removed_key_in() {
     let ak = dir.path().join("ak");
     write_private(&ak, &format!("{}\n{}\n", public(&jo), public(&kim)));
     let audit = dir.path().join("audit");
-    let srv = key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
+    let srv = common::spawn_key_server(&ak, &["--audit-log", audit.to_str().unwrap()]);
     let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
     let rt = common::runtime();
     rt.block_on(async { connect(addr, &key_auth(&jo)).await.expect("jo") });

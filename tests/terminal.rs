@@ -441,16 +441,7 @@ fn an_encrypted_key_asks_for_its_passphrase_on_the_terminal() {
     let public = std::fs::read_to_string(dir.path().join("id_enc.pub")).expect("pub");
     let ak = dir.path().join("authorized_keys");
     std::fs::write(&ak, public).expect("authorized_keys");
-    let srv = spawn_serve(&[
-        "--echo",
-        "none",
-        "--time",
-        "none",
-        "--auth",
-        "key",
-        "--authorized-keys",
-        ak.to_str().expect("utf-8"),
-    ]);
+    let srv = common::spawn_key_server(&ak, &[]);
     let addr = srv.addr("exec", Transport::Tcp);
     let kh = dir.path().join("known_hosts");
     let (key, kh) = (key.to_str().expect("utf-8"), kh.to_str().expect("utf-8"));

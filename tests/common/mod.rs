@@ -133,6 +133,23 @@ pub fn spawn_serve(args: &[&str]) -> ServeProcess {
     spawn_serve_env(args, &[])
 }
 
+/// `switchboard serve` taking keys from `authorized_keys`, exec only,
+/// with `extra` flags.
+pub fn spawn_key_server(authorized_keys: &std::path::Path, extra: &[&str]) -> ServeProcess {
+    let mut args = vec![
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--auth",
+        "key",
+        "--authorized-keys",
+        authorized_keys.to_str().expect("utf-8"),
+    ];
+    args.extend(extra);
+    spawn_serve(&args)
+}
+
 pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
     spawn_serve_under(&[], args, env)
 }
