@@ -95,6 +95,26 @@ pub fn read_token(path: &Path) -> Result<Token, SecretError> {
     token(&text, from())
 }
 
+/// What the token file at `path` holds now, by its SHA-256, read whatever
+/// its mode (only compared, never used to authenticate); `None` if it
+/// cannot be read or holds no token. Bounded like every secret file.
+pub fn token_file_digest(path: &Path) -> Option<[u8; 32]> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO put there must not hang the reload.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE).read_to_string(&mut text).ok()?;
+    Token::new(&text).ok().map(|t| t.digest())
+}
+
 /// The default token file: `token` in the user's config directory
 /// (`$XDG_CONFIG_HOME/switchboard/token`, usually `~/.config/switchboard/token`).
 pub fn default_token_path() -> Option<PathBuf> {

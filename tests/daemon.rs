@@ -205,7 +205,7 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
         .block_on(ExecClient::connect(&addr, &auth("second-token"), t))
         .unwrap();
     assert_eq!(
-        rt.block_on(fresh.run_request(argv)).unwrap().stdout,
+        rt.block_on(fresh.run_request(argv.clone())).unwrap().stdout,
         b"argv\n"
     );
 
@@ -214,6 +214,41 @@ fn sighup_reloads_token_and_limits_without_dropping_connections() {
     srv.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(srv.wait_log("reload failed", 1), "{}", srv.log());
     rt.block_on(fresh.ping()).unwrap();
+
+    // A token rotated into a file the reload refuses (0644, as `mv` of a
+    // file written under umask 022 leaves it): the old token does not
+    // stay in force; no token does, until a reload succeeds.
+    std::fs::write(&cfg, &base).unwrap();
+    let new_file = dir.path().join("token.new");
+    std::fs::write(&new_file, "third-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&new_file, PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::rename(&new_file, &token_file).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(srv.wait_log("reload failed", 2), "{}", srv.log());
+    assert!(srv.log().contains("token logins are off"), "{}", srv.log());
+    let r = rt.block_on(fresh.run_request(argv.clone()));
+    assert!(
+        r.is_err(),
+        "the replaced token's connection ran a job: {r:?}"
+    );
+    for tok in ["second-token", "third-token"] {
+        assert!(
+            rt.block_on(ExecClient::connect(&addr, &auth(tok), t))
+                .is_err(),
+            "{tok} got in"
+        );
+    }
+    std::fs::set_permissions(&token_file, PermissionsExt::from_mode(0o600)).unwrap();
+    srv.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(srv.wait_log("configuration reloaded", 3), "{}", srv.log());
+    let mut third = rt
+        .block_on(ExecClient::connect(&addr, &auth("third-token"), t))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(third.run_request(argv)).unwrap().stdout,
+        b"argv\n"
+    );
 }
 
 /// A configured metrics endpoint is served under socket activation too,

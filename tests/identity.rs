@@ -631,7 +631,7 @@ fn keygen_passphrase_and_host_key_trust_on_first_use() {
     for (f, comment, why) in [
         ("orphan", "x", "orphan.pub already exists"),
         ("dir", "x", "dir.pub already exists"),
-        ("nl", "a\nssh-ed25519 AAAA evil", "control characters"),
+        ("nl", "a\nssh-ed25519 AAAA evil", "invisible characters"),
     ] {
         let f = home.path().join(f);
         let out = client_env(
@@ -877,7 +877,23 @@ fn a_revoked_key_is_closed_mid_job_at_the_reload() {
             connect(addr, &key_auth(&jo)).await,
             Err(ClientError::AuthFailed(_))
         ));
-        // Removing kim from authorized_keys closes kim too.
+        // Options tightened at a reload hold for kim's open connection
+        // from its next request.
+        write_private(&ak, &format!("programs=\"true\" {}\n", public(&kim)));
+        srv.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(srv.wait_log("configuration reloaded", 2), "{}", srv.log());
+        let why = forbidden(kim_conn.run("echo kim").await);
+        assert!(why.contains("shell"), "{why}");
+        assert_eq!(
+            kim_conn
+                .run_request(argv(9, &["true"]))
+                .await
+                .unwrap()
+                .status,
+            ExitStatus::Code(0)
+        );
+        // Removing kim from authorized_keys closes kim too (jo is only
+        // in the file so that it lists a key).
         write_private(&ak, &format!("{}\n", public(&jo)));
         srv.signal(nix::sys::signal::Signal::SIGHUP);
         let closed = tokio::time::timeout(T, async {
@@ -1065,6 +1081,21 @@ fn a_key_holder_is_not_talked_down_to_the_token() {
         "{}",
         stderr(&out)
     );
+    // The same server by other names is the same entry.
+    let port = addr.rsplit_once(':').unwrap().1;
+    for other in [
+        format!("localhost:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+    ] {
+        let mut args = vec!["exec", other.as_str(), "--token-file"];
+        args.extend([token.to_str().unwrap(), "--", "true"]);
+        let out = client_env(home.path(), &args, None, &[]);
+        assert!(
+            !out.status.success() && stderr(&out).contains("offers only the token"),
+            "{other}: {}",
+            stderr(&out)
+        );
+    }
     let out = run(&["-i", key.to_str().unwrap()]);
     assert!(
         !out.status.success() && stderr(&out).contains("does not take keys"),
@@ -1108,4 +1139,50 @@ fn a_bad_audit_trail_does_not_keep_a_removed_key_in() {
         ));
         connect(addr, &key_auth(&kim)).await.expect("kim");
     });
+}
+
+/// The last key removed, or the whole file, at a reload: nobody gets in
+/// with a key any more (a warning says so), rather than a refused reload
+/// that would keep the removed key in force.
+#[test]
+fn emptying_authorized_keys_at_a_reload_leaves_nobody_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let jo = new_key(dir.path(), "jo");
+    let ak = dir.path().join("ak");
+    write_private(&ak, &format!("{}\n", public(&jo)));
+    let srv = common::spawn_key_server(&ak, &[]);
+    let addr: std::net::SocketAddr = srv.addr("exec", Transport::Tcp).parse().unwrap();
+    let rt = common::runtime();
+    // The key commented out, then the file removed.
+    for (round, left) in [Some("# all gone\n"), None].into_iter().enumerate() {
+        write_private(&ak, &format!("{}\n", public(&jo)));
+        srv.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            srv.wait_log("configuration reloaded", 2 * round + 1),
+            "{}",
+            srv.log()
+        );
+        let mut conn = rt.block_on(connect(addr, &key_auth(&jo))).expect("jo");
+        match left {
+            Some(text) => write_private(&ak, text),
+            None => std::fs::remove_file(&ak).unwrap(),
+        }
+        srv.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            srv.wait_log("configuration reloaded", 2 * round + 2),
+            "{}",
+            srv.log()
+        );
+        assert!(
+            srv.log().contains("no key or certificate can log in now"),
+            "{}",
+            srv.log()
+        );
+        let r = rt.block_on(conn.run("true"));
+        assert!(r.is_err(), "a removed key ran a job: {r:?}");
+        assert!(matches!(
+            rt.block_on(connect(addr, &key_auth(&jo))),
+            Err(ClientError::AuthFailed(_))
+        ));
+    }
 }

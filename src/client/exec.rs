@@ -324,7 +324,7 @@ fn tls_error(addr: &str, e: std::io::Error) -> ClientError {
 /// entry (plain TCP only), and the TLS session key signatures cover.
 struct Site {
     what: String,
-    /// `HOST:PORT` as the client dialled it, on plain TCP.
+    /// The address connected to (`IP:PORT`, `[IPv6]:PORT`), on plain TCP.
     known_as: Option<String>,
     channel: Option<[u8; 32]>,
 }
@@ -430,9 +430,14 @@ impl ExecClient {
         timeout: Duration,
     ) -> Result<Self, ClientError> {
         let stream = connect_tcp(addr, timeout).await?;
+        // Host keys are on record by the address connected to, however
+        // it was spelt (`localhost`, `[::ffff:127.0.0.1]`): one server,
+        // one entry, which no other spelling can get around.
+        let peer = stream.peer_addr()?;
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let site = Site {
             what: format!("tcp://{addr}"),
-            known_as: Some(addr.to_string()),
+            known_as: Some(peer.to_string()),
             channel: None,
         };
         Self::handshake_over(stream.into_halves(), &site, auth, timeout)

@@ -284,13 +284,17 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 /// Identity names go to logs, audit records and metric labels: printable,
 /// bounded.
 fn check_name(name: &str) -> anyhow::Result<()> {
-    if name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        bail!("the name {name:?} is longer than {MAX_NAME} bytes or has control characters");
+    if name.len() > MAX_NAME || !super::plain_text(name) {
+        bail!(
+            "the name {name:?} is longer than {MAX_NAME} bytes or has control or invisible \
+             characters"
+        );
     }
     // The names the server gives connections that are no key's: one of
-    // them on a key would mix its jobs and failures with theirs (metric
-    // labels, audit records).
-    if name == "none" || name == "unknown" || name.starts_with("token:") {
+    // them on a key (in any case) would mix its jobs and failures with
+    // theirs in metric labels and audit records, or pass for them.
+    let lower = name.to_lowercase();
+    if lower == "none" || lower == "unknown" || lower.starts_with("token:") {
         bail!("the name {name:?} is reserved (none, unknown, token:…); give the key another");
     }
     Ok(())
@@ -608,11 +612,15 @@ mod tests {
 
     #[test]
     fn names_the_server_gives_are_reserved() {
-        for name in ["none", "unknown", "token:abc"] {
+        for name in ["none", "unknown", "token:abc", "None", "TOKEN:x"] {
             let e = format!("{:#}", keys(&format!("{KEY_A} {name}\n")).unwrap_err());
             assert!(e.contains("reserved"), "{name}: {e}");
         }
         assert!(keys(&format!("{KEY_A} token-holder\n")).is_ok());
+        for spoof in ["ali\u{202e}ec", "a\u{200b}b", "a\u{2028}b"] {
+            let e = format!("{:#}", keys(&format!("{KEY_A} {spoof}\n")).unwrap_err());
+            assert!(e.contains("invisible"), "{e}");
+        }
     }
 
     #[test]

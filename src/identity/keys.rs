@@ -87,8 +87,8 @@ pub fn keygen(path: &Path, comment: &str, passphrase: &str) -> anyhow::Result<Pr
     }
     // The comment ends the .pub line and becomes a name in
     // authorized_keys: a newline would add a line of its own.
-    if comment.chars().any(char::is_control) {
-        bail!("the comment {comment:?} has control characters");
+    if !super::plain_text(comment) {
+        bail!("the comment {comment:?} has control or invisible characters");
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::files::ensure_dir(dir, 0o700)?;

@@ -218,6 +218,7 @@ impl std::fmt::Display for Denied {
 }
 
 /// Keys, certificates, revocations and the server's host key.
+#[derive(Clone)]
 pub struct KeyAuth {
     pub host_key: PrivateKey,
     pub host_key_path: PathBuf,
@@ -372,6 +373,12 @@ impl KeyAuth {
         self.host_key.public_key().to_openssh().unwrap_or_default()
     }
 
+    /// Nobody can log in with a key or certificate (a reload emptied or
+    /// removed the listings).
+    pub fn admits_nobody(&self) -> bool {
+        self.authorized.is_empty() && (self.cas.is_empty() || self.principals.is_empty())
+    }
+
     /// How many keys and principals are listed, for the banner.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.authorized.len(), self.principals.len(), self.cas.len())
@@ -379,6 +386,7 @@ impl KeyAuth {
 }
 
 /// Everything the server authenticates clients with.
+#[derive(Clone)]
 pub struct Credentials {
     /// None: authentication is off (`--no-auth`) or exec is not served.
     pub mode: Option<AuthMode>,
@@ -463,7 +471,7 @@ impl Credentials {
             Proof::Token(proved) => match &self.token {
                 Some(t) if t.digest() == *proved => open(),
                 Some(_) => Err(Denied::of(&id.name, "the token was replaced")),
-                None => Err(Denied::of(&id.name, "token logins are off now (exec.auth)")),
+                None => Err(Denied::of(&id.name, "token logins are off now")),
             },
             Proof::Key(_) | Proof::Cert(..) => match &self.keys {
                 Some(k) => k.recheck(id, ip, now),
@@ -482,6 +490,20 @@ impl Credentials {
             _ => None,
         }
     }
+}
+
+/// Text that reads as what it is, for names that reach logs, audit
+/// records and metric labels: no control characters, and none of the
+/// invisible ones that reorder or hide text (bidirectional overrides,
+/// zero-width characters, line and paragraph separators).
+pub fn plain_text(s: &str) -> bool {
+    !s.chars().any(|c| {
+        c.is_control()
+            || matches!(c,
+                '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    })
 }
 
 /// The default directory of the server's files (token, host key,
@@ -508,28 +530,34 @@ fn load_keys(cfg: &ExecConfig, how: Load) -> anyhow::Result<KeyAuth> {
         .authorized_keys
         .clone()
         .unwrap_or_else(|| dir.join("authorized_keys"));
-    let authorized = match read_listing(&authorized_keys, "authorized_keys", !explicit)? {
+    // At a reload, a listing of who may log in that was emptied or removed
+    // says nobody: applied (the reloader warns), never refused, which
+    // would keep the keys it no longer lists in force. A revocation list
+    // that vanished is refused instead.
+    let reload = how == Load::Reload;
+    let authorized = match read_listing(&authorized_keys, "authorized_keys", !explicit || reload)? {
         Some(text) => authorized::parse_keys(&text, &authorized_keys)?,
         None => Vec::new(),
     };
     let (cas, principals) = match &cfg.trusted_user_ca {
         Some(path) => {
-            let text = read_listing(path, "trusted_user_ca", false)?.unwrap_or_default();
+            let text = read_listing(path, "trusted_user_ca", reload)?.unwrap_or_default();
             let cas = public_keys(&text, path)?
                 .iter()
                 .map(|k| k.fingerprint(HashAlg::Sha256))
                 .collect::<Vec<_>>();
-            if cas.is_empty() {
+            if cas.is_empty() && !reload {
                 bail!("{} names no CA key", path.display());
             }
             let ppath = cfg
                 .authorized_principals
                 .clone()
                 .unwrap_or_else(|| dir.join("authorized_principals"));
-            let text = read_listing(&ppath, "authorized_principals", false).with_context(|| {
-                "trusted_user_ca needs authorized_principals: the principals (one per line, \
+            let text =
+                read_listing(&ppath, "authorized_principals", reload).with_context(|| {
+                    "trusted_user_ca needs authorized_principals: the principals (one per line, \
                  with options) whose certificates are admitted"
-            })?;
+                })?;
             let principals = authorized::parse_principals(&text.unwrap_or_default(), &ppath)?;
             (cas, principals)
         }
@@ -545,7 +573,7 @@ fn load_keys(cfg: &ExecConfig, how: Load) -> anyhow::Result<KeyAuth> {
         }
         None => Vec::new(),
     };
-    if cfg.auth == AuthMode::Key && authorized.is_empty() && cas.is_empty() {
+    if cfg.auth == AuthMode::Key && authorized.is_empty() && cas.is_empty() && !reload {
         bail!(
             "exec.auth = \"key\" but {} lists no key and no trusted_user_ca is set: nobody could log in",
             authorized_keys.display()

@@ -87,23 +87,24 @@ impl Server {
     /// `--check-config` and SIGHUP reload run this, so what they accept is
     /// what a start accepts.
     pub async fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
-        Self::judge(config).await?;
+        Self::judge(config, crate::identity::Load::Check).await?;
         crate::auditlog::check(&config.server.audit_log)
     }
 
     /// [`preflight`](Self::preflight) but for the audit trail, which a
     /// reload only warns about: the trail's file (a mode logrotate got
     /// wrong, say) must not keep a revoked key or a rotated token in force.
-    pub(crate) async fn judge(config: &ServerConfig) -> anyhow::Result<()> {
+    /// `how`: [`Load::Check`](crate::identity::Load::Check), or `Reload`
+    /// (whose key listings may have been emptied).
+    pub(crate) async fn judge(
+        config: &ServerConfig,
+        how: crate::identity::Load,
+    ) -> anyhow::Result<()> {
         config.validate()?;
         exposure::resolve_and_check(config.listen_endpoints(), config.exec.exposure()).await?;
         exec::policy::Policy::from_config(&config.exec)?;
         let serves_exec = !config.exec.listen.is_empty();
-        crate::identity::Credentials::load(
-            &config.exec,
-            serves_exec,
-            crate::identity::Load::Check,
-        )?;
+        crate::identity::Credentials::load(&config.exec, serves_exec, how)?;
         if let (Some(c), Some(k)) = (&config.exec.tls_cert, &config.exec.tls_key) {
             crate::tls::server_identity(c, k)?;
         }

@@ -91,7 +91,45 @@ impl Reloader {
     /// returns warnings about what cannot. On error nothing changes.
     pub async fn reload(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
         let _one_at_a_time = self.lock.lock().await;
-        super::Server::judge(&new).await?;
+        let applied = self.apply(new).await;
+        match applied {
+            Err(e) if self.token_off_if_replaced() => Err(e.context(
+                "the token file was changed but cannot be used: token logins are off (and \
+                 connections that proved the old token closed) until a reload succeeds",
+            )),
+            r => r,
+        }
+    }
+
+    /// After a failed reload: a token file that no longer holds the token
+    /// in force was rotated (it leaked, say) into a file the reload
+    /// refused (a mode others can read, a typo in the configuration
+    /// beside it). Keeping the old token would fail open; the token is
+    /// taken out of force instead, everything else kept. True if so.
+    fn token_off_if_replaced(&self) -> bool {
+        let live = self.exec.live();
+        let creds = &live.credentials;
+        let (Some(token), Some(crate::secrets::TokenSource::File(path))) =
+            (&creds.token, &creds.token_source)
+        else {
+            return false;
+        };
+        if crate::secrets::token_file_digest(path) == Some(token.digest()) {
+            return false;
+        }
+        let credentials = crate::identity::Credentials {
+            token: None,
+            ..creds.clone()
+        };
+        let mut policy = live.policy.clone();
+        policy.root_token = None;
+        self.exec
+            .replace(exec::Live::new(live.cfg.clone(), credentials, policy));
+        true
+    }
+
+    async fn apply(&self, new: ServerConfig) -> anyhow::Result<Vec<String>> {
+        super::Server::judge(&new, crate::identity::Load::Reload).await?;
         exposure::check(&self.listeners, new.exec.exposure())?;
         let has = |s: Service| self.listeners.iter().any(|l| l.service == s);
         let credentials = crate::identity::Credentials::load(
@@ -114,6 +152,11 @@ impl Reloader {
         if (has(Service::Exec) || has(Service::ExecLegacy)) && policy.refuses_root() {
             warnings.push(
                 "running as root without run_as or allow_root: exec jobs will be refused".into(),
+            );
+        }
+        if credentials.keys.as_ref().is_some_and(|k| k.admits_nobody()) {
+            warnings.push(
+                "no key or certificate can log in now: the key listings are empty or gone".into(),
             );
         }
         if let Err(e) = crate::auditlog::check(&new.server.audit_log) {
