@@ -319,6 +319,12 @@ pub struct ExecConfig {
     pub allow_pty: bool,
     /// Run jobs as this user (the server must be root). Default: none.
     pub run_as: Option<String>,
+    /// File transfers (`put`, `get`) may read and write only beneath
+    /// these directories (absolute paths). Default: none, which leaves
+    /// transfers free where exec is (as the job user, anywhere), and off
+    /// where exec is restricted (`argv_only`, `allowed_programs`, a key's
+    /// `programs=`).
+    pub files_root: Vec<PathBuf>,
     /// Allow jobs to run as root when the server is root and `run_as` is
     /// not set. Default: false (such jobs get `forbidden`).
     pub allow_root: bool,
@@ -386,6 +392,7 @@ impl Default for ExecConfig {
             accept_env: Vec::new(),
             allow_cwd: true,
             allow_pty: true,
+            files_root: Vec::new(),
             run_as: None,
             allow_root: false,
             tls_cert: None,
@@ -630,6 +637,9 @@ impl ServerConfig {
         {
             bail!("exec.accept_env: {n:?} is not a variable name pattern");
         }
+        if let Some(r) = self.exec.files_root.iter().find(|r| !r.is_absolute()) {
+            bail!("exec.files_root: {} must be an absolute path", r.display());
+        }
         let tls = x.listen.iter().any(|e| e.transport == Transport::Tls);
         if tls && !x.tls_self_signed && (x.tls_cert.is_none() || x.tls_key.is_none()) {
             bail!("tls:// exec endpoints need --tls-cert and --tls-key, or --tls-self-signed");
@@ -737,6 +747,7 @@ impl ServerConfig {
             accept_env: _,
             allow_cwd: _,
             allow_pty: _,
+            files_root: _,
             run_as: _,
             allow_root: _,
             tls_cert,

@@ -126,6 +126,15 @@ pub fn default_action_raw(sig: i32) {
     }
 }
 
+/// Ignores `sig` process-wide (the server's own; jobs reset every
+/// disposition).
+pub fn ignore_signal(sig: i32) {
+    // SAFETY: setting a disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+}
+
 /// Highest descriptor the fallback of [`cloexec_from`] visits when the
 /// kernel lacks `close_range(CLOSE_RANGE_CLOEXEC)` (Linux < 5.11). Default
 /// 65,536: a loop of `fcntl` calls per spawn must stay cheap, and stray

@@ -411,7 +411,10 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
             }
             JobEvent::Exit { status, .. } => break status,
             JobEvent::Failed(f) => anyhow::bail!("server: {}", f.message),
-            JobEvent::Started { .. } | JobEvent::Stderr(_) | JobEvent::Window { .. } => {}
+            JobEvent::Started { .. }
+            | JobEvent::Stderr(_)
+            | JobEvent::Window { .. }
+            | JobEvent::Transfer(_) => {}
         }
     };
     let seconds = start.elapsed().as_secs_f64();

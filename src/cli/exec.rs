@@ -19,12 +19,11 @@ use super::ExecArgs;
 use super::input::{Mode, Repl, Target};
 use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, TtySignal, TtySignals, window_size};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
-use crate::client::{ClientAuth, ClientError, ExecClient, ExecReceiver, ExecSender, JobEvent};
+use crate::client::{ClientAuth, ClientError, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
-use crate::secrets::client_token;
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
 /// or decoded from a legacy encoding (the tutorial's GBK problem).
@@ -99,7 +98,7 @@ enum Failure {
 
 /// The output window `switchboard exec` gives each job: 1 MiB, enough for
 /// the pipe's speed on loopback (BENCHMARKS.md), little to hold.
-const OUTPUT_WINDOW: u64 = 1 << 20;
+pub(super) const OUTPUT_WINDOW: u64 = 1 << 20;
 
 /// What `exec -t` with no command runs: the login shell of the job's user
 /// (`SHELL` comes from the password database, PROTOCOL.md §3.3).
@@ -255,7 +254,7 @@ async fn run_job(
         loop {
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
-                    JobEvent::Started { .. } => {}
+                    JobEvent::Started { .. } | JobEvent::Transfer(_) => {}
                     JobEvent::Window { stdin } => if let Some(c) = &credit {
                         c.add_permits(usize::try_from(stdin).unwrap_or(0));
                     },
@@ -306,55 +305,6 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
     match tty {
         Some(t) => t.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What to log in with: a key (`-i`, a default key file or the agent's)
-/// for servers that take keys, and the token (`SWITCHBOARD_TOKEN`,
-/// `--token-file` or the default file) for those that want it; neither
-/// only with `--no-auth`. A default key file that cannot be used is
-/// warned about and left aside, as ssh does; one named with `-i` is an
-/// error, and the only way in tried.
-fn client_auth(args: &ExecArgs) -> anyhow::Result<ClientAuth> {
-    let key = match crate::identity::keys::ClientKey::find(args.identity.as_deref()) {
-        Ok(k) => k.map(std::sync::Arc::new),
-        Err(e) if args.identity.is_some() => return Err(e),
-        Err(e) => {
-            say!("switchboard: warning: {e:#}; not using that key");
-            None
-        }
-    };
-    let known_hosts = match &args.known_hosts {
-        Some(p) => Some(p.clone()),
-        None => crate::tls::default_known_hosts(),
-    };
-    // A key named with -i is what the user means to log in with: never
-    // traded for the token by a server that offers only that.
-    if args.identity.is_some() {
-        return Ok(ClientAuth {
-            key,
-            known_hosts,
-            allow_unauthenticated: args.no_auth,
-            ..ClientAuth::none()
-        });
-    }
-    let token = client_token(args.token_file.as_deref());
-    let auth = ClientAuth {
-        key,
-        known_hosts,
-        allow_unauthenticated: args.no_auth,
-        ..ClientAuth::none()
-    };
-    match token {
-        Ok((token, _)) => Ok(ClientAuth {
-            token: Some(token),
-            ..auth
-        }),
-        Err(_) if args.no_auth || auth.key.is_some() => Ok(auth),
-        Err(e) => Err(anyhow::Error::new(e).context(
-            "no exec token and no key (use --token-file, SWITCHBOARD_TOKEN, -i KEY, or --no-auth \
-             for a server without auth)",
-        )),
     }
 }
 
@@ -502,7 +452,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         (Some(_), true) => vec![LOGIN_SHELL.to_string()],
         _ => args.command.clone(),
     };
-    let auth = client_auth(&args)?;
+    let auth = args.conn.auth()?;
     if let Some(hosts) = hosts {
         let words = args.command.clone();
         return super::fanout::fanout(args, hosts, words, auth);
@@ -519,17 +469,10 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     let tls = match target.transport {
-        Some(Transport::Tls) => Some(args.client_tls(&target.addr)?),
+        Some(Transport::Tls) => Some(args.conn.client_tls(&target.addr)?),
         _ => None,
     };
-    let connect = async {
-        match &tls {
-            Some(tls) => {
-                ExecClient::connect_tls(&target.addr, tls, &auth, args.connect_timeout).await
-            }
-            None => ExecClient::connect(&target.addr, &auth, args.connect_timeout).await,
-        }
-    };
+    let connect = args.conn.connect(&target.addr, tls.as_ref(), &auth);
     let client = match rt.block_on(connect) {
         Ok(c) => c,
         Err(e) => {

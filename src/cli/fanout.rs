@@ -179,17 +179,13 @@ struct Plan {
 /// as the host's outcome.
 async fn connect_host(host: &str, plan: &Plan) -> Result<ExecClient, Outcome> {
     let (addr, tls) = match host.strip_prefix("tls://") {
-        Some(a) => match plan.args.client_tls(a) {
+        Some(a) => match plan.args.conn.client_tls(a) {
             Ok(t) => (a, Some(t)),
             Err(e) => return Err(Outcome::Connect(format!("{e:#}"))),
         },
         None => (host, None),
     };
-    let timeout = plan.args.connect_timeout;
-    let connected = match &tls {
-        Some(t) => ExecClient::connect_tls(addr, t, &plan.auth, timeout).await,
-        None => ExecClient::connect(addr, &plan.auth, timeout).await,
-    };
+    let connected = plan.args.conn.connect(addr, tls.as_ref(), &plan.auth).await;
     match connected {
         Ok(c) => {
             if let Some(first) = c.first_use() {
@@ -251,7 +247,9 @@ async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
             let (is_err, data) = match rx.job_event(id).await? {
                 JobEvent::Exit { status, .. } => return Ok(status),
                 JobEvent::Failed(f) => return Err(f.into()),
-                JobEvent::Started { .. } | JobEvent::Window { .. } => continue,
+                JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {
+                    continue;
+                }
                 JobEvent::Stdout(data) => (false, data),
                 JobEvent::Stderr(data) => (true, data),
             };

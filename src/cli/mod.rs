@@ -20,6 +20,7 @@ mod input;
 mod request;
 mod serve;
 mod terminal;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,16 @@ pub enum Command {
         after_help = "Examples:\n  switchboard exec -- uname -a\n  switchboard exec 127.0.0.1:8080 -- sh -c 'exit 7'; echo $?   # 7\n  tar c dir | switchboard exec -- tar x -C /tmp/x\n  switchboard exec --argv -- printf '%s\\n' 'one arg'\n  switchboard exec --encoding gbk -- cat gbk.txt\n  switchboard exec                    # REPL, one command a line\n\nExit status: the job's code; 128+N if killed by signal N; 124 if it timed out;\n255 if the connection, the handshake or the protocol failed."
     )]
     Exec(ExecArgs),
+    /// Copy files to a switchboard server, as scp: verified by SHA-256, never a partial file under the final name.
+    #[command(
+        after_help = "Examples:\n  switchboard put notes.txt /tmp/               # to 127.0.0.1:8080\n  switchboard put tls://web1:8443 app.tar.gz /srv/releases/\n  switchboard put -rp site/ web1:8080 /var/www   # a tree, modes and times kept\n  switchboard put --resume big.iso /data/        # go on after an interruption\n\nThe address comes first when given (then at least SRC and DEST follow).\nA DEST that is an existing directory receives the files inside it; a DEST\nending in / must be one; several SRCs need one. A file never replaces a\ndirectory, nor a directory a file.\n\nExit status: 0 all copied; 1 some failed (each said); 255 the connection failed."
+    )]
+    Put(TransferArgs),
+    /// Copy files from a switchboard server, as scp: verified by SHA-256, never a partial file under the final name.
+    #[command(
+        after_help = "Examples:\n  switchboard get /etc/os-release .\n  switchboard get web1:8080 /var/log/syslog /var/log/auth.log logs/\n  switchboard get -r web1:8080 /etc/nginx ./nginx-web1\n\nSame address and destination rules as put.\n\nExit status: 0 all copied; 1 some failed (each said); 255 the connection failed."
+    )]
+    Get(TransferArgs),
     /// Make an Ed25519 key pair in OpenSSH's formats, as ssh-keygen -t ed25519.
     #[command(
         after_help = "Examples:\n  switchboard keygen                       # ~/.config/switchboard/id_ed25519\n  switchboard keygen -f deploy_key -C 'deploy@ci' -N ''\n\nThe private key is written 0600, the public one (FILE.pub) 0644; the public line\nprinted goes in a server's authorized_keys (see `switchboard serve --auth key`)."
@@ -148,6 +159,59 @@ pub struct KeygenArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Copy directories and what they hold (links copied as links, never
+    /// followed; special files skipped with a warning).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Keep permission bits and modification times (else: the source's
+    /// bits minus the receiver's umask, and the time of the copy).
+    #[arg(short = 'p', long)]
+    pub preserve: bool,
+    /// Continue interrupted transfers from what both sides hash the same.
+    #[arg(long)]
+    pub resume: bool,
+    /// One JSON record per file on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// [ADDR] SRC... DEST: the server's address first when given.
+    #[arg(value_name = "ARGS", required = true, num_args = 2..)]
+    pub args: Vec<String>,
+}
+
+/// How an exec client reaches and logs in to a server: `exec`, `put` and
+/// `get` alike.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Key to log in with, for servers that take keys (a FILE-cert.pub beside it is
+    /// presented too) [default: ~/.config/switchboard/id_ed25519, ~/.ssh/id_ed25519,
+    /// else the agent's first Ed25519 key].
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Accept a server that runs without authentication.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// tls:// servers: trust certificates from this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// tls:// servers: trust exactly the certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    pub tls_fingerprint: Option<String>,
+    /// tls:// servers without --tls-ca/--tls-fingerprint, and tcp:// servers' host keys: trust
+    /// on first use, remembered here [default: ~/.config/switchboard/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Time allowed for the connection and the handshake (0: no limit).
+    #[arg(long, default_value = "10s", value_parser = parse_wait)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Kill the job (TERM, then KILL) after this long, e.g. 30s; exit status 124
     /// (0: none of the client's; the server's exec.job_timeout, none unless set, holds).
@@ -173,27 +237,8 @@ pub struct ExecArgs {
     /// Decode remote output from this encoding (gbk, shift_jis, ...); bytes pass untouched otherwise.
     #[arg(long, value_name = "LABEL")]
     pub encoding: Option<String>,
-    /// Token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Key to log in with, for servers that take keys (a FILE-cert.pub beside it is
-    /// presented too) [default: ~/.config/switchboard/id_ed25519, ~/.ssh/id_ed25519,
-    /// else the agent's first Ed25519 key].
-    #[arg(short = 'i', long = "identity", value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// Accept a server that runs without authentication.
-    #[arg(long)]
-    pub no_auth: bool,
-    /// tls:// servers: trust certificates from this CA (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-    /// tls:// servers: trust exactly the certificate with this SHA-256 fingerprint.
-    #[arg(long, value_name = "SHA256")]
-    pub tls_fingerprint: Option<String>,
-    /// tls:// servers without --tls-ca/--tls-fingerprint, and tcp:// servers' host keys: trust
-    /// on first use, remembered here [default: ~/.config/switchboard/known_hosts].
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
     /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file.
     #[arg(long, value_name = "HOSTS")]
     pub hosts: Option<String>,
@@ -215,9 +260,6 @@ pub struct ExecArgs {
     /// With --hosts: output kept per host for --gather/--json (more is counted, marked truncated).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_output: usize,
-    /// Time allowed for the connection and the handshake (0: no limit).
-    #[arg(long, default_value = "10s", value_parser = parse_wait)]
-    pub connect_timeout: Duration,
     /// The server: HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT], IPv6 in
     /// brackets (default 127.0.0.1:8080; a missing port is 8080). Always the
     /// word before --.
@@ -368,6 +410,11 @@ pub struct ServeArgs {
     /// Refuse jobs on a pseudo-terminal (exec -t).
     #[arg(long)]
     pub forbid_pty: bool,
+    /// File transfers (put, get) only beneath DIR, repeatable; needed for them where
+    /// exec is restricted (--argv-only, --allow-program) [default: anywhere the job
+    /// user may go].
+    #[arg(long = "files-root", value_name = "DIR")]
+    pub files_root: Vec<PathBuf>,
     /// Exec token file [default: ~/.config/switchboard/token, created if missing].
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -447,6 +494,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => clients::bench(args),
         Command::Exec(args) => exec::exec(args),
         Command::Keygen(args) => clients::keygen(args),
+        Command::Put(args) => transfer::put(args),
+        Command::Get(args) => transfer::get(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

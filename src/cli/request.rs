@@ -1,11 +1,14 @@
-//! What `switchboard exec`'s flags make: the request for CMD words, and
-//! the TLS trust for an address. Shared by the one-host client
-//! ([`super::exec`]) and fan-out ([`super::fanout`]).
+//! What the clients' flags make: the request for CMD words, and how to
+//! reach and log in to a server (TLS trust, key or token). Shared by the
+//! one-host client ([`super::exec`]), fan-out ([`super::fanout`]) and
+//! file transfer ([`super::transfer`]).
 
 use anyhow::{Context, bail};
 
-use super::ExecArgs;
+use super::{ConnectArgs, ExecArgs};
+use crate::client::{ClientAuth, ExecClient};
 use crate::proto::{Command, ExecRequest};
+use crate::secrets::client_token;
 
 impl ExecArgs {
     /// The request CMD words make under the flags (`--argv`, `--env`,
@@ -29,7 +32,9 @@ impl ExecArgs {
             pty: None,
         }
     }
+}
 
+impl ConnectArgs {
     /// The TLS trust for `addr` (`HOST:PORT`): a CA, a pinned fingerprint,
     /// or trust on first use in known_hosts.
     pub(super) fn client_tls(&self, addr: &str) -> anyhow::Result<crate::tls::ClientTls> {
@@ -41,6 +46,67 @@ impl ExecArgs {
         )?;
         let (_, host, _) = crate::endpoint::Endpoint::parse_loose(addr)?;
         ClientTls::new(&trust, &host, addr)
+    }
+    /// What to log in with: a key (`-i`, a default key file or the agent's)
+    /// for servers that take keys, and the token (`SWITCHBOARD_TOKEN`,
+    /// `--token-file` or the default file) for those that want it; neither
+    /// only with `--no-auth`. A default key file that cannot be used is
+    /// warned about and left aside, as ssh does; one named with `-i` is an
+    /// error, and the only way in tried.
+    pub(super) fn auth(&self) -> anyhow::Result<ClientAuth> {
+        let key = match crate::identity::keys::ClientKey::find(self.identity.as_deref()) {
+            Ok(k) => k.map(std::sync::Arc::new),
+            Err(e) if self.identity.is_some() => return Err(e),
+            Err(e) => {
+                say!("switchboard: warning: {e:#}; not using that key");
+                None
+            }
+        };
+        let known_hosts = match &self.known_hosts {
+            Some(p) => Some(p.clone()),
+            None => crate::tls::default_known_hosts(),
+        };
+        // A key named with -i is what the user means to log in with: never
+        // traded for the token by a server that offers only that.
+        if self.identity.is_some() {
+            return Ok(ClientAuth {
+                key,
+                known_hosts,
+                allow_unauthenticated: self.no_auth,
+                ..ClientAuth::none()
+            });
+        }
+        let token = client_token(self.token_file.as_deref());
+        let auth = ClientAuth {
+            key,
+            known_hosts,
+            allow_unauthenticated: self.no_auth,
+            ..ClientAuth::none()
+        };
+        match token {
+            Ok((token, _)) => Ok(ClientAuth {
+                token: Some(token),
+                ..auth
+            }),
+            Err(_) if self.no_auth || auth.key.is_some() => Ok(auth),
+            Err(e) => Err(anyhow::Error::new(e).context(
+                "no exec token and no key (use --token-file, SWITCHBOARD_TOKEN, -i KEY, or --no-auth \
+                 for a server without auth)",
+            )),
+        }
+    }
+
+    /// Connects to `target` (TCP or TLS as its scheme says) and logs in.
+    pub(super) async fn connect(
+        &self,
+        addr: &str,
+        tls: Option<&crate::tls::ClientTls>,
+        auth: &ClientAuth,
+    ) -> Result<ExecClient, crate::client::ClientError> {
+        match tls {
+            Some(tls) => ExecClient::connect_tls(addr, tls, auth, self.connect_timeout).await,
+            None => ExecClient::connect(addr, auth, self.connect_timeout).await,
+        }
     }
 }
 

@@ -87,6 +87,7 @@ pub fn config_from_args(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     cfg.exec.accept_env.extend(args.accept_env.iter().cloned());
     cfg.exec.allow_cwd &= !args.forbid_cwd;
     cfg.exec.allow_pty &= !args.forbid_pty;
+    cfg.exec.files_root.extend(args.files_root.iter().cloned());
     if let Some(p) = &args.tls_cert {
         cfg.exec.tls_cert = Some(p.clone());
     }
@@ -148,6 +149,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(e) => warn!(error = %e, "could not raise the file-descriptor limit"),
     }
     crate::auditlog::open(&cfg.server.audit_log)?;
+    // A file-size limit (ulimit -f, LimitFSIZE=) makes a transfer's write
+    // fail with EFBIG, answered as no_space, instead of SIGXFSZ ending the
+    // server. Jobs start with every signal at its default again.
+    crate::sys::ignore_signal(libc::SIGXFSZ);
     // This process is the server binary: it reaps every orphan and starts
     // a keeper so jobs die with it.
     crate::server::exec::own_process(cfg.exec.kill_grace);

@@ -147,6 +147,22 @@ pub enum JobEvent {
     Window {
         stdin: u64,
     },
+    /// A file transfer's frame (PROTOCOL.md §3.8): transfers share the
+    /// jobs' ids, windows and errors.
+    Transfer(TransferEvent),
+}
+
+/// The frames of a file transfer (PROTOCOL.md §3.8), as
+/// [`super::transfer`] takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferEvent {
+    Accepted(crate::proto::transfer::Accepted),
+    Stored(crate::proto::transfer::Stored),
+    File(crate::proto::transfer::FileMeta),
+    Data { offset: u64, data: Bytes },
+    Sent(crate::proto::transfer::Sent),
+    Entries(Vec<crate::proto::transfer::Entry>),
+    Listed(crate::proto::transfer::Listed),
 }
 
 /// Why a job did not run: the server's `error` frame.
@@ -191,13 +207,33 @@ impl JobEvent {
                 }),
             ),
             ServerMsg::Window { id, stdin } => (Some(id), JobEvent::Window { stdin }),
+            ServerMsg::Accepted(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Accepted(m))),
+            ServerMsg::Stored(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Stored(m))),
+            ServerMsg::File(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::File(m))),
+            ServerMsg::Sent(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Sent(m))),
+            ServerMsg::Listed(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Listed(m))),
+            ServerMsg::Data { id, offset, data } => (
+                Some(id),
+                JobEvent::Transfer(TransferEvent::Data { offset, data }),
+            ),
+            ServerMsg::Entries { id, entries } => (
+                Some(id),
+                JobEvent::Transfer(TransferEvent::Entries(entries)),
+            ),
             ServerMsg::Hello { .. } | ServerMsg::Ready { .. } | ServerMsg::Pong => return None,
         })
     }
 
     /// Whether this is the job's last event.
     pub fn is_end(&self) -> bool {
-        matches!(self, JobEvent::Exit { .. } | JobEvent::Failed(_))
+        matches!(
+            self,
+            JobEvent::Exit { .. }
+                | JobEvent::Failed(_)
+                | JobEvent::Transfer(
+                    TransferEvent::Stored(_) | TransferEvent::Sent(_) | TransferEvent::Listed(_)
+                )
+        )
     }
 }
 
@@ -248,6 +284,19 @@ impl ExecSender {
                 )
                 .await?;
         }
+        self.sink.flush().await.map_err(ClientError::from)
+    }
+
+    /// Queues a frame without flushing (see [`flush`](Self::flush)).
+    pub async fn feed(&mut self, msg: ClientMsg) -> Result<(), ClientError> {
+        self.sink
+            .feed(msg.to_frame())
+            .await
+            .map_err(ClientError::from)
+    }
+
+    /// Sends what [`feed`](Self::feed) queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
         self.sink.flush().await.map_err(ClientError::from)
     }
 
@@ -703,6 +752,16 @@ impl ExecClient {
         Ok(())
     }
 
+    /// The sending half, for requests made a step at a time (transfers).
+    pub fn sender(&mut self) -> &mut ExecSender {
+        &mut self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&mut self) -> &mut ExecReceiver {
+        &mut self.rx
+    }
+
     /// Who the server says this client is (its key's name, a principal,
     /// `token:…`), for servers that say.
     pub fn identity(&self) -> Option<&str> {
@@ -766,7 +825,7 @@ impl ExecClient {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match self.rx.job_event(id).await? {
-                JobEvent::Started { .. } | JobEvent::Window { .. } => {}
+                JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {}
                 JobEvent::Stdout(data) => stdout.extend_from_slice(&data),
                 JobEvent::Stderr(data) => stderr.extend_from_slice(&data),
                 JobEvent::Exit { status, .. } => {

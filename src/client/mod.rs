@@ -4,6 +4,7 @@
 mod echo;
 pub mod exec;
 mod time;
+pub mod transfer;
 
 use std::io;
 use std::net::SocketAddr;

@@ -52,6 +52,9 @@ pub struct Restrictions {
     pub max_connections: Option<usize>,
     /// Unix time from which the entry no longer admits anyone.
     pub expiry: Option<i64>,
+    /// File transfers only beneath these directories (`files=`); with
+    /// the server's `files_root`, each must lie within one of those.
+    pub files: Option<Vec<std::path::PathBuf>>,
     /// The options as written, to compare lines of one identity.
     text: String,
 }
@@ -68,6 +71,7 @@ impl Restrictions {
         max_jobs: None,
         max_connections: None,
         expiry: None,
+        files: None,
         text: String::new(),
     };
 
@@ -423,11 +427,16 @@ pub fn parse_options(text: &str) -> anyhow::Result<Restrictions> {
             "max-connections" => r.max_connections = Some(count(name, need()?)?),
             "expiry-time" => r.expiry = Some(expiry(need()?)?),
             "files" => {
-                bail!("option files= is for file transfer, which this server does not have yet")
+                let dirs: Vec<std::path::PathBuf> =
+                    need()?.split(',').map(|p| p.trim().into()).collect();
+                if let Some(bad) = dirs.iter().find(|d| !d.is_absolute()) {
+                    bail!("files=: {} must be an absolute path", bad.display());
+                }
+                r.files = Some(dirs);
             }
             _ => bail!(
-                "unknown option {name:?} (known: from, run-as, programs, no-env, no-cwd, \
-                 no-pty, restrict, pty, max-jobs, max-connections, expiry-time)"
+                "unknown option {name:?} (known: from, run-as, programs, files, no-env, \
+                 no-cwd, no-pty, restrict, pty, max-jobs, max-connections, expiry-time)"
             ),
         }
     }
@@ -557,7 +566,7 @@ mod tests {
             (format!("expiry-time=\"2020\" {KEY_A} x"), "YYYYMMDD"),
             (format!("programs=\"bin/x\" {KEY_A} x"), "absolute"),
             (format!("from=\"127.0.0.1 {KEY_A} x"), "unterminated"),
-            (format!("files=\"/srv\" {KEY_A} x"), "file transfer"),
+            (format!("files=\"srv\" {KEY_A} x"), "absolute"),
             (
                 "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDb x".to_string(),
                 "public key",

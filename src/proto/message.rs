@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::frame::Frame;
+use super::transfer::{
+    Accepted, DoneRequest, Entry, FileMeta, GetRequest, ListRequest, Listed, PutRequest, Sent,
+    Stored,
+};
 
 /// Error codes of §3.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +32,24 @@ pub enum ErrorCode {
     /// The server is shutting down (sent without an id, last, before it
     /// closes the connection).
     ShuttingDown,
+    /// (Transfers, §3.8) no such file or directory.
+    NotFound,
+    /// (§3.8) the user the transfer runs as may not do that.
+    PermissionDenied,
+    /// (§3.8) a path that must be a directory is not one.
+    NotADirectory,
+    /// (§3.8) a file would replace a directory, or a directory was asked
+    /// for as a file.
+    IsADirectory,
+    /// (§3.8) a directory would replace a file, or another transfer is
+    /// writing the same file.
+    Exists,
+    /// (§3.8) the disk (or a quota, or a file-size limit) is full.
+    NoSpace,
+    /// (§3.8) what arrived does not hash to what was sent: nothing kept.
+    HashMismatch,
+    /// (§3.8) any other failure of the file system.
+    IoError,
     /// A code this build does not know (forward compatibility).
     #[serde(other)]
     Other,
@@ -46,6 +68,14 @@ impl ErrorCode {
             ErrorCode::SpawnFailed => "spawn_failed",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::IoError => "io_error",
             ErrorCode::Other => "other",
         }
     }
@@ -183,6 +213,24 @@ pub enum ClientMsg {
         cols: u16,
     },
     Ping,
+    /// (§3.8) send a file, directory or link.
+    Put(PutRequest),
+    /// (§3.8) receive a file.
+    Get(GetRequest),
+    /// (§3.8) what a path holds, recursively.
+    List(ListRequest),
+    /// (§3.8) a `put`'s bytes at `offset`.
+    Data {
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// (§3.8) the end of a `put`'s data.
+    Done(DoneRequest),
+    /// (§3.8) stop a transfer: a `put` keeps nothing, a `get` sends no more.
+    Cancel {
+        id: u64,
+    },
 }
 
 /// How a job ended.
@@ -259,6 +307,27 @@ pub enum ServerMsg {
         id: u64,
         stdin: u64,
     },
+    /// (§3.8) a file `put` may send its data.
+    Accepted(Accepted),
+    /// (§3.8) a `put` is complete.
+    Stored(Stored),
+    /// (§3.8) the file a `get` sends.
+    File(FileMeta),
+    /// (§3.8) a `get`'s bytes at `offset`.
+    Data {
+        id: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// (§3.8) a `get` is complete.
+    Sent(Sent),
+    /// (§3.8) some of a `list`'s entries.
+    Entries {
+        id: u64,
+        entries: Vec<Entry>,
+    },
+    /// (§3.8) the end of a `list`.
+    Listed(Listed),
 }
 
 /// Why a well-formed frame is not a valid message.
@@ -404,6 +473,21 @@ impl ClientMsg {
                 }
             }
             "ping" => ClientMsg::Ping,
+            "put" => ClientMsg::Put(fields(h)?),
+            "get" => ClientMsg::Get(fields(h)?),
+            "list" => ClientMsg::List(fields(h)?),
+            "data" => {
+                let f: DataFields = fields(h)?;
+                ClientMsg::Data {
+                    id: f.id,
+                    offset: f.offset,
+                    data: frame.body.clone(),
+                }
+            }
+            "done" => ClientMsg::Done(fields(h)?),
+            "cancel" => ClientMsg::Cancel {
+                id: fields::<IdOnly>(h)?.id,
+            },
             other => return Err(ParseError::UnknownType(other.to_string())),
         })
     }
@@ -411,6 +495,15 @@ impl ClientMsg {
     /// The frame for this message.
     pub fn to_frame(&self) -> Frame {
         let (header, body) = match self {
+            ClientMsg::Put(r) => (typed("put", r), Bytes::new()),
+            ClientMsg::Get(r) => (typed("get", r), Bytes::new()),
+            ClientMsg::List(r) => (typed("list", r), Bytes::new()),
+            ClientMsg::Done(r) => (typed("done", r), Bytes::new()),
+            ClientMsg::Data { id, offset, data } => (
+                json!({"type": "data", "id": id, "offset": offset}),
+                data.clone(),
+            ),
+            ClientMsg::Cancel { id } => (json!({"type": "cancel", "id": id}), Bytes::new()),
             ClientMsg::Auth(a) => {
                 let mut h = json!({"type": "auth", "version": a.version});
                 if let Some(w) = a.output_window {
@@ -473,6 +566,24 @@ impl ClientMsg {
         };
         to_frame(header, body)
     }
+}
+
+/// A header from a serde struct, with its `type`.
+fn typed<T: Serialize>(kind: &str, fields: &T) -> Value {
+    let mut h = serde_json::to_value(fields).unwrap_or_else(|_| json!({}));
+    h["type"] = json!(kind);
+    h
+}
+
+#[derive(Deserialize)]
+struct DataFields {
+    id: u64,
+    offset: u64,
+}
+
+#[derive(Deserialize)]
+struct EntriesFields {
+    id: u64,
 }
 
 fn to_frame(header: Value, body: Bytes) -> Frame {
@@ -635,6 +746,28 @@ impl ServerMsg {
                 }
             }
             "pong" => ServerMsg::Pong,
+            "accepted" => ServerMsg::Accepted(fields(h)?),
+            "stored" => ServerMsg::Stored(fields(h)?),
+            "file" => ServerMsg::File(fields(h)?),
+            "sent" => ServerMsg::Sent(fields(h)?),
+            "listed" => ServerMsg::Listed(fields(h)?),
+            "data" => {
+                let f: DataFields = fields(h)?;
+                ServerMsg::Data {
+                    id: f.id,
+                    offset: f.offset,
+                    data: frame.body.clone(),
+                }
+            }
+            "entries" => {
+                let id = fields::<EntriesFields>(h)?.id;
+                let entries =
+                    serde_json::from_slice(&frame.body).map_err(|e| ParseError::BadRequest {
+                        id: Some(id),
+                        message: format!("entries: {e}"),
+                    })?;
+                ServerMsg::Entries { id, entries }
+            }
             other => return Err(ParseError::UnknownType(other.to_string())),
         })
     }
@@ -733,6 +866,19 @@ impl ServerMsg {
                 (h, Bytes::new())
             }
             ServerMsg::Pong => (json!({"type": "pong"}), Bytes::new()),
+            ServerMsg::Accepted(m) => (typed("accepted", m), Bytes::new()),
+            ServerMsg::Stored(m) => (typed("stored", m), Bytes::new()),
+            ServerMsg::File(m) => (typed("file", m), Bytes::new()),
+            ServerMsg::Sent(m) => (typed("sent", m), Bytes::new()),
+            ServerMsg::Listed(m) => (typed("listed", m), Bytes::new()),
+            ServerMsg::Data { id, offset, data } => (
+                json!({"type": "data", "id": id, "offset": offset}),
+                data.clone(),
+            ),
+            ServerMsg::Entries { id, entries } => (
+                json!({"type": "entries", "id": id}),
+                Bytes::from(serde_json::to_vec(entries).unwrap_or_default()),
+            ),
         };
         to_frame(header, body)
     }

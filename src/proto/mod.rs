@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod frame;
 pub mod message;
+pub mod transfer;
 
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use message::{

@@ -142,6 +142,43 @@ pub fn refused(
     auditlog::record("refused", f);
 }
 
+/// The record of a file transfer that ran (PROTOCOL.md §3.8): direction
+/// (`put`, `get`, `list`), the path on the server, bytes, the content's
+/// SHA-256, and the outcome (`ok`, `skipped`, `interrupted`, `cancelled`,
+/// or an error code with its message).
+pub fn transfer(who: &Who<'_>, r: &super::transfer::Record) {
+    let mut clipped = false;
+    let mut f = who_fields(who);
+    f.insert("direction".into(), json!(r.direction));
+    f.insert("path".into(), json!(clip(&r.path, &mut clipped)));
+    f.insert("bytes".into(), json!(r.bytes));
+    if let Some(h) = &r.sha256 {
+        f.insert("sha256".into(), json!(h));
+    }
+    f.insert("outcome".into(), json!(r.outcome));
+    if let Some(m) = &r.message {
+        f.insert("message".into(), json!(clip(m, &mut clipped)));
+    }
+    if clipped {
+        f.insert("clipped".into(), json!(true));
+    }
+    auditlog::record("transfer", f);
+}
+
+/// The record of a transfer refused before it started (policy, limits).
+pub fn transfer_refused(who: &Who<'_>, direction: &str, path: &str, code: ErrorCode, why: &str) {
+    let mut clipped = false;
+    let mut f = who_fields(who);
+    f.insert("direction".into(), json!(direction));
+    f.insert("path".into(), json!(clip(path, &mut clipped)));
+    f.insert("code".into(), json!(code.as_str()));
+    f.insert("message".into(), json!(clip(why, &mut clipped)));
+    if clipped {
+        f.insert("clipped".into(), json!(true));
+    }
+    auditlog::record("refused", f);
+}
+
 /// The record of a failed login (a wrong MAC, a key not accepted, a bad
 /// handshake): what fail2ban and its kind watch for. `key`: the
 /// fingerprint of the key the client tried, if it tried one.

@@ -420,7 +420,7 @@ impl OutputWindow {
         }
     }
 
-    async fn take(&self, cost: u64) -> Result<(), ()> {
+    pub(crate) async fn take(&self, cost: u64) -> Result<(), ()> {
         let n = u32::try_from(cost).map_err(|_| ())?;
         self.room.acquire_many(n).await.map_err(|_| ())?.forget();
         self.owed

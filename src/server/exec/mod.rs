@@ -14,6 +14,7 @@ pub mod process;
 pub mod pty;
 pub mod reaper;
 pub mod session;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -115,6 +115,8 @@ pub struct Policy {
     pub root_token: Option<crate::secrets::RootToken>,
     /// Where bare program names are looked up: the server's PATH at start.
     pub search_path: String,
+    /// Transfers only beneath these (`exec.files_root`).
+    pub files_root: Vec<std::path::PathBuf>,
 }
 
 impl Policy {
@@ -134,6 +136,7 @@ impl Policy {
             allow_root: cfg.allow_root,
             root_token: None,
             search_path: server_search_path(),
+            files_root: cfg.files_root.clone(),
         })
     }
 
@@ -168,6 +171,79 @@ impl Policy {
                     .root_token
                     .as_ref()
                     .is_some_and(crate::secrets::RootToken::holds))
+    }
+
+    /// [`refuses_root_for`](Self::refuses_root_for), as the refusal a
+    /// request gets: jobs and transfers alike.
+    fn root_allowed(&self, rule_at_auth: bool, who: &Restrictions) -> Result<(), Refusal> {
+        if !self.refuses_root_for(rule_at_auth, who) {
+            return Ok(());
+        }
+        Err(Refusal::forbidden(match (&who.run_as, &self.run_as) {
+            (Some(r), _) => format!(
+                "your key's run-as={:?} is root (uid 0): that needs the server's --allow-root",
+                r.name
+            ),
+            (None, Some(r)) => format!(
+                "the server's run_as {:?} is root (uid 0) and --allow-root is not given",
+                r.name
+            ),
+            (None, None) => "the server runs as root and may not run jobs as root \
+                 (start it with --run-as USER, or --allow-root)"
+                .to_string(),
+        }))
+    }
+
+    /// Judges a file transfer (PROTOCOL.md §3.8) of an identity with
+    /// restrictions `who`: it runs as that identity's jobs would (the
+    /// same user, the same refusal of root), beneath the directories the
+    /// server's `files_root` and the key's `files=` allow; where exec is
+    /// restricted (argv only, an allow-list, a key's `programs=`), only
+    /// beneath such directories, since a file written anywhere could
+    /// change what an allowed program does.
+    pub fn check_files(
+        &self,
+        rule_at_auth: bool,
+        who: &Restrictions,
+    ) -> Result<super::transfer::FilesApproved, Refusal> {
+        self.root_allowed(rule_at_auth, who)?;
+        let roots = match &who.files {
+            None => self.files_root.clone(),
+            Some(mine) if self.files_root.is_empty() => mine.clone(),
+            Some(mine) => {
+                if let Some(out) = mine
+                    .iter()
+                    .find(|d| !self.files_root.iter().any(|r| d.starts_with(r)))
+                {
+                    return Err(Refusal::forbidden(format!(
+                        "your key's files={} is outside the server's files_root",
+                        out.display()
+                    )));
+                }
+                mine.clone()
+            }
+        };
+        let restricted =
+            self.argv_only || !self.allowed_programs.is_empty() || who.programs.is_some();
+        if roots.is_empty() && restricted {
+            return Err(Refusal::forbidden(
+                "file transfers are off where exec is restricted: the server needs \
+                 --files-root DIR (or the key files=\"DIR\")",
+            ));
+        }
+        let run_as = who.run_as.clone().or_else(|| self.run_as.clone());
+        let home = match &run_as {
+            Some(u) => u.home.clone(),
+            None => nix::unistd::User::from_uid(Uid::effective())
+                .ok()
+                .flatten()
+                .map_or_else(|| "/".to_string(), |u| u.dir.to_string_lossy().into_owned()),
+        };
+        Ok(super::transfer::FilesApproved {
+            run_as,
+            roots,
+            home,
+        })
     }
 
     /// What exec does with a job, for the banner and the reload log.
@@ -213,21 +289,7 @@ impl Policy {
         rule_at_auth: bool,
         who: &Restrictions,
     ) -> Result<Approved, Refusal> {
-        if self.refuses_root_for(rule_at_auth, who) {
-            return Err(Refusal::forbidden(match (&who.run_as, &self.run_as) {
-                (Some(r), _) => format!(
-                    "your key's run-as={:?} is root (uid 0): that needs the server's --allow-root",
-                    r.name
-                ),
-                (None, Some(r)) => format!(
-                    "the server's run_as {:?} is root (uid 0) and --allow-root is not given",
-                    r.name
-                ),
-                (None, None) => "the server runs as root and may not run jobs as root \
-                     (start it with --run-as USER, or --allow-root)"
-                    .to_string(),
-            }));
-        }
+        self.root_allowed(rule_at_auth, who)?;
         match &req.command {
             Command::Shell(_) if self.argv_only || who.programs.is_some() => {
                 return Err(Refusal::forbidden(
@@ -393,6 +455,7 @@ mod tests {
             allow_root: true,
             root_token: None,
             search_path: crate::server::exec::process::DEFAULT_PATH.into(),
+            files_root: vec![],
         }
     }
 

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::job::{self, JobTiming};
 use super::policy::Refusal;
 use super::process::{self, JobSpec};
+use super::transfer;
 use super::{ExecShared, IdentitySlot, PerIdentity, audit};
 use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
 use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
@@ -64,6 +65,13 @@ struct Admission {
     slot: crate::server::limit::LimitGuard,
     /// The identity's job, for its `max-jobs=`.
     identity_slot: Option<IdentitySlot>,
+}
+
+/// A running transfer and the job slots it holds.
+struct TransferSlot {
+    handle: transfer::Handle,
+    _slot: crate::server::limit::LimitGuard,
+    _identity_slot: Option<IdentitySlot>,
 }
 
 struct JobHandle {
@@ -291,6 +299,8 @@ async fn serve(
             shared: shared.clone(),
             tx: tx.clone(),
             jobs: HashMap::new(),
+            transfers: HashMap::new(),
+            transfer_done: mpsc::unbounded_channel(),
             lingering: Vec::new(),
             done: mpsc::unbounded_channel(),
             conn_cancel: shutdown.child_token(),
@@ -630,6 +640,12 @@ struct Session {
     shared: Arc<ExecShared>,
     tx: mpsc::Sender<ServerMsg>,
     jobs: HashMap<u64, JobHandle>,
+    /// File transfers (PROTOCOL.md §3.8), in the jobs' id space.
+    transfers: HashMap<u64, TransferSlot>,
+    transfer_done: (
+        mpsc::UnboundedSender<transfer::Finished>,
+        mpsc::UnboundedReceiver<transfer::Finished>,
+    ),
     /// Groups of finished jobs that still have processes (background
     /// children): killed when the connection closes.
     lingering: Vec<Pid>,
@@ -688,7 +704,7 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => {
-                    if self.jobs.is_empty() && last_activity.elapsed() >= idle {
+                    if self.jobs.is_empty() && self.transfers.is_empty() && last_activity.elapsed() >= idle {
                         debug!("idle timeout");
                         return;
                     }
@@ -710,6 +726,10 @@ impl Session {
                 Some(d) = self.done.1.recv() => {
                     last_activity = Instant::now();
                     self.finish(d).await
+                }
+                Some(f) = self.transfer_done.1.recv() => {
+                    last_activity = Instant::now();
+                    self.transfer_finished(f).await
                 }
                 f = reader.next() => match f {
                     None => return,
@@ -909,10 +929,40 @@ impl Session {
                 None => self.send(no_such_job(id)).await,
                 Some(job) => job.stdin = None,
             },
+            ClientMsg::Put(r) => self.start_transfer(transfer::Request::Put(r)).await,
+            ClientMsg::Get(r) => self.start_transfer(transfer::Request::Get(r)).await,
+            ClientMsg::List(r) => self.start_transfer(transfer::Request::List(r)).await,
+            ClientMsg::Data { id, offset, data } => self.transfer_data(id, offset, data).await,
+            ClientMsg::Done(d) => {
+                let id = d.id;
+                match self
+                    .transfers
+                    .get(&id)
+                    .and_then(|t| t.handle.input.as_ref())
+                {
+                    Some(input) => {
+                        let _ = input.try_send(transfer::PutInput::Done(d));
+                    }
+                    None => self.send(no_such_job(id)).await,
+                }
+            }
+            ClientMsg::Cancel { id } => match self.transfers.get(&id) {
+                Some(t) => {
+                    t.handle.cancel.cancel();
+                    if let Some(input) = &t.handle.input {
+                        let _ = input.try_send(transfer::PutInput::Cancel);
+                    }
+                }
+                None => self.send(no_such_job(id)).await,
+            },
             ClientMsg::Window { id, output } => {
                 // A job that has ended owes nothing more: its grants are
                 // moot.
-                let Some(window) = self.jobs.get(&id).and_then(|j| j.output.clone()) else {
+                let window = match self.transfers.get(&id) {
+                    Some(t) => t.handle.window.clone(),
+                    None => self.jobs.get(&id).and_then(|j| j.output.clone()),
+                };
+                let Some(window) = window else {
                     return;
                 };
                 if let Err(why) = window.give_back(output) {
@@ -978,18 +1028,7 @@ impl Session {
             self.stop = Some("the identity is no longer accepted");
             Refusal::new(ErrorCode::AuthFailed, why)
         })?;
-        if self.jobs.contains_key(&id) {
-            return Err(Refusal::new(
-                ErrorCode::DuplicateId,
-                format!("job {id} is running"),
-            ));
-        }
-        if self.jobs.len() >= live.cfg.max_jobs_per_connection {
-            return Err(Refusal::new(
-                ErrorCode::Busy,
-                format!("{} jobs running on this connection", self.jobs.len()),
-            ));
-        }
+        self.id_free(id, live.cfg.max_jobs_per_connection)?;
         let slot = self
             .shared
             .job_slots
@@ -1039,6 +1078,159 @@ impl Session {
             slot,
             identity_slot,
         })
+    }
+
+    /// Whether `id` may start a job or transfer: not running already, and
+    /// the connection under its limit (transfers count as jobs).
+    fn id_free(&self, id: u64, max: usize) -> Result<(), Refusal> {
+        if self.jobs.contains_key(&id) || self.transfers.contains_key(&id) {
+            return Err(Refusal::new(
+                ErrorCode::DuplicateId,
+                format!("job {id} is running"),
+            ));
+        }
+        let running = self.jobs.len() + self.transfers.len();
+        if running >= max {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!("{running} jobs and transfers running on this connection"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a transfer (PROTOCOL.md §3.8) through the same admission as
+    /// a job: the identity judged again, the id, the connection's and the
+    /// server's job slots, the identity's `max-jobs=`, and the policy
+    /// ([`super::policy::Policy::check_files`]), which picks the user it
+    /// runs as and where it may go.
+    async fn start_transfer(&mut self, req: transfer::Request) {
+        let id = req.id();
+        let (direction, path) = (req.direction(), req.path().to_string());
+        let started = self.admit_transfer(req);
+        if let Err(r) = started {
+            if r.code == ErrorCode::Forbidden {
+                self.shared.counters.forbidden.inc();
+            }
+            audit::transfer_refused(&self.audit_who(id), direction, &path, r.code, &r.message);
+            self.send(ServerMsg::error(Some(id), r.code, r.message))
+                .await;
+        }
+    }
+
+    fn admit_transfer(&mut self, req: transfer::Request) -> Result<(), Refusal> {
+        let id = req.id();
+        let live = self.shared.live();
+        let restrictions = self.still_in().map_err(|why| {
+            self.stop = Some("the identity is no longer accepted");
+            Refusal::new(ErrorCode::AuthFailed, why)
+        })?;
+        let (Some(stdin_window), Some(output_window)) = (self.stdin_window, self.output_window)
+        else {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "file transfers need the windows of PROTOCOL.md §3.6 (window and output_window in auth)",
+            ));
+        };
+        self.id_free(id, live.cfg.max_jobs_per_connection)?;
+        let proved_current = self.root_rule_at_auth
+            && self.proved.is_some()
+            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
+        let approved = live.policy.check_files(proved_current, &restrictions)?;
+        let slot = self
+            .shared
+            .job_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
+            })?;
+        let identity_slot = match restrictions.max_jobs {
+            None => None,
+            Some(max) => Some(
+                self.shared
+                    .per_identity
+                    .take(&self.who.name, PerIdentity::JOB, Some(max))
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            ErrorCode::Busy,
+                            format!("{} is running its {max} jobs (max-jobs)", self.who.name),
+                        )
+                    })?,
+            ),
+        };
+        info!(
+            id,
+            direction = req.direction(),
+            path = req.path(),
+            "transfer started"
+        );
+        let out = transfer::Out {
+            tx: self.tx.clone(),
+            finished: self.transfer_done.0.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        let handle = transfer::start(
+            req,
+            approved,
+            stdin_window,
+            output_window,
+            out,
+            self.conn_cancel.child_token(),
+        )
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::IoError,
+                format!("cannot start the transfer: {e}"),
+            )
+        })?;
+        self.transfers.insert(
+            id,
+            TransferSlot {
+                handle,
+                _slot: slot,
+                _identity_slot: identity_slot,
+            },
+        );
+        Ok(())
+    }
+
+    /// A `put`'s data: within its window (as a job's stdin, §3.6) or the
+    /// connection ends; handed to its thread, never waited for.
+    async fn transfer_data(&mut self, id: u64, offset: u64, data: Bytes) {
+        self.shared
+            .counters
+            .bytes(self.link.tls)
+            .stdin
+            .add(data.len() as u64);
+        let Some(input) = self.transfers.get(&id).and_then(|t| t.handle.input.clone()) else {
+            return self.send(no_such_job(id)).await;
+        };
+        let Some(charged) = self.transfers.get(&id).map(|t| t.handle.charged.clone()) else {
+            return;
+        };
+        let window = self.stdin_window.unwrap_or_default();
+        let cost = data.len() as u64 + STDIN_FRAME_COST;
+        if charged.load(Ordering::Acquire) + cost > window {
+            let why = format!("data beyond the window of transfer {id} ({window} bytes)");
+            self.send(ServerMsg::error(Some(id), ErrorCode::Protocol, why))
+                .await;
+            self.stop = Some("a client broke a transfer's window");
+            return;
+        }
+        charged.fetch_add(cost, Ordering::AcqRel);
+        let _ = input.try_send(transfer::PutInput::Data { offset, data });
+    }
+
+    /// A transfer ended: forgotten first (its id is free again), then its
+    /// last frame, then its audit record.
+    async fn transfer_finished(&mut self, f: transfer::Finished) {
+        self.transfers.remove(&f.id);
+        info!(id = f.id, outcome = %f.record.outcome, path = %f.record.path, bytes = f.record.bytes, "transfer ended");
+        audit::transfer(&self.audit_who(f.id), &f.record);
+        if let Some(last) = f.last {
+            self.send(last).await;
+        }
     }
 
     /// Starts an admitted job: spawn, `started`, and the task that streams

@@ -1,0 +1,538 @@
+//! `switchboard put` and `switchboard get` (PROTOCOL.md §3.8): scp's
+//! commands over one exec connection, with destination rules that never
+//! surprise, trees (`-r`), kept modes and times (`-p`), `--resume` and
+//! `--json`. The file-by-file work is [`crate::client::transfer`].
+//!
+//! ```text
+//! put [ADDR] SRC... DEST    DEST an existing directory: SRC goes inside it
+//! get [ADDR] SRC... DEST    DEST/ not a directory, or several SRCs and
+//!                           DEST not one: an error; a file never
+//!                           replaces a directory, nor the reverse
+//! ```
+
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use super::TransferArgs;
+use super::input::{Target, split_target};
+use crate::client::exec::EXIT_CONNECTION;
+use crate::client::transfer::{Got, Put};
+use crate::client::{ClientAuth, ClientError, ExecClient};
+use crate::config::DEFAULT_EXEC_PORT;
+use crate::endpoint::Transport;
+use crate::proto::transfer::{EntryKind, PutRequest};
+
+/// What the words say: the server, the sources, the destination.
+struct Plan {
+    target: Target,
+    sources: Vec<String>,
+    dest: String,
+}
+
+/// `[ADDR] SRC... DEST`: with three words or more, the first is the
+/// address when it looks like one.
+fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
+    let target = if args.args.len() >= 3 {
+        split_target(args.args.clone(), DEFAULT_EXEC_PORT)?
+    } else {
+        Target::address(&format!("127.0.0.1:{DEFAULT_EXEC_PORT}"), DEFAULT_EXEC_PORT).map(|t| {
+            Target {
+                words: args.args.clone(),
+                ..t
+            }
+        })?
+    }
+    .speaking("put/get", &[Transport::Tcp, Transport::Tls])?;
+    let mut words = target.words.clone();
+    let Some(dest) = words.pop() else {
+        bail!("give SRC... DEST");
+    };
+    if words.is_empty() {
+        bail!("give SRC... DEST (after the address)");
+    }
+    Ok(Plan {
+        sources: words,
+        dest,
+        target,
+    })
+}
+
+/// Connects as `exec` does, with the windows transfers need.
+fn connect(
+    args: &TransferArgs,
+    target: &Target,
+    rt: &tokio::runtime::Runtime,
+) -> Result<ExecClient, ExitCode> {
+    let connected = (|| {
+        let auth = ClientAuth {
+            window: true,
+            output_window: Some(super::exec::OUTPUT_WINDOW),
+            ..args.conn.auth()?
+        };
+        let tls = match target.transport {
+            Some(Transport::Tls) => Some(args.conn.client_tls(&target.addr)?),
+            _ => None,
+        };
+        rt.block_on(args.conn.connect(&target.addr, tls.as_ref(), &auth))
+            .map_err(anyhow::Error::from)
+    })();
+    match connected {
+        Ok(c) => {
+            if let Some(first) = c.first_use() {
+                super::tell_first_use(&target.addr, first);
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            say!("switchboard: {e:#}");
+            Err(ExitCode::from(EXIT_CONNECTION))
+        }
+    }
+}
+
+/// How the copies went: each file said once, as a line or a JSON record.
+struct Report {
+    json: bool,
+    failed: usize,
+}
+
+impl Report {
+    fn put(&mut self, source: &Path, r: &Put) {
+        if self.json {
+            let s = &r.stored;
+            self.record(json!({
+                "direction": "put", "source": source, "path": s.path, "bytes": s.bytes,
+                "sent": r.sent, "sha256": s.sha256, "skipped": s.skipped,
+                "resumed_from": s.resumed_from, "ok": true,
+            }));
+        }
+    }
+
+    fn got(&mut self, source: &str, g: &Got) {
+        if self.json {
+            self.record(json!({
+                "direction": "get", "source": source, "path": g.path, "bytes": g.bytes,
+                "received": g.received, "sha256": g.sha256, "resumed_from": g.resumed_from,
+                "ok": true,
+            }));
+        }
+    }
+
+    fn made(&mut self, direction: &str, source: &str, path: &str) {
+        if self.json {
+            self.record(
+                json!({"direction": direction, "source": source, "path": path, "ok": true}),
+            );
+        }
+    }
+
+    /// A file that could not be copied: said, counted, and the rest go on.
+    fn failed(&mut self, direction: &str, source: &str, e: &anyhow::Error) {
+        self.failed += 1;
+        let (code, message) = match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Job { code, message, .. }) => (code.as_str(), message.clone()),
+            _ => ("local", format!("{e:#}")),
+        };
+        if self.json {
+            self.record(json!({
+                "direction": direction, "source": source, "ok": false,
+                "error": code, "message": message,
+            }));
+        }
+        say!("switchboard: {direction} {source}: {message}");
+    }
+
+    fn record(&self, v: serde_json::Value) {
+        let _ = writeln!(std::io::stdout(), "{v}");
+    }
+
+    fn skipped(&mut self, what: &Path) {
+        say!(
+            "switchboard: {}: not a file, directory or link; skipped",
+            what.display()
+        );
+    }
+
+    fn code(&self) -> ExitCode {
+        ExitCode::from(u8::from(self.failed > 0))
+    }
+}
+
+/// A failure that ends the whole run (the connection is gone), as opposed
+/// to one file's.
+fn fatal(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(e) if !matches!(e, ClientError::Job { .. })
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+/// A local path's last name, for a destination directory to receive it
+/// under (`.` and `..` by the directory's own name).
+fn own_name(p: &Path) -> anyhow::Result<String> {
+    let name = match p.file_name() {
+        Some(n) => n.to_owned(),
+        None => std::fs::canonicalize(p)
+            .with_context(|| p.display().to_string())?
+            .file_name()
+            .map(ToOwned::to_owned)
+            .unwrap_or_default(),
+    };
+    name.into_string()
+        .map_err(|n| anyhow::anyhow!("{}: the name is not UTF-8", Path::new(&n).display()))
+}
+
+/// A remote path's last name.
+fn remote_name(p: &str) -> anyhow::Result<String> {
+    match p.trim_end_matches('/').rsplit('/').next() {
+        Some(n) if !n.is_empty() && n != "." && n != ".." => Ok(n.to_string()),
+        _ => bail!("{p}: say which file or directory (a name, not / . or ..)"),
+    }
+}
+
+pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    // Every source is checked before anything is sent.
+    for s in &plan.sources {
+        let meta = std::fs::metadata(s).with_context(|| s.clone())?;
+        if meta.is_dir() && !args.recursive {
+            bail!("{s}: a directory (-r copies directories)");
+        }
+    }
+    let rt = runtime()?;
+    let mut client = match connect(&args, &plan.target, &rt) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let mut report = Report {
+        json: args.json,
+        failed: 0,
+    };
+    let many = plan.sources.len() > 1;
+    for s in &plan.sources {
+        let src = Path::new(s);
+        let done = rt.block_on(put_one(
+            &mut client,
+            &args,
+            src,
+            &plan.dest,
+            many,
+            &mut report,
+        ));
+        if let Err(e) = done {
+            report.failed("put", s, &e);
+            if fatal(&e) {
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        }
+    }
+    Ok(report.code())
+}
+
+/// The request for a local entry, without where it goes.
+fn entry_request(meta: &std::fs::Metadata, kind: EntryKind, args: &TransferArgs) -> PutRequest {
+    PutRequest {
+        id: 0,
+        path: String::new(),
+        base: None,
+        name: None,
+        kind,
+        size: if kind == EntryKind::File {
+            meta.len()
+        } else {
+            0
+        },
+        mode: Some(meta.permissions().mode() & 0o7777),
+        mtime: Some(meta.mtime()),
+        target: None,
+        many: false,
+        resume: args.resume,
+        preserve: args.preserve,
+    }
+}
+
+async fn put_one(
+    client: &mut ExecClient,
+    args: &TransferArgs,
+    src: &Path,
+    dest: &str,
+    many: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // A source named on the command line is followed if a link, as cp
+    // and scp do; links inside a tree are copied as links.
+    let meta = std::fs::metadata(src).with_context(|| src.display().to_string())?;
+    let name = own_name(src)?;
+    let kind = if meta.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    };
+    let req = PutRequest {
+        path: dest.to_string(),
+        name: Some(name),
+        many,
+        ..entry_request(&meta, kind, args)
+    };
+    let top = client
+        .put_entry(req, (kind == EntryKind::File).then_some(src))
+        .await?;
+    let shown = src.display().to_string();
+    if kind == EntryKind::File {
+        report.put(src, &top);
+        return Ok(());
+    }
+    report.made("put", &shown, &top.stored.path);
+    let base = top.stored.path.clone();
+    let mut entries = Vec::new();
+    walk_local(src, "", &mut entries)?;
+    for (rel, path, meta) in entries {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_file() {
+            EntryKind::File
+        } else {
+            report.skipped(&path);
+            continue;
+        };
+        let mut req = PutRequest {
+            path: rel.clone(),
+            base: Some(base.clone()),
+            ..entry_request(&meta, kind, args)
+        };
+        if kind == EntryKind::Symlink {
+            let t = std::fs::read_link(&path).with_context(|| path.display().to_string())?;
+            req.target = Some(
+                t.into_os_string()
+                    .into_string()
+                    .map_err(|_| anyhow::anyhow!("{}: link target not UTF-8", path.display()))?,
+            );
+        }
+        let source = (kind == EntryKind::File).then_some(path.as_path());
+        match client.put_entry(req, source).await {
+            Ok(p) if kind == EntryKind::File => report.put(&path, &p),
+            Ok(p) => report.made("put", &path.display().to_string(), &p.stored.path),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if fatal(&e) {
+                    return Err(e);
+                }
+                report.failed("put", &path.display().to_string(), &e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A local tree's entries, depth first, parents before what they hold,
+/// links not followed: (path relative to the top, path, metadata).
+fn walk_local(
+    dir: &Path,
+    rel: &str,
+    out: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
+) -> anyhow::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| dir.display().to_string())?
+        .collect::<Result<_, _>>()
+        .with_context(|| dir.display().to_string())?;
+    names.sort_by_key(std::fs::DirEntry::file_name);
+    for e in names {
+        let Ok(name) = e.file_name().into_string() else {
+            say!(
+                "switchboard: {}: the name is not UTF-8; skipped",
+                e.path().display()
+            );
+            continue;
+        };
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path).with_context(|| path.display().to_string())?;
+        let r = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let is_dir = meta.is_dir();
+        out.push((r.clone(), path.clone(), meta));
+        if is_dir {
+            walk_local(&path, &r, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a fetched entry named `name` goes: inside `dest` if that is an
+/// existing directory; `dest` itself otherwise, unless it ends in `/` or
+/// several sources need a directory.
+fn local_target(dest: &str, name: &str, many: bool) -> anyhow::Result<PathBuf> {
+    let d = Path::new(dest);
+    if d.is_dir() {
+        return Ok(d.join(name));
+    }
+    if dest.ends_with('/') {
+        bail!("{dest}: not an existing directory");
+    }
+    if many {
+        bail!("{dest}: several sources need an existing directory");
+    }
+    Ok(d.to_path_buf())
+}
+
+pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    let many = plan.sources.len() > 1;
+    if many && !Path::new(&plan.dest).is_dir() {
+        bail!("{}: several sources need an existing directory", plan.dest);
+    }
+    let rt = runtime()?;
+    let mut client = match connect(&args, &plan.target, &rt) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let mut report = Report {
+        json: args.json,
+        failed: 0,
+    };
+    for s in &plan.sources {
+        let done = rt.block_on(get_one(
+            &mut client,
+            &args,
+            s,
+            &plan.dest,
+            many,
+            &mut report,
+        ));
+        if let Err(e) = done {
+            report.failed("get", s, &e);
+            if fatal(&e) {
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        }
+    }
+    Ok(report.code())
+}
+
+async fn get_one(
+    client: &mut ExecClient,
+    args: &TransferArgs,
+    src: &str,
+    dest: &str,
+    many: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = remote_name(src)?;
+    let top = local_target(dest, &name, many)?;
+    if !args.recursive {
+        if top.is_dir() {
+            bail!("{}: a file never replaces a directory", top.display());
+        }
+        let got = client
+            .get_file(src, None, &top, args.resume, args.preserve)
+            .await?;
+        report.got(src, &got);
+        return Ok(());
+    }
+    let (entries, skipped) = client.list(src).await?;
+    if skipped > 0 {
+        say!(
+            "switchboard: {src}: {skipped} special files or non-UTF-8 names skipped on the server"
+        );
+    }
+    let Some(first) = entries.first() else {
+        bail!("{src}: nothing listed");
+    };
+    if first.kind == EntryKind::File {
+        if top.is_dir() {
+            bail!("{}: a file never replaces a directory", top.display());
+        }
+        let got = client
+            .get_file(src, None, &top, args.resume, args.preserve)
+            .await?;
+        report.got(src, &got);
+        return Ok(());
+    }
+    make_dir(&top, first.mode, args.preserve)?;
+    report.made("get", src, &top.display().to_string());
+    for e in entries.iter().skip(1) {
+        let local = top.join(&e.path);
+        let shown = format!("{}/{}", src.trim_end_matches('/'), e.path);
+        let one: anyhow::Result<()> = async {
+            match e.kind {
+                EntryKind::Dir => {
+                    make_dir(&local, e.mode, args.preserve)?;
+                    report.made("get", &shown, &local.display().to_string());
+                }
+                EntryKind::Symlink => {
+                    let target = e.target.clone().unwrap_or_default();
+                    make_link(&local, &target)?;
+                    report.made("get", &shown, &local.display().to_string());
+                }
+                EntryKind::File => {
+                    if local.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                        bail!("{}: a file never replaces a directory", local.display());
+                    }
+                    let got = client
+                        .get_file(&e.path, Some(src), &local, args.resume, args.preserve)
+                        .await?;
+                    report.got(&shown, &got);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = one {
+            if fatal(&err) {
+                return Err(err);
+            }
+            report.failed("get", &shown, &err);
+        }
+    }
+    Ok(())
+}
+
+/// A directory of a fetched tree: made if missing; an existing file in
+/// its place is an error (a directory never replaces a file).
+fn make_dir(path: &Path, mode: u32, preserve: bool) -> anyhow::Result<()> {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{}: a directory never replaces a file", path.display()),
+        Err(_) => {
+            std::fs::create_dir(path).with_context(|| path.display().to_string())?;
+        }
+    }
+    if preserve {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
+            .with_context(|| path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// A link of a fetched tree, as it was (never resolved), replacing what
+/// was there but a directory.
+fn make_link(path: &Path, target: &str) -> anyhow::Result<()> {
+    if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        bail!("{}: a link never replaces a directory", path.display());
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("not a file name")?;
+    let tmp = path.with_file_name(crate::client::transfer::partial_name(name));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).with_context(|| path.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}

@@ -1,0 +1,416 @@
+//! The client side of file transfer (PROTOCOL.md §3.8), on an
+//! [`ExecClient`]: one file, directory or link at a time, each verified
+//! end to end by SHA-256, written to `.NAME.sb-part` and renamed over the
+//! final name only when complete and matching, so nothing partial is ever
+//! seen under it. Used by the CLI's `put` and `get` and the tests.
+//!
+//! ```text
+//! put_file:  put ─> accepted ─> [skip | resume check] ─> data... (stdin window) ─> done ─> stored
+//! get_file:  get {offset?, sha256?} ─> file ─> data... (window given back) ─> sent ─> rename
+//! list:      list ─> entries... ─> listed
+//! ```
+
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::exec::{ExecClient, JobEvent, TransferEvent};
+use super::{ClientError, JobFailure};
+use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
+use crate::proto::transfer::{
+    DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored, hex,
+};
+use crate::proto::{ClientMsg, ErrorCode};
+
+/// How a file came down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Got {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Bytes that crossed the network (less than `bytes` when resumed).
+    pub received: u64,
+    pub sha256: String,
+    pub resumed_from: u64,
+}
+
+/// What a `put` of a file sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Put {
+    pub stored: Stored,
+    /// Bytes of data sent (0 when skipped; less than the size when resumed).
+    pub sent: u64,
+}
+
+/// The name of the temporary file beside `name` (the server's rule too):
+/// one per destination, so an interrupted transfer can go on.
+pub fn partial_name(name: &str) -> String {
+    let n = format!(".{name}.sb-part");
+    if n.len() <= 255 {
+        return n;
+    }
+    let h = Sha256::digest(name.as_bytes());
+    format!(".sb-part-{}", hex(h.get(..16).unwrap_or_default()))
+}
+
+/// SHA-256 of a file's first `len` bytes.
+fn hash_prefix(file: &std::fs::File, len: u64) -> io::Result<Sha256> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), at)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+        at += n as u64;
+    }
+    Ok(h)
+}
+
+fn local(e: io::Error, what: &Path) -> ClientError {
+    ClientError::Io(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
+}
+
+fn failed(f: JobFailure) -> ClientError {
+    ClientError::from(f)
+}
+
+/// The process's umask, for modes as `cp` without `-p` sets them.
+pub fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+impl ExecClient {
+    /// The next event of transfer `id`; the server's error for it (or for
+    /// the connection) as `Err`.
+    async fn transfer_event(&mut self, id: u64) -> Result<JobEvent, ClientError> {
+        match self.receiver().job_event(id).await? {
+            JobEvent::Failed(f) => Err(failed(f)),
+            ev => Ok(ev),
+        }
+    }
+
+    /// Sends one entry (a directory, a link, or with `source` a file's
+    /// content) as `req` says, and returns what the server stored.
+    pub async fn put_entry(
+        &mut self,
+        mut req: PutRequest,
+        source: Option<&Path>,
+    ) -> Result<Put, ClientError> {
+        let id = self.next_id();
+        req.id = id;
+        let kind = req.kind;
+        self.sender().send(ClientMsg::Put(req.clone())).await?;
+        if kind != EntryKind::File {
+            return match self.transfer_event(id).await? {
+                JobEvent::Transfer(TransferEvent::Stored(stored)) => Ok(Put { stored, sent: 0 }),
+                other => Err(ClientError::Protocol(format!("put: unexpected {other:?}"))),
+            };
+        }
+        let path =
+            source.ok_or_else(|| ClientError::Protocol("a file put needs a source".into()))?;
+        let file = std::fs::File::open(path).map_err(|e| local(e, path))?;
+        let accepted = match self.transfer_event(id).await? {
+            JobEvent::Transfer(TransferEvent::Accepted(a)) => a,
+            other => return Err(ClientError::Protocol(format!("put: unexpected {other:?}"))),
+        };
+        // The destination holds this content already: nothing to send.
+        if let Some(e) = &accepted.existing
+            && e.size == req.size
+        {
+            let mine = hex(&hash_prefix(&file, req.size)
+                .map_err(|e| local(e, path))?
+                .finalize());
+            if mine == e.sha256 {
+                self.sender()
+                    .send(ClientMsg::Done(DoneRequest {
+                        id,
+                        sha256: mine,
+                        skip: true,
+                    }))
+                    .await?;
+                return self.stored(id, 0).await;
+            }
+        }
+        // Go on from what an interrupted put left, if it is our prefix.
+        let mut hasher = Sha256::new();
+        let mut at = 0;
+        if accepted.offset > 0
+            && accepted.offset <= req.size
+            && let Some(theirs) = &accepted.sha256
+            && let Ok(h) = hash_prefix(&file, accepted.offset)
+            && &hex(&h.clone().finalize()) == theirs
+        {
+            hasher = h;
+            at = accepted.offset;
+        }
+        let window = self.stdin_window().unwrap_or(0);
+        let mut credit = window;
+        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut sent = 0;
+        while at < req.size {
+            let want =
+                usize::try_from((req.size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
+            let n = file
+                .read_at(buf.get_mut(..want).unwrap_or_default(), at)
+                .map_err(|e| local(e, path))?;
+            if n == 0 {
+                return Err(ClientError::Io(io::Error::other(format!(
+                    "{}: the file shrank while it was sent",
+                    path.display()
+                ))));
+            }
+            let cost = n as u64 + STDIN_FRAME_COST;
+            while credit < cost {
+                self.sender().flush().await?;
+                match self.transfer_event(id).await? {
+                    JobEvent::Window { stdin } => credit += stdin,
+                    other => {
+                        return Err(ClientError::Protocol(format!("put: unexpected {other:?}")));
+                    }
+                }
+            }
+            credit -= cost;
+            let chunk = buf.get(..n).unwrap_or_default();
+            hasher.update(chunk);
+            self.sender()
+                .feed(ClientMsg::Data {
+                    id,
+                    offset: at,
+                    data: Bytes::copy_from_slice(chunk),
+                })
+                .await?;
+            at += n as u64;
+            sent += n as u64;
+        }
+        let sha256 = hex(&hasher.finalize());
+        self.sender()
+            .send(ClientMsg::Done(DoneRequest {
+                id,
+                sha256: sha256.clone(),
+                skip: false,
+            }))
+            .await?;
+        let put = self.stored(id, sent).await?;
+        if put.stored.sha256.as_deref() != Some(sha256.as_str()) {
+            return Err(ClientError::Job {
+                code: ErrorCode::HashMismatch,
+                message: format!(
+                    "the server stored {:?}, this side sent {sha256}",
+                    put.stored.sha256
+                ),
+                exit_status: None,
+            });
+        }
+        Ok(put)
+    }
+
+    /// Waits for a put's `stored`, taking the windows still coming back.
+    async fn stored(&mut self, id: u64, sent: u64) -> Result<Put, ClientError> {
+        loop {
+            match self.transfer_event(id).await? {
+                JobEvent::Window { .. } => {}
+                JobEvent::Transfer(TransferEvent::Stored(stored)) => {
+                    return Ok(Put { stored, sent });
+                }
+                other => return Err(ClientError::Protocol(format!("put: unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// Fetches the server's file `path` (relative to `base` when given)
+    /// into `dest`, through `dest`'s partial file (continued when
+    /// `resume` and it is a prefix of the server's file). `preserve`
+    /// keeps the mode and modification time; otherwise the mode is the
+    /// server's masked by this process's umask. `dest` is never replaced
+    /// but by the complete, verified file.
+    pub async fn get_file(
+        &mut self,
+        path: &str,
+        base: Option<&str>,
+        dest: &Path,
+        resume: bool,
+        preserve: bool,
+    ) -> Result<Got, ClientError> {
+        let id = self.next_id();
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            ClientError::Io(io::Error::other(format!(
+                "{}: not a file name",
+                dest.display()
+            )))
+        })?;
+        let tmp = dir.join(partial_name(name));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| local(e, &tmp))?;
+        let remove = || {
+            let _ = std::fs::remove_file(&tmp);
+        };
+        let have = if resume {
+            file.metadata().map_err(|e| local(e, &tmp))?.len()
+        } else {
+            0
+        };
+        let mut hasher = Sha256::new();
+        let mut prefix = None;
+        if have > 0
+            && let Ok(h) = hash_prefix(&file, have)
+        {
+            prefix = Some(hex(&h.clone().finalize()));
+            hasher = h;
+        }
+        self.sender()
+            .send(ClientMsg::Get(GetRequest {
+                id,
+                path: path.to_string(),
+                base: base.map(str::to_string),
+                offset: prefix.as_ref().map(|_| have),
+                sha256: prefix,
+            }))
+            .await?;
+        let meta = match self.transfer_event(id).await {
+            Ok(JobEvent::Transfer(TransferEvent::File(m))) => m,
+            Ok(other) => return Err(ClientError::Protocol(format!("get: unexpected {other:?}"))),
+            Err(e) => {
+                if have == 0 {
+                    remove();
+                }
+                return Err(e);
+            }
+        };
+        let mut at = meta.offset;
+        if at == 0 {
+            hasher = Sha256::new();
+            file.set_len(0).map_err(|e| local(e, &tmp))?;
+        }
+        let resumed_from = at;
+        loop {
+            match self.transfer_event(id).await? {
+                JobEvent::Transfer(TransferEvent::Data { offset, data }) => {
+                    if offset != at {
+                        remove();
+                        return Err(ClientError::Protocol(format!(
+                            "get: data at {offset}, expected {at}"
+                        )));
+                    }
+                    file.write_all_at(&data, at).map_err(|e| local(e, &tmp))?;
+                    hasher.update(&data);
+                    at += data.len() as u64;
+                    self.sender()
+                        .send(ClientMsg::Window {
+                            id,
+                            output: data.len() as u64 + OUTPUT_FRAME_COST,
+                        })
+                        .await?;
+                }
+                JobEvent::Transfer(TransferEvent::Sent(sent)) => {
+                    let sha256 = hex(&hasher.finalize());
+                    if sent.sha256 != sha256 || at != meta.size {
+                        remove();
+                        return Err(ClientError::Job {
+                            code: ErrorCode::HashMismatch,
+                            message: format!(
+                                "{}: received {at} bytes hashing to {sha256}; the server sent {} \
+                                 hashing to {}; nothing kept",
+                                dest.display(),
+                                sent.bytes,
+                                sent.sha256
+                            ),
+                            exit_status: None,
+                        });
+                    }
+                    let mode = if preserve {
+                        meta.mode & 0o777
+                    } else {
+                        meta.mode & 0o777 & !umask()
+                    };
+                    commit(&file, &tmp, dest, mode, preserve.then_some(meta.mtime))
+                        .inspect_err(|_| remove())?;
+                    return Ok(Got {
+                        path: dest.to_path_buf(),
+                        bytes: at,
+                        received: at - resumed_from,
+                        sha256,
+                        resumed_from,
+                    });
+                }
+                other => return Err(ClientError::Protocol(format!("get: unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// What the server's `path` holds, recursively (a file: itself, as
+    /// the entry `""`), and how many entries it left out.
+    pub async fn list(&mut self, path: &str) -> Result<(Vec<Entry>, u64), ClientError> {
+        let id = self.next_id();
+        self.sender()
+            .send(ClientMsg::List(ListRequest {
+                id,
+                path: path.to_string(),
+            }))
+            .await?;
+        let mut all = Vec::new();
+        loop {
+            match self.transfer_event(id).await? {
+                JobEvent::Transfer(TransferEvent::Entries(entries)) => all.extend(entries),
+                JobEvent::Transfer(TransferEvent::Listed(l)) => return Ok((all, l.skipped)),
+                other => return Err(ClientError::Protocol(format!("list: unexpected {other:?}"))),
+            }
+        }
+    }
+}
+
+/// The verified file takes its final name: mode, times, fsync, a rename
+/// that never replaces a directory, fsync of the directory.
+fn commit(
+    file: &std::fs::File,
+    tmp: &Path,
+    dest: &Path,
+    mode: u32,
+    mtime: Option<i64>,
+) -> Result<(), ClientError> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| local(e, dest))?;
+    if let Some(m) = mtime {
+        let t =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(m).unwrap_or(0));
+        file.set_modified(t).map_err(|e| local(e, dest))?;
+    }
+    file.sync_all().map_err(|e| local(e, dest))?;
+    if dest.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(ClientError::Job {
+            code: ErrorCode::IsADirectory,
+            message: format!("{}: a file never replaces a directory", dest.display()),
+            exit_status: None,
+        });
+    }
+    std::fs::rename(tmp, dest).map_err(|e| local(e, dest))?;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,1169 @@
+//! File transfer (PROTOCOL.md §3.8): `put`, `get` and `list`, each run by a
+//! thread of its own that has become the job's user, so every path is
+//! resolved, and every file made, with that user's rights, as a job of
+//! theirs would (and beneath `files_root` when one is set, with
+//! `openat2(RESOLVE_BENEATH)`: no `..` nor symbolic link leads out).
+//!
+//! ```text
+//! session ── put ──> thread (as the user) ── resolve, .NAME.sb-part, flock ─> accepted
+//!         ── data ─> (stdin window) ──────── pwrite + SHA-256 ─> window back
+//!         ── done ─> ─────────────────────── compare, fsync, rename, fsync dir ─> stored
+//!         ── get ──> thread ── open, file ─> read ─> (output window) ─> data ... sent
+//!         ── list ─> thread ── walk, no link followed ─> entries ... listed
+//! ```
+//!
+//! The thread takes the user's credentials with raw system calls, which
+//! change that thread only (glibc's wrappers would change every thread of
+//! the server), and for good: real, effective and saved ids alike, so it
+//! cannot take root back. It ends with its transfer.
+//!
+//! A `put` cut off (the connection lost) keeps what arrived in
+//! `.NAME.sb-part` beside the destination, for `--resume`; one that fails
+//! or is refused removes it. The final name is only ever replaced, by a
+//! rename, with a complete file whose SHA-256 both sides agree on.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::job::OutputWindow;
+use super::process::RunAs;
+use crate::proto::transfer::{
+    Accepted, DATA_CHUNK, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta,
+    GetRequest, ListRequest, Listed, MAX_LIST_ENTRIES, PutRequest, Sent, Stored, hex,
+};
+use crate::proto::{ErrorCode, ServerMsg};
+
+/// What the policy lets a connection's transfers do
+/// ([`super::policy::Policy::check_files`]).
+#[derive(Debug, Clone)]
+pub struct FilesApproved {
+    /// The user they run as; `None`: the server's own.
+    pub run_as: Option<RunAs>,
+    /// Every path must lie beneath one of these; empty: anywhere the
+    /// user may go.
+    pub roots: Vec<PathBuf>,
+    /// Where relative paths start without roots: the user's home.
+    pub home: String,
+}
+
+/// A transfer request.
+#[derive(Debug)]
+pub enum Request {
+    Put(PutRequest),
+    Get(GetRequest),
+    List(ListRequest),
+}
+
+impl Request {
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Put(r) => r.id,
+            Request::Get(r) => r.id,
+            Request::List(r) => r.id,
+        }
+    }
+
+    /// For the audit trail and the log.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            Request::Put(_) => "put",
+            Request::Get(_) => "get",
+            Request::List(_) => "list",
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            Request::Put(r) => &r.path,
+            Request::Get(r) => &r.path,
+            Request::List(r) => &r.path,
+        }
+    }
+}
+
+/// What the session passes on to a `put`'s thread.
+#[derive(Debug)]
+pub enum PutInput {
+    Data { offset: u64, data: Bytes },
+    Done(DoneRequest),
+    Cancel,
+}
+
+/// What a session keeps of a running transfer.
+pub struct Handle {
+    /// A `put`'s input (bounded by its window, so never full for a client
+    /// that keeps to it).
+    pub input: Option<std::sync::mpsc::SyncSender<PutInput>>,
+    /// What a `put`'s data holds against the stdin window.
+    pub charged: Arc<AtomicU64>,
+    /// A `get`'s output window.
+    pub window: Option<Arc<OutputWindow>>,
+    pub cancel: CancellationToken,
+}
+
+/// How a transfer ended, for the session to forward (last, after it has
+/// forgotten the id, so the client may reuse it at once) and audit.
+#[derive(Debug)]
+pub struct Finished {
+    pub id: u64,
+    /// `None`: the connection is gone; nothing to say.
+    pub last: Option<ServerMsg>,
+    pub record: Record,
+}
+
+/// The transfer's audit record.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub direction: &'static str,
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    /// `ok`, `skipped`, `interrupted`, or an error code.
+    pub outcome: String,
+    pub message: Option<String>,
+}
+
+/// Where a transfer's frames go.
+#[derive(Clone)]
+pub struct Out {
+    pub tx: mpsc::Sender<ServerMsg>,
+    pub finished: mpsc::UnboundedSender<Finished>,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// A failure, as the client hears it.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Fail {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A system call's failure on `what`, by its errno.
+    fn os(e: Errno, what: &str) -> Fail {
+        let code = match e {
+            Errno::ENOENT => ErrorCode::NotFound,
+            Errno::EACCES | Errno::EPERM | Errno::EROFS => ErrorCode::PermissionDenied,
+            Errno::ENOTDIR => ErrorCode::NotADirectory,
+            Errno::EISDIR => ErrorCode::IsADirectory,
+            Errno::EEXIST | Errno::ENOTEMPTY => ErrorCode::Exists,
+            Errno::ENOSPC | Errno::EDQUOT | Errno::EFBIG => ErrorCode::NoSpace,
+            // openat2: RESOLVE_BENEATH refused a way out; RESOLVE_NO_SYMLINKS
+            // met a link.
+            Errno::EXDEV => {
+                return Fail::new(
+                    ErrorCode::Forbidden,
+                    format!("{what}: outside the directories transfers may use"),
+                );
+            }
+            Errno::ELOOP => {
+                return Fail::new(
+                    ErrorCode::Forbidden,
+                    format!("{what}: a symbolic link in the way (not followed here)"),
+                );
+            }
+            _ => ErrorCode::IoError,
+        };
+        Fail::new(code, format!("{what}: {}", e.desc()))
+    }
+
+    fn io(e: &io::Error, what: &str) -> Fail {
+        Fail::os(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)), what)
+    }
+}
+
+/// Starts `req` on a thread of its own as the approved user. `stdin_window`
+/// sizes a `put`'s input; `output_window` paces a `get`'s or `list`'s
+/// frames.
+pub fn start(
+    req: Request,
+    approved: FilesApproved,
+    stdin_window: u64,
+    output_window: u64,
+    out: Out,
+    cancel: CancellationToken,
+) -> io::Result<Handle> {
+    let id = req.id();
+    let charged = Arc::new(AtomicU64::new(0));
+    let (input, rx) = match &req {
+        Request::Put(_) => {
+            let slots = usize::try_from(stdin_window / crate::proto::message::STDIN_FRAME_COST)
+                .unwrap_or(4096)
+                + 2;
+            let (tx, rx) = std::sync::mpsc::sync_channel(slots);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let window = match &req {
+        Request::Get(_) => Some(Arc::new(OutputWindow::new(output_window))),
+        _ => None,
+    };
+    let t = Task {
+        id,
+        out: out.clone(),
+        charged: charged.clone(),
+        window: window.clone(),
+        cancel: cancel.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("transfer-{id}"))
+        .spawn(move || {
+            let direction = req.direction();
+            let path = req.path().to_string();
+            let mut record = Record {
+                direction,
+                path,
+                ..Record::default()
+            };
+            let result = become_user(approved.run_as.as_ref())
+                .map_err(|e| Fail::io(&e, "cannot take the job user's credentials"))
+                .and_then(|()| Fs::open(&approved))
+                .and_then(|fs| match req {
+                    Request::Put(r) => t.put(&fs, r, rx, &mut record),
+                    Request::Get(r) => t.get(&fs, r, &mut record),
+                    Request::List(r) => t.list(&fs, r, &mut record),
+                });
+            let last = match result {
+                Ok(last) => last,
+                Err(f) => {
+                    record.outcome = f.code.as_str().to_string();
+                    record.message = Some(f.message.clone());
+                    Some(ServerMsg::error(Some(id), f.code, f.message))
+                }
+            };
+            if last.is_none() && record.outcome.is_empty() {
+                record.outcome = "interrupted".into();
+            }
+            let _ = t.out.finished.send(Finished { id, last, record });
+        })?;
+    Ok(Handle {
+        input,
+        charged,
+        window,
+        cancel,
+    })
+}
+
+/// Takes the user's ids for this thread only, for good. Nothing to do
+/// when the thread is that user already.
+fn become_user(user: Option<&RunAs>) -> io::Result<()> {
+    let Some(u) = user else { return Ok(()) };
+    let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
+    if nix::unistd::geteuid().as_raw() == uid && uid != 0 {
+        return Ok(());
+    }
+    if uid == 0 && nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let groups: Vec<libc::gid_t> = u.groups.iter().map(|g| g.as_raw()).collect();
+    // SAFETY: plain system calls with valid arguments; the raw calls (not
+    // libc's setgroups/setresgid/setresuid, which signal every thread to
+    // do the same) change this thread's credentials alone.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Path resolution as the user: beneath the roots, else from `/` or the
+/// user's home.
+struct Fs {
+    roots: Vec<(PathBuf, OwnedFd)>,
+    home: Option<OwnedFd>,
+    umask: u32,
+}
+
+/// `O_PATH` directory descriptors for walking; regular opens add theirs.
+const DIR: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
+impl Fs {
+    fn open(a: &FilesApproved) -> Result<Fs, Fail> {
+        let mut roots = Vec::new();
+        for r in &a.roots {
+            let fd = nix::fcntl::open(r.as_path(), DIR, Mode::empty())
+                .map_err(|e| Fail::os(e, &r.display().to_string()))?;
+            roots.push((r.clone(), fd));
+        }
+        let home = nix::fcntl::open(a.home.as_str(), DIR, Mode::empty()).ok();
+        Ok(Fs {
+            roots,
+            home,
+            umask: process_umask(),
+        })
+    }
+
+    /// Opens a path as the user gave it (`..` and links followed as the
+    /// kernel follows them, but never out of a root).
+    fn open_path(&self, path: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Fail> {
+        let fail = |e| Fail::os(e, path);
+        if path.is_empty() || path.contains('\0') {
+            return Err(Fail::new(ErrorCode::BadRequest, "an empty or NUL path"));
+        }
+        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode);
+        if self.roots.is_empty() {
+            let magic = ResolveFlag::RESOLVE_NO_MAGICLINKS;
+            return match (path.starts_with('/'), &self.home) {
+                (false, Some(home)) => nix::fcntl::openat2(home, path, how.resolve(magic)),
+                _ => nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how.resolve(magic)),
+            }
+            .map_err(fail);
+        }
+        let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let (root, rest) = self.root_of(path)?;
+        let rest = if rest.is_empty() { "." } else { rest };
+        nix::fcntl::openat2(root, rest, how.resolve(beneath)).map_err(fail)
+    }
+
+    /// The root a path lies in, and the rest of it: an absolute path names
+    /// its root; a relative one starts at the first.
+    fn root_of<'p>(&self, path: &'p str) -> Result<(&OwnedFd, &'p str), Fail> {
+        if !path.starts_with('/') {
+            let (_, fd) = self
+                .roots
+                .first()
+                .ok_or_else(|| Fail::new(ErrorCode::Forbidden, "no roots"))?;
+            return Ok((fd, path));
+        }
+        for (root, fd) in &self.roots {
+            let r = root.as_os_str().as_bytes();
+            let r = r.strip_suffix(b"/").unwrap_or(r);
+            if let Some(rest) = path.as_bytes().strip_prefix(r)
+                && (rest.is_empty() || rest.starts_with(b"/"))
+            {
+                let rest = std::str::from_utf8(rest)
+                    .unwrap_or_default()
+                    .trim_start_matches('/');
+                return Ok((fd, rest));
+            }
+        }
+        Err(Fail::new(
+            ErrorCode::Forbidden,
+            format!("{path}: outside the directories transfers may use"),
+        ))
+    }
+
+    /// Opens `rel` beneath the directory `base`, following nothing: the
+    /// entries of a tree this transfer made or listed.
+    fn open_in(base: &OwnedFd, rel: &str, flags: OFlag, mode: Mode) -> Result<OwnedFd, Fail> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .mode(mode)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        nix::fcntl::openat2(base, rel, how).map_err(|e| Fail::os(e, rel))
+    }
+}
+
+/// The server's umask (process-wide): read from /proc, since setting it
+/// to read it would race with other threads creating files.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// A path's last component, checked to be a name (not empty, `.` or
+/// `..`), and what comes before it.
+fn split_last(path: &str) -> Result<(&str, &str), Fail> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some(("", n)) => ("/", n),
+        Some((p, n)) => (p, n),
+        None => (".", trimmed),
+    };
+    check_name(name)?;
+    Ok((parent, name))
+}
+
+fn check_name(name: &str) -> Result<(), Fail> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Fail::new(
+            ErrorCode::BadRequest,
+            format!("{name:?} is not a file name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A relative path of a tree's entry: names only, no `.`, `..` or empty
+/// components, no leading `/`.
+fn check_relative(rel: &str) -> Result<(), Fail> {
+    if rel.starts_with('/') {
+        return Err(Fail::new(
+            ErrorCode::BadRequest,
+            format!("{rel:?}: an entry's path must be relative"),
+        ));
+    }
+    rel.split('/').try_for_each(check_name)
+}
+
+/// The temporary name beside `name`: one per destination, so that an
+/// interrupted transfer can be continued (and two at once are told
+/// apart by a lock).
+fn partial_name(name: &str) -> String {
+    let n = format!(".{name}.sb-part");
+    if n.len() <= 255 {
+        return n;
+    }
+    let h = Sha256::digest(name.as_bytes());
+    format!(".sb-part-{}", hex(h.get(..16).unwrap_or_default()))
+}
+
+fn stat_at(dir: &OwnedFd, name: &str) -> Result<Option<FileStat>, Fail> {
+    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(Fail::os(e, name)),
+    }
+}
+
+fn kind_of(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
+/// A directory opened for `*at` calls, readable (for fsync) where the
+/// user may read it.
+fn dir_fd(fd: OwnedFd) -> OwnedFd {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_BENEATH);
+    nix::fcntl::openat2(&fd, ".", how).unwrap_or(fd)
+}
+
+/// SHA-256 of a file's first `len` bytes.
+fn hash_prefix(file: &std::fs::File, len: u64) -> io::Result<Sha256> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), at)?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+        at += n as u64;
+    }
+    Ok(h)
+}
+
+struct Task {
+    id: u64,
+    out: Out,
+    charged: Arc<AtomicU64>,
+    window: Option<Arc<OutputWindow>>,
+    cancel: CancellationToken,
+}
+
+/// Where a `put` lands: the directory, the final name in it, and the path
+/// to tell the client.
+struct Target {
+    dir: OwnedFd,
+    name: String,
+    shown: String,
+}
+
+impl Task {
+    /// Sends a frame as it comes (a window given back, `accepted`); false
+    /// once the connection is gone.
+    fn send(&self, msg: ServerMsg) -> bool {
+        self.out.tx.blocking_send(msg).is_ok()
+    }
+
+    /// Sends a `get`'s frame once its cost fits in the window; false once
+    /// the connection is gone or the transfer was cancelled.
+    fn send_paced(&self, msg: ServerMsg, bytes: usize) -> bool {
+        let cost = bytes as u64 + crate::proto::message::OUTPUT_FRAME_COST;
+        let Some(w) = &self.window else {
+            return self.send(msg);
+        };
+        let took = self.out.rt.block_on(async {
+            tokio::select! {
+                r = w.take(cost) => r.is_ok(),
+                () = self.cancel.cancelled() => false,
+            }
+        });
+        took && self.send(msg)
+    }
+
+    /// Where a `put` goes, by the destination rules: an existing directory
+    /// receives the entry inside it under its own name; a path ending in
+    /// `/` must be one; several sources need one; otherwise the path is
+    /// the entry's new name. With `base`: exactly `base/path`.
+    fn target(&self, fs: &Fs, r: &PutRequest) -> Result<Target, Fail> {
+        if let Some(base) = &r.base {
+            check_relative(&r.path)?;
+            let base_fd = fs.open_path(base, DIR, Mode::empty())?;
+            let (parent, name) = split_last(&r.path)?;
+            let parent = if parent == "." { "" } else { parent };
+            let dir = Fs::open_in(&base_fd, parent, DIR, Mode::empty())?;
+            return Ok(Target {
+                dir: dir_fd(dir),
+                name: name.to_string(),
+                shown: format!("{}/{}", base.trim_end_matches('/'), r.path),
+            });
+        }
+        let dest = r.path.as_str();
+        match fs.open_path(dest, DIR, Mode::empty()) {
+            Ok(dir) => {
+                let name = r.name.as_deref().unwrap_or_default();
+                check_name(name)?;
+                let shown = format!("{}/{name}", dest.trim_end_matches('/'));
+                Ok(Target {
+                    dir: dir_fd(dir),
+                    name: name.to_string(),
+                    shown,
+                })
+            }
+            Err(f) if f.code == ErrorCode::NotFound || f.code == ErrorCode::NotADirectory => {
+                if dest.ends_with('/') {
+                    return Err(Fail::new(
+                        ErrorCode::NotADirectory,
+                        format!("{dest}: not an existing directory"),
+                    ));
+                }
+                if r.many {
+                    return Err(Fail::new(
+                        ErrorCode::NotADirectory,
+                        format!("{dest}: several sources need an existing directory"),
+                    ));
+                }
+                let (parent, name) = split_last(dest)?;
+                let dir = fs.open_path(parent, DIR, Mode::empty())?;
+                Ok(Target {
+                    dir: dir_fd(dir),
+                    name: name.to_string(),
+                    shown: dest.to_string(),
+                })
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    fn put(
+        &self,
+        fs: &Fs,
+        r: PutRequest,
+        rx: Option<std::sync::mpsc::Receiver<PutInput>>,
+        record: &mut Record,
+    ) -> Result<Option<ServerMsg>, Fail> {
+        let t = self.target(fs, &r)?;
+        record.path = t.shown.clone();
+        let existing = stat_at(&t.dir, &t.name)?;
+        let mode = r.mode.unwrap_or(0o644) & 0o777;
+        let mode = if r.preserve { mode } else { mode & !fs.umask };
+        let stored = |bytes, sha256, skipped, resumed_from| {
+            Some(ServerMsg::Stored(Stored {
+                id: self.id,
+                path: t.shown.clone(),
+                bytes,
+                sha256,
+                skipped,
+                resumed_from,
+            }))
+        };
+        match r.kind {
+            EntryKind::Dir => {
+                match existing.as_ref().map(kind_of) {
+                    Some(SFlag::S_IFDIR) => {}
+                    Some(_) => {
+                        return Err(Fail::new(
+                            ErrorCode::Exists,
+                            format!("{}: a directory never replaces a file", t.shown),
+                        ));
+                    }
+                    None => {
+                        nix::sys::stat::mkdirat(
+                            &t.dir,
+                            t.name.as_str(),
+                            Mode::from_bits_truncate(mode),
+                        )
+                        .map_err(|e| Fail::os(e, &t.shown))?;
+                    }
+                }
+                record.outcome = "ok".into();
+                Ok(stored(0, None, false, 0))
+            }
+            EntryKind::Symlink => {
+                let target = r.target.as_deref().unwrap_or_default();
+                if target.is_empty() || target.contains('\0') {
+                    return Err(Fail::new(ErrorCode::BadRequest, "a link needs a target"));
+                }
+                if existing.as_ref().map(kind_of) == Some(SFlag::S_IFDIR) {
+                    return Err(Fail::new(
+                        ErrorCode::IsADirectory,
+                        format!("{}: a link never replaces a directory", t.shown),
+                    ));
+                }
+                let tmp = partial_name(&t.name);
+                let _ = nix::unistd::unlinkat(
+                    &t.dir,
+                    tmp.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                nix::unistd::symlinkat(target, &t.dir, tmp.as_str())
+                    .map_err(|e| Fail::os(e, &t.shown))?;
+                nix::fcntl::renameat(&t.dir, tmp.as_str(), &t.dir, t.name.as_str()).map_err(
+                    |e| {
+                        let _ = nix::unistd::unlinkat(
+                            &t.dir,
+                            tmp.as_str(),
+                            nix::unistd::UnlinkatFlags::NoRemoveDir,
+                        );
+                        Fail::os(e, &t.shown)
+                    },
+                )?;
+                record.outcome = "ok".into();
+                Ok(stored(0, None, false, 0))
+            }
+            EntryKind::File => {
+                if existing.as_ref().map(kind_of) == Some(SFlag::S_IFDIR) {
+                    return Err(Fail::new(
+                        ErrorCode::IsADirectory,
+                        format!("{}: a file never replaces a directory", t.shown),
+                    ));
+                }
+                let rx = rx.ok_or_else(|| Fail::new(ErrorCode::IoError, "no input"))?;
+                self.put_file(&t, &r, mode, existing, rx, record)
+                    .map(|done| {
+                        done.map(|(bytes, sha, skipped, from)| stored(bytes, sha, skipped, from))
+                            .unwrap_or(None)
+                    })
+            }
+        }
+    }
+
+    /// A file's data: into `.NAME.sb-part`, then renamed over the name.
+    /// `Ok(None)`: the connection went away (what arrived is kept).
+    #[allow(clippy::type_complexity)]
+    fn put_file(
+        &self,
+        t: &Target,
+        r: &PutRequest,
+        mode: u32,
+        existing: Option<FileStat>,
+        rx: std::sync::mpsc::Receiver<PutInput>,
+        record: &mut Record,
+    ) -> Result<Option<(u64, Option<String>, bool, u64)>, Fail> {
+        let tmp = partial_name(&t.name);
+        let fd = nix::fcntl::openat(
+            &t.dir,
+            tmp.as_str(),
+            OFlag::O_RDWR
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NONBLOCK,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Fail::os(e, &t.shown))?;
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| Fail::io(&e, &t.shown))?;
+        if !meta.is_file() {
+            return Err(Fail::new(
+                ErrorCode::Exists,
+                format!("{}: {tmp} is in the way and not a file", t.shown),
+            ));
+        }
+        // One transfer per destination at a time.
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| {
+                Fail::new(
+                    ErrorCode::Exists,
+                    format!("{}: another transfer is writing it", t.shown),
+                )
+            })?;
+        let remove = || {
+            let _ = nix::unistd::unlinkat(
+                &t.dir,
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        };
+        let fail = |f: Fail| {
+            remove();
+            f
+        };
+        // What an interrupted transfer left, if asked to go on from it.
+        let mut offset = if r.resume { meta.len().min(r.size) } else { 0 };
+        let mut hasher = Sha256::new();
+        let mut prefix = None;
+        if offset > 0 {
+            match hash_prefix(&file, offset) {
+                Ok(h) => {
+                    prefix = Some(hex(&h.clone().finalize()));
+                    hasher = h;
+                }
+                Err(_) => offset = 0,
+            }
+        }
+        if offset == 0 {
+            file.set_len(0).map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+        }
+        let existing = match existing {
+            Some(st) if kind_of(&st) == SFlag::S_IFREG && st.st_size as u64 == r.size => {
+                nix::fcntl::openat(
+                    &t.dir,
+                    t.name.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .ok()
+                .map(std::fs::File::from)
+                .and_then(|f| hash_prefix(&f, r.size).ok())
+                .map(|h| Existing {
+                    size: r.size,
+                    sha256: hex(&h.finalize()),
+                })
+            }
+            _ => None,
+        };
+        let accepted = ServerMsg::Accepted(Accepted {
+            id: self.id,
+            path: t.shown.clone(),
+            offset,
+            sha256: prefix,
+            existing: existing.clone(),
+        });
+        if !self.send(accepted) {
+            return Ok(None);
+        }
+        let resumed_from = offset;
+        let mut at = offset;
+        let mut first = true;
+        loop {
+            let msg = match rx.recv() {
+                Ok(m) => m,
+                // The connection is gone: keep what arrived, for --resume.
+                Err(_) => return Ok(None),
+            };
+            match msg {
+                PutInput::Cancel => {
+                    remove();
+                    record.outcome = "cancelled".into();
+                    return Err(Fail::new(ErrorCode::BadRequest, "cancelled"));
+                }
+                PutInput::Data { offset: o, data } => {
+                    let cost = data.len() as u64 + crate::proto::message::STDIN_FRAME_COST;
+                    // The client may start over from 0 rather than go on.
+                    if first && o == 0 && at != 0 {
+                        file.set_len(0).map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+                        hasher = Sha256::new();
+                        at = 0;
+                    }
+                    first = false;
+                    if o != at {
+                        return Err(fail(Fail::new(
+                            ErrorCode::BadRequest,
+                            format!("data at offset {o}, expected {at}"),
+                        )));
+                    }
+                    if at + data.len() as u64 > r.size {
+                        return Err(fail(Fail::new(
+                            ErrorCode::BadRequest,
+                            format!("more data than the {} bytes announced", r.size),
+                        )));
+                    }
+                    file.write_all_at(&data, at)
+                        .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+                    hasher.update(&data);
+                    at += data.len() as u64;
+                    self.charged.fetch_sub(cost, Ordering::AcqRel);
+                    if !self.send(ServerMsg::Window {
+                        id: self.id,
+                        stdin: cost,
+                    }) {
+                        return Ok(None);
+                    }
+                }
+                PutInput::Done(d) => {
+                    if d.skip {
+                        remove();
+                        return match &existing {
+                            Some(e) if e.sha256 == d.sha256 => {
+                                record.outcome = "skipped".into();
+                                record.sha256 = Some(e.sha256.clone());
+                                Ok(Some((r.size, Some(e.sha256.clone()), true, 0)))
+                            }
+                            _ => Err(Fail::new(
+                                ErrorCode::HashMismatch,
+                                format!("{}: not the same content; nothing skipped", t.shown),
+                            )),
+                        };
+                    }
+                    if at != r.size {
+                        return Err(fail(Fail::new(
+                            ErrorCode::BadRequest,
+                            format!("done after {at} of {} bytes", r.size),
+                        )));
+                    }
+                    let sha = hex(&hasher.finalize());
+                    if sha != d.sha256 {
+                        return Err(fail(Fail::new(
+                            ErrorCode::HashMismatch,
+                            format!(
+                                "{}: what arrived hashes to {sha}, not {}; nothing kept",
+                                t.shown, d.sha256
+                            ),
+                        )));
+                    }
+                    self.commit(t, &tmp, &file, mode, r).map_err(&fail)?;
+                    record.bytes = at;
+                    record.sha256 = Some(sha.clone());
+                    record.outcome = "ok".into();
+                    return Ok(Some((at, Some(sha), false, resumed_from)));
+                }
+            }
+        }
+    }
+
+    /// The complete file takes the final name: mode and times, fsync,
+    /// rename, fsync of the directory.
+    fn commit(
+        &self,
+        t: &Target,
+        tmp: &str,
+        file: &std::fs::File,
+        mode: u32,
+        r: &PutRequest,
+    ) -> Result<(), Fail> {
+        let io = |e: io::Error| Fail::io(&e, &t.shown);
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(mode))
+            .map_err(|e| Fail::os(e, &t.shown))?;
+        if r.preserve
+            && let Some(m) = r.mtime
+        {
+            let ts = nix::sys::time::TimeSpec::new(m, 0);
+            nix::sys::stat::futimens(file, &ts, &ts).map_err(|e| Fail::os(e, &t.shown))?;
+        }
+        file.sync_all().map_err(io)?;
+        // Checked again at the last moment: a directory made there since
+        // is never replaced (rename would refuse it too, as EISDIR).
+        if stat_at(&t.dir, &t.name)?.as_ref().map(kind_of) == Some(SFlag::S_IFDIR) {
+            return Err(Fail::new(
+                ErrorCode::IsADirectory,
+                format!("{}: a file never replaces a directory", t.shown),
+            ));
+        }
+        nix::fcntl::renameat(&t.dir, tmp, &t.dir, t.name.as_str())
+            .map_err(|e| Fail::os(e, &t.shown))?;
+        // The rename is durable once the directory is: best effort where
+        // the user may only search it (O_PATH cannot be synced).
+        let _ = nix::unistd::fsync(t.dir.as_fd());
+        Ok(())
+    }
+
+    fn get(&self, fs: &Fs, r: GetRequest, record: &mut Record) -> Result<Option<ServerMsg>, Fail> {
+        // O_NONBLOCK: a FIFO must not hang the open; cleared for a file.
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+        let (fd, shown) = match &r.base {
+            Some(base) => {
+                check_relative(&r.path)?;
+                let b = fs.open_path(base, DIR, Mode::empty())?;
+                let fd = Fs::open_in(&b, &r.path, flags | OFlag::O_NOFOLLOW, Mode::empty())?;
+                (fd, format!("{}/{}", base.trim_end_matches('/'), r.path))
+            }
+            None => (fs.open_path(&r.path, flags, Mode::empty())?, r.path.clone()),
+        };
+        record.path = shown.clone();
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| Fail::os(e, &shown))?;
+        match kind_of(&st) {
+            SFlag::S_IFREG => {}
+            SFlag::S_IFDIR => {
+                return Err(Fail::new(
+                    ErrorCode::IsADirectory,
+                    format!("{shown}: a directory (-r copies directories)"),
+                ));
+            }
+            _ => {
+                return Err(Fail::new(
+                    ErrorCode::BadRequest,
+                    format!("{shown}: not a regular file"),
+                ));
+            }
+        }
+        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+        let file = std::fs::File::from(fd);
+        let size = st.st_size as u64;
+        // Resumed where the client's partial copy agrees with this file.
+        let mut hasher = Sha256::new();
+        let mut offset = 0;
+        if let (Some(o), Some(want)) = (r.offset, &r.sha256)
+            && o > 0
+            && o <= size
+            && let Ok(h) = hash_prefix(&file, o)
+            && &hex(&h.clone().finalize()) == want
+        {
+            hasher = h;
+            offset = o;
+        }
+        let meta = ServerMsg::File(FileMeta {
+            id: self.id,
+            path: shown.clone(),
+            size,
+            mode: st.st_mode & 0o7777,
+            mtime: st.st_mtime,
+            offset,
+        });
+        if !self.send(meta) {
+            return Ok(None);
+        }
+        let mut at = offset;
+        let mut buf = vec![0u8; DATA_CHUNK];
+        while at < size {
+            let want = usize::try_from((size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
+            let n = file
+                .read_at(buf.get_mut(..want).unwrap_or_default(), at)
+                .map_err(|e| Fail::io(&e, &shown))?;
+            if n == 0 {
+                return Err(Fail::new(
+                    ErrorCode::IoError,
+                    format!("{shown}: the file shrank while it was sent"),
+                ));
+            }
+            let chunk = buf.get(..n).unwrap_or_default();
+            hasher.update(chunk);
+            let data = ServerMsg::Data {
+                id: self.id,
+                offset: at,
+                data: Bytes::copy_from_slice(chunk),
+            };
+            if !self.send_paced(data, n) {
+                return if self.cancel.is_cancelled() {
+                    Err(Fail::new(ErrorCode::BadRequest, "cancelled"))
+                } else {
+                    Ok(None)
+                };
+            }
+            at += n as u64;
+        }
+        let sha = hex(&hasher.finalize());
+        record.bytes = size;
+        record.sha256 = Some(sha.clone());
+        record.outcome = "ok".into();
+        Ok(Some(ServerMsg::Sent(Sent {
+            id: self.id,
+            bytes: size,
+            sha256: sha,
+        })))
+    }
+
+    fn list(
+        &self,
+        fs: &Fs,
+        r: ListRequest,
+        record: &mut Record,
+    ) -> Result<Option<ServerMsg>, Fail> {
+        let top = fs.open_path(&r.path, DIR.difference(OFlag::O_DIRECTORY), Mode::empty())?;
+        let st = nix::sys::stat::fstat(&top).map_err(|e| Fail::os(e, &r.path))?;
+        let mut batch = Batch {
+            task: self,
+            entries: Vec::new(),
+            bytes: 0,
+            count: 0,
+            skipped: 0,
+        };
+        match kind_of(&st) {
+            SFlag::S_IFDIR => {
+                let dir = Fs::open_in(
+                    &top,
+                    "",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    Mode::empty(),
+                )?;
+                batch.push(entry("", EntryKind::Dir, &st, None))?;
+                if !walk(dir, "", &mut batch)? {
+                    return Ok(None);
+                }
+            }
+            SFlag::S_IFREG => batch.push(entry("", EntryKind::File, &st, None))?,
+            _ => {
+                return Err(Fail::new(
+                    ErrorCode::BadRequest,
+                    format!("{}: not a file or directory", r.path),
+                ));
+            }
+        }
+        if !batch.flush() {
+            return Ok(None);
+        }
+        record.outcome = "ok".into();
+        record.bytes = batch.count;
+        Ok(Some(ServerMsg::Listed(Listed {
+            id: self.id,
+            count: batch.count,
+            skipped: batch.skipped,
+        })))
+    }
+}
+
+fn entry(path: &str, kind: EntryKind, st: &FileStat, target: Option<String>) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind,
+        size: if kind == EntryKind::File {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mode: st.st_mode & 0o7777,
+        mtime: st.st_mtime,
+        target,
+    }
+}
+
+/// Entries gathered into frames of at most [`ENTRIES_CHUNK`] bytes.
+struct Batch<'t> {
+    task: &'t Task,
+    entries: Vec<Entry>,
+    bytes: usize,
+    count: u64,
+    skipped: u64,
+}
+
+impl Batch<'_> {
+    fn push(&mut self, e: Entry) -> Result<(), Fail> {
+        self.count += 1;
+        if self.count > MAX_LIST_ENTRIES {
+            return Err(Fail::new(
+                ErrorCode::BadRequest,
+                format!("more than {MAX_LIST_ENTRIES} entries"),
+            ));
+        }
+        self.bytes += e.path.len() + e.target.as_ref().map_or(0, String::len) + 96;
+        self.entries.push(e);
+        if self.bytes >= ENTRIES_CHUNK && !self.flush() {
+            return Err(Fail::new(ErrorCode::BadRequest, "gone"));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.entries.is_empty() {
+            return true;
+        }
+        // Not windowed: bounded by MAX_LIST_ENTRIES, and paced by the
+        // connection's write queue (a client that stops reading stops it).
+        let entries = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        self.task.send(ServerMsg::Entries {
+            id: self.task.id,
+            entries,
+        })
+    }
+}
+
+/// Lists `dir` (whose path is `rel`) depth first, parents before their
+/// entries, following no link; special files and names that are not
+/// UTF-8 are counted as skipped. False once the connection is gone.
+fn walk(dir: OwnedFd, rel: &str, batch: &mut Batch<'_>) -> Result<bool, Fail> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut d = nix::dir::Dir::from_fd(dir.try_clone().map_err(|e| Fail::io(&e, rel))?)
+            .map_err(|e| Fail::os(e, rel))?;
+        for ent in d.iter() {
+            let ent = ent.map_err(|e| Fail::os(e, rel))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(n.to_vec());
+            }
+        }
+    }
+    names.sort();
+    for raw in names {
+        let Ok(name) = std::str::from_utf8(&raw) else {
+            batch.skipped += 1;
+            continue;
+        };
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let Some(st) = stat_at(&dir, name)? else {
+            continue;
+        };
+        match kind_of(&st) {
+            SFlag::S_IFREG => batch.push(entry(&path, EntryKind::File, &st, None))?,
+            SFlag::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(&dir, name).map_err(|e| Fail::os(e, &path))?;
+                match target.to_str() {
+                    Some(t) => {
+                        batch.push(entry(&path, EntryKind::Symlink, &st, Some(t.to_string())))?
+                    }
+                    None => batch.skipped += 1,
+                }
+            }
+            SFlag::S_IFDIR => {
+                batch.push(entry(&path, EntryKind::Dir, &st, None))?;
+                let sub = nix::fcntl::openat(
+                    &dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Fail::os(e, &path))?;
+                if !walk(sub, &path, batch)? {
+                    return Ok(false);
+                }
+            }
+            _ => batch.skipped += 1,
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_relative_paths() {
+        assert_eq!(split_last("a/b/c").unwrap(), ("a/b", "c"));
+        assert_eq!(split_last("/c").unwrap(), ("/", "c"));
+        assert_eq!(split_last("c").unwrap(), (".", "c"));
+        assert_eq!(split_last("dir/").unwrap(), (".", "dir"));
+        assert!(split_last("a/..").is_err());
+        assert!(split_last("/").is_err());
+        assert!(check_relative("a/b").is_ok());
+        for bad in ["/a", "a/../b", "a//b", "./a", ""] {
+            assert!(check_relative(bad).is_err(), "{bad}");
+        }
+        assert_eq!(partial_name("x"), ".x.sb-part");
+        assert!(partial_name(&"n".repeat(255)).len() <= 255);
+    }
+}
