@@ -177,7 +177,7 @@ pub struct TransferArgs {
     #[command(flatten)]
     pub conn: ConnectArgs,
     /// [ADDR] SRC... DEST: the server's address first when given.
-    #[arg(value_name = "ARGS", required = true, num_args = 2..)]
+    #[arg(value_name = "ARGS", required = true)]
     pub args: Vec<String>,
 }
 

@@ -37,6 +37,9 @@ struct Plan {
 /// `[ADDR] SRC... DEST`: with three words or more, the first is the
 /// address when it looks like one.
 fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
+    if args.args.len() < 2 {
+        bail!("give [ADDR] SRC... DEST");
+    }
     let target = if args.args.len() >= 3 {
         split_target(args.args.clone(), DEFAULT_EXEC_PORT)?
     } else {

@@ -1169,6 +1169,8 @@ impl Session {
             tx: self.tx.clone(),
             finished: self.transfer_done.0.clone(),
             rt: tokio::runtime::Handle::current(),
+            who: self.who.clone(),
+            peer: self.link.peer,
         };
         let handle = transfer::start(
             req,
@@ -1222,12 +1224,10 @@ impl Session {
         let _ = input.try_send(transfer::PutInput::Data { offset, data });
     }
 
-    /// A transfer ended: forgotten first (its id is free again), then its
-    /// last frame, then its audit record.
+    /// A transfer ended (its thread logged and audited it): forgotten
+    /// first, so its id is free again, then its last frame.
     async fn transfer_finished(&mut self, f: transfer::Finished) {
         self.transfers.remove(&f.id);
-        info!(id = f.id, outcome = %f.record.outcome, path = %f.record.path, bytes = f.record.bytes, "transfer ended");
-        audit::transfer(&self.audit_who(f.id), &f.record);
         if let Some(last) = f.last {
             self.send(last).await;
         }
@@ -1343,6 +1343,9 @@ impl Session {
     /// why the connection closes: the end of the story, not a bare close.
     async fn close(mut self, reason: Option<&'static str>) {
         self.conn_cancel.cancel();
+        // Transfers end with their connection: a put keeps what arrived
+        // (for --resume), a get stops; their threads audit them.
+        self.transfers.clear();
         let grace = self.shared.live().cfg.kill_grace;
         let mut kills: Vec<_> = self
             .lingering

@@ -115,13 +115,12 @@ pub struct Handle {
 }
 
 /// How a transfer ended, for the session to forward (last, after it has
-/// forgotten the id, so the client may reuse it at once) and audit.
+/// forgotten the id, so the client may reuse it at once).
 #[derive(Debug)]
 pub struct Finished {
     pub id: u64,
     /// `None`: the connection is gone; nothing to say.
     pub last: Option<ServerMsg>,
-    pub record: Record,
 }
 
 /// The transfer's audit record.
@@ -136,12 +135,16 @@ pub struct Record {
     pub message: Option<String>,
 }
 
-/// Where a transfer's frames go.
+/// Where a transfer's frames go, and who asked (for its audit record,
+/// written by the transfer's thread, which outlives a connection cut
+/// off).
 #[derive(Clone)]
 pub struct Out {
     pub tx: mpsc::Sender<ServerMsg>,
     pub finished: mpsc::UnboundedSender<Finished>,
     pub rt: tokio::runtime::Handle,
+    pub who: Arc<crate::identity::Identity>,
+    pub peer: std::net::SocketAddr,
 }
 
 /// A failure, as the client hears it.
@@ -255,7 +258,18 @@ pub fn start(
             if last.is_none() && record.outcome.is_empty() {
                 record.outcome = "interrupted".into();
             }
-            let _ = t.out.finished.send(Finished { id, last, record });
+            tracing::info!(
+                peer = %t.out.peer, id, direction, outcome = %record.outcome,
+                path = %record.path, bytes = record.bytes, "transfer ended"
+            );
+            let who = super::audit::Who {
+                via: super::audit::Via::Native,
+                peer: t.out.peer,
+                who: &t.out.who,
+                id,
+            };
+            super::audit::transfer(&who, &record);
+            let _ = t.out.finished.send(Finished { id, last });
         })?;
     Ok(Handle {
         input,
@@ -331,10 +345,17 @@ impl Fs {
         if self.roots.is_empty() {
             let magic = ResolveFlag::RESOLVE_NO_MAGICLINKS;
             return match (path.starts_with('/'), &self.home) {
-                (false, Some(home)) => nix::fcntl::openat2(home, path, how.resolve(magic)),
-                _ => nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how.resolve(magic)),
-            }
-            .map_err(fail);
+                (true, _) => nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how.resolve(magic))
+                    .map_err(fail),
+                (false, Some(home)) => {
+                    nix::fcntl::openat2(home, path, how.resolve(magic)).map_err(fail)
+                }
+                // Never the server's own working directory.
+                (false, None) => Err(Fail::new(
+                    ErrorCode::NotFound,
+                    format!("{path}: a relative path, and the user has no home to start from"),
+                )),
+            };
         }
         let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
         let (root, rest) = self.root_of(path)?;
@@ -762,7 +783,7 @@ impl Task {
         if !self.send(accepted) {
             return Ok(None);
         }
-        let resumed_from = offset;
+        let mut resumed_from = offset;
         let mut at = offset;
         let mut first = true;
         loop {
@@ -784,6 +805,7 @@ impl Task {
                         file.set_len(0).map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                         hasher = Sha256::new();
                         at = 0;
+                        resumed_from = 0;
                     }
                     first = false;
                     if o != at {

@@ -1,0 +1,702 @@
+//! File transfer (issue 13, PROTOCOL.md §3.8): `switchboard put` and
+//! `get` against a real server over loopback, every byte checked; the
+//! destination rules; trees; resume; `files_root`; a full disk; the job
+//! user's rights; a reader that stops. Files live in temporary
+//! directories; servers bind 127.0.0.1:0 and are stopped by PID.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{ServeProcess, client_env, spawn_serve, stderr, stdout};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use switchboard::endpoint::Transport;
+
+/// A server with exec only (as root, root jobs allowed, as every test
+/// server: these tests are about files).
+fn server(extra: &[&str]) -> ServeProcess {
+    let mut args = vec!["--echo", "none", "--time", "none"];
+    args.extend(extra);
+    spawn_serve(&args)
+}
+
+/// Runs the client in `home` with the server's token.
+fn run(srv: &ServeProcess, home: &Path, args: &[&str]) -> std::process::Output {
+    let token = srv.token_file();
+    let mut all: Vec<&str> = vec![args[0], "--token-file", token.to_str().unwrap()];
+    all.extend(&args[1..]);
+    client_env(home, &all, None, &[])
+}
+
+fn records(out: &std::process::Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Pseudo-random bytes, different per seed (no test reads /dev/urandom).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Whether `dir` holds a temporary `.sb-part` file.
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".sb-part"))
+        .collect()
+}
+
+/// Files of every awkward size go up and come back byte for byte, each
+/// verified, each in the audit trail; nothing partial is left; an
+/// identical destination is skipped.
+#[test]
+fn files_round_trip_verified_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let (up, down) = (home.join("up"), home.join("down"));
+    std::fs::create_dir(&up).unwrap();
+    std::fs::create_dir(&down).unwrap();
+    let sizes = [0usize, 1, 65_536, 65_537, 100 << 20];
+    let mut names = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let name = format!("f{i}");
+        std::fs::write(home.join(&name), noise(*n, i as u64)).unwrap();
+        names.push(name);
+    }
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| home.join(n).display().to_string())
+        .collect();
+    let mut args: Vec<&str> = vec!["put", "--json", &addr];
+    args.extend(paths.iter().map(String::as_str));
+    let up_s = format!("{}/", up.display());
+    args.push(&up_s);
+    let out = run(&srv, home, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), sizes.len());
+    for (name, rec) in names.iter().zip(&recs) {
+        let data = std::fs::read(home.join(name)).unwrap();
+        assert_eq!(std::fs::read(up.join(name)).unwrap(), data, "{name}");
+        assert_eq!(rec["sha256"], sha(&data), "{rec}");
+        assert_eq!(rec["bytes"], data.len(), "{rec}");
+        assert_eq!(rec["skipped"], false);
+    }
+    assert!(partials(&up).is_empty(), "{:?}", partials(&up));
+
+    // Again: the server has each already.
+    let out = run(&srv, home, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for rec in records(&out) {
+        assert_eq!(rec["skipped"], true, "{rec}");
+        assert_eq!(rec["sent"], 0, "{rec}");
+    }
+
+    // And back down.
+    let mut args: Vec<String> = vec!["get".into(), "--json".into(), addr.clone()];
+    args.extend(names.iter().map(|n| up.join(n).display().to_string()));
+    args.push(down.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&srv, home, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in &names {
+        assert_eq!(
+            std::fs::read(down.join(name)).unwrap(),
+            std::fs::read(home.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(partials(&down).is_empty());
+    let trail = srv.wait_audit(3 * sizes.len(), |r| r["audit"] == "transfer");
+    let big = trail
+        .iter()
+        .find(|r| r["direction"] == "get" && r["bytes"] == 100 << 20)
+        .expect("the big get's record");
+    assert_eq!(big["outcome"], "ok");
+    assert_eq!(big["sha256"], recs[4]["sha256"]);
+    assert!(trail.iter().any(|r| r["outcome"] == "skipped"));
+}
+
+/// Trees: modes and times kept with -p, links copied as links (never
+/// followed), a name with a space and a newline, a FIFO skipped with a
+/// warning; both ways.
+#[test]
+fn trees_keep_modes_times_links_and_odd_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let tree = home.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let odd = "a b\nc";
+    std::fs::write(tree.join("sub").join(odd), b"odd").unwrap();
+    std::fs::write(tree.join("run.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), PermissionsExt::from_mode(0o750)).unwrap();
+    std::fs::write(tree.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(tree.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("../run.sh", tree.join("sub").join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("outside")).unwrap();
+    nix::unistd::mkfifo(
+        &tree.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(tree.join("run.sh"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let remote = home.join("remote");
+    std::fs::create_dir(&remote).unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "-rp",
+            &addr,
+            tree.to_str().unwrap(),
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fifo: not a file, directory or link; skipped"),
+        "{}",
+        stderr(&out)
+    );
+    let back = home.join("back");
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "-rp",
+            &addr,
+            remote.join("tree").to_str().unwrap(),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for copy in [remote.join("tree"), back.clone()] {
+        assert_eq!(std::fs::read(copy.join("sub").join(odd)).unwrap(), b"odd");
+        let m = std::fs::metadata(copy.join("run.sh")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o750, "{}", copy.display());
+        assert_eq!(m.mtime(), 1_000_000_000, "{}", copy.display());
+        let s = std::fs::metadata(copy.join("secret")).unwrap();
+        assert_eq!(s.mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_link(copy.join("sub").join("link")).unwrap(),
+            Path::new("../run.sh")
+        );
+        // Copied as a link, not as the file it names.
+        assert_eq!(
+            std::fs::read_link(copy.join("outside")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert!(!copy.join("fifo").exists());
+        assert!(partials(&copy).is_empty());
+    }
+    // A directory without -r is refused before anything is sent.
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            &addr,
+            tree.to_str().unwrap(),
+            remote.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success() && stderr(&out).contains("-r copies directories"));
+}
+
+/// The destination rules, both ways: inside an existing directory; a
+/// new name otherwise; `DEST/` must be a directory; several sources need
+/// one; a file never replaces a directory, nor a directory a file.
+#[test]
+fn destinations_never_surprise() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let r = home.join("r");
+    std::fs::create_dir_all(r.join("d").join("f")).unwrap();
+    std::fs::write(r.join("plain"), b"old").unwrap();
+    std::fs::write(home.join("f"), b"new").unwrap();
+    std::fs::write(home.join("g"), b"gg").unwrap();
+    std::fs::create_dir(home.join("tree")).unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (f, g, tree) = (
+        p(&home.join("f")),
+        p(&home.join("g")),
+        p(&home.join("tree")),
+    );
+    let put = |args: &[&str]| {
+        let mut all = vec!["put", addr.as_str()];
+        all.extend(args);
+        run(&srv, home, &all)
+    };
+    // An existing directory receives the file inside it.
+    assert!(put(&[&f, &p(&r)]).status.success());
+    assert_eq!(std::fs::read(r.join("f")).unwrap(), b"new");
+    // A new name.
+    assert!(put(&[&f, &p(&r.join("renamed"))]).status.success());
+    assert_eq!(std::fs::read(r.join("renamed")).unwrap(), b"new");
+    // Over a file: replaced, whole.
+    assert!(put(&[&f, &p(&r.join("plain"))]).status.success());
+    assert_eq!(std::fs::read(r.join("plain")).unwrap(), b"new");
+    for (args, want) in [
+        // A trailing slash that is not a directory.
+        (
+            vec![f.clone(), format!("{}/", p(&r.join("nodir")))],
+            "not an existing directory",
+        ),
+        // Several sources, a destination that is not a directory.
+        (
+            vec![f.clone(), g.clone(), p(&r.join("plain"))],
+            "several sources",
+        ),
+        // A file never replaces a directory (r/d/f is one).
+        (
+            vec![f.clone(), p(&r.join("d"))],
+            "a file never replaces a directory",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = put(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert!(r.join("d").join("f").is_dir());
+    assert!(!r.join("nodir").exists());
+    // Nor a directory a file.
+    std::fs::write(r.join("tree"), b"a file").unwrap();
+    let out = put(&["-r", &tree, &p(&r)]);
+    assert!(
+        stderr(&out).contains("a directory never replaces a file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(r.join("tree")).unwrap(), b"a file");
+
+    // get, the same rules on this side.
+    let local = home.join("local");
+    std::fs::create_dir_all(local.join("plain")).unwrap();
+    let get = |args: &[&str]| {
+        let mut all = vec!["get", addr.as_str()];
+        all.extend(args);
+        run(&srv, home, &all)
+    };
+    let rp = p(&r.join("plain"));
+    // local/plain is a directory: the file goes inside it; but the file
+    // never replaces that directory (DEST local/ would put it there).
+    assert!(get(&[&rp, &p(&local.join("plain"))]).status.success());
+    let out = get(&[&rp, &p(&local)]);
+    assert!(
+        stderr(&out).contains("a file never replaces a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read(local.join("plain").join("plain")).unwrap(),
+        b"new"
+    );
+    let out = get(&[&rp, &format!("{}/", p(&home.join("none")))]);
+    assert!(
+        stderr(&out).contains("not an existing directory"),
+        "{}",
+        stderr(&out)
+    );
+    let out = get(&[&rp, &p(&r.join("f")), &p(&home.join("f"))]);
+    assert!(stderr(&out).contains("several sources"), "{}", stderr(&out));
+    let out = get(&[&p(&r.join("d")), &p(&home.join("x"))]);
+    assert!(
+        stderr(&out).contains("-r copies directories"),
+        "{}",
+        stderr(&out)
+    );
+    let out = get(&[&p(&r.join("missing")), &p(&home.join("x"))]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("No such file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!home.join("x").exists() && partials(home).is_empty());
+}
+
+/// `--resume` goes on from what an interrupted transfer left: from a
+/// client killed half-way, and from a prefix that no longer matches
+/// (then from 0); either way the result is verified whole.
+#[test]
+fn resume_after_the_client_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let size = 256usize << 20;
+    let data = noise(size, 7);
+    let src = home.join("big");
+    std::fs::write(&src, &data).unwrap();
+    let dest = home.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let part = dest.join(".big.sb-part");
+    let token = srv.token_file();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["put", "--token-file", token.to_str().unwrap(), &addr])
+        .arg(&src)
+        .arg(&dest)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 4 << 20 {
+        assert!(std::time::Instant::now() < deadline, "no partial file");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    // The server sees the connection go and keeps what arrived.
+    assert!(
+        !dest.join("big").exists(),
+        "a partial file under the final name"
+    );
+    let left = common::runtime().block_on(common::wait_until(Duration::from_secs(10), || {
+        srv.log().contains("outcome=interrupted")
+    }));
+    assert!(left, "{}", srv.log());
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < size as u64, "{kept}");
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "--resume",
+            "--json",
+            &addr,
+            src.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = &records(&out)[0];
+    assert!(rec["resumed_from"].as_u64().unwrap() > 0, "{rec}");
+    assert_eq!(
+        rec["sent"].as_u64().unwrap() + rec["resumed_from"].as_u64().unwrap(),
+        size as u64
+    );
+    assert_eq!(rec["sha256"], sha(&data));
+    assert!(std::fs::read(dest.join("big")).unwrap() == data);
+    assert!(!part.exists());
+
+    // A partial file that is not a prefix of the source: started over.
+    let small = home.join("small");
+    std::fs::write(&small, noise(1 << 20, 8)).unwrap();
+    std::fs::write(dest.join(".small.sb-part"), b"not the same start").unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "--resume",
+            "--json",
+            &addr,
+            small.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&out)[0]["resumed_from"], 0);
+    assert_eq!(
+        std::fs::read(dest.join("small")).unwrap(),
+        std::fs::read(&small).unwrap()
+    );
+
+    // get: a local partial prefix is continued.
+    let local = home.join("local");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join(".big.sb-part"), &data[..(100 << 20)]).unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "--resume",
+            "--json",
+            &addr,
+            dest.join("big").to_str().unwrap(),
+            local.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = &records(&out)[0];
+    assert_eq!(rec["resumed_from"], 100 << 20, "{rec}");
+    assert_eq!(rec["received"], size - (100 << 20));
+    assert!(std::fs::read(local.join("big")).unwrap() == data);
+}
+
+/// Under `--files-root`, paths resolve beneath the roots: `..`, links
+/// and absolute paths cannot leave them; where exec is restricted,
+/// transfers are off without a root.
+#[test]
+fn files_root_confines_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let root = home.join("root");
+    let outside = home.join("outside");
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    std::os::unix::fs::symlink("in", root.join("inner")).unwrap();
+    std::fs::write(home.join("f"), b"payload").unwrap();
+    let f = home.join("f").display().to_string();
+
+    // Restricted exec, no root: no transfers.
+    let srv = server(&["--argv-only"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let out = run(&srv, home, &["put", &addr, &f, root.to_str().unwrap()]);
+    assert!(stderr(&out).contains("--files-root"), "{}", stderr(&out));
+    drop(srv);
+
+    let srv = server(&["--argv-only", "--files-root", root.to_str().unwrap()]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let r = |s: &str| format!("{}/{s}", root.display());
+    // Allowed: beneath the root, through a link that stays inside, and a
+    // relative path (from the root).
+    for dest in [r("in"), r("inner"), "in/".to_string()] {
+        let out = run(&srv, home, &["put", &addr, &f, &dest]);
+        assert!(out.status.success(), "{dest}: {}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read(root.join("in").join("f")).unwrap(),
+        b"payload"
+    );
+    for dest in [
+        r("in/../.."),
+        r("out"),
+        r("out/x"),
+        outside.display().to_string(),
+        "../outside".to_string(),
+    ] {
+        let out = run(&srv, home, &["put", &addr, &f, &dest]);
+        assert!(!out.status.success(), "{dest}");
+        assert!(
+            stderr(&out).contains("outside the directories transfers may use"),
+            "{dest}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!outside.join("f").exists() && !outside.join("x").exists());
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            &addr,
+            &r("out/secret"),
+            home.join("got").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("outside the directories"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!home.join("got").exists());
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "-r",
+            &addr,
+            root.to_str().unwrap(),
+            home.join("all").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The tree's link is listed as a link, never followed out.
+    assert_eq!(
+        std::fs::read_link(home.join("all").join("out")).unwrap(),
+        outside
+    );
+}
+
+/// A full disk: one clear error for that file, nothing left behind, and
+/// the next file on the same connection still goes.
+#[test]
+fn a_full_disk_is_one_clear_error() {
+    let Some(fs) = common::SmallTmpfs::mount("1m", "a_full_disk_is_one_clear_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    std::fs::write(home.join("big"), noise(2 << 20, 1)).unwrap();
+    std::fs::write(home.join("small"), b"fits").unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "--json",
+            &addr,
+            home.join("big").to_str().unwrap(),
+            home.join("small").to_str().unwrap(),
+            fs.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs[0]["error"], "no_space", "{recs:?}");
+    assert_eq!(recs[1]["ok"], true, "{recs:?}");
+    assert!(!fs.path().join("big").exists());
+    assert!(partials(fs.path()).is_empty(), "{:?}", partials(fs.path()));
+    assert_eq!(std::fs::read(fs.path().join("small")).unwrap(), b"fits");
+}
+
+/// Transfers run as the job user: what that user may not read or write
+/// is refused; what they write is theirs.
+#[test]
+fn transfers_run_as_the_job_user() {
+    let Some(user) = common::TempUser::for_run_as() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    std::fs::set_permissions(home, PermissionsExt::from_mode(0o755)).unwrap();
+    let theirs = home.join("theirs");
+    let mine = home.join("mine");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::create_dir(&mine).unwrap();
+    let pw = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
+    nix::unistd::chown(&theirs, Some(pw.uid), Some(pw.gid)).unwrap();
+    std::fs::write(mine.join("root-only"), b"r").unwrap();
+    std::fs::set_permissions(mine.join("root-only"), PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(home.join("f"), b"data").unwrap();
+    let srv = spawn_serve(&["--echo", "none", "--time", "none", "--run-as", &user.name]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let f = home.join("f").display().to_string();
+    let out = run(&srv, home, &["put", &addr, &f, theirs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(theirs.join("f")).unwrap().uid(),
+        pw.uid.as_raw()
+    );
+    let out = run(
+        &srv,
+        home,
+        &["put", "--json", &addr, &f, mine.to_str().unwrap()],
+    );
+    assert_eq!(
+        records(&out)[0]["error"],
+        "permission_denied",
+        "{}",
+        stderr(&out)
+    );
+    assert!(!mine.join("f").exists() && partials(&mine).is_empty());
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "--json",
+            &addr,
+            mine.join("root-only").to_str().unwrap(),
+            home.join("x").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        records(&out)[0]["error"],
+        "permission_denied",
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A client that asks for a big file and then stops reading: the server's
+/// memory stays flat (the output window holds the file back), and the
+/// connection still answers.
+#[test]
+fn a_reader_that_stops_keeps_the_server_flat() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::ClientMsg;
+    use switchboard::proto::transfer::GetRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let big = dir.path().join("big");
+    std::fs::write(&big, noise(200 << 20, 3)).unwrap();
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = common::runtime();
+    rt.block_on(async {
+        let auth = ClientAuth {
+            window: true,
+            output_window: Some(1 << 20),
+            ..ClientAuth::token(token)
+        };
+        let mut c = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let before = srv.rss_kib();
+        c.sender()
+            .send(ClientMsg::Get(GetRequest {
+                id: 1,
+                path: big.display().to_string(),
+                base: None,
+                offset: None,
+                sha256: None,
+            }))
+            .await
+            .unwrap();
+        // Nothing read, nothing given back, for a while.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = srv.rss_kib();
+        assert!(
+            after < before + 16 * 1024,
+            "server RSS grew from {before} KiB to {after} KiB"
+        );
+        c.sender().send(ClientMsg::Cancel { id: 1 }).await.unwrap();
+        // The connection still answers, once what was sent is read.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), c.ping())
+                .await
+                .is_ok()
+        );
+    });
+}
