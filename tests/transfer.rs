@@ -700,3 +700,36 @@ fn a_reader_that_stops_keeps_the_server_flat() {
         );
     });
 }
+
+/// A key's `files=` narrows where its holder's transfers may go.
+#[test]
+fn a_keys_files_option_confines_its_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let conf = home.join(".config").join("switchboard");
+    std::fs::create_dir_all(&conf).unwrap();
+    let key = conf.join("id_ed25519");
+    switchboard::identity::keys::keygen(&key, "fay", "").unwrap();
+    let public = std::fs::read_to_string(conf.join("id_ed25519.pub")).unwrap();
+    let allowed = home.join("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    let ak = home.join("ak");
+    std::fs::write(&ak, format!("files=\"{}\" {public}", allowed.display())).unwrap();
+    std::fs::set_permissions(&ak, PermissionsExt::from_mode(0o600)).unwrap();
+    let srv = common::spawn_key_server(&ak, &[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    std::fs::write(home.join("f"), b"k").unwrap();
+    let f = home.join("f").display().to_string();
+    let put =
+        |dest: &Path| client_env(home, &["put", &addr, &f, dest.to_str().unwrap()], None, &[]);
+    let out = put(&allowed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(allowed.join("f")).unwrap(), b"k");
+    let out = put(home);
+    assert!(
+        stderr(&out).contains("outside the directories transfers may use"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!home.join("f.sb-part").exists());
+}

@@ -97,6 +97,13 @@ impl ExecClient {
     /// the connection) as `Err`.
     async fn transfer_event(&mut self, id: u64) -> Result<JobEvent, ClientError> {
         match self.receiver().job_event(id).await? {
+            // A server from before §3.8 knows no `put`, `get` or `list`.
+            JobEvent::Failed(f) if f.code == ErrorCode::UnknownType => {
+                Err(ClientError::Protocol(format!(
+                    "the server does not support file transfer ({}): upgrade it",
+                    f.message
+                )))
+            }
             JobEvent::Failed(f) => Err(failed(f)),
             ev => Ok(ev),
         }
