@@ -313,6 +313,10 @@ impl ExecClient {
             file.set_len(0).map_err(|e| local(e, &tmp))?;
         }
         let resumed_from = at;
+        // The window given back a quarter at a time (the server keeps
+        // sending on the rest), not a frame for every frame.
+        let mut owed = 0u64;
+        let batch = self.output_window().unwrap_or(0) / 4;
         loop {
             match self.transfer_event(id).await? {
                 JobEvent::Transfer(TransferEvent::Data { offset, data }) => {
@@ -325,12 +329,11 @@ impl ExecClient {
                     file.write_all_at(&data, at).map_err(|e| local(e, &tmp))?;
                     hasher.update(&data);
                     at += data.len() as u64;
-                    self.sender()
-                        .send(ClientMsg::Window {
-                            id,
-                            output: data.len() as u64 + OUTPUT_FRAME_COST,
-                        })
-                        .await?;
+                    owed += data.len() as u64 + OUTPUT_FRAME_COST;
+                    if owed >= batch {
+                        let output = std::mem::take(&mut owed);
+                        self.sender().send(ClientMsg::Window { id, output }).await?;
+                    }
                 }
                 JobEvent::Transfer(TransferEvent::Sent(sent)) => {
                     let sha256 = hex(&hasher.finalize());

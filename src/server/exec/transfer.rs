@@ -224,6 +224,7 @@ pub fn start(
     };
     let t = Task {
         id,
+        stdin_window,
         out: out.clone(),
         charged: charged.clone(),
         window: window.clone(),
@@ -504,6 +505,7 @@ fn hash_prefix(file: &std::fs::File, len: u64) -> io::Result<Sha256> {
 
 struct Task {
     id: u64,
+    stdin_window: u64,
     out: Out,
     charged: Arc<AtomicU64>,
     window: Option<Arc<OutputWindow>>,
@@ -523,6 +525,17 @@ impl Task {
     /// once the connection is gone.
     fn send(&self, msg: ServerMsg) -> bool {
         self.out.tx.blocking_send(msg).is_ok()
+    }
+
+    /// Gives back what a put's data took of its window; false once the
+    /// connection is gone.
+    fn give_back(&self, owed: &mut u64) -> bool {
+        let k = std::mem::take(owed);
+        self.charged.fetch_sub(k, Ordering::AcqRel);
+        self.send(ServerMsg::Window {
+            id: self.id,
+            stdin: k,
+        })
     }
 
     /// Sends a `get`'s frame once its cost fits in the window; false once
@@ -786,11 +799,25 @@ impl Task {
         let mut resumed_from = offset;
         let mut at = offset;
         let mut first = true;
+        // Window given back in batches (a quarter of it at a time, or
+        // whatever is owed before this thread waits for more): one frame
+        // per 64 KiB of data would cost the connection more than it moves.
+        let mut owed = 0u64;
+        let batch = self.stdin_window / 4;
         loop {
-            let msg = match rx.recv() {
+            let msg = match rx.try_recv() {
                 Ok(m) => m,
-                // The connection is gone: keep what arrived, for --resume.
-                Err(_) => return Ok(None),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    if owed > 0 && !self.give_back(&mut owed) {
+                        return Ok(None);
+                    }
+                    match rx.recv() {
+                        Ok(m) => m,
+                        // The connection is gone: keep what arrived, for --resume.
+                        Err(_) => return Ok(None),
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(None),
             };
             match msg {
                 PutInput::Cancel => {
@@ -824,11 +851,8 @@ impl Task {
                         .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                     hasher.update(&data);
                     at += data.len() as u64;
-                    self.charged.fetch_sub(cost, Ordering::AcqRel);
-                    if !self.send(ServerMsg::Window {
-                        id: self.id,
-                        stdin: cost,
-                    }) {
+                    owed += cost;
+                    if owed >= batch && !self.give_back(&mut owed) {
                         return Ok(None);
                     }
                 }

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# File transfer on loopback, side by side in one run (issue 13, item 5):
+# `switchboard put` and `get` of one file against scp through a
+# throwaway sshd, and iperf3's single stream as the ceiling; medians of
+# RUNS runs, with the server's RSS growth during each switchboard copy.
+#
+#   bash bench/transfer.sh [SIZE_MIB] [RUNS]     (defaults: 1024 and 3)
+#
+# Installs iperf3 and openssh-server with apt-get when missing. Every
+# process started here is stopped by its PID on exit. Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mib=${1:-1024}
+runs=${2:-3}
+
+need=()
+command -v iperf3 >/dev/null || need+=(iperf3)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v scp >/dev/null || need+=(openssh-client)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q
+sb=$PWD/target/release/switchboard
+work=$(mktemp -d)
+export HOME=$work XDG_CONFIG_HOME=$work/.config
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+p_sb=19201 p_iperf=19202 p_ssh=19203
+"$sb" serve -q --allow-root --echo none --time none --exec "tcp://127.0.0.1:$p_sb" \
+  >"$work/sb.out" 2>"$work/sb.err" &
+pids+=($!)
+sb_pid=$!
+iperf3 -s -B 127.0.0.1 -p "$p_iperf" >/dev/null 2>&1 &
+pids+=($!)
+ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$work/client_key"
+cp "$work/client_key.pub" "$work/authorized_keys"
+cat >"$work/sshd_config" <<CFG
+Port $p_ssh
+ListenAddress 127.0.0.1
+HostKey $work/host_key
+AuthorizedKeysFile $work/authorized_keys
+PidFile $work/sshd.pid
+PermitRootLogin yes
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+Subsystem sftp internal-sftp
+CFG
+mkdir -p /run/sshd
+/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.err" &
+pids+=($!)
+sleep 1
+scp_opts=(-P "$p_ssh" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+
+mkdir -p "$work/src" "$work/up" "$work/down" "$work/scp"
+head -c "$((mib << 20))" /dev/urandom >"$work/src/file"
+bytes=$((mib << 20))
+
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# timed CMD...: seconds the command took (it must succeed).
+timed() {
+  local t0 t1
+  t0=${EPOCHREALTIME/./}
+  "$@" >/dev/null
+  t1=${EPOCHREALTIME/./}
+  python3 -c "print(($t1 - $t0) / 1e6)"
+}
+# The peak RSS of PID while CMD runs, sampled every 20 ms, in KiB.
+peak_while() {
+  local pid=$1; shift
+  local peak=0 r
+  "$@" >/dev/null &
+  local c=$!
+  while kill -0 "$c" 2>/dev/null; do
+    r=$(rss "$pid"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.02
+  done
+  wait "$c"
+  echo "$peak"
+}
+
+declare -A t
+for i in $(seq "$runs"); do
+  rm -f "$work/up/file" "$work/down/file" "$work/scp/file" "$work/scp/back"
+  base=$(rss "$sb_pid")
+  t0=${EPOCHREALTIME/./}
+  peak=$(peak_while "$sb_pid" "$sb" put "127.0.0.1:$p_sb" "$work/src/file" "$work/up/")
+  t1=${EPOCHREALTIME/./}
+  t[put,$i]=$(python3 -c "print(($t1 - $t0) / 1e6)")
+  t[putrss,$i]=$((peak - base))
+  cmp -s "$work/src/file" "$work/up/file"
+  base=$(rss "$sb_pid")
+  t0=${EPOCHREALTIME/./}
+  peak=$(peak_while "$sb_pid" "$sb" get "127.0.0.1:$p_sb" "$work/up/file" "$work/down/")
+  t1=${EPOCHREALTIME/./}
+  t[get,$i]=$(python3 -c "print(($t1 - $t0) / 1e6)")
+  t[getrss,$i]=$((peak - base))
+  cmp -s "$work/src/file" "$work/down/file"
+  t[scpput,$i]=$(timed scp "${scp_opts[@]}" "$work/src/file" "root@127.0.0.1:$work/scp/file")
+  t[scpget,$i]=$(timed scp "${scp_opts[@]}" "root@127.0.0.1:$work/scp/file" "$work/scp/back")
+  t[iperf,$i]=$(iperf3 -c 127.0.0.1 -p "$p_iperf" -n "$bytes" -J 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6)')
+done
+
+python3 - "$bytes" "$runs" <<PY
+import statistics, sys
+bytes_, runs = int(sys.argv[1]), int(sys.argv[2])
+t = {$(for k in "${!t[@]}"; do printf '"%s": %s, ' "$k" "${t[$k]}"; done)}
+def med(name): return statistics.median(t[f"{name},{i}"] for i in range(1, runs + 1))
+mbs = lambda s: bytes_ / 1e6 / s
+iperf = med("iperf")
+rows = [
+    ("put", mbs(med("put")), mbs(med("scpput")), med("putrss")),
+    ("get", mbs(med("get")), mbs(med("scpget")), med("getrss")),
+]
+print(f"file {bytes_ >> 20} MiB, medians of {runs}; iperf3 single stream {iperf:,.0f} MB/s")
+print("| copy | switchboard MB/s | scp MB/s | vs iperf3 | vs scp | server RSS growth |")
+print("|---|---|---|---|---|---|")
+for name, sb, scp, rss in rows:
+    print(f"| {name} | {sb:,.0f} | {scp:,.0f} | {sb / iperf:.2f} | {sb / scp:.2f} | {rss / 1024:.1f} MiB |")
+PY
