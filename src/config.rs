@@ -268,6 +268,10 @@ pub struct ExecConfig {
     pub max_jobs_per_connection: usize,
     /// Running jobs over all connections. Default: 512.
     pub max_jobs: usize,
+    /// File transfers (put, get, list) running over all connections,
+    /// apart from jobs (which they cannot crowd out); each also counts
+    /// against its connection's `max_jobs_per_connection`. Default: 32.
+    pub max_transfers: usize,
     /// Processes and threads one job may have at once; 0 = no limit. A
     /// cgroup per job where the server has a pids cgroup, else
     /// RLIMIT_NPROC, which counts all processes of the job's user and does
@@ -377,6 +381,7 @@ impl Default for ExecConfig {
             frame_timeout: Duration::from_secs(30),
             max_jobs_per_connection: 64,
             max_jobs: 512,
+            max_transfers: 32,
             max_processes: 0,
             handshake_timeout: Duration::from_secs(10),
             kill_grace: Duration::from_secs(2),
@@ -607,8 +612,15 @@ impl ServerConfig {
             );
         }
         let x = &self.exec;
-        if x.max_connections == 0 || x.max_jobs_per_connection == 0 || x.max_jobs == 0 {
-            bail!("exec.max_connections, max_jobs_per_connection and max_jobs must be at least 1");
+        if x.max_connections == 0
+            || x.max_jobs_per_connection == 0
+            || x.max_jobs == 0
+            || x.max_transfers == 0
+        {
+            bail!(
+                "exec.max_connections, max_jobs_per_connection, max_jobs and max_transfers must \
+                 be at least 1"
+            );
         }
         if !(128 * 1024..=16 * 1024 * 1024).contains(&x.stdin_window) {
             bail!("exec.stdin_window must be between 131072 and 16777216");
@@ -732,6 +744,7 @@ impl ServerConfig {
             frame_timeout: _,
             max_jobs_per_connection: _,
             max_jobs: _,
+            max_transfers: _,
             max_processes: _,
             handshake_timeout: _,
             kill_grace: _,

@@ -733,3 +733,249 @@ fn a_keys_files_option_confines_its_transfers() {
     );
     assert!(!home.join("f.sb-part").exists());
 }
+
+/// A put stopped after `accepted`, for tests that act in the middle.
+async fn open_put(
+    addr: &str,
+    token: &Path,
+    dest: &Path,
+    size: u64,
+) -> switchboard::client::ExecClient {
+    use switchboard::client::exec::TransferEvent;
+    use switchboard::client::{ClientAuth, ExecClient, JobEvent};
+    use switchboard::proto::ClientMsg;
+    use switchboard::proto::transfer::{EntryKind, PutRequest};
+    let token = switchboard::secrets::read_token(token).unwrap();
+    let auth = ClientAuth {
+        window: true,
+        output_window: Some(1 << 20),
+        ..ClientAuth::token(token)
+    };
+    let mut c = ExecClient::connect(addr, &auth, Duration::from_secs(5))
+        .await
+        .unwrap();
+    c.sender()
+        .send(ClientMsg::Put(PutRequest {
+            id: 1,
+            path: dest.display().to_string(),
+            base: None,
+            name: None,
+            kind: EntryKind::File,
+            size,
+            mode: Some(0o644),
+            mtime: None,
+            target: None,
+            many: false,
+            resume: false,
+            preserve: false,
+        }))
+        .await
+        .unwrap();
+    match c.receiver().job_event(1).await.unwrap() {
+        JobEvent::Transfer(TransferEvent::Accepted(_)) => c,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+/// The thread a transfer runs on keeps the server's uids (so the job user
+/// cannot signal it, or the server with it) and only its file access is
+/// the user's: filesystem uid and gid, no effective capability.
+#[test]
+fn a_transfer_thread_is_the_users_for_files_only() {
+    let Some(user) = common::TempUser::for_run_as() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let pw = nix::unistd::User::from_name(&user.name).unwrap().unwrap();
+    nix::unistd::chown(&theirs, Some(pw.uid), Some(pw.gid)).unwrap();
+    let srv = spawn_serve(&["--echo", "none", "--time", "none", "--run-as", &user.name]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let rt = common::runtime();
+    let _held = rt.block_on(open_put(&addr, &srv.token_file(), &theirs.join("f"), 10));
+    let task = std::fs::read_dir(format!("/proc/{}/task", srv.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with("transfer-")))
+        .expect("the transfer's thread");
+    let status = std::fs::read_to_string(task.join("status")).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let uid = pw.uid.as_raw().to_string();
+    let gid = pw.gid.as_raw().to_string();
+    assert_eq!(field("Uid:"), ["0", "0", "0", uid.as_str()], "{status}");
+    assert_eq!(field("Gid:")[3], gid, "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+    // The user cannot stop it (nor, so, the server).
+    let tid = task.file_name().unwrap().to_str().unwrap().to_string();
+    if let Ok(st) = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &gid,
+            "--clear-groups",
+            "kill",
+            "-STOP",
+            &tid,
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        assert!(!st.success(), "the job user stopped the transfer's thread");
+    }
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", srv.pid())).unwrap();
+    assert!(!state.contains(") T "), "{state}");
+}
+
+/// What sits at `.NAME.sb-part` is never written through: a hard link to
+/// a file elsewhere is replaced by a fresh file; a partial file swapped
+/// during the transfer fails it, and the swapped-in file is not put in
+/// place.
+#[test]
+fn the_partial_file_is_never_someone_elses() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let root = home.join("root");
+    let outside = home.join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"keep me").unwrap();
+    std::fs::hard_link(outside.join("victim"), root.join(".h.sb-part")).unwrap();
+    std::fs::write(home.join("h"), b"payload").unwrap();
+    let srv = server(&["--files-root", root.to_str().unwrap()]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    for resume in [false, true] {
+        let mut args = vec!["put", &addr];
+        if resume {
+            args.push("--resume");
+        }
+        let h = home.join("h").display().to_string();
+        let r = root.display().to_string();
+        args.extend([h.as_str(), r.as_str()]);
+        let out = run(&srv, home, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(root.join("h")).unwrap(), b"payload");
+        assert_eq!(std::fs::metadata(root.join("h")).unwrap().nlink(), 1);
+        std::fs::remove_file(root.join("h")).unwrap();
+        std::fs::hard_link(outside.join("victim"), root.join(".h.sb-part")).unwrap();
+    }
+
+    // Swapped mid-transfer.
+    use switchboard::client::JobEvent;
+    use switchboard::proto::ClientMsg;
+    use switchboard::proto::transfer::DoneRequest;
+    let rt = common::runtime();
+    rt.block_on(async {
+        let data = b"0123456789";
+        let mut c = open_put(&addr, &srv.token_file(), &root.join("s"), 10).await;
+        std::fs::rename(root.join(".s.sb-part"), home.join("moved")).unwrap();
+        std::fs::write(root.join(".s.sb-part"), b"UNVERIFIED").unwrap();
+        c.sender()
+            .send(ClientMsg::Data {
+                id: 1,
+                offset: 0,
+                data: bytes::Bytes::from_static(data),
+            })
+            .await
+            .unwrap();
+        c.sender()
+            .send(ClientMsg::Done(DoneRequest {
+                id: 1,
+                sha256: sha(data),
+                skip: false,
+            }))
+            .await
+            .unwrap();
+        loop {
+            match c.receiver().job_event(1).await.unwrap() {
+                JobEvent::Window { .. } => {}
+                JobEvent::Failed(f) => {
+                    assert!(f.message.contains("replaced during the transfer"), "{f:?}");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    assert!(
+        !root.join("s").exists(),
+        "a swapped-in file was put in place"
+    );
+}
+
+/// /proc, /sys and their kind are never a transfer's (a thread of the
+/// server may read its own process's entries whoever it acts for).
+#[test]
+fn pseudo_file_systems_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let fd_dir = format!("/proc/{}/fd", srv.pid());
+    let target = home.join("x").display().to_string();
+    for args in [
+        vec!["get", "-r", &addr, fd_dir.as_str(), target.as_str()],
+        vec!["get", &addr, "/proc/self/status", target.as_str()],
+        vec!["get", &addr, "/sys/kernel/uevent_seqnum", target.as_str()],
+    ] {
+        let out = run(&srv, home, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("not for transfers"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    std::fs::write(home.join("f"), b"x").unwrap();
+    let out = run(
+        &srv,
+        home,
+        &["put", &addr, home.join("f").to_str().unwrap(), "/proc/"],
+    );
+    assert!(
+        stderr(&out).contains("not for transfers"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Transfers have slots of their own (`exec.max_transfers`): at the
+/// limit a new one is `busy`, and jobs still run.
+#[test]
+fn transfers_cannot_crowd_out_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let cfg = home.join("sb.toml");
+    std::fs::write(&cfg, "[exec]\nmax_transfers = 1\n").unwrap();
+    let srv = server(&["--config", cfg.to_str().unwrap()]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let rt = common::runtime();
+    let _held = rt.block_on(open_put(&addr, &srv.token_file(), &home.join("a"), 10));
+    std::fs::write(home.join("f"), b"x").unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "--json",
+            &addr,
+            home.join("f").to_str().unwrap(),
+            home.join("b").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(records(&out)[0]["error"], "busy", "{}", stderr(&out));
+    assert!(stderr(&out).contains("max_transfers"), "{}", stderr(&out));
+    let out = run(&srv, home, &["exec", &addr, "--", "echo", "still"]);
+    assert_eq!(stdout(&out), "still\n", "{}", stderr(&out));
+}

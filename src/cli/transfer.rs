@@ -471,9 +471,9 @@ async fn get_one(
     make_dir(&top, first.mode, args.preserve)?;
     report.made("get", src, &top.display().to_string());
     for e in entries.iter().skip(1) {
-        let local = top.join(&e.path);
         let shown = format!("{}/{}", src.trim_end_matches('/'), e.path);
         let one: anyhow::Result<()> = async {
+            let local = entry_path(&top, &e.path)?;
             match e.kind {
                 EntryKind::Dir => {
                     make_dir(&local, e.mode, args.preserve)?;
@@ -507,6 +507,37 @@ async fn get_one(
     Ok(())
 }
 
+/// Where a listed entry goes beneath `top`. The listing comes from the
+/// server, which may lie (scp's CVE-2019-6111): the path must be names
+/// only (no `..`, `.`, empty or leading `/`), and everything on the way
+/// to it a real directory, never a link (one the listing itself made
+/// would lead out of the tree).
+fn entry_path(top: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+    let names: Vec<&str> = rel.split('/').collect();
+    if rel.is_empty()
+        || rel.contains('\0')
+        || names
+            .iter()
+            .any(|n| n.is_empty() || *n == "." || *n == "..")
+    {
+        bail!("the server listed {rel:?}, not a path inside the tree; refused");
+    }
+    let mut p = top.to_path_buf();
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            match p.symlink_metadata() {
+                Ok(m) if m.is_dir() => {}
+                _ => bail!(
+                    "{}: not a directory of the tree (a link?); {rel:?} refused",
+                    p.display()
+                ),
+            }
+        }
+        p.push(n);
+    }
+    Ok(p)
+}
+
 /// A directory of a fetched tree: made if missing; an existing file in
 /// its place is an error (a directory never replaces a file).
 fn make_dir(path: &Path, mode: u32, preserve: bool) -> anyhow::Result<()> {
@@ -538,4 +569,35 @@ fn make_link(path: &Path, target: &str) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).with_context(|| path.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_cannot_lead_out_of_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        std::fs::create_dir_all(top.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/tmp", top.join("lnk")).unwrap();
+        std::fs::write(top.join("file"), b"").unwrap();
+        assert_eq!(
+            entry_path(&top, "sub/x").unwrap(),
+            top.join("sub").join("x")
+        );
+        assert_eq!(entry_path(&top, "lnk").unwrap(), top.join("lnk"));
+        for bad in [
+            "lnk/evil",
+            "../evil",
+            "/tmp/evil",
+            "a//b",
+            "./x",
+            "",
+            "file/x",
+            "sub/../x",
+        ] {
+            assert!(entry_path(&top, bad).is_err(), "{bad:?}");
+        }
+    }
 }

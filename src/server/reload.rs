@@ -163,6 +163,7 @@ impl Reloader {
             warnings.push(format!("{e:#}; records go on to the file already open"));
         }
         self.limits.apply(&new);
+        self.exec.transfer_slots.set_max(new.exec.max_transfers);
         self.exec
             .replace(exec::Live::new(new.exec.clone(), credentials, policy));
         self.live.set(new);

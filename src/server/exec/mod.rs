@@ -110,6 +110,8 @@ pub struct ExecShared {
     live: std::sync::RwLock<Arc<Live>>,
     /// Running jobs over all connections.
     pub job_slots: Arc<Limit>,
+    /// Running transfers over all connections (`exec.max_transfers`).
+    pub transfer_slots: Arc<Limit>,
     pub counters: Arc<ExecCounters>,
     /// Job tasks, so that shutdown can wait for them to kill and reap.
     pub tracker: TaskTracker,
@@ -129,6 +131,7 @@ impl ExecShared {
         sources: Arc<Sources>,
     ) -> Self {
         ExecShared {
+            transfer_slots: Limit::new(live.cfg.max_transfers),
             live: std::sync::RwLock::new(Arc::new(live)),
             job_slots,
             counters,

@@ -1139,11 +1139,14 @@ impl Session {
         let approved = live.policy.check_files(proved_current, &restrictions)?;
         let slot = self
             .shared
-            .job_slots
+            .transfer_slots
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
-                Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
+                Refusal::new(
+                    ErrorCode::Busy,
+                    "the server is running its maximum of transfers (exec.max_transfers)",
+                )
             })?;
         let identity_slot = match restrictions.max_jobs {
             None => None,

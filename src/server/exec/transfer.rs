@@ -12,10 +12,14 @@
 //!         ── list ─> thread ── walk, no link followed ─> entries ... listed
 //! ```
 //!
-//! The thread takes the user's credentials with raw system calls, which
-//! change that thread only (glibc's wrappers would change every thread of
-//! the server), and for good: real, effective and saved ids alike, so it
-//! cannot take root back. It ends with its transfer.
+//! The thread takes the user's file credentials with raw system calls,
+//! which change that thread only (glibc's wrappers would change every
+//! thread of the server): filesystem uid and gid, groups, and no
+//! effective capability, so every file check is the user's. Its other
+//! uids stay the server's, or the user could signal it (and with it the
+//! whole server). It ends with its transfer. Pseudo file systems (/proc,
+//! /sys) are refused: a thread sees its own process's /proc entries
+//! whoever it is.
 //!
 //! A `put` cut off (the connection lost) keeps what arrived in
 //! `.NAME.sb-part` beside the destination, for `--resume`; one that fails
@@ -23,7 +27,7 @@
 //! rename, with a complete file whose SHA-256 both sides agree on.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -280,26 +284,62 @@ pub fn start(
     })
 }
 
-/// Takes the user's ids for this thread only, for good. Nothing to do
-/// when the thread is that user already.
+/// Makes this thread's file access the user's: the filesystem uid and gid
+/// and the supplementary groups, which every file check uses, then no
+/// effective capability (so no override of those checks). Its real,
+/// effective and saved uids stay the server's: a thread whose uids were
+/// the user's could be stopped, killed or given limits by that user
+/// (signals and prlimit are judged on those uids, and act on the whole
+/// server). Raw system calls: glibc's wrappers would change every thread.
+/// Nothing to do for the server's own user.
 fn become_user(user: Option<&RunAs>) -> io::Result<()> {
     let Some(u) = user else { return Ok(()) };
     let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
-    if nix::unistd::geteuid().as_raw() == uid && uid != 0 {
-        return Ok(());
-    }
-    if uid == 0 && nix::unistd::geteuid().is_root() {
+    let me = nix::unistd::geteuid();
+    if me.as_raw() == uid || !me.is_root() {
         return Ok(());
     }
     let groups: Vec<libc::gid_t> = u.groups.iter().map(|g| g.as_raw()).collect();
-    // SAFETY: plain system calls with valid arguments; the raw calls (not
-    // libc's setgroups/setresgid/setresuid, which signal every thread to
-    // do the same) change this thread's credentials alone.
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: plain system calls on this thread with valid arguments
+    // (capget/capset take a version-3 header and two data structs).
     unsafe {
-        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
-            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        // setfsuid/setfsgid say nothing of failure: read them back (-1
+        // changes nothing and returns the current value).
+        if libc::syscall(libc::SYS_setfsuid, u32::MAX) != i64::from(uid)
+            || libc::syscall(libc::SYS_setfsgid, u32::MAX) != i64::from(gid)
         {
+            return Err(io::Error::other("setfsuid/setfsgid did not take"));
+        }
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for d in &mut data {
+            d.effective = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -347,10 +387,11 @@ impl Fs {
             let magic = ResolveFlag::RESOLVE_NO_MAGICLINKS;
             return match (path.starts_with('/'), &self.home) {
                 (true, _) => nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how.resolve(magic))
-                    .map_err(fail),
-                (false, Some(home)) => {
-                    nix::fcntl::openat2(home, path, how.resolve(magic)).map_err(fail)
-                }
+                    .map_err(fail)
+                    .and_then(|fd| real_fs(fd, path)),
+                (false, Some(home)) => nix::fcntl::openat2(home, path, how.resolve(magic))
+                    .map_err(fail)
+                    .and_then(|fd| real_fs(fd, path)),
                 // Never the server's own working directory.
                 (false, None) => Err(Fail::new(
                     ErrorCode::NotFound,
@@ -361,7 +402,9 @@ impl Fs {
         let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
         let (root, rest) = self.root_of(path)?;
         let rest = if rest.is_empty() { "." } else { rest };
-        nix::fcntl::openat2(root, rest, how.resolve(beneath)).map_err(fail)
+        nix::fcntl::openat2(root, rest, how.resolve(beneath))
+            .map_err(fail)
+            .and_then(|fd| real_fs(fd, path))
     }
 
     /// The root a path lies in, and the rest of it: an absolute path names
@@ -400,8 +443,46 @@ impl Fs {
             .flags(flags | OFlag::O_CLOEXEC)
             .mode(mode)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        nix::fcntl::openat2(base, rel, how).map_err(|e| Fail::os(e, rel))
+        nix::fcntl::openat2(base, rel, how)
+            .map_err(|e| Fail::os(e, rel))
+            .and_then(|fd| real_fs(fd, rel))
     }
+}
+
+/// Whether `fd` lies on a pseudo file system (/proc, /sys and their
+/// kind): never a transfer's, since a thread of the server may read its
+/// own process's entries there whoever it is acting for.
+fn pseudo_fs(fd: &OwnedFd) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the struct it is given for a valid descriptor.
+    let ok = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) } == 0;
+    if !ok {
+        return true;
+    }
+    // SAFETY: fstatfs succeeded, so the struct is initialised.
+    let t = unsafe { st.assume_init() }.f_type;
+    [
+        libc::PROC_SUPER_MAGIC,
+        libc::SYSFS_MAGIC,
+        libc::DEBUGFS_MAGIC,
+        libc::SECURITYFS_MAGIC,
+        libc::TRACEFS_MAGIC,
+        libc::CGROUP2_SUPER_MAGIC,
+        libc::BPF_FS_MAGIC,
+    ]
+    .iter()
+    .any(|&m| m == t)
+}
+
+/// `fd`, unless it is on a pseudo file system.
+fn real_fs(fd: OwnedFd, what: &str) -> Result<OwnedFd, Fail> {
+    if pseudo_fs(&fd) {
+        return Err(Fail::new(
+            ErrorCode::Forbidden,
+            format!("{what}: /proc, /sys and their kind are not for transfers"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// The server's umask (process-wide): read from /proc, since setting it
@@ -484,6 +565,61 @@ fn dir_fd(fd: OwnedFd) -> OwnedFd {
         .flags(flags)
         .resolve(ResolveFlag::RESOLVE_BENEATH);
     nix::fcntl::openat2(&fd, ".", how).unwrap_or(fd)
+}
+
+/// Opens (or makes) the partial file `tmp` in `dir`: only a regular file
+/// with one link that belongs to this transfer's user is taken as it is
+/// (what an interrupted transfer left); anything else there (a hard link
+/// to a file elsewhere, another user's file) is removed and a new one
+/// made, so the transfer never writes into a file it did not make.
+fn open_partial(dir: &OwnedFd, tmp: &str, shown: &str) -> Result<std::fs::File, Fail> {
+    let in_way = || {
+        Fail::new(
+            ErrorCode::Exists,
+            format!("{shown}: {tmp} is in the way (not a file); remove it"),
+        )
+    };
+    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let mode = Mode::from_bits_truncate(0o600);
+    // SAFETY: a plain system call; -1 changes nothing and returns the
+    // thread's filesystem uid.
+    let me = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
+    match nix::fcntl::openat(dir, tmp, flags, mode) {
+        Ok(fd) => {
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| Fail::os(e, shown))?;
+            if kind_of(&st) == SFlag::S_IFREG && st.st_nlink == 1 && st.st_uid == me {
+                return Ok(std::fs::File::from(fd));
+            }
+            if kind_of(&st) != SFlag::S_IFREG {
+                return Err(in_way());
+            }
+            nix::unistd::unlinkat(dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| Fail::os(e, shown))?;
+        }
+        Err(Errno::ENOENT) => {}
+        Err(Errno::EISDIR | Errno::ELOOP | Errno::ENXIO) => return Err(in_way()),
+        Err(e) => return Err(Fail::os(e, shown)),
+    }
+    nix::fcntl::openat(dir, tmp, flags | OFlag::O_CREAT | OFlag::O_EXCL, mode)
+        .map(std::fs::File::from)
+        .map_err(|e| match e {
+            Errno::EEXIST => Fail::new(
+                ErrorCode::Exists,
+                format!("{shown}: another transfer is writing it"),
+            ),
+            e => Fail::os(e, shown),
+        })
+}
+
+/// Whether `name` in `dir` is the very file `file` (same device and inode,
+/// not followed if a link).
+fn is_same(dir: &OwnedFd, name: &str, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mine) = file.metadata() else {
+        return false;
+    };
+    matches!(stat_at(dir, name), Ok(Some(st))
+        if st.st_dev == mine.dev() && st.st_ino == mine.ino())
 }
 
 /// SHA-256 of a file's first `len` bytes.
@@ -714,25 +850,8 @@ impl Task {
         record: &mut Record,
     ) -> Result<Option<(u64, Option<String>, bool, u64)>, Fail> {
         let tmp = partial_name(&t.name);
-        let fd = nix::fcntl::openat(
-            &t.dir,
-            tmp.as_str(),
-            OFlag::O_RDWR
-                | OFlag::O_CREAT
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC
-                | OFlag::O_NONBLOCK,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| Fail::os(e, &t.shown))?;
-        let file = std::fs::File::from(fd);
+        let file = open_partial(&t.dir, &tmp, &t.shown)?;
         let meta = file.metadata().map_err(|e| Fail::io(&e, &t.shown))?;
-        if !meta.is_file() {
-            return Err(Fail::new(
-                ErrorCode::Exists,
-                format!("{}: {tmp} is in the way and not a file", t.shown),
-            ));
-        }
         // One transfer per destination at a time.
         let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| {
@@ -851,6 +970,7 @@ impl Task {
                         .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                     hasher.update(&data);
                     at += data.len() as u64;
+                    record.bytes = at;
                     owed += cost;
                     if owed >= batch && !self.give_back(&mut owed) {
                         return Ok(None);
@@ -925,8 +1045,26 @@ impl Task {
                 format!("{}: a file never replaces a directory", t.shown),
             ));
         }
+        // By name, so checked by inode on both sides: a partial file
+        // swapped for another (a link, a file of other content) by someone
+        // who may write the directory is not what goes in place.
+        let replaced = || {
+            Fail::new(
+                ErrorCode::IoError,
+                format!(
+                    "{}: {tmp} was replaced during the transfer; nothing kept",
+                    t.shown
+                ),
+            )
+        };
+        if !is_same(&t.dir, tmp, file) {
+            return Err(replaced());
+        }
         nix::fcntl::renameat(&t.dir, tmp, &t.dir, t.name.as_str())
             .map_err(|e| Fail::os(e, &t.shown))?;
+        if !is_same(&t.dir, &t.name, file) {
+            return Err(replaced());
+        }
         // The rename is durable once the directory is: best effort where
         // the user may only search it (O_PATH cannot be synced).
         let _ = nix::unistd::fsync(t.dir.as_fd());
@@ -1183,6 +1321,11 @@ fn walk(dir: OwnedFd, rel: &str, batch: &mut Batch<'_>) -> Result<bool, Fail> {
                     Mode::empty(),
                 )
                 .map_err(|e| Fail::os(e, &path))?;
+                // A pseudo file system mounted inside the tree is left out.
+                if pseudo_fs(&sub) {
+                    batch.skipped += 1;
+                    continue;
+                }
                 if !walk(sub, &path, batch)? {
                     return Ok(false);
                 }
