@@ -470,8 +470,7 @@ fn pseudo_fs(fd: &OwnedFd) -> bool {
         libc::CGROUP2_SUPER_MAGIC,
         libc::BPF_FS_MAGIC,
     ]
-    .iter()
-    .any(|&m| m == t)
+    .contains(&t)
 }
 
 /// `fd`, unless it is on a pseudo file system.
