@@ -314,11 +314,9 @@ fn the_escape_and_a_signal_disconnect_kill_the_job_and_restore_the_terminal() {
             cooked(&t.modes()).contains(cooked_before),
             "{name}: the terminal was left raw"
         );
-        assert!(
-            t.screen().contains("switchboard: "),
-            "{name}: {:?}",
-            t.screen()
-        );
+        // The terminal's reader may still be behind the client's last
+        // words (seen once on a loaded machine): waited for, not raced.
+        t.expect("switchboard: ");
         // The job went with the connection.
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .expect("pid file")
