@@ -979,3 +979,96 @@ fn transfers_cannot_crowd_out_jobs() {
     let out = run(&srv, home, &["exec", &addr, "--", "echo", "still"]);
     assert_eq!(stdout(&out), "still\n", "{}", stderr(&out));
 }
+
+/// `--hosts`: the same files to every server, and back into a directory
+/// per host (or named by `--name`), with a host down said in the summary
+/// and the exit status.
+#[test]
+fn fan_out_puts_and_gets_with_a_host_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (ra, rb) = (home.join("a"), home.join("b"));
+    std::fs::create_dir_all(ra.join("in")).unwrap();
+    std::fs::create_dir_all(rb.join("in")).unwrap();
+    // Relative paths resolve beneath each server's own root.
+    let a = server(&["--files-root", ra.to_str().unwrap()]);
+    let b = server(&["--files-root", rb.to_str().unwrap()]);
+    let (_hold, dead) = common::refusing_port();
+    let (pa, pb) = (
+        a.addr("exec", Transport::Tcp),
+        b.addr("exec", Transport::Tcp),
+    );
+    let hosts = format!("{pa},{pb},127.0.0.1:{dead}");
+    // One token for both: b's token file takes a's token.
+    std::fs::copy(a.token_file(), b.token_file()).unwrap();
+    b.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(b.wait_log("configuration reloaded", 1), "{}", b.log());
+    std::fs::write(home.join("f1"), b"one").unwrap();
+    std::fs::write(home.join("f2"), b"two").unwrap();
+    let (f1, f2) = (home.join("f1"), home.join("f2"));
+    let out = run(
+        &a,
+        home,
+        &[
+            "put",
+            "--json",
+            "--hosts",
+            &hosts,
+            f1.to_str().unwrap(),
+            f2.to_str().unwrap(),
+            "in/",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 hosts, 2 ok, 1 failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{dead}")),
+        "{}",
+        stderr(&out)
+    );
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    for r in [&ra, &rb] {
+        assert_eq!(std::fs::read(r.join("in").join("f1")).unwrap(), b"one");
+        assert_eq!(std::fs::read(r.join("in").join("f2")).unwrap(), b"two");
+    }
+    let both = format!("{pa},{pb}");
+    let got = home.join("got");
+    std::fs::create_dir(&got).unwrap();
+    let out = run(
+        &a,
+        home,
+        &["get", "--hosts", &both, "in/f1", got.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(got.join(&pa).join("f1")).unwrap(), b"one");
+    assert_eq!(std::fs::read(got.join(&pb).join("f1")).unwrap(), b"one");
+    let flat = home.join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    let out = run(
+        &a,
+        home,
+        &[
+            "get",
+            "--hosts",
+            &both,
+            "--name",
+            "{host}.{name}",
+            "in/f2",
+            flat.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(flat.join(format!("{pa}.f2"))).unwrap(),
+        b"two"
+    );
+    assert_eq!(
+        std::fs::read(flat.join(format!("{pb}.f2"))).unwrap(),
+        b"two"
+    );
+}

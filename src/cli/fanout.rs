@@ -317,17 +317,24 @@ fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Resul
 
 /// Runs the command on every host, at most `width` at a time; the results
 /// in the hosts' order.
-async fn run_all(hosts: &[String], plan: Arc<Plan>, width: usize) -> Vec<HostRun> {
-    let slots = Arc::new(Semaphore::new(width));
+/// Runs `run` for every host, `width` at a time; the results in the
+/// hosts' order. Shared by `exec --hosts` and `put`/`get --hosts`.
+pub(super) async fn run_all<R, F, Fut>(hosts: &[String], width: usize, run: F) -> Vec<R>
+where
+    R: Send + 'static,
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(width.max(1)));
     let done = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
-        let (slots, plan, done, host) = (slots.clone(), plan.clone(), done.clone(), host.clone());
+        let (slots, run, done, host) = (slots.clone(), run.clone(), done.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let r = run_host(host, plan).await;
+            let r = run(host).await;
             done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
         }));
     }
@@ -363,7 +370,9 @@ pub fn fanout(
     });
     let _ = crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-    let results = rt.block_on(run_all(&hosts, plan, width));
+    let results = rt.block_on(run_all(&hosts, width, move |host| {
+        run_host(host, plan.clone())
+    }));
     print_results(&results, json, gather)?;
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {

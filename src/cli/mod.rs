@@ -158,7 +158,7 @@ pub struct KeygenArgs {
     pub passphrase: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TransferArgs {
     /// Copy directories and what they hold (links copied as links, never
     /// followed; special files skipped with a warning).
@@ -174,6 +174,20 @@ pub struct TransferArgs {
     /// One JSON record per file on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Copy to or from many servers: a comma list, ranges (node[01-20]:8080) or
+    /// @file; no ADDR then. get writes DEST/<host>/<name>.
+    #[arg(long, value_name = "HOSTS")]
+    pub hosts: Option<String>,
+    /// With --hosts: leave these out (same syntax).
+    #[arg(long, value_name = "HOSTS", requires = "hosts")]
+    pub exclude: Option<String>,
+    /// With --hosts: how many servers at once.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
+    pub fanout: usize,
+    /// get --hosts: name each fetched file DEST/TEMPLATE instead of
+    /// DEST/<host>/<name> ({host} and {name} are replaced), e.g. '{host}.{name}'.
+    #[arg(long = "name", value_name = "TEMPLATE", requires = "hosts")]
+    pub name_template: Option<String>,
     #[command(flatten)]
     pub conn: ConnectArgs,
     /// [ADDR] SRC... DEST: the server's address first when given.
@@ -183,7 +197,7 @@ pub struct TransferArgs {
 
 /// How an exec client reaches and logs in to a server: `exec`, `put` and
 /// `get` alike.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// Token file [default: $SWITCHBOARD_TOKEN, else ~/.config/switchboard/token].
     #[arg(long, value_name = "FILE")]

@@ -27,18 +27,34 @@ use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
 use crate::proto::transfer::{EntryKind, PutRequest};
 
-/// What the words say: the server, the sources, the destination.
+/// What the words say: the server (or `--hosts`), the sources, the
+/// destination.
 struct Plan {
     target: Target,
+    hosts: Option<Vec<String>>,
     sources: Vec<String>,
     dest: String,
 }
 
 /// `[ADDR] SRC... DEST`: with three words or more, the first is the
-/// address when it looks like one.
+/// address when it looks like one; with `--hosts`, no address.
 fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
     if args.args.len() < 2 {
         bail!("give [ADDR] SRC... DEST");
+    }
+    if let Some(spec) = &args.hosts {
+        let mut hosts = crate::hosts::expand(spec, DEFAULT_EXEC_PORT)?;
+        if let Some(ex) = &args.exclude {
+            hosts = crate::hosts::exclude(hosts, ex, DEFAULT_EXEC_PORT)?;
+        }
+        let mut words = args.args.clone();
+        let dest = words.pop().unwrap_or_default();
+        return Ok(Plan {
+            target: Target::address(&format!("127.0.0.1:{DEFAULT_EXEC_PORT}"), DEFAULT_EXEC_PORT)?,
+            hosts: Some(hosts),
+            sources: words,
+            dest,
+        });
     }
     let target = if args.args.len() >= 3 {
         split_target(args.args.clone(), DEFAULT_EXEC_PORT)?
@@ -62,6 +78,7 @@ fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
         sources: words,
         dest,
         target,
+        hosts: None,
     })
 }
 
@@ -98,10 +115,12 @@ fn connect(
     }
 }
 
-/// How the copies went: each file said once, as a line or a JSON record.
+/// How the copies went: each file said once, as a line or a JSON record
+/// (with its host, in fan-out).
 struct Report {
     json: bool,
     failed: usize,
+    host: Option<String>,
 }
 
 impl Report {
@@ -147,10 +166,16 @@ impl Report {
                 "error": code, "message": message,
             }));
         }
-        say!("switchboard: {direction} {source}: {message}");
+        match &self.host {
+            Some(h) => say!("switchboard: {h}: {direction} {source}: {message}"),
+            None => say!("switchboard: {direction} {source}: {message}"),
+        }
     }
 
-    fn record(&self, v: serde_json::Value) {
+    fn record(&self, mut v: serde_json::Value) {
+        if let Some(h) = &self.host {
+            v["host"] = json!(h);
+        }
         let _ = writeln!(std::io::stdout(), "{v}");
     }
 
@@ -214,6 +239,9 @@ pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
             bail!("{s}: a directory (-r copies directories)");
         }
     }
+    if plan.hosts.is_some() {
+        return fan_out(args, plan, true);
+    }
     let rt = runtime()?;
     let mut client = match connect(&args, &plan.target, &rt) {
         Ok(c) => c,
@@ -222,6 +250,7 @@ pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report {
         json: args.json,
         failed: 0,
+        host: None,
     };
     let many = plan.sources.len() > 1;
     for s in &plan.sources {
@@ -378,6 +407,141 @@ fn walk_local(
     Ok(())
 }
 
+/// One host's run of a fan-out copy: how many files failed, or why the
+/// host could not be reached.
+struct HostOutcome {
+    host: String,
+    failed: usize,
+    error: Option<String>,
+}
+
+/// `put`/`get --hosts`: the same copy on every host, `--fanout` at a time,
+/// as `exec --hosts` runs jobs; a summary on stderr; exit 0 only if every
+/// host copied every file.
+fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode> {
+    let auth = ClientAuth {
+        window: true,
+        output_window: Some(super::exec::OUTPUT_WINDOW),
+        ..args.conn.auth()?
+    };
+    let hosts = plan.hosts.clone().unwrap_or_default();
+    let width = args.fanout;
+    let args = std::sync::Arc::new(args);
+    let plan = std::sync::Arc::new(plan);
+    let _ = crate::sys::raise_fd_limit();
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let results = rt.block_on(super::fanout::run_all(&hosts, width, move |host| {
+        let (args, plan, auth) = (args.clone(), plan.clone(), auth.clone());
+        async move { copy_host(host, &args, &plan, &auth, put).await }
+    }));
+    let failed: Vec<&HostOutcome> = results
+        .iter()
+        .filter(|r| r.failed > 0 || r.error.is_some())
+        .collect();
+    say!(
+        "switchboard: {} host{}, {} ok, {} failed",
+        results.len(),
+        if results.len() == 1 { "" } else { "s" },
+        results.len() - failed.len(),
+        failed.len()
+    );
+    for r in &failed {
+        match &r.error {
+            Some(e) => say!("  {}: {e}", r.host),
+            None => say!("  {}: {} file(s) failed", r.host, r.failed),
+        }
+    }
+    Ok(ExitCode::from(u8::from(!failed.is_empty())))
+}
+
+async fn copy_host(
+    host: String,
+    args: &TransferArgs,
+    plan: &Plan,
+    auth: &ClientAuth,
+    put: bool,
+) -> HostOutcome {
+    let label = host.strip_prefix("tls://").unwrap_or(&host).to_string();
+    let mut outcome = HostOutcome {
+        host: label.clone(),
+        failed: 0,
+        error: None,
+    };
+    let connected = async {
+        let tls = match host.strip_prefix("tls://") {
+            Some(a) => Some(args.conn.client_tls(a)?),
+            None => None,
+        };
+        args.conn
+            .connect(&label, tls.as_ref(), auth)
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let mut client = match connected.await {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.error = Some(format!("{e:#}"));
+            return outcome;
+        }
+    };
+    let mut report = Report {
+        json: args.json,
+        failed: 0,
+        host: Some(label.clone()),
+    };
+    let many = plan.sources.len() > 1;
+    // get: DEST/<host>/ unless --name says how to name each file.
+    let dest = if put || args.name_template.is_some() {
+        plan.dest.clone()
+    } else {
+        let d = Path::new(&plan.dest).join(&label);
+        if let Err(e) = std::fs::create_dir_all(&d) {
+            outcome.error = Some(format!("{}: {e}", d.display()));
+            return outcome;
+        }
+        d.display().to_string()
+    };
+    for s in &plan.sources {
+        let r = if put {
+            put_one(&mut client, args, Path::new(s), &dest, many, &mut report).await
+        } else {
+            let name_as = match (&args.name_template, remote_name(s)) {
+                (Some(t), Ok(n)) => Some(t.replace("{host}", &label).replace("{name}", &n)),
+                _ => None,
+            };
+            if let Some(n) = &name_as
+                && (n.contains('/') || n.is_empty() || n == "." || n == "..")
+            {
+                report.failed(
+                    "get",
+                    s,
+                    &anyhow::anyhow!("--name gives {n:?}, not a file name"),
+                );
+                continue;
+            }
+            get_one(
+                &mut client,
+                args,
+                s,
+                &dest,
+                many,
+                name_as.as_deref(),
+                &mut report,
+            )
+            .await
+        };
+        if let Err(e) = r {
+            report.failed(if put { "put" } else { "get" }, s, &e);
+            if fatal(&e) {
+                outcome.error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    outcome.failed = report.failed;
+    outcome
+}
+
 /// Where a fetched entry named `name` goes: inside `dest` if that is an
 /// existing directory; `dest` itself otherwise, unless it ends in `/` or
 /// several sources need a directory.
@@ -398,8 +562,14 @@ fn local_target(dest: &str, name: &str, many: bool) -> anyhow::Result<PathBuf> {
 pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     let many = plan.sources.len() > 1;
-    if many && !Path::new(&plan.dest).is_dir() {
-        bail!("{}: several sources need an existing directory", plan.dest);
+    if (many || plan.hosts.is_some()) && !Path::new(&plan.dest).is_dir() {
+        bail!(
+            "{}: several sources, or --hosts, need an existing directory",
+            plan.dest
+        );
+    }
+    if plan.hosts.is_some() {
+        return fan_out(args, plan, false);
     }
     let rt = runtime()?;
     let mut client = match connect(&args, &plan.target, &rt) {
@@ -409,6 +579,7 @@ pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
     let mut report = Report {
         json: args.json,
         failed: 0,
+        host: None,
     };
     for s in &plan.sources {
         let done = rt.block_on(get_one(
@@ -417,6 +588,7 @@ pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
             s,
             &plan.dest,
             many,
+            None,
             &mut report,
         ));
         if let Err(e) = done {
@@ -429,16 +601,22 @@ pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
     Ok(report.code())
 }
 
+/// `name_as`: the local name in `dest` (fan-out's `--name`), instead of
+/// the destination rules.
 async fn get_one(
     client: &mut ExecClient,
     args: &TransferArgs,
     src: &str,
     dest: &str,
     many: bool,
+    name_as: Option<&str>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let name = remote_name(src)?;
-    let top = local_target(dest, &name, many)?;
+    let top = match name_as {
+        Some(n) => Path::new(dest).join(n),
+        None => local_target(dest, &name, many)?,
+    };
     if !args.recursive {
         if top.is_dir() {
             bail!("{}: a file never replaces a directory", top.display());
