@@ -647,6 +647,28 @@ fn transfers_run_as_the_job_user() {
         "{}",
         stderr(&out)
     );
+    // A tree with a directory the user may not read: the rest comes,
+    // the unreadable part is said to be skipped.
+    std::fs::create_dir(theirs.join("closed")).unwrap();
+    std::fs::set_permissions(theirs.join("closed"), PermissionsExt::from_mode(0o700)).unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "-r",
+            &addr,
+            theirs.to_str().unwrap(),
+            home.join("copy").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 entries skipped"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(home.join("copy").join("f")).unwrap(), b"data");
 }
 
 /// A client that asks for a big file and then stops reading: the server's
@@ -1070,5 +1092,35 @@ fn fan_out_puts_and_gets_with_a_host_down() {
     assert_eq!(
         std::fs::read(flat.join(format!("{pb}.f2"))).unwrap(),
         b"two"
+    );
+}
+
+/// A listing descends at most 128 levels (a descriptor is held per level).
+#[test]
+fn a_listing_has_a_depth_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let mut deep = home.join("deep");
+    for _ in 0..130 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "-r",
+            &addr,
+            home.join("deep").to_str().unwrap(),
+            home.join("c").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("deeper than 128 levels"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -630,7 +630,8 @@ async fn get_one(
     let (entries, skipped) = client.list(src).await?;
     if skipped > 0 {
         say!(
-            "switchboard: {src}: {skipped} special files or non-UTF-8 names skipped on the server"
+            "switchboard: {src}: {skipped} entries skipped on the server (special files, \
+             non-UTF-8 names, unreadable directories)"
         );
     }
     let Some(first) = entries.first() else {

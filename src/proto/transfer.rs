@@ -204,8 +204,9 @@ pub struct Entry {
 pub struct Listed {
     pub id: u64,
     pub count: u64,
-    /// Entries left out: special files (FIFOs, sockets, devices) and
-    /// names that are not UTF-8.
+    /// Entries left out: special files (FIFOs, sockets, devices), names
+    /// that are not UTF-8, directories the user may not read (and what
+    /// they hold), pseudo file systems mounted inside.
     #[serde(default)]
     pub skipped: u64,
 }
@@ -213,6 +214,10 @@ pub struct Listed {
 /// Most entries one `list` answers; a tree larger is an error, not a
 /// client's memory used up.
 pub const MAX_LIST_ENTRIES: u64 = 1_000_000;
+
+/// Levels of directories one `list` descends (a descriptor is held for
+/// each while it walks).
+pub const MAX_LIST_DEPTH: usize = 128;
 
 /// Bytes of entries one `entries` frame carries at most (its body).
 pub const ENTRIES_CHUNK: usize = 256 * 1024;

@@ -46,7 +46,8 @@ use super::job::OutputWindow;
 use super::process::RunAs;
 use crate::proto::transfer::{
     Accepted, DATA_CHUNK, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta,
-    GetRequest, ListRequest, Listed, MAX_LIST_ENTRIES, PutRequest, Sent, Stored, hex,
+    GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Sent, Stored,
+    hex,
 };
 use crate::proto::{ErrorCode, ServerMsg};
 
@@ -468,6 +469,7 @@ fn pseudo_fs(fd: &OwnedFd) -> bool {
         libc::SECURITYFS_MAGIC,
         libc::TRACEFS_MAGIC,
         libc::CGROUP2_SUPER_MAGIC,
+        libc::CGROUP_SUPER_MAGIC,
         libc::BPF_FS_MAGIC,
     ]
     .contains(&t)
@@ -1189,7 +1191,7 @@ impl Task {
                     Mode::empty(),
                 )?;
                 batch.push(entry("", EntryKind::Dir, &st, None))?;
-                if !walk(dir, "", &mut batch)? {
+                if !walk(dir, "", 1, &mut batch)? {
                     return Ok(None);
                 }
             }
@@ -1273,7 +1275,14 @@ impl Batch<'_> {
 /// Lists `dir` (whose path is `rel`) depth first, parents before their
 /// entries, following no link; special files and names that are not
 /// UTF-8 are counted as skipped. False once the connection is gone.
-fn walk(dir: OwnedFd, rel: &str, batch: &mut Batch<'_>) -> Result<bool, Fail> {
+fn walk(dir: OwnedFd, rel: &str, depth: usize, batch: &mut Batch<'_>) -> Result<bool, Fail> {
+    // One descriptor is held per level: bounded, as the count of entries is.
+    if depth > MAX_LIST_DEPTH {
+        return Err(Fail::new(
+            ErrorCode::BadRequest,
+            format!("{rel}: deeper than {MAX_LIST_DEPTH} levels"),
+        ));
+    }
     let mut names: Vec<Vec<u8>> = Vec::new();
     {
         let mut d = nix::dir::Dir::from_fd(dir.try_clone().map_err(|e| Fail::io(&e, rel))?)
@@ -1313,19 +1322,27 @@ fn walk(dir: OwnedFd, rel: &str, batch: &mut Batch<'_>) -> Result<bool, Fail> {
             }
             SFlag::S_IFDIR => {
                 batch.push(entry(&path, EntryKind::Dir, &st, None))?;
-                let sub = nix::fcntl::openat(
+                let sub = match nix::fcntl::openat(
                     &dir,
                     name,
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
-                )
-                .map_err(|e| Fail::os(e, &path))?;
+                ) {
+                    Ok(fd) => fd,
+                    // One directory the user may not read leaves its
+                    // entries out, counted, as rsync goes on past one.
+                    Err(Errno::EACCES | Errno::EPERM) => {
+                        batch.skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(Fail::os(e, &path)),
+                };
                 // A pseudo file system mounted inside the tree is left out.
                 if pseudo_fs(&sub) {
                     batch.skipped += 1;
                     continue;
                 }
-                if !walk(sub, &path, batch)? {
+                if !walk(sub, &path, depth + 1, batch)? {
                     return Ok(false);
                 }
             }
