@@ -126,6 +126,19 @@ pub fn default_action_raw(sig: i32) {
     }
 }
 
+/// The process's umask (process-wide), read from /proc: setting it to
+/// read it would race with other threads creating files.
+pub fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// Ignores `sig` process-wide (the server's own; jobs reset every
 /// disposition).
 pub fn ignore_signal(sig: i32) {

@@ -399,7 +399,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // taken for a command once ran `web01` on the default server.
     let target = match args.addr.as_slice() {
         [] => Target::address(&format!("127.0.0.1:{DEFAULT_EXEC_PORT}"), DEFAULT_EXEC_PORT)?,
-        [addr] if args.hosts.is_some() => {
+        [addr] if args.fan.hosts.is_some() => {
             bail!("{addr:?}: give either an address or --hosts, not both")
         }
         [addr] => Target::address(addr, DEFAULT_EXEC_PORT)?,
@@ -417,20 +417,11 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     super::request::parse_env(&args.env)?;
-    if args.hosts.is_none() && (args.json || args.gather || args.max_rc) {
+    if args.fan.hosts.is_none() && (args.json || args.gather || args.max_rc) {
         bail!("--json, --gather and --max-rc are for fan-out: add --hosts HOSTS");
     }
     // Every address is checked before anything else can fail or connect.
-    let hosts = args
-        .hosts
-        .as_deref()
-        .map(|spec| crate::hosts::expand(spec, DEFAULT_EXEC_PORT))
-        .transpose()?
-        .map(|hosts| match &args.exclude {
-            None => Ok(hosts),
-            Some(spec) => crate::hosts::exclude(hosts, spec, DEFAULT_EXEC_PORT),
-        })
-        .transpose()?;
+    let hosts = args.fan.expand()?;
     // -t: a terminal for the job when local stdin is one, or always with
     // -tt, as ssh decides; it carries the local TERM if that is a name.
     let tty = match args.tty {

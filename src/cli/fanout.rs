@@ -317,6 +317,20 @@ fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Resul
 
 /// Runs the command on every host, at most `width` at a time; the results
 /// in the hosts' order.
+/// The fan-out summary on stderr: how many hosts, how many failed, and
+/// why each did.
+pub(super) fn summary(total: usize, failed: &[(&str, String)]) {
+    say!(
+        "switchboard: {total} host{}, {} ok, {} failed",
+        if total == 1 { "" } else { "s" },
+        total - failed.len(),
+        failed.len()
+    );
+    for (host, why) in failed {
+        say!("  {host}: {why}");
+    }
+}
+
 /// Runs `run` for every host, `width` at a time; the results in the
 /// hosts' order. Shared by `exec --hosts` and `put`/`get --hosts`.
 pub(super) async fn run_all<R, F, Fut>(hosts: &[String], width: usize, run: F) -> Vec<R>
@@ -360,7 +374,7 @@ pub fn fanout(
         anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
     }
     let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
-    let width = args.fanout.max(1);
+    let width = args.fan.fanout;
     let plan = Arc::new(Plan {
         stream: !gather && !json,
         max_output: args.max_output,
@@ -376,16 +390,11 @@ pub fn fanout(
     print_results(&results, json, gather)?;
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {
-        say!(
-            "switchboard: {} host{}, {} ok, {} failed",
-            results.len(),
-            if results.len() == 1 { "" } else { "s" },
-            results.len() - failed.len(),
-            failed.len()
-        );
-        for r in &failed {
-            say!("  {}: {}", r.host, r.describe());
-        }
+        let why: Vec<(&str, String)> = failed
+            .iter()
+            .map(|r| (r.host.as_str(), r.describe()))
+            .collect();
+        summary(results.len(), &why);
     }
     let code = match (failed.is_empty(), max_rc) {
         (true, _) => 0,

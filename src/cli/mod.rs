@@ -174,16 +174,8 @@ pub struct TransferArgs {
     /// One JSON record per file on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Copy to or from many servers: a comma list, ranges (node[01-20]:8080) or
-    /// @file; no ADDR then. get writes DEST/<host>/<name>.
-    #[arg(long, value_name = "HOSTS")]
-    pub hosts: Option<String>,
-    /// With --hosts: leave these out (same syntax).
-    #[arg(long, value_name = "HOSTS", requires = "hosts")]
-    pub exclude: Option<String>,
-    /// With --hosts: how many servers at once.
-    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
-    pub fanout: usize,
+    #[command(flatten)]
+    pub fan: HostsArgs,
     /// get --hosts: name each fetched file DEST/TEMPLATE instead of
     /// DEST/<host>/<name> ({host} and {name} are replaced), e.g. '{host}.{name}'.
     #[arg(long = "name", value_name = "TEMPLATE", requires = "hosts")]
@@ -193,6 +185,38 @@ pub struct TransferArgs {
     /// [ADDR] SRC... DEST: the server's address first when given.
     #[arg(value_name = "ARGS", required = true)]
     pub args: Vec<String>,
+}
+
+/// Many servers at once (`exec`, `put`, `get`): which, and how many at a
+/// time.
+#[derive(Debug, Clone, Args)]
+pub struct HostsArgs {
+    /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file
+    /// (no ADDR then; get writes DEST/<host>/<name>).
+    #[arg(long, value_name = "HOSTS")]
+    pub hosts: Option<String>,
+    /// With --hosts: leave these out (same syntax: node[05-07], @file).
+    #[arg(long, value_name = "HOSTS", requires = "hosts")]
+    pub exclude: Option<String>,
+    /// With --hosts: how many servers at once.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
+    pub fanout: usize,
+}
+
+impl HostsArgs {
+    /// The hosts `--hosts` names, less `--exclude`; every address checked
+    /// before anything can connect. `None` without `--hosts`.
+    pub(super) fn expand(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let port = crate::config::DEFAULT_EXEC_PORT;
+        let Some(spec) = &self.hosts else {
+            return Ok(None);
+        };
+        let hosts = crate::hosts::expand(spec, port)?;
+        Ok(Some(match &self.exclude {
+            None => hosts,
+            Some(ex) => crate::hosts::exclude(hosts, ex, port)?,
+        }))
+    }
 }
 
 /// How an exec client reaches and logs in to a server: `exec`, `put` and
@@ -253,15 +277,8 @@ pub struct ExecArgs {
     pub encoding: Option<String>,
     #[command(flatten)]
     pub conn: ConnectArgs,
-    /// Run on many servers: a comma list, ranges (node[01-20]:8080) or @file.
-    #[arg(long, value_name = "HOSTS")]
-    pub hosts: Option<String>,
-    /// With --hosts: leave these out (same syntax: node[05-07], @file).
-    #[arg(long, value_name = "HOSTS", requires = "hosts")]
-    pub exclude: Option<String>,
-    /// With --hosts: how many servers at once.
-    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
-    pub fanout: usize,
+    #[command(flatten)]
+    pub fan: HostsArgs,
     /// With --hosts: group identical outputs with the hosts that produced them.
     #[arg(long)]
     pub gather: bool,

@@ -42,11 +42,7 @@ fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
     if args.args.len() < 2 {
         bail!("give [ADDR] SRC... DEST");
     }
-    if let Some(spec) = &args.hosts {
-        let mut hosts = crate::hosts::expand(spec, DEFAULT_EXEC_PORT)?;
-        if let Some(ex) = &args.exclude {
-            hosts = crate::hosts::exclude(hosts, ex, DEFAULT_EXEC_PORT)?;
-        }
+    if let Some(hosts) = args.fan.expand()? {
         let mut words = args.args.clone();
         let dest = words.pop().unwrap_or_default();
         return Ok(Plan {
@@ -425,7 +421,7 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
         ..args.conn.auth()?
     };
     let hosts = plan.hosts.clone().unwrap_or_default();
-    let width = args.fanout;
+    let width = args.fan.fanout;
     let args = std::sync::Arc::new(args);
     let plan = std::sync::Arc::new(plan);
     let _ = crate::sys::raise_fd_limit();
@@ -434,23 +430,15 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
         let (args, plan, auth) = (args.clone(), plan.clone(), auth.clone());
         async move { copy_host(host, &args, &plan, &auth, put).await }
     }));
-    let failed: Vec<&HostOutcome> = results
+    let failed: Vec<(&str, String)> = results
         .iter()
-        .filter(|r| r.failed > 0 || r.error.is_some())
+        .filter_map(|r| match (&r.error, r.failed) {
+            (Some(e), _) => Some((r.host.as_str(), e.clone())),
+            (None, 0) => None,
+            (None, n) => Some((r.host.as_str(), format!("{n} file(s) failed"))),
+        })
         .collect();
-    say!(
-        "switchboard: {} host{}, {} ok, {} failed",
-        results.len(),
-        if results.len() == 1 { "" } else { "s" },
-        results.len() - failed.len(),
-        failed.len()
-    );
-    for r in &failed {
-        match &r.error {
-            Some(e) => say!("  {}: {e}", r.host),
-            None => say!("  {}: {} file(s) failed", r.host, r.failed),
-        }
-    }
+    super::fanout::summary(results.len(), &failed);
     Ok(ExitCode::from(u8::from(!failed.is_empty())))
 }
 
@@ -744,7 +732,7 @@ fn make_link(path: &Path, target: &str) -> anyhow::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("not a file name")?;
-    let tmp = path.with_file_name(crate::client::transfer::partial_name(name));
+    let tmp = path.with_file_name(crate::proto::transfer::partial_name(name));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).with_context(|| path.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())

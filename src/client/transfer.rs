@@ -21,7 +21,8 @@ use super::exec::{ExecClient, JobEvent, TransferEvent};
 use super::{ClientError, JobFailure};
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::transfer::{
-    DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored, hex,
+    DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored,
+    hash_prefix, hex, partial_name,
 };
 use crate::proto::{ClientMsg, ErrorCode};
 
@@ -44,52 +45,12 @@ pub struct Put {
     pub sent: u64,
 }
 
-/// The name of the temporary file beside `name` (the server's rule too):
-/// one per destination, so an interrupted transfer can go on.
-pub fn partial_name(name: &str) -> String {
-    let n = format!(".{name}.sb-part");
-    if n.len() <= 255 {
-        return n;
-    }
-    let h = Sha256::digest(name.as_bytes());
-    format!(".sb-part-{}", hex(h.get(..16).unwrap_or_default()))
-}
-
-/// SHA-256 of a file's first `len` bytes.
-fn hash_prefix(file: &std::fs::File, len: u64) -> io::Result<Sha256> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), at)?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-        at += n as u64;
-    }
-    Ok(h)
-}
-
 fn local(e: io::Error, what: &Path) -> ClientError {
     ClientError::Io(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
 }
 
 fn failed(f: JobFailure) -> ClientError {
     ClientError::from(f)
-}
-
-/// The process's umask, for modes as `cp` without `-p` sets them.
-pub fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
 }
 
 impl ExecClient {
@@ -354,7 +315,7 @@ impl ExecClient {
                     let mode = if preserve {
                         meta.mode & 0o777
                     } else {
-                        meta.mode & 0o777 & !umask()
+                        meta.mode & 0o777 & !crate::sys::umask()
                     };
                     commit(&file, &tmp, dest, mode, preserve.then_some(meta.mtime))
                         .inspect_err(|_| remove())?;

@@ -225,6 +225,40 @@ pub const ENTRIES_CHUNK: usize = 256 * 1024;
 /// Bytes of file data one `data` frame carries at most.
 pub const DATA_CHUNK: usize = 64 * 1024;
 
+/// The partial file beside `name` (both sides use it): one per
+/// destination, so that an interrupted transfer can be continued;
+/// `.sb-part-` and a hash of the name when `.NAME.sb-part` would be too
+/// long for a file name.
+pub fn partial_name(name: &str) -> String {
+    use sha2::Digest;
+    let n = format!(".{name}.sb-part");
+    if n.len() <= 255 {
+        return n;
+    }
+    let h = sha2::Sha256::digest(name.as_bytes());
+    format!(".sb-part-{}", hex(h.get(..16).unwrap_or_default()))
+}
+
+/// SHA-256 of a file's first `len` bytes (what a resumed transfer
+/// compares), read a MiB at a time.
+pub fn hash_prefix(file: &std::fs::File, len: u64) -> std::io::Result<sha2::Sha256> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), at)?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+        at += n as u64;
+    }
+    Ok(h)
+}
+
 /// The hex SHA-256 of `bytes`, as transfers write hashes.
 pub fn hex(digest: &[u8]) -> String {
     super::auth::hex(digest)

@@ -1046,20 +1046,7 @@ impl Session {
             && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
         let approved = live.policy.check(&req, proved_current, &restrictions)?;
         let spec = job::spec(&approved, &req, &live)?;
-        let identity_slot = match restrictions.max_jobs {
-            None => None,
-            Some(max) => Some(
-                self.shared
-                    .per_identity
-                    .take(&self.who.name, PerIdentity::JOB, Some(max))
-                    .ok_or_else(|| {
-                        Refusal::new(
-                            ErrorCode::Busy,
-                            format!("{} is running its {max} jobs (max-jobs)", self.who.name),
-                        )
-                    })?,
-            ),
-        };
+        let identity_slot = self.identity_job(&restrictions)?;
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
@@ -1078,6 +1065,23 @@ impl Session {
             slot,
             identity_slot,
         })
+    }
+
+    /// A job (or transfer) of the identity's `max-jobs=`, if it has one.
+    fn identity_job(&self, r: &Restrictions) -> Result<Option<IdentitySlot>, Refusal> {
+        let Some(max) = r.max_jobs else {
+            return Ok(None);
+        };
+        self.shared
+            .per_identity
+            .take(&self.who.name, PerIdentity::JOB, Some(max))
+            .map(Some)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::Busy,
+                    format!("{} is running its {max} jobs (max-jobs)", self.who.name),
+                )
+            })
     }
 
     /// Whether `id` may start a job or transfer: not running already, and
@@ -1148,20 +1152,7 @@ impl Session {
                     "the server is running its maximum of transfers (exec.max_transfers)",
                 )
             })?;
-        let identity_slot = match restrictions.max_jobs {
-            None => None,
-            Some(max) => Some(
-                self.shared
-                    .per_identity
-                    .take(&self.who.name, PerIdentity::JOB, Some(max))
-                    .ok_or_else(|| {
-                        Refusal::new(
-                            ErrorCode::Busy,
-                            format!("{} is running its {max} jobs (max-jobs)", self.who.name),
-                        )
-                    })?,
-            ),
-        };
+        let identity_slot = self.identity_job(&restrictions)?;
         info!(
             id,
             direction = req.direction(),

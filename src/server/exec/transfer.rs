@@ -47,7 +47,7 @@ use super::process::RunAs;
 use crate::proto::transfer::{
     Accepted, DATA_CHUNK, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta,
     GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Sent, Stored,
-    hex,
+    hash_prefix, hex, partial_name,
 };
 use crate::proto::{ErrorCode, ServerMsg};
 
@@ -372,7 +372,7 @@ impl Fs {
         Ok(Fs {
             roots,
             home,
-            umask: process_umask(),
+            umask: crate::sys::umask(),
         })
     }
 
@@ -486,19 +486,6 @@ fn real_fs(fd: OwnedFd, what: &str) -> Result<OwnedFd, Fail> {
     Ok(fd)
 }
 
-/// The server's umask (process-wide): read from /proc, since setting it
-/// to read it would race with other threads creating files.
-fn process_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
-}
-
 /// A path's last component, checked to be a name (not empty, `.` or
 /// `..`), and what comes before it.
 fn split_last(path: &str) -> Result<(&str, &str), Fail> {
@@ -532,18 +519,6 @@ fn check_relative(rel: &str) -> Result<(), Fail> {
         ));
     }
     rel.split('/').try_for_each(check_name)
-}
-
-/// The temporary name beside `name`: one per destination, so that an
-/// interrupted transfer can be continued (and two at once are told
-/// apart by a lock).
-fn partial_name(name: &str) -> String {
-    let n = format!(".{name}.sb-part");
-    if n.len() <= 255 {
-        return n;
-    }
-    let h = Sha256::digest(name.as_bytes());
-    format!(".sb-part-{}", hex(h.get(..16).unwrap_or_default()))
 }
 
 fn stat_at(dir: &OwnedFd, name: &str) -> Result<Option<FileStat>, Fail> {
@@ -621,23 +596,6 @@ fn is_same(dir: &OwnedFd, name: &str, file: &std::fs::File) -> bool {
     };
     matches!(stat_at(dir, name), Ok(Some(st))
         if st.st_dev == mine.dev() && st.st_ino == mine.ino())
-}
-
-/// SHA-256 of a file's first `len` bytes.
-fn hash_prefix(file: &std::fs::File, len: u64) -> io::Result<Sha256> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = file.read_at(buf.get_mut(..want).unwrap_or_default(), at)?;
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-        at += n as u64;
-    }
-    Ok(h)
 }
 
 struct Task {
