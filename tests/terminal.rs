@@ -469,3 +469,34 @@ fn an_encrypted_key_asks_for_its_passphrase_on_the_terminal() {
         t.screen()
     );
 }
+
+/// `put` on a terminal shows its progress (a bar per file and the total,
+/// with rate and time left); in a pipe it says nothing of it.
+#[test]
+fn put_shows_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = spawn_serve(&["--echo", "none", "--time", "none"]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = srv.token_file();
+    let src = dir.path().join("big");
+    std::fs::write(&src, vec![7u8; 64 << 20]).unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let args = [
+        "put",
+        "--token-file",
+        token.to_str().unwrap(),
+        &addr,
+        src.to_str().unwrap(),
+        dest.to_str().unwrap(),
+    ];
+    let mut t = OnPty::spawn(&args, &[], 24, 100);
+    assert_eq!(t.wait().code(), Some(0), "{}", t.screen());
+    t.expect("total");
+    t.expect("MiB");
+    assert_eq!(std::fs::read(dest.join("big")).unwrap().len(), 64 << 20);
+    std::fs::remove_file(dest.join("big")).unwrap();
+    let out = client_in(dir.path(), &args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("total"), "{}", stderr(&out));
+}

@@ -112,14 +112,109 @@ fn connect(
 }
 
 /// How the copies went: each file said once, as a line or a JSON record
-/// (with its host, in fan-out).
+/// (with its host, in fan-out); progress bars on a terminal.
 struct Report {
     json: bool,
     failed: usize,
     host: Option<String>,
+    bars: Option<Bars>,
+}
+
+/// Progress on a terminal (never in a pipe, nor with `--json` or
+/// `--hosts`): a bar per file and one for the whole run, with rates and
+/// times left.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    total: indicatif::ProgressBar,
+}
+
+impl Bars {
+    fn new(args: &TransferArgs) -> Option<Bars> {
+        use std::io::IsTerminal;
+        if args.json || args.fan.hosts.is_some() || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let multi = indicatif::MultiProgress::new();
+        let total = multi.add(indicatif::ProgressBar::new(0));
+        total.set_style(
+            indicatif::ProgressStyle::with_template(
+                "total {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(Bars { multi, total })
+    }
+}
+
+impl Drop for Bars {
+    /// The whole run's bar stays, at its end, as the last word.
+    fn drop(&mut self) {
+        self.total.finish();
+    }
+}
+
+/// One file's bar, fed by the client's progress calls.
+struct Watch {
+    bar: indicatif::ProgressBar,
+    total: indicatif::ProgressBar,
+    seen: std::sync::atomic::AtomicU64,
+    sized: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    fn see(&self, at: u64, size: u64) {
+        use std::sync::atomic::Ordering;
+        if !self.sized.swap(true, Ordering::Relaxed) {
+            self.bar.set_length(size);
+            self.total.inc_length(size);
+        }
+        self.bar.set_position(at);
+        let before = self.seen.swap(at, Ordering::Relaxed);
+        self.total.inc(at.saturating_sub(before));
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 impl Report {
+    fn new(args: &TransferArgs, host: Option<String>) -> Report {
+        Report {
+            json: args.json,
+            failed: 0,
+            bars: if host.is_none() {
+                Bars::new(args)
+            } else {
+                None
+            },
+            host,
+        }
+    }
+
+    /// A bar for the file `name`, on a terminal.
+    fn watch(&self, name: &str) -> Option<Watch> {
+        let b = self.bars.as_ref()?;
+        let bar = b
+            .multi
+            .insert_before(&b.total, indicatif::ProgressBar::new(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:30!} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_bar}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(name.to_string());
+        Some(Watch {
+            bar,
+            total: b.total.clone(),
+            seen: std::sync::atomic::AtomicU64::new(0),
+            sized: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
     fn put(&mut self, source: &Path, r: &Put) {
         if self.json {
             let s = &r.stored;
@@ -187,6 +282,13 @@ impl Report {
     }
 }
 
+/// The progress call for a file's bar, if it has one.
+fn watched(w: &Option<Watch>) -> Option<Box<crate::client::transfer::Progress<'_>>> {
+    w.as_ref().map(|w| {
+        Box::new(move |at, size| w.see(at, size)) as Box<crate::client::transfer::Progress<'_>>
+    })
+}
+
 /// A failure that ends the whole run (the connection is gone), as opposed
 /// to one file's.
 fn fatal(e: &anyhow::Error) -> bool {
@@ -243,11 +345,7 @@ pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let mut report = Report {
-        json: args.json,
-        failed: 0,
-        host: None,
-    };
+    let mut report = Report::new(&args, None);
     let many = plan.sources.len() > 1;
     for s in &plan.sources {
         let src = Path::new(s);
@@ -315,7 +413,11 @@ async fn put_one(
         ..entry_request(&meta, kind, args)
     };
     let top = client
-        .put_entry(req, (kind == EntryKind::File).then_some(src))
+        .put_entry(
+            req,
+            (kind == EntryKind::File).then_some(src),
+            watched(&report.watch(&src.display().to_string())).as_deref(),
+        )
         .await?;
     let shown = src.display().to_string();
     if kind == EntryKind::File {
@@ -352,7 +454,11 @@ async fn put_one(
             );
         }
         let source = (kind == EntryKind::File).then_some(path.as_path());
-        match client.put_entry(req, source).await {
+        let watch = report.watch(&path.display().to_string());
+        match client
+            .put_entry(req, source, watched(&watch).as_deref())
+            .await
+        {
             Ok(p) if kind == EntryKind::File => report.put(&path, &p),
             Ok(p) => report.made("put", &path.display().to_string(), &p.stored.path),
             Err(e) => {
@@ -472,11 +578,7 @@ async fn copy_host(
             return outcome;
         }
     };
-    let mut report = Report {
-        json: args.json,
-        failed: 0,
-        host: Some(label.clone()),
-    };
+    let mut report = Report::new(args, Some(label.clone()));
     let many = plan.sources.len() > 1;
     // get: DEST/<host>/ unless --name says how to name each file.
     let dest = if put || args.name_template.is_some() {
@@ -564,11 +666,7 @@ pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let mut report = Report {
-        json: args.json,
-        failed: 0,
-        host: None,
-    };
+    let mut report = Report::new(&args, None);
     for s in &plan.sources {
         let done = rt.block_on(get_one(
             &mut client,
@@ -610,7 +708,14 @@ async fn get_one(
             bail!("{}: a file never replaces a directory", top.display());
         }
         let got = client
-            .get_file(src, None, &top, args.resume, args.preserve)
+            .get_file(
+                src,
+                None,
+                &top,
+                args.resume,
+                args.preserve,
+                watched(&report.watch(src)).as_deref(),
+            )
             .await?;
         report.got(src, &got);
         return Ok(());
@@ -630,7 +735,14 @@ async fn get_one(
             bail!("{}: a file never replaces a directory", top.display());
         }
         let got = client
-            .get_file(src, None, &top, args.resume, args.preserve)
+            .get_file(
+                src,
+                None,
+                &top,
+                args.resume,
+                args.preserve,
+                watched(&report.watch(src)).as_deref(),
+            )
             .await?;
         report.got(src, &got);
         return Ok(());
@@ -656,7 +768,14 @@ async fn get_one(
                         bail!("{}: a file never replaces a directory", local.display());
                     }
                     let got = client
-                        .get_file(&e.path, Some(src), &local, args.resume, args.preserve)
+                        .get_file(
+                            &e.path,
+                            Some(src),
+                            &local,
+                            args.resume,
+                            args.preserve,
+                            watched(&report.watch(&shown)).as_deref(),
+                        )
                         .await?;
                     report.got(&shown, &got);
                 }

@@ -26,6 +26,10 @@ use crate::proto::transfer::{
 };
 use crate::proto::{ClientMsg, ErrorCode};
 
+/// Told how many bytes of a file are across so far, and its size (for a
+/// progress bar).
+pub type Progress<'a> = dyn Fn(u64, u64) + Send + Sync + 'a;
+
 /// How a file came down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Got {
@@ -72,10 +76,13 @@ impl ExecClient {
 
     /// Sends one entry (a directory, a link, or with `source` a file's
     /// content) as `req` says, and returns what the server stored.
+    /// `progress` hears how many of the file's bytes the server has
+    /// (resumed ones included), as they go.
     pub async fn put_entry(
         &mut self,
         mut req: PutRequest,
         source: Option<&Path>,
+        progress: Option<&Progress<'_>>,
     ) -> Result<Put, ClientError> {
         let id = self.next_id();
         req.id = id;
@@ -162,6 +169,9 @@ impl ExecClient {
                 .await?;
             at += n as u64;
             sent += n as u64;
+            if let Some(p) = progress {
+                p(at, req.size);
+            }
         }
         let sha256 = hex(&hasher.finalize());
         self.sender()
@@ -211,6 +221,7 @@ impl ExecClient {
         dest: &Path,
         resume: bool,
         preserve: bool,
+        progress: Option<&Progress<'_>>,
     ) -> Result<Got, ClientError> {
         let id = self.next_id();
         let dir = match dest.parent() {
@@ -290,6 +301,9 @@ impl ExecClient {
                     file.write_all_at(&data, at).map_err(|e| local(e, &tmp))?;
                     hasher.update(&data);
                     at += data.len() as u64;
+                    if let Some(p) = progress {
+                        p(at, meta.size);
+                    }
                     owed += data.len() as u64 + OUTPUT_FRAME_COST;
                     if owed >= batch {
                         let output = std::mem::take(&mut owed);
