@@ -1124,3 +1124,34 @@ fn a_listing_has_a_depth_limit() {
         stderr(&out)
     );
 }
+
+/// A part file longer than the file now sent (left by another source) is
+/// cut to what both sides agree on: nothing of its tail ends up in place.
+#[test]
+fn a_longer_part_file_is_cut_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let data = noise(100_000, 5);
+    std::fs::write(home.join("src"), &data).unwrap();
+    let dest = home.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"TAIL FROM ANOTHER SOURCE");
+    std::fs::write(dest.join(".src.sb-part"), &longer).unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "put",
+            "--resume",
+            "--json",
+            &addr,
+            home.join("src").to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dest.join("src")).unwrap(), data);
+}

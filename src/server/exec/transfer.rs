@@ -843,8 +843,11 @@ impl Task {
                 Err(_) => offset = 0,
             }
         }
-        if offset == 0 {
-            file.set_len(0).map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+        // Nothing past what is kept: a part file longer than this file
+        // (another source once) is cut to the prefix offered.
+        if meta.len() != offset {
+            file.set_len(offset)
+                .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
         }
         let existing = match existing {
             Some(st) if kind_of(&st) == SFlag::S_IFREG && st.st_size as u64 == r.size => {
