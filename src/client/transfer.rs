@@ -133,20 +133,43 @@ impl ExecClient {
         }
         let window = self.stdin_window().unwrap_or(0);
         let mut credit = window;
-        let mut buf = vec![0u8; DATA_CHUNK];
         let mut sent = 0;
-        while at < req.size {
-            let want =
-                usize::try_from((req.size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
-            let n = file
-                .read_at(buf.get_mut(..want).unwrap_or_default(), at)
-                .map_err(|e| local(e, path))?;
-            if n == 0 {
-                return Err(ClientError::Io(io::Error::other(format!(
-                    "{}: the file shrank while it was sent",
-                    path.display()
-                ))));
+        // The file is read and hashed on a thread of its own, a few
+        // chunks ahead, while this task sends: the hash and the reads
+        // overlap the network instead of waiting for it.
+        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
+        let reader_file = file.try_clone().map_err(|e| local(e, path))?;
+        let (start, size) = (at, req.size);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut at = start;
+            while at < size {
+                let want =
+                    usize::try_from((size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
+                let mut buf = bytes::BytesMut::zeroed(want);
+                let chunk = match reader_file.read_at(&mut buf, at) {
+                    Ok(0) => Err(io::Error::other("the file shrank while it was sent")),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        hasher.update(&buf);
+                        Ok(buf.freeze())
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = chunk.is_err();
+                at += chunk.as_ref().map_or(0, |b| b.len() as u64);
+                if chunks_tx.blocking_send(chunk).is_err() || failed {
+                    break;
+                }
             }
+            hasher
+        });
+        while at < req.size {
+            let chunk = match chunks.recv().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err(local(e, path)),
+                None => return Err(ClientError::Io(io::Error::other("the reader stopped"))),
+            };
+            let n = chunk.len();
             let cost = n as u64 + STDIN_FRAME_COST;
             while credit < cost {
                 self.sender().flush().await?;
@@ -158,13 +181,11 @@ impl ExecClient {
                 }
             }
             credit -= cost;
-            let chunk = buf.get(..n).unwrap_or_default();
-            hasher.update(chunk);
             self.sender()
                 .feed(ClientMsg::Data {
                     id,
                     offset: at,
-                    data: Bytes::copy_from_slice(chunk),
+                    data: chunk,
                 })
                 .await?;
             at += n as u64;
@@ -173,6 +194,9 @@ impl ExecClient {
                 p(at, req.size);
             }
         }
+        let hasher = reader
+            .await
+            .map_err(|e| ClientError::Io(io::Error::other(e.to_string())))?;
         let sha256 = hex(&hasher.finalize());
         self.sender()
             .send(ClientMsg::Done(DoneRequest {
