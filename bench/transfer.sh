@@ -6,6 +6,9 @@
 #
 #   bash bench/transfer.sh [SIZE_MIB] [RUNS]     (defaults: 1024 and 3)
 #
+# Then `put --hosts` of a FANOUT_MIB file (default 256) to 8 servers on
+# loopback, once: its time and the bytes the client sent.
+#
 # Installs iperf3 and openssh-server with apt-get when missing. Every
 # process started here is stopped by its PID on exit. Not run by CI.
 set -euo pipefail
@@ -111,6 +114,27 @@ for i in $(seq "$runs"); do
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6)')
 done
 
+# put --hosts to 8 servers on loopback (each its own root) of a file of
+# FANOUT_MIB (default 256): the time, and the bytes the client sent.
+fan_mib=${FANOUT_MIB:-256}
+head -c "$((fan_mib << 20))" /dev/urandom >"$work/src/fan"
+hosts=()
+for i in $(seq 8); do
+  mkdir -p "$work/fan$i"
+  port=$((19210 + i))
+  "$sb" serve -q --allow-root --echo none --time none --exec "tcp://127.0.0.1:$port" \
+    --files-root "$work/fan$i" >"$work/fan$i.out" 2>"$work/fan$i.err" &
+  pids+=($!)
+  hosts+=("127.0.0.1:$port")
+done
+sleep 1
+t0=${EPOCHREALTIME/./}
+"$sb" put --json --hosts "$(IFS=,; echo "${hosts[*]}")" "$work/src/fan" "fan" >"$work/fan.jsonl"
+t1=${EPOCHREALTIME/./}
+fan_secs=$(python3 -c "print(($t1 - $t0) / 1e6)")
+fan_sent=$(python3 -c "import json,sys; print(sum(json.loads(l)['sent'] for l in open(sys.argv[1])))" "$work/fan.jsonl")
+for i in $(seq 8); do cmp -s "$work/src/fan" "$work/fan$i/fan"; done
+
 python3 - "$bytes" "$runs" <<PY
 import statistics, sys
 bytes_, runs = int(sys.argv[1]), int(sys.argv[2])
@@ -127,4 +151,6 @@ print("| copy | switchboard MB/s | scp MB/s | vs iperf3 | vs scp | server RSS gr
 print("|---|---|---|---|---|---|")
 for name, sb, scp, rss in rows:
     print(f"| {name} | {sb:,.0f} | {scp:,.0f} | {sb / iperf:.2f} | {sb / scp:.2f} | {rss / 1024:.1f} MiB |")
+fan_bytes = $fan_mib << 20
+print(f"put --hosts, 8 servers, {$fan_mib} MiB: {$fan_secs:.2f} s, client sent {$fan_sent / fan_bytes:.2f}x the file ({$fan_sent:,} bytes)")
 PY
