@@ -1155,3 +1155,69 @@ fn a_longer_part_file_is_cut_on_resume() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(dest.join("src")).unwrap(), data);
 }
+
+/// A server from before file transfer (it answers `put` with
+/// `unknown_type`, as §3.1 says of any type it does not know): the
+/// client says so plainly and does not hang.
+#[test]
+fn an_old_server_is_said_plainly() {
+    use common::raw::{recv, send};
+    use serde_json::json;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // An old server: the handshake without authentication, then every
+    // frame it does not know answered as an old build would. On a thread
+    // and runtime of its own while the client runs.
+    std::thread::spawn(move || {
+        common::runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (mut s, _) = listener.accept().await.unwrap();
+            send(
+                &mut s,
+                json!({"type":"hello","version":1,"server":"switchboard 0.0.9","auth":"none"}),
+                b"",
+            )
+            .await;
+            let _auth = recv(&mut s).await;
+            send(
+                &mut s,
+                json!({"type":"ready","window":{"stdin":262144,"output":1048576}}),
+                b"",
+            )
+            .await;
+            while let Some((h, _)) = recv(&mut s).await {
+                let kind = h["type"].as_str().unwrap_or("").to_string();
+                let msg = format!("unknown type {kind:?}");
+                send(
+                    &mut s,
+                    json!({"type":"error","code":"unknown_type","message":msg}),
+                    b"",
+                )
+                .await;
+            }
+        });
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let out = std::thread::scope(|_| {
+        client_env(
+            dir.path(),
+            &[
+                "put",
+                "--no-auth",
+                &addr,
+                dir.path().join("f").to_str().unwrap(),
+                "/tmp/",
+            ],
+            None,
+            &[],
+        )
+    });
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not support file transfer"),
+        "{}",
+        stderr(&out)
+    );
+}
