@@ -703,34 +703,24 @@ async fn get_one(
         Some(n) => Path::new(dest).join(n),
         None => local_target(dest, &name, many)?,
     };
-    if !args.recursive {
-        if top.is_dir() {
-            bail!("{}: a file never replaces a directory", top.display());
+    // -r lists first: a tree, or a file got as without -r.
+    let tree = if args.recursive {
+        let (entries, skipped) = client.list(src).await?;
+        if skipped > 0 {
+            say!(
+                "switchboard: {src}: {skipped} entries skipped on the server (special files, \
+                 non-UTF-8 names, unreadable directories)"
+            );
         }
-        let got = client
-            .get_file(
-                src,
-                None,
-                &top,
-                args.resume,
-                args.preserve,
-                watched(&report.watch(src)).as_deref(),
-            )
-            .await?;
-        report.got(src, &got);
-        return Ok(());
-    }
-    let (entries, skipped) = client.list(src).await?;
-    if skipped > 0 {
-        say!(
-            "switchboard: {src}: {skipped} entries skipped on the server (special files, \
-             non-UTF-8 names, unreadable directories)"
-        );
-    }
-    let Some(first) = entries.first() else {
-        bail!("{src}: nothing listed");
+        match entries.first() {
+            None => bail!("{src}: nothing listed"),
+            Some(first) if first.kind == EntryKind::File => None,
+            Some(first) => Some((first.mode, entries)),
+        }
+    } else {
+        None
     };
-    if first.kind == EntryKind::File {
+    let Some((top_mode, entries)) = tree else {
         if top.is_dir() {
             bail!("{}: a file never replaces a directory", top.display());
         }
@@ -746,8 +736,8 @@ async fn get_one(
             .await?;
         report.got(src, &got);
         return Ok(());
-    }
-    make_dir(&top, first.mode, args.preserve)?;
+    };
+    make_dir(&top, top_mode, args.preserve)?;
     report.made("get", src, &top.display().to_string());
     for e in entries.iter().skip(1) {
         let shown = format!("{}/{}", src.trim_end_matches('/'), e.path);

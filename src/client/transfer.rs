@@ -18,7 +18,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::exec::{ExecClient, JobEvent, TransferEvent};
-use super::{ClientError, JobFailure};
+use super::ClientError;
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::transfer::{
     DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored,
@@ -53,10 +53,6 @@ fn local(e: io::Error, what: &Path) -> ClientError {
     ClientError::Io(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
 }
 
-fn failed(f: JobFailure) -> ClientError {
-    ClientError::from(f)
-}
-
 impl ExecClient {
     /// The next event of transfer `id`; the server's error for it (or for
     /// the connection) as `Err`.
@@ -69,7 +65,7 @@ impl ExecClient {
                     f.message
                 )))
             }
-            JobEvent::Failed(f) => Err(failed(f)),
+            JobEvent::Failed(f) => Err(f.into()),
             ev => Ok(ev),
         }
     }

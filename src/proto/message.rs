@@ -581,11 +581,6 @@ struct DataFields {
     offset: u64,
 }
 
-#[derive(Deserialize)]
-struct EntriesFields {
-    id: u64,
-}
-
 fn to_frame(header: Value, body: Bytes) -> Frame {
     let header = match header {
         Value::Object(m) => m,
@@ -760,7 +755,7 @@ impl ServerMsg {
                 }
             }
             "entries" => {
-                let id = fields::<EntriesFields>(h)?.id;
+                let id = fields::<IdOnly>(h)?.id;
                 let entries =
                     serde_json::from_slice(&frame.body).map_err(|e| ParseError::BadRequest {
                         id: Some(id),

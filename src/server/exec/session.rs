@@ -1199,11 +1199,11 @@ impl Session {
             .bytes(self.link.tls)
             .stdin
             .add(data.len() as u64);
-        let Some(input) = self.transfers.get(&id).and_then(|t| t.handle.input.clone()) else {
+        let Some((input, charged)) = self.transfers.get(&id).and_then(|t| {
+            let input = t.handle.input.clone()?;
+            Some((input, t.handle.charged.clone()))
+        }) else {
             return self.send(no_such_job(id)).await;
-        };
-        let Some(charged) = self.transfers.get(&id).map(|t| t.handle.charged.clone()) else {
-            return;
         };
         let window = self.stdin_window.unwrap_or_default();
         let cost = data.len() as u64 + STDIN_FRAME_COST;
