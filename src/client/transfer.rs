@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::exec::{ExecClient, JobEvent, TransferEvent};
 use super::ClientError;
+use super::exec::{ExecClient, JobEvent, TransferEvent};
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::transfer::{
     DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored,
