@@ -300,6 +300,13 @@ pub struct ExecConfig {
     /// by this times exec.max_jobs. Default: 256 KiB (131,072 to
     /// 16,777,216).
     pub stdin_window: u64,
+    /// Window of one `put`'s data (PROTOCOL.md §3.8): the bytes (each
+    /// frame's size plus 64) the server holds for it, at most, until its
+    /// thread has written them. Larger than a job's stdin window because
+    /// a copy's speed is this window over the time a give-back takes to
+    /// come round; bounded by this times exec.max_transfers (128 MiB with
+    /// the defaults). Default: 4 MiB (131,072 to 67,108,864).
+    pub transfer_window: u64,
     /// Legacy mode: output kept per command. Default: 64 MiB.
     pub legacy_output_cap: usize,
     /// Refuse shell jobs (`cmd`); only `argv`. Default: false.
@@ -390,6 +397,7 @@ impl Default for ExecConfig {
             max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
             max_body: crate::proto::frame::DEFAULT_MAX_BODY,
             stdin_window: 256 * 1024,
+            transfer_window: 4 << 20,
             legacy_output_cap: 64 * 1024 * 1024,
             argv_only: false,
             allowed_programs: Vec::new(),
@@ -625,6 +633,9 @@ impl ServerConfig {
         if !(128 * 1024..=16 * 1024 * 1024).contains(&x.stdin_window) {
             bail!("exec.stdin_window must be between 131072 and 16777216");
         }
+        if !(128 * 1024..=64 * 1024 * 1024).contains(&x.transfer_window) {
+            bail!("exec.transfer_window must be between 131072 and 67108864");
+        }
         if !(256..=16 * 1024 * 1024).contains(&x.max_header) {
             bail!("exec.max_header must be between 256 and 16777216");
         }
@@ -753,6 +764,7 @@ impl ServerConfig {
             max_header: _,
             max_body: _,
             stdin_window: _,
+            transfer_window: _,
             legacy_output_cap: _,
             argv_only: _,
             allowed_programs: _,
@@ -931,6 +943,8 @@ mod tests {
             "[echo]\nbogus = 1",
             "[exec]\nlegacy_listen = [\"tcp://[::ffff:127.0.0.1]:0\"]",
             "[exec]\nmax_processes = 4194305",
+            "[exec]\ntransfer_window = 65536",
+            "[exec]\ntransfer_window = 67108865",
         ] {
             assert!(
                 ServerConfig::from_toml(bad).is_err(),

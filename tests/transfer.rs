@@ -588,6 +588,42 @@ fn a_full_disk_is_one_clear_error() {
     assert!(!fs.path().join("big").exists());
     assert!(partials(fs.path()).is_empty(), "{:?}", partials(fs.path()));
     assert_eq!(std::fs::read(fs.path().join("small")).unwrap(), b"fits");
+
+    // Coming down into a full disk: the same on this side, and the server
+    // is told to stop (16 MiB: more than the windows let it send ahead),
+    // so its record says `cancelled`; the next file still comes.
+    std::fs::remove_file(fs.path().join("small")).unwrap();
+    std::fs::write(home.join("huge"), noise(16 << 20, 2)).unwrap();
+    let out = run(
+        &srv,
+        home,
+        &[
+            "get",
+            "--json",
+            &addr,
+            home.join("huge").to_str().unwrap(),
+            home.join("small").to_str().unwrap(),
+            fs.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs[0]["error"], "local", "{recs:?}");
+    assert!(
+        recs[0]["message"].to_string().contains("No space left"),
+        "{recs:?}"
+    );
+    assert_eq!(recs[1]["ok"], true, "{recs:?}");
+    assert!(!fs.path().join("huge").exists());
+    assert!(partials(fs.path()).is_empty(), "{:?}", partials(fs.path()));
+    assert_eq!(std::fs::read(fs.path().join("small")).unwrap(), b"fits");
+    let gets = srv.wait_audit(2, |r| r["audit"] == "transfer" && r["direction"] == "get");
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let huge = gets
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with("huge"))
+        .unwrap();
+    assert_eq!(huge["outcome"], "cancelled", "{huge}");
 }
 
 /// Transfers run as the job user: what that user may not read or write
@@ -762,7 +798,10 @@ async fn open_put(
     token: &Path,
     dest: &Path,
     size: u64,
-) -> switchboard::client::ExecClient {
+) -> (
+    switchboard::client::ExecClient,
+    switchboard::proto::transfer::Accepted,
+) {
     use switchboard::client::exec::TransferEvent;
     use switchboard::client::{ClientAuth, ExecClient, JobEvent};
     use switchboard::proto::ClientMsg;
@@ -794,7 +833,7 @@ async fn open_put(
         .await
         .unwrap();
     match c.receiver().job_event(1).await.unwrap() {
-        JobEvent::Transfer(TransferEvent::Accepted(_)) => c,
+        JobEvent::Transfer(TransferEvent::Accepted(a)) => (c, a),
         other => panic!("not accepted: {other:?}"),
     }
 }
@@ -900,7 +939,7 @@ fn the_partial_file_is_never_someone_elses() {
     let rt = common::runtime();
     rt.block_on(async {
         let data = b"0123456789";
-        let mut c = open_put(&addr, &srv.token_file(), &root.join("s"), 10).await;
+        let (mut c, _) = open_put(&addr, &srv.token_file(), &root.join("s"), 10).await;
         std::fs::rename(root.join(".s.sb-part"), home.join("moved")).unwrap();
         std::fs::write(root.join(".s.sb-part"), b"UNVERIFIED").unwrap();
         c.sender()
@@ -1220,4 +1259,88 @@ fn an_old_server_is_said_plainly() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A put's data is held to the window `accepted` gives
+/// (`exec.transfer_window`), not to the connection's stdin window: one
+/// frame larger than the stdin window is taken, one larger than the put's
+/// window closes the connection with a `protocol` error.
+#[test]
+fn a_put_has_a_window_of_its_own() {
+    use switchboard::client::JobEvent;
+    use switchboard::client::exec::TransferEvent;
+    use switchboard::proto::ClientMsg;
+    use switchboard::proto::transfer::DoneRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(&config, "[exec]\ntransfer_window = 524288\n").unwrap();
+    let srv = server(&["--config", config.to_str().unwrap()]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let rt = common::runtime();
+    let content = noise(768 * 1024, 7);
+    rt.block_on(async {
+        let dest = dir.path().join("f");
+        let (mut c, accepted) =
+            open_put(&addr, &srv.token_file(), &dest, content.len() as u64).await;
+        assert_eq!(accepted.window, Some(512 * 1024));
+        assert_eq!(c.stdin_window(), Some(256 * 1024));
+        // Two frames of 384 KiB, each more than the stdin window: the
+        // second once the first's cost is back.
+        for (i, part) in content.chunks(384 * 1024).enumerate() {
+            if i > 0 {
+                match c.receiver().job_event(1).await.unwrap() {
+                    JobEvent::Window { stdin } => assert_eq!(stdin, 384 * 1024 + 64),
+                    other => panic!("no window back: {other:?}"),
+                }
+            }
+            c.sender()
+                .send(ClientMsg::Data {
+                    id: 1,
+                    offset: (i * 384 * 1024) as u64,
+                    data: bytes::Bytes::copy_from_slice(part),
+                })
+                .await
+                .unwrap();
+        }
+        c.sender()
+            .send(ClientMsg::Done(DoneRequest {
+                id: 1,
+                sha256: sha(&content),
+                skip: false,
+            }))
+            .await
+            .unwrap();
+        loop {
+            match c.receiver().job_event(1).await.unwrap() {
+                JobEvent::Window { .. } => {}
+                JobEvent::Transfer(TransferEvent::Stored(s)) => {
+                    assert_eq!(s.bytes, content.len() as u64);
+                    break;
+                }
+                other => panic!("not stored: {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), content);
+
+        let (mut c, _) = open_put(&addr, &srv.token_file(), &dir.path().join("g"), 4 << 20).await;
+        c.sender()
+            .send(ClientMsg::Data {
+                id: 1,
+                offset: 0,
+                data: bytes::Bytes::from(vec![0u8; 600 * 1024]),
+            })
+            .await
+            .unwrap();
+        let refused = loop {
+            match c.receiver().job_event(1).await {
+                Ok(JobEvent::Window { .. }) => {}
+                other => break format!("{other:?}"),
+            }
+        };
+        assert!(
+            refused.contains("Protocol") && refused.contains("window"),
+            "{refused}"
+        );
+    });
+    assert!(!dir.path().join("g").exists());
 }

@@ -98,7 +98,7 @@ enum Failure {
 
 /// The output window `switchboard exec` gives each job: 1 MiB, enough for
 /// the pipe's speed on loopback (BENCHMARKS.md), little to hold.
-pub(super) const OUTPUT_WINDOW: u64 = 1 << 20;
+const OUTPUT_WINDOW: u64 = 1 << 20;
 
 /// What `exec -t` with no command runs: the login shell of the job's user
 /// (`SHELL` comes from the password database, PROTOCOL.md §3.3).

@@ -78,6 +78,11 @@ fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
     })
 }
 
+/// The output window a `get` gives (4 MiB, where a job's is 1 MiB): a
+/// copy's speed is the window over the time its give-back takes to come
+/// round, and a get holds one file's data, not a terminal's.
+const OUTPUT_WINDOW: u64 = 4 << 20;
+
 /// Connects as `exec` does, with the windows transfers need.
 fn connect(
     args: &TransferArgs,
@@ -87,7 +92,7 @@ fn connect(
     let connected = (|| {
         let auth = ClientAuth {
             window: true,
-            output_window: Some(super::exec::OUTPUT_WINDOW),
+            output_window: Some(OUTPUT_WINDOW),
             ..args.conn.auth()?
         };
         let tls = match target.transport {
@@ -290,11 +295,11 @@ fn watched(w: &Option<Watch>) -> Option<Box<crate::client::transfer::Progress<'_
 }
 
 /// A failure that ends the whole run (the connection is gone), as opposed
-/// to one file's.
+/// to one file's (the server's refusal, or a file on this side).
 fn fatal(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<ClientError>(),
-        Some(e) if !matches!(e, ClientError::Job { .. })
+        Some(e) if !matches!(e, ClientError::Job { .. } | ClientError::Local(_))
     )
 }
 
@@ -523,7 +528,7 @@ struct HostOutcome {
 fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode> {
     let auth = ClientAuth {
         window: true,
-        output_window: Some(super::exec::OUTPUT_WINDOW),
+        output_window: Some(OUTPUT_WINDOW),
         ..args.conn.auth()?
     };
     let hosts = plan.hosts.clone().unwrap_or_default();

@@ -86,6 +86,10 @@ pub enum ClientError {
     /// Transparent, so that a printed error chain says it once.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A file on this side (a transfer's source or destination) failed;
+    /// the connection is fine. The message names the file.
+    #[error(transparent)]
+    Local(io::Error),
 }
 
 fn refused_hint(e: &io::Error) -> &'static str {

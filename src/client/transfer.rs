@@ -5,7 +5,7 @@
 //! seen under it. Used by the CLI's `put` and `get` and the tests.
 //!
 //! ```text
-//! put_file:  put ─> accepted ─> [skip | resume check] ─> data... (stdin window) ─> done ─> stored
+//! put_file:  put ─> accepted ─> [skip | resume check] ─> data... (put window) ─> done ─> stored
 //! get_file:  get {offset?, sha256?} ─> file ─> data... (window given back) ─> sent ─> rename
 //! list:      list ─> entries... ─> listed
 //! ```
@@ -50,7 +50,7 @@ pub struct Put {
 }
 
 fn local(e: io::Error, what: &Path) -> ClientError {
-    ClientError::Io(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
+    ClientError::Local(io::Error::new(e.kind(), format!("{}: {e}", what.display())))
 }
 
 impl ExecClient {
@@ -127,7 +127,9 @@ impl ExecClient {
             hasher = h;
             at = accepted.offset;
         }
-        let window = self.stdin_window().unwrap_or(0);
+        // The put's own window; a server from before it holds the data
+        // to the stdin window.
+        let window = accepted.window.or(self.stdin_window()).unwrap_or(0);
         let mut credit = window;
         let mut sent = 0;
         // The file is read and hashed on a thread of its own, a few
@@ -162,7 +164,10 @@ impl ExecClient {
         while at < req.size {
             let chunk = match chunks.recv().await {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(local(e, path)),
+                Some(Err(e)) => {
+                    self.cancel(id).await;
+                    return Err(local(e, path));
+                }
                 None => return Err(ClientError::Io(io::Error::other("the reader stopped"))),
             };
             let n = chunk.len();
@@ -215,6 +220,13 @@ impl ExecClient {
         Ok(put)
     }
 
+    /// Tells the server to stop a transfer this side gave up on (its
+    /// thread would otherwise wait on the window until the connection
+    /// closes); the answer, `bad_request` "cancelled", is not awaited.
+    async fn cancel(&mut self, id: u64) {
+        let _ = self.sender().send(ClientMsg::Cancel { id }).await;
+    }
+
     /// Waits for a put's `stored`, taking the windows still coming back.
     async fn stored(&mut self, id: u64, sent: u64) -> Result<Put, ClientError> {
         loop {
@@ -249,7 +261,7 @@ impl ExecClient {
             _ => PathBuf::from("."),
         };
         let name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            ClientError::Io(io::Error::other(format!(
+            ClientError::Local(io::Error::other(format!(
                 "{}: not a file name",
                 dest.display()
             )))
@@ -305,6 +317,26 @@ impl ExecClient {
             file.set_len(0).map_err(|e| local(e, &tmp))?;
         }
         let resumed_from = at;
+        // What arrives is written and hashed on a thread of its own, a few
+        // chunks behind, while this task takes the next frames: the disk
+        // and the hash overlap the network. The window goes back only for
+        // what that thread has been handed, so a slow disk still slows
+        // the server.
+        let (chunks, mut chunks_rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let writer_file = file.try_clone().map_err(|e| local(e, &tmp))?;
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<(Sha256, u64)> {
+            let mut at = resumed_from;
+            while let Some(data) = chunks_rx.blocking_recv() {
+                writer_file.write_all_at(&data, at)?;
+                hasher.update(&data);
+                at += data.len() as u64;
+            }
+            Ok((hasher, at))
+        });
+        let written = |w: Result<io::Result<(Sha256, u64)>, tokio::task::JoinError>| {
+            w.map_err(|e| ClientError::Io(io::Error::other(e.to_string())))?
+                .map_err(|e| local(e, &tmp))
+        };
         // The window given back a quarter at a time (the server keeps
         // sending on the rest), not a frame for every frame.
         let mut owed = 0u64;
@@ -314,23 +346,36 @@ impl ExecClient {
                 JobEvent::Transfer(TransferEvent::Data { offset, data }) => {
                     if offset != at {
                         remove();
+                        self.cancel(id).await;
                         return Err(ClientError::Protocol(format!(
                             "get: data at {offset}, expected {at}"
                         )));
                     }
-                    file.write_all_at(&data, at).map_err(|e| local(e, &tmp))?;
-                    hasher.update(&data);
-                    at += data.len() as u64;
+                    let n = data.len() as u64;
+                    if chunks.send(data).await.is_err() {
+                        // The writer stopped (a full disk): its error says
+                        // why; nothing is kept, and the server stops.
+                        drop(chunks);
+                        let failed = written(writer.await).err();
+                        remove();
+                        self.cancel(id).await;
+                        return Err(failed.unwrap_or_else(|| {
+                            ClientError::Io(io::Error::other("the writer stopped"))
+                        }));
+                    }
+                    at += n;
                     if let Some(p) = progress {
                         p(at, meta.size);
                     }
-                    owed += data.len() as u64 + OUTPUT_FRAME_COST;
+                    owed += n + OUTPUT_FRAME_COST;
                     if owed >= batch {
                         let output = std::mem::take(&mut owed);
                         self.sender().send(ClientMsg::Window { id, output }).await?;
                     }
                 }
                 JobEvent::Transfer(TransferEvent::Sent(sent)) => {
+                    drop(chunks);
+                    let (hasher, at) = written(writer.await)?;
                     let sha256 = hex(&hasher.finalize());
                     if sent.sha256 != sha256 || at != meta.size {
                         remove();

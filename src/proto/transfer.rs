@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! put:  C put {id, path, name, kind, length, mode, ...}
-//!       S accepted {id, path, offset, sha256?, existing?}
-//!       C data {id, offset, size} + bytes ...    (stdin window)
+//!       S accepted {id, path, offset, sha256?, existing?, window}
+//!       C data {id, offset, size} + bytes ...    (the put's window)
 //!       C done {id, sha256, skip?}
 //!       S stored {id, path, bytes, sha256, skipped?}    or error {id, ...}
 //! get:  C get {id, path, offset?, sha256?}
@@ -136,6 +136,10 @@ pub struct Accepted {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing: Option<Existing>,
+    /// The window of this put's data, in place of the stdin window (a
+    /// server from before it sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
 }
 
 /// `stored`: a `put` is complete under `path`: `bytes` long, hashing to
@@ -222,8 +226,15 @@ pub const MAX_LIST_DEPTH: usize = 128;
 /// Bytes of entries one `entries` frame carries at most (its body).
 pub const ENTRIES_CHUNK: usize = 256 * 1024;
 
-/// Bytes of file data one `data` frame carries at most.
+/// Bytes of file data one `data` frame of a `put` carries at most: 64 KiB,
+/// the least `exec.max_body` a server may have.
 pub const DATA_CHUNK: usize = 64 * 1024;
+
+/// Bytes of file data one `data` frame of a `get` carries at most, and at
+/// most a quarter of the client's output window: larger frames than a
+/// put's (a client's frame limit is 1 MiB), as each costs the server a
+/// wake-up of its writer.
+pub const GET_CHUNK: usize = 256 * 1024;
 
 /// The partial file beside `name` (both sides use it): one per
 /// destination, so that an interrupted transfer can be continued;

@@ -941,7 +941,7 @@ impl Session {
                     .and_then(|t| t.handle.input.as_ref())
                 {
                     Some(input) => {
-                        let _ = input.try_send(transfer::PutInput::Done(d));
+                        let _ = input.send(transfer::PutInput::Done(d));
                     }
                     None => self.send(no_such_job(id)).await,
                 }
@@ -950,7 +950,7 @@ impl Session {
                 Some(t) => {
                     t.handle.cancel.cancel();
                     if let Some(input) = &t.handle.input {
-                        let _ = input.try_send(transfer::PutInput::Cancel);
+                        let _ = input.send(transfer::PutInput::Cancel);
                     }
                 }
                 None => self.send(no_such_job(id)).await,
@@ -1129,8 +1129,7 @@ impl Session {
             self.stop = Some("the identity is no longer accepted");
             Refusal::new(ErrorCode::AuthFailed, why)
         })?;
-        let (Some(stdin_window), Some(output_window)) = (self.stdin_window, self.output_window)
-        else {
+        let (Some(_), Some(output_window)) = (self.stdin_window, self.output_window) else {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 "file transfers need the windows of PROTOCOL.md §3.6 (window and output_window in auth)",
@@ -1169,7 +1168,7 @@ impl Session {
         let handle = transfer::start(
             req,
             approved,
-            stdin_window,
+            live.cfg.transfer_window,
             output_window,
             out,
             self.conn_cancel.child_token(),
@@ -1191,7 +1190,7 @@ impl Session {
         Ok(())
     }
 
-    /// A `put`'s data: within its window (as a job's stdin, §3.6) or the
+    /// A `put`'s data: within its window (the one `accepted` gave, §3.8) or the
     /// connection ends; handed to its thread, never waited for.
     async fn transfer_data(&mut self, id: u64, offset: u64, data: Bytes) {
         self.shared
@@ -1199,13 +1198,12 @@ impl Session {
             .bytes(self.link.tls)
             .stdin
             .add(data.len() as u64);
-        let Some((input, charged)) = self.transfers.get(&id).and_then(|t| {
+        let Some((input, charged, window)) = self.transfers.get(&id).and_then(|t| {
             let input = t.handle.input.clone()?;
-            Some((input, t.handle.charged.clone()))
+            Some((input, t.handle.charged.clone(), t.handle.put_window))
         }) else {
             return self.send(no_such_job(id)).await;
         };
-        let window = self.stdin_window.unwrap_or_default();
         let cost = data.len() as u64 + STDIN_FRAME_COST;
         if charged.load(Ordering::Acquire) + cost > window {
             let why = format!("data beyond the window of transfer {id} ({window} bytes)");
@@ -1215,7 +1213,7 @@ impl Session {
             return;
         }
         charged.fetch_add(cost, Ordering::AcqRel);
-        let _ = input.try_send(transfer::PutInput::Data { offset, data });
+        let _ = input.send(transfer::PutInput::Data { offset, data });
     }
 
     /// A transfer ended (its thread logged and audited it): forgotten

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! session ── put ──> thread (as the user) ── resolve, .NAME.sb-part, flock ─> accepted
-//!         ── data ─> (stdin window) ──────── pwrite + SHA-256 ─> window back
+//!         ── data ─> (put window)   ──────── pwrite + SHA-256 ─> window back
 //!         ── done ─> ─────────────────────── compare, fsync, rename, fsync dir ─> stored
 //!         ── get ──> thread ── open, file ─> read ─> (output window) ─> data ... sent
 //!         ── list ─> thread ── walk, no link followed ─> entries ... listed
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use super::job::OutputWindow;
 use super::process::RunAs;
 use crate::proto::transfer::{
-    Accepted, DATA_CHUNK, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta,
+    Accepted, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta, GET_CHUNK,
     GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Sent, Stored,
     hash_prefix, hex, partial_name,
 };
@@ -109,11 +109,13 @@ pub enum PutInput {
 
 /// What a session keeps of a running transfer.
 pub struct Handle {
-    /// A `put`'s input (bounded by its window, so never full for a client
-    /// that keeps to it).
-    pub input: Option<std::sync::mpsc::SyncSender<PutInput>>,
-    /// What a `put`'s data holds against the stdin window.
+    /// A `put`'s input (bounded by its window, which the session holds
+    /// the client to).
+    pub input: Option<std::sync::mpsc::Sender<PutInput>>,
+    /// What a `put`'s data holds against its window.
     pub charged: Arc<AtomicU64>,
+    /// A `put`'s window (`accepted` tells the client).
+    pub put_window: u64,
     /// A `get`'s output window.
     pub window: Option<Arc<OutputWindow>>,
     pub cancel: CancellationToken,
@@ -167,6 +169,12 @@ impl Fail {
         }
     }
 
+    /// The client's `cancel`, recorded as the transfer's outcome.
+    fn cancelled(record: &mut Record) -> Fail {
+        record.outcome = "cancelled".into();
+        Fail::new(ErrorCode::BadRequest, "cancelled")
+    }
+
     /// A system call's failure on `what`, by its errno.
     fn os(e: Errno, what: &str) -> Fail {
         let code = match e {
@@ -200,13 +208,13 @@ impl Fail {
     }
 }
 
-/// Starts `req` on a thread of its own as the approved user. `stdin_window`
-/// sizes a `put`'s input; `output_window` paces a `get`'s or `list`'s
-/// frames.
+/// Starts `req` on a thread of its own as the approved user. `put_window`
+/// is a `put`'s data window (`exec.transfer_window`); `output_window`
+/// paces a `get`'s or `list`'s frames.
 pub fn start(
     req: Request,
     approved: FilesApproved,
-    stdin_window: u64,
+    put_window: u64,
     output_window: u64,
     out: Out,
     cancel: CancellationToken,
@@ -215,10 +223,9 @@ pub fn start(
     let charged = Arc::new(AtomicU64::new(0));
     let (input, rx) = match &req {
         Request::Put(_) => {
-            let slots = usize::try_from(stdin_window / crate::proto::message::STDIN_FRAME_COST)
-                .unwrap_or(4096)
-                + 2;
-            let (tx, rx) = std::sync::mpsc::sync_channel(slots);
+            // Unbounded as a channel, bounded by the window: the session
+            // refuses data beyond it before it gets here.
+            let (tx, rx) = std::sync::mpsc::channel();
             (Some(tx), Some(rx))
         }
         _ => (None, None),
@@ -229,10 +236,11 @@ pub fn start(
     };
     let t = Task {
         id,
-        stdin_window,
+        put_window,
         out: out.clone(),
         charged: charged.clone(),
         window: window.clone(),
+        get_chunk: get_chunk(output_window),
         cancel: cancel.clone(),
     };
     std::thread::Builder::new()
@@ -256,7 +264,10 @@ pub fn start(
             let last = match result {
                 Ok(last) => last,
                 Err(f) => {
-                    record.outcome = f.code.as_str().to_string();
+                    // A cancel says so itself; other failures by their code.
+                    if record.outcome.is_empty() {
+                        record.outcome = f.code.as_str().to_string();
+                    }
                     record.message = Some(f.message.clone());
                     Some(ServerMsg::error(Some(id), f.code, f.message))
                 }
@@ -280,9 +291,18 @@ pub fn start(
     Ok(Handle {
         input,
         charged,
+        put_window,
         window,
         cancel,
     })
+}
+
+/// A `get`'s frames: [`GET_CHUNK`], or a quarter of a small output window,
+/// so that several are in flight (the window holds whole frames only).
+fn get_chunk(output_window: u64) -> usize {
+    usize::try_from(output_window / 4)
+        .unwrap_or(GET_CHUNK)
+        .min(GET_CHUNK)
 }
 
 /// Makes this thread's file access the user's: the filesystem uid and gid
@@ -600,10 +620,12 @@ fn is_same(dir: &OwnedFd, name: &str, file: &std::fs::File) -> bool {
 
 struct Task {
     id: u64,
-    stdin_window: u64,
+    put_window: u64,
     out: Out,
     charged: Arc<AtomicU64>,
     window: Option<Arc<OutputWindow>>,
+    /// Bytes a `get`'s `data` frame carries at most.
+    get_chunk: usize,
     cancel: CancellationToken,
 }
 
@@ -873,6 +895,7 @@ impl Task {
             offset,
             sha256: prefix,
             existing: existing.clone(),
+            window: Some(self.put_window),
         });
         if !self.send(accepted) {
             return Ok(None);
@@ -884,7 +907,7 @@ impl Task {
         // whatever is owed before this thread waits for more): one frame
         // per 64 KiB of data would cost the connection more than it moves.
         let mut owed = 0u64;
-        let batch = self.stdin_window / 4;
+        let batch = self.put_window / 4;
         loop {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
@@ -903,8 +926,7 @@ impl Task {
             match msg {
                 PutInput::Cancel => {
                     remove();
-                    record.outcome = "cancelled".into();
-                    return Err(Fail::new(ErrorCode::BadRequest, "cancelled"));
+                    return Err(Fail::cancelled(record));
                 }
                 PutInput::Data { offset: o, data } => {
                     let cost = data.len() as u64 + crate::proto::message::STDIN_FRAME_COST;
@@ -1089,9 +1111,10 @@ impl Task {
             return Ok(None);
         }
         let mut at = offset;
-        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut buf = vec![0u8; self.get_chunk];
         while at < size {
-            let want = usize::try_from((size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
+            let want =
+                usize::try_from((size - at).min(self.get_chunk as u64)).unwrap_or(self.get_chunk);
             let n = file
                 .read_at(buf.get_mut(..want).unwrap_or_default(), at)
                 .map_err(|e| Fail::io(&e, &shown))?;
@@ -1110,7 +1133,7 @@ impl Task {
             };
             if !self.send_paced(data, n) {
                 return if self.cancel.is_cancelled() {
-                    Err(Fail::new(ErrorCode::BadRequest, "cancelled"))
+                    Err(Fail::cancelled(record))
                 } else {
                     Ok(None)
                 };
