@@ -829,6 +829,7 @@ async fn open_put(
             many: false,
             resume: false,
             preserve: false,
+            relay: Vec::new(),
         }))
         .await
         .unwrap();

@@ -17,6 +17,7 @@ mod clients;
 mod exec;
 mod fanout;
 mod input;
+mod relay;
 mod request;
 mod serve;
 mod terminal;
@@ -180,6 +181,11 @@ pub struct TransferArgs {
     /// DEST/<host>/<name> ({host} and {name} are replaced), e.g. '{host}.{name}'.
     #[arg(long = "name", value_name = "TEMPLATE", requires = "hosts")]
     pub name_template: Option<String>,
+    /// put --hosts: send the file once; each host stores it and passes it
+    /// on to the next as it arrives (a chain; hosts that fail are passed
+    /// over). One regular file, plain TCP hosts.
+    #[arg(long, requires = "hosts")]
+    pub relay: bool,
     #[command(flatten)]
     pub conn: ConnectArgs,
     /// [ADDR] SRC... DEST: the server's address first when given.

@@ -29,11 +29,11 @@ use crate::proto::transfer::{EntryKind, PutRequest};
 
 /// What the words say: the server (or `--hosts`), the sources, the
 /// destination.
-struct Plan {
+pub(super) struct Plan {
     target: Target,
-    hosts: Option<Vec<String>>,
-    sources: Vec<String>,
-    dest: String,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) sources: Vec<String>,
+    pub(super) dest: String,
 }
 
 /// `[ADDR] SRC... DEST`: with three words or more, the first is the
@@ -81,7 +81,7 @@ fn plan(args: &TransferArgs) -> anyhow::Result<Plan> {
 /// The output window a `get` gives (4 MiB, where a job's is 1 MiB): a
 /// copy's speed is the window over the time its give-back takes to come
 /// round, and a get holds one file's data, not a terminal's.
-const OUTPUT_WINDOW: u64 = 4 << 20;
+pub(super) const OUTPUT_WINDOW: u64 = 4 << 20;
 
 /// Connects as `exec` does, with the windows transfers need.
 fn connect(
@@ -312,7 +312,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// A local path's last name, for a destination directory to receive it
 /// under (`.` and `..` by the directory's own name).
-fn own_name(p: &Path) -> anyhow::Result<String> {
+pub(super) fn own_name(p: &Path) -> anyhow::Result<String> {
     let name = match p.file_name() {
         Some(n) => n.to_owned(),
         None => std::fs::canonicalize(p)
@@ -341,6 +341,9 @@ pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
         if meta.is_dir() && !args.recursive {
             bail!("{s}: a directory (-r copies directories)");
         }
+    }
+    if args.relay {
+        return super::relay::put(args, plan);
     }
     if plan.hosts.is_some() {
         return fan_out(args, plan, true);
@@ -373,7 +376,11 @@ pub fn put(args: TransferArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The request for a local entry, without where it goes.
-fn entry_request(meta: &std::fs::Metadata, kind: EntryKind, args: &TransferArgs) -> PutRequest {
+pub(super) fn entry_request(
+    meta: &std::fs::Metadata,
+    kind: EntryKind,
+    args: &TransferArgs,
+) -> PutRequest {
     PutRequest {
         id: 0,
         path: String::new(),
@@ -391,6 +398,7 @@ fn entry_request(meta: &std::fs::Metadata, kind: EntryKind, args: &TransferArgs)
         many: false,
         resume: args.resume,
         preserve: args.preserve,
+        relay: Vec::new(),
     }
 }
 
@@ -655,6 +663,9 @@ fn local_target(dest: &str, name: &str, many: bool) -> anyhow::Result<PathBuf> {
 }
 
 pub fn get(args: TransferArgs) -> anyhow::Result<ExitCode> {
+    if args.relay {
+        bail!("--relay is for put");
+    }
     let plan = plan(&args)?;
     let many = plan.sources.len() > 1;
     if (many || plan.hosts.is_some()) && !Path::new(&plan.dest).is_dir() {

@@ -68,6 +68,9 @@ pub struct ClientAuth {
     /// [`crate::proto::message::OUTPUT_FRAME_COST`] once it has taken
     /// it (`ClientMsg::Window`), or the job's output stops.
     pub output_window: Option<u64>,
+    /// (§3.9) Log in with a relay ticket instead: the connection may then
+    /// bring the one file the ticket was issued for, nothing else.
+    pub ticket: Option<String>,
 }
 
 impl ClientAuth {
@@ -79,6 +82,7 @@ impl ClientAuth {
             allow_unauthenticated: false,
             window: false,
             output_window: None,
+            ticket: None,
         }
     }
 
@@ -99,6 +103,18 @@ impl ClientAuth {
             allow_unauthenticated: false,
             window: false,
             output_window: None,
+            ticket: None,
+        }
+    }
+
+    /// A relay hop's login (§3.9): the ticket alone, with the windows a
+    /// put needs.
+    pub fn ticket(ticket: String, output_window: u64) -> Self {
+        ClientAuth {
+            ticket: Some(ticket),
+            window: true,
+            output_window: Some(output_window),
+            ..ClientAuth::token_less()
         }
     }
 
@@ -110,6 +126,7 @@ impl ClientAuth {
             allow_unauthenticated: true,
             window: false,
             output_window: None,
+            ticket: None,
         }
     }
 }
@@ -159,10 +176,15 @@ pub enum TransferEvent {
     Accepted(crate::proto::transfer::Accepted),
     Stored(crate::proto::transfer::Stored),
     File(crate::proto::transfer::FileMeta),
-    Data { offset: u64, data: Bytes },
+    Data {
+        offset: u64,
+        data: Bytes,
+    },
     Sent(crate::proto::transfer::Sent),
     Entries(Vec<crate::proto::transfer::Entry>),
     Listed(crate::proto::transfer::Listed),
+    /// (§3.9) the ticket an `expect` issued.
+    Ticket(String),
 }
 
 /// Why a job did not run: the server's `error` frame.
@@ -209,6 +231,9 @@ impl JobEvent {
             ServerMsg::Window { id, stdin } => (Some(id), JobEvent::Window { stdin }),
             ServerMsg::Accepted(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Accepted(m))),
             ServerMsg::Stored(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Stored(m))),
+            ServerMsg::Ticket { id, ticket } => {
+                (Some(id), JobEvent::Transfer(TransferEvent::Ticket(ticket)))
+            }
             ServerMsg::File(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::File(m))),
             ServerMsg::Sent(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Sent(m))),
             ServerMsg::Listed(m) => (Some(m.id), JobEvent::Transfer(TransferEvent::Listed(m))),
@@ -619,6 +644,28 @@ impl ExecClient {
             output_window: auth.output_window,
             ..AuthRequest::default()
         };
+        // A relay hop: the ticket is the whole proof (the host that issued
+        // it checks the file's hash, whoever brings it).
+        if let Some(ticket) = &auth.ticket {
+            self.tx
+                .send(ClientMsg::Auth(AuthRequest {
+                    ticket: Some(ticket.clone()),
+                    ..request
+                }))
+                .await?;
+            return match self.expect().await? {
+                ServerMsg::Ready {
+                    stdin_window,
+                    output_window,
+                    ..
+                } => {
+                    self.stdin_window = stdin_window;
+                    self.output_window = output_window;
+                    Ok(())
+                }
+                _ => Err(ClientError::Protocol("expected ready".into())),
+            };
+        }
         if method == "none" {
             if !auth.allow_unauthenticated {
                 return Err(ClientError::AuthFailed(

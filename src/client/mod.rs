@@ -3,6 +3,7 @@
 
 mod echo;
 pub mod exec;
+pub mod relay;
 mod time;
 pub mod transfer;
 

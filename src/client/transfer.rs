@@ -21,8 +21,8 @@ use super::ClientError;
 use super::exec::{ExecClient, JobEvent, TransferEvent};
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
 use crate::proto::transfer::{
-    DATA_CHUNK, DoneRequest, Entry, EntryKind, GetRequest, ListRequest, PutRequest, Stored,
-    hash_prefix, hex, partial_name,
+    DATA_CHUNK, DoneRequest, Entry, EntryKind, ExpectRequest, GetRequest, ListRequest, PutRequest,
+    Stored, hash_prefix, hex, partial_name,
 };
 use crate::proto::{ClientMsg, ErrorCode};
 
@@ -76,15 +76,15 @@ impl ExecClient {
     /// (resumed ones included), as they go.
     pub async fn put_entry(
         &mut self,
-        mut req: PutRequest,
+        req: PutRequest,
         source: Option<&Path>,
         progress: Option<&Progress<'_>>,
     ) -> Result<Put, ClientError> {
-        let id = self.next_id();
-        req.id = id;
-        let kind = req.kind;
-        self.sender().send(ClientMsg::Put(req.clone())).await?;
-        if kind != EntryKind::File {
+        if req.kind != EntryKind::File {
+            let id = self.next_id();
+            self.sender()
+                .send(ClientMsg::Put(PutRequest { id, ..req }))
+                .await?;
             return match self.transfer_event(id).await? {
                 JobEvent::Transfer(TransferEvent::Stored(stored)) => Ok(Put { stored, sent: 0 }),
                 other => Err(ClientError::Protocol(format!("put: unexpected {other:?}"))),
@@ -93,6 +93,25 @@ impl ExecClient {
         let path =
             source.ok_or_else(|| ClientError::Protocol("a file put needs a source".into()))?;
         let file = std::fs::File::open(path).map_err(|e| local(e, path))?;
+        self.put_from(req, file, path, None, progress).await
+    }
+
+    /// Sends `file` (named `path` in messages) as the file `req` says.
+    /// With `growing`, the file is still being written, up to the size
+    /// that says (a relay host passing on what it receives, §3.9): each
+    /// chunk is read once it is there, and neither a skip nor a resume is
+    /// tried.
+    pub async fn put_from(
+        &mut self,
+        mut req: PutRequest,
+        file: std::fs::File,
+        path: &Path,
+        growing: Option<tokio::sync::watch::Receiver<u64>>,
+        progress: Option<&Progress<'_>>,
+    ) -> Result<Put, ClientError> {
+        let id = self.next_id();
+        req.id = id;
+        self.sender().send(ClientMsg::Put(req.clone())).await?;
         let accepted = match self.transfer_event(id).await? {
             JobEvent::Transfer(TransferEvent::Accepted(a)) => a,
             other => return Err(ClientError::Protocol(format!("put: unexpected {other:?}"))),
@@ -100,6 +119,7 @@ impl ExecClient {
         // The destination holds this content already: nothing to send.
         if let Some(e) = &accepted.existing
             && e.size == req.size
+            && growing.is_none()
         {
             let mine = hex(&hash_prefix(&file, req.size)
                 .map_err(|e| local(e, path))?
@@ -119,6 +139,7 @@ impl ExecClient {
         let mut hasher = Sha256::new();
         let mut at = 0;
         if accepted.offset > 0
+            && growing.is_none()
             && accepted.offset <= req.size
             && let Some(theirs) = &accepted.sha256
             && let Ok(h) = hash_prefix(&file, accepted.offset)
@@ -138,11 +159,21 @@ impl ExecClient {
         let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
         let reader_file = file.try_clone().map_err(|e| local(e, path))?;
         let (start, size) = (at, req.size);
+        let rt = tokio::runtime::Handle::current();
         let reader = tokio::task::spawn_blocking(move || {
+            let mut growing = growing;
             let mut at = start;
             while at < size {
                 let want =
                     usize::try_from((size - at).min(DATA_CHUNK as u64)).unwrap_or(DATA_CHUNK);
+                if let Some(g) = &mut growing {
+                    let end = at + want as u64;
+                    if rt.block_on(g.wait_for(|&n| n >= end)).is_err() {
+                        let stopped = io::Error::other("the file stopped arriving here");
+                        let _ = chunks_tx.blocking_send(Err(stopped));
+                        break;
+                    }
+                }
                 let mut buf = bytes::BytesMut::zeroed(want);
                 let chunk = match reader_file.read_at(&mut buf, at) {
                     Ok(0) => Err(io::Error::other("the file shrank while it was sent")),
@@ -408,6 +439,41 @@ impl ExecClient {
                 }
                 other => return Err(ClientError::Protocol(format!("get: unexpected {other:?}"))),
             }
+        }
+    }
+
+    /// (§3.9) Tells the server a file will come from another host of a
+    /// relay chain, as `req` says (its `relay`: the hosts after this one)
+    /// hashing to `sha256`; returns the transfer's id and the ticket that
+    /// host logs in with. The server's verdict on the file comes later,
+    /// as `stored` or `error` with that id ([`Self::expected`]).
+    pub async fn expect_file(
+        &mut self,
+        req: PutRequest,
+        sha256: &str,
+    ) -> Result<(u64, String), ClientError> {
+        let id = self.next_id();
+        self.sender()
+            .send(ClientMsg::Expect(ExpectRequest {
+                put: PutRequest { id, ..req },
+                sha256: sha256.to_string(),
+            }))
+            .await?;
+        match self.transfer_event(id).await? {
+            JobEvent::Transfer(TransferEvent::Ticket(t)) => Ok((id, t)),
+            other => Err(ClientError::Protocol(format!(
+                "expect: unexpected {other:?}"
+            ))),
+        }
+    }
+
+    /// The verdict on an expected file (see [`Self::expect_file`]).
+    pub async fn expected(&mut self, id: u64) -> Result<Stored, ClientError> {
+        match self.transfer_event(id).await? {
+            JobEvent::Transfer(TransferEvent::Stored(s)) => Ok(s),
+            other => Err(ClientError::Protocol(format!(
+                "expect: unexpected {other:?}"
+            ))),
         }
     }
 

@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::frame::Frame;
 use super::transfer::{
-    Accepted, DoneRequest, Entry, FileMeta, GetRequest, ListRequest, Listed, PutRequest, Sent,
-    Stored,
+    Accepted, DoneRequest, Entry, ExpectRequest, FileMeta, GetRequest, ListRequest, Listed,
+    PutRequest, Sent, Stored,
 };
 
 /// Error codes of §3.3.
@@ -182,6 +182,10 @@ pub struct AuthRequest {
     /// (§3.7) the client's SSH signature of the transcript, PEM.
     #[serde(default)]
     pub signature: Option<String>,
+    /// (§3.9) a relay ticket: the host before this one in a relay chain,
+    /// bringing the one file the ticket was issued for.
+    #[serde(default)]
+    pub ticket: Option<String>,
 }
 
 /// Frames a client sends.
@@ -231,6 +235,8 @@ pub enum ClientMsg {
     Cancel {
         id: u64,
     },
+    /// (§3.9) a file will come from another host of a relay chain.
+    Expect(ExpectRequest),
 }
 
 /// How a job ended.
@@ -309,6 +315,11 @@ pub enum ServerMsg {
     },
     /// (§3.8) a file `put` may send its data.
     Accepted(Accepted),
+    /// (§3.9) the ticket an `expect` issued.
+    Ticket {
+        id: u64,
+        ticket: String,
+    },
     /// (§3.8) a `put` is complete.
     Stored(Stored),
     /// (§3.8) the file a `get` sends.
@@ -370,6 +381,12 @@ struct IdOnly {
 }
 
 #[derive(Deserialize)]
+struct TicketFields {
+    id: u64,
+    ticket: String,
+}
+
+#[derive(Deserialize)]
 struct OutputGrantFields {
     id: u64,
     output: u64,
@@ -408,6 +425,26 @@ struct ResizeFields {
 }
 
 impl ClientMsg {
+    /// The job or transfer the message is about, if any.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Auth(_) | ClientMsg::Ping => None,
+            ClientMsg::Exec(r) => Some(r.id),
+            ClientMsg::Put(r) => Some(r.id),
+            ClientMsg::Get(r) => Some(r.id),
+            ClientMsg::List(r) => Some(r.id),
+            ClientMsg::Done(r) => Some(r.id),
+            ClientMsg::Expect(r) => Some(r.put.id),
+            ClientMsg::Stdin { id, .. }
+            | ClientMsg::Eof { id }
+            | ClientMsg::Signal { id, .. }
+            | ClientMsg::Window { id, .. }
+            | ClientMsg::Resize { id, .. }
+            | ClientMsg::Data { id, .. }
+            | ClientMsg::Cancel { id } => Some(*id),
+        }
+    }
+
     /// The typed message in a frame.
     pub fn parse(frame: Frame) -> Result<ClientMsg, ParseError> {
         let h = &frame.header;
@@ -485,6 +522,7 @@ impl ClientMsg {
                 }
             }
             "done" => ClientMsg::Done(fields(h)?),
+            "expect" => ClientMsg::Expect(fields(h)?),
             "cancel" => ClientMsg::Cancel {
                 id: fields::<IdOnly>(h)?.id,
             },
@@ -499,6 +537,7 @@ impl ClientMsg {
             ClientMsg::Get(r) => (typed("get", r), Bytes::new()),
             ClientMsg::List(r) => (typed("list", r), Bytes::new()),
             ClientMsg::Done(r) => (typed("done", r), Bytes::new()),
+            ClientMsg::Expect(r) => (typed("expect", r), Bytes::new()),
             ClientMsg::Data { id, offset, data } => (
                 json!({"type": "data", "id": id, "offset": offset}),
                 data.clone(),
@@ -518,6 +557,7 @@ impl ClientMsg {
                     ("method", &a.method),
                     ("key", &a.key),
                     ("signature", &a.signature),
+                    ("ticket", &a.ticket),
                 ] {
                     if let Some(v) = v {
                         h[name] = json!(v);
@@ -742,6 +782,13 @@ impl ServerMsg {
             }
             "pong" => ServerMsg::Pong,
             "accepted" => ServerMsg::Accepted(fields(h)?),
+            "ticket" => {
+                let f: TicketFields = fields(h)?;
+                ServerMsg::Ticket {
+                    id: f.id,
+                    ticket: f.ticket,
+                }
+            }
             "stored" => ServerMsg::Stored(fields(h)?),
             "file" => ServerMsg::File(fields(h)?),
             "sent" => ServerMsg::Sent(fields(h)?),
@@ -862,6 +909,10 @@ impl ServerMsg {
             }
             ServerMsg::Pong => (json!({"type": "pong"}), Bytes::new()),
             ServerMsg::Accepted(m) => (typed("accepted", m), Bytes::new()),
+            ServerMsg::Ticket { id, ticket } => (
+                json!({"type": "ticket", "id": id, "ticket": ticket}),
+                Bytes::new(),
+            ),
             ServerMsg::Stored(m) => (typed("stored", m), Bytes::new()),
             ServerMsg::File(m) => (typed("file", m), Bytes::new()),
             ServerMsg::Sent(m) => (typed("sent", m), Bytes::new()),

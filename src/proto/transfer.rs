@@ -75,6 +75,43 @@ pub struct PutRequest {
     /// Keep `mode` exactly and `mtime` (else mode minus the server's umask).
     #[serde(default, skip_serializing_if = "is_false")]
     pub preserve: bool,
+    /// (§3.9) hosts this one passes the file on to, in order, as it
+    /// arrives: the first it can reach, which passes it on to the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay: Vec<Hop>,
+}
+
+/// (§3.9) A host of a relay chain: the address the host before it
+/// connects to, and the ticket that host issued for the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub addr: String,
+    pub ticket: String,
+}
+
+/// (§3.9) `expect`: a file will come from another host of a relay chain,
+/// which logs in with the ticket this answers with. Everything about the
+/// file is fixed here, by the client; the other host only brings the
+/// bytes, which must hash to `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectRequest {
+    #[serde(flatten)]
+    pub put: PutRequest,
+    pub sha256: String,
+}
+
+/// Hosts one relay chain holds at most (each host holds the tickets of
+/// those after it, to go round any that fail).
+pub const MAX_RELAY_HOPS: usize = 256;
+
+/// How one host after this one in a relay chain fared, as far as this
+/// one knows (unverified: each host reports to the client itself too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub addr: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -152,6 +189,9 @@ pub struct Stored {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// (§3.9) how the hosts after this one in a relay chain fared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relayed: Vec<Relayed>,
     /// The destination already held this content; nothing was written.
     #[serde(default, skip_serializing_if = "is_false")]
     pub skipped: bool,

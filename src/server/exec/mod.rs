@@ -13,6 +13,7 @@ pub mod policy;
 pub mod process;
 pub mod pty;
 pub mod reaper;
+pub mod relay;
 pub mod session;
 pub mod transfer;
 
@@ -118,6 +119,8 @@ pub struct ExecShared {
     /// Per-source connection, handshake and penalty bookkeeping.
     pub sources: Arc<Sources>,
     pub per_identity: Arc<PerIdentity>,
+    /// Relay tickets issued by `expect` (PROTOCOL.md §3.9).
+    pub tickets: Arc<relay::Tickets>,
     /// Bumped by each reload: sessions then judge their identity again.
     reloaded: tokio::sync::watch::Sender<u64>,
 }
@@ -138,6 +141,7 @@ impl ExecShared {
             tracker,
             sources,
             per_identity: Arc::default(),
+            tickets: Arc::default(),
             reloaded: tokio::sync::watch::Sender::new(0),
         }
     }

@@ -200,11 +200,14 @@ impl Policy {
     /// server's `files_root` and the key's `files=` allow; where exec is
     /// restricted (argv only, an allow-list, a key's `programs=`), only
     /// beneath such directories, since a file written anywhere could
-    /// change what an allowed program does.
+    /// change what an allowed program does. `relay`: the transfer also
+    /// makes this server connect to other hosts (§3.9), which is refused
+    /// where exec is restricted, as a job that connects out would be.
     pub fn check_files(
         &self,
         rule_at_auth: bool,
         who: &Restrictions,
+        relay: bool,
     ) -> Result<super::transfer::FilesApproved, Refusal> {
         self.root_allowed(rule_at_auth, who)?;
         let roots = match &who.files {
@@ -229,6 +232,12 @@ impl Policy {
             return Err(Refusal::forbidden(
                 "file transfers are off where exec is restricted: the server needs \
                  --files-root DIR (or the key files=\"DIR\")",
+            ));
+        }
+        if relay && restricted {
+            return Err(Refusal::forbidden(
+                "relaying (this server connecting to other hosts) is off where exec is \
+                 restricted",
             ));
         }
         let run_as = who.run_as.clone().or_else(|| self.run_as.clone());

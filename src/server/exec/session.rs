@@ -33,11 +33,13 @@ use tracing::{debug, info, warn};
 use super::job::{self, JobTiming};
 use super::policy::Refusal;
 use super::process::{self, JobSpec};
+use super::relay::{Ticket, TicketKey};
 use super::transfer;
 use super::{ExecShared, IdentitySlot, PerIdentity, audit};
 use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
 use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
 use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST};
+use crate::proto::transfer::{EntryKind, ExpectRequest, Hop, PutRequest, Stored};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
 };
@@ -286,6 +288,7 @@ async fn serve(
         output_window,
         who,
         identity_slot,
+        ticket,
     } = outcome
     {
         // What this connection proved, judged now, as it authenticates: a
@@ -295,6 +298,14 @@ async fn serve(
             Proof::Token(digest) => Some(*digest),
             _ => None,
         };
+        let conn_cancel = shutdown.child_token();
+        let judged_from = match &ticket {
+            Some(t) => {
+                t.hold(conn_cancel.clone());
+                t.judged_from
+            }
+            None => link.peer.ip(),
+        };
         let mut session = Session {
             shared: shared.clone(),
             tx: tx.clone(),
@@ -303,7 +314,7 @@ async fn serve(
             transfer_done: mpsc::unbounded_channel(),
             lingering: Vec::new(),
             done: mpsc::unbounded_channel(),
-            conn_cancel: shutdown.child_token(),
+            conn_cancel,
             link,
             stdin_window,
             output_window,
@@ -316,6 +327,10 @@ async fn serve(
                 .root_token
                 .as_ref()
                 .is_some_and(crate::secrets::RootToken::holds),
+            judged_from,
+            ticket,
+            ticket_used: false,
+            expects: HashMap::new(),
         };
         session.run(&mut reader, &shutdown, reloads).await;
         let reason = shutdown.is_cancelled().then_some(SHUTTING_DOWN);
@@ -365,6 +380,8 @@ enum Handshake {
         output_window: Option<u64>,
         who: Identity,
         identity_slot: Option<IdentitySlot>,
+        /// (§3.9) Logged in with this relay ticket.
+        ticket: Option<Arc<Ticket>>,
     },
     /// Wrong MAC, a key not accepted, or a frame other than `auth`: counts
     /// toward the penalty.
@@ -476,7 +493,14 @@ async fn handshake(
         return Handshake::Abandoned;
     }
     let client_nonce = a.nonce.clone().filter(|n| is_nonce(n));
+    // A relay ticket (§3.9) stands for the identity that had it issued;
+    // the connection may then bring one file, nothing else.
+    let ticket = a.ticket.as_deref().map(|text| shared.tickets.find(text));
     let proved = match (creds.mode, a.method.as_deref(), &creds.token, &creds.keys) {
+        _ if ticket.is_some() => match ticket.clone().flatten() {
+            Some(t) => Ok((t.who.clone(), Restrictions::NONE.into(), ServerProof::None)),
+            None => Err(Failed::new("an unknown relay ticket", "ticket")),
+        },
         (None, _, _, _) => Ok((Identity::NONE, Restrictions::NONE.into(), ServerProof::None)),
         (Some(_), Some("publickey"), _, Some(keys)) => {
             key_login(&a, client_nonce.as_deref(), &server_nonce, keys, link)
@@ -507,6 +531,7 @@ async fn handshake(
         Ok(p) => p,
         Err(failed) => {
             let said = match a.method.as_deref() {
+                _ if ticket.is_some() => "the relay ticket was not accepted",
                 Some("publickey") => KEY_NOT_ACCEPTED,
                 _ => "the token was not accepted",
             };
@@ -553,6 +578,7 @@ async fn handshake(
             output_window: a.output_window,
             who,
             identity_slot,
+            ticket: ticket.flatten(),
         }
     } else {
         Handshake::Abandoned
@@ -675,6 +701,16 @@ struct Session {
     /// Whether root jobs were allowed by the exposure rule when this
     /// connection authenticated ([`super::policy::Policy::refuses_root_to`]).
     root_rule_at_auth: bool,
+    /// Where the identity is judged from (`from=`): the peer, or for a
+    /// relay ticket's connection the address the ticket was issued to.
+    judged_from: std::net::IpAddr,
+    /// (§3.9) A connection that logged in with a relay ticket: it may
+    /// bring that one file, nothing else; `ticket_used` once it has begun.
+    ticket: Option<Arc<Ticket>>,
+    ticket_used: bool,
+    /// (§3.9) Tickets this connection's `expect`s issued, by id: withdrawn
+    /// when it closes.
+    expects: HashMap<u64, TicketKey>,
 }
 
 impl Session {
@@ -787,7 +823,7 @@ impl Session {
     fn still_in(&self) -> Result<Arc<Restrictions>, String> {
         let live = self.shared.live();
         live.credentials
-            .recheck(&self.who, self.link.peer.ip(), crate::identity::unix_now())
+            .recheck(&self.who, self.judged_from, crate::identity::unix_now())
             .map_err(|d| {
                 info!(identity = %self.who.name, why = %d, "identity no longer accepted; closing");
                 audit::login_failed(
@@ -837,6 +873,32 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: ClientMsg) {
+        // A relay ticket's connection brings its one file (§3.9): the put
+        // as the ticket's `expect` gave it, whatever this one says.
+        let msg = match (&self.ticket, msg) {
+            (None, msg) => msg,
+            (Some(t), ClientMsg::Put(r)) if !self.ticket_used => {
+                self.ticket_used = true;
+                ClientMsg::Put(PutRequest {
+                    id: r.id,
+                    ..t.put.clone()
+                })
+            }
+            (
+                Some(_),
+                msg @ (ClientMsg::Data { .. }
+                | ClientMsg::Done(_)
+                | ClientMsg::Cancel { .. }
+                | ClientMsg::Window { .. }
+                | ClientMsg::Ping),
+            ) => msg,
+            (Some(_), msg) => {
+                let why = "a relay ticket brings one file, nothing else";
+                return self
+                    .send(ServerMsg::error(msg.id(), ErrorCode::Forbidden, why))
+                    .await;
+            }
+        };
         match msg {
             ClientMsg::Ping => self.send(ServerMsg::Pong).await,
             ClientMsg::Auth { .. } => {
@@ -930,6 +992,14 @@ impl Session {
                 Some(job) => job.stdin = None,
             },
             ClientMsg::Put(r) => self.start_transfer(transfer::Request::Put(r)).await,
+            ClientMsg::Expect(e) => {
+                let id = e.put.id;
+                let answer = match self.expect(e) {
+                    Ok(ticket) => ServerMsg::Ticket { id, ticket },
+                    Err(r) => ServerMsg::error(Some(id), r.code, r.message),
+                };
+                self.send(answer).await;
+            }
             ClientMsg::Get(r) => self.start_transfer(transfer::Request::Get(r)).await,
             ClientMsg::List(r) => self.start_transfer(transfer::Request::List(r)).await,
             ClientMsg::Data { id, offset, data } => self.transfer_data(id, offset, data).await,
@@ -1086,14 +1156,20 @@ impl Session {
 
     /// Whether `id` may start a job or transfer: not running already, and
     /// the connection under its limit (transfers count as jobs).
-    fn id_free(&self, id: u64, max: usize) -> Result<(), Refusal> {
-        if self.jobs.contains_key(&id) || self.transfers.contains_key(&id) {
+    fn id_free(&mut self, id: u64, max: usize) -> Result<(), Refusal> {
+        // An `expect` holds its id until its ticket is spent.
+        let tickets = &self.shared.tickets;
+        self.expects.retain(|_, key| tickets.contains(key));
+        if self.jobs.contains_key(&id)
+            || self.transfers.contains_key(&id)
+            || self.expects.contains_key(&id)
+        {
             return Err(Refusal::new(
                 ErrorCode::DuplicateId,
                 format!("job {id} is running"),
             ));
         }
-        let running = self.jobs.len() + self.transfers.len();
+        let running = self.jobs.len() + self.transfers.len() + self.expects.len();
         if running >= max {
             return Err(Refusal::new(
                 ErrorCode::Busy,
@@ -1122,24 +1198,81 @@ impl Session {
         }
     }
 
-    fn admit_transfer(&mut self, req: transfer::Request) -> Result<(), Refusal> {
-        let id = req.id();
+    /// What every transfer and `expect` goes through: the identity judged
+    /// again, the id, the relay chain if any (§3.9), and the policy
+    /// ([`super::policy::Policy::check_files`]).
+    fn judge_files(
+        &mut self,
+        id: u64,
+        relay: &[Hop],
+    ) -> Result<(Arc<Restrictions>, transfer::FilesApproved), Refusal> {
         let live = self.shared.live();
         let restrictions = self.still_in().map_err(|why| {
             self.stop = Some("the identity is no longer accepted");
             Refusal::new(ErrorCode::AuthFailed, why)
         })?;
+        self.id_free(id, live.cfg.max_jobs_per_connection)?;
+        super::relay::check_hops(relay)?;
+        let proved_current = self.root_rule_at_auth
+            && self.proved.is_some()
+            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
+        let approved = live
+            .policy
+            .check_files(proved_current, &restrictions, !relay.is_empty())?;
+        Ok((restrictions, approved))
+    }
+
+    /// (§3.9) Registers a file another host of a relay chain will bring,
+    /// judged as a put of this connection's would be, and answers with
+    /// the ticket that host logs in with. The verdict comes, with this
+    /// id, when the file has arrived or failed.
+    fn expect(&mut self, e: ExpectRequest) -> Result<String, Refusal> {
+        let id = e.put.id;
+        if e.put.kind != EntryKind::File || e.put.base.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "expect: relays carry single files",
+            ));
+        }
+        if !(e.sha256.len() == 64 && e.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "expect: sha256 must be 64 hex digits",
+            ));
+        }
+        self.judge_files(id, &e.put.relay)?;
+        let ticket = Ticket::new(
+            id,
+            e.put,
+            e.sha256.to_ascii_lowercase(),
+            (*self.who).clone(),
+            self.judged_from,
+            self.tx.clone(),
+        );
+        let (text, key) = self.shared.tickets.issue(ticket).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::Busy,
+                "the server holds its maximum of relay tickets",
+            )
+        })?;
+        self.expects.insert(id, key);
+        Ok(text)
+    }
+
+    fn admit_transfer(&mut self, req: transfer::Request) -> Result<(), Refusal> {
+        let id = req.id();
+        let live = self.shared.live();
         let (Some(_), Some(output_window)) = (self.stdin_window, self.output_window) else {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 "file transfers need the windows of PROTOCOL.md §3.6 (window and output_window in auth)",
             ));
         };
-        self.id_free(id, live.cfg.max_jobs_per_connection)?;
-        let proved_current = self.root_rule_at_auth
-            && self.proved.is_some()
-            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
-        let approved = live.policy.check_files(proved_current, &restrictions)?;
+        let relay = match &req {
+            transfer::Request::Put(r) => r.relay.as_slice(),
+            _ => &[],
+        };
+        let (restrictions, approved) = self.judge_files(id, relay)?;
         let slot = self
             .shared
             .transfer_slots
@@ -1170,6 +1303,7 @@ impl Session {
             approved,
             live.cfg.transfer_window,
             output_window,
+            self.ticket.as_ref().map(|t| t.sha256.clone()),
             out,
             self.conn_cancel.child_token(),
         )
@@ -1220,8 +1354,35 @@ impl Session {
     /// first, so its id is free again, then its last frame.
     async fn transfer_finished(&mut self, f: transfer::Finished) {
         self.transfers.remove(&f.id);
-        if let Some(last) = f.last {
-            self.send(last).await;
+        let Some(last) = f.last else {
+            return;
+        };
+        // A relayed file's verdict goes to the client that expected it,
+        // under its `expect`'s id; the ticket is then spent. (An
+        // interrupted one keeps it: the host before may try again, or be
+        // passed over for another.)
+        let verdict = match (&self.ticket, &last) {
+            (Some(t), ServerMsg::Stored(s)) => Some((
+                t.clone(),
+                ServerMsg::Stored(Stored {
+                    id: t.expect_id,
+                    ..s.clone()
+                }),
+            )),
+            (Some(t), ServerMsg::Error { code, message, .. }) => Some((
+                t.clone(),
+                ServerMsg::error(Some(t.expect_id), *code, message.clone()),
+            )),
+            _ => None,
+        };
+        // The client hears first, so its verdict is on its way before the
+        // chain's end reaches it through the hosts.
+        if let Some((t, verdict)) = &verdict {
+            let _ = t.report.send(verdict.clone()).await;
+        }
+        self.send(last).await;
+        if let Some((t, _)) = verdict {
+            self.shared.tickets.withdraw(&t.key);
         }
     }
 
@@ -1336,8 +1497,12 @@ impl Session {
     async fn close(mut self, reason: Option<&'static str>) {
         self.conn_cancel.cancel();
         // Transfers end with their connection: a put keeps what arrived
-        // (for --resume), a get stops; their threads audit them.
+        // (for --resume), a get stops; their threads audit them. Tickets
+        // it had issued go too (the files they stood for arrive nowhere).
         self.transfers.clear();
+        for key in self.expects.values() {
+            self.shared.tickets.withdraw(key);
+        }
         let grace = self.shared.live().cfg.kill_grace;
         let mut kills: Vec<_> = self
             .lingering

@@ -46,8 +46,8 @@ use super::job::OutputWindow;
 use super::process::RunAs;
 use crate::proto::transfer::{
     Accepted, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta, GET_CHUNK,
-    GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Sent, Stored,
-    hash_prefix, hex, partial_name,
+    GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Relayed, Sent,
+    Stored, hash_prefix, hex, partial_name,
 };
 use crate::proto::{ErrorCode, ServerMsg};
 
@@ -210,12 +210,14 @@ impl Fail {
 
 /// Starts `req` on a thread of its own as the approved user. `put_window`
 /// is a `put`'s data window (`exec.transfer_window`); `output_window`
-/// paces a `get`'s or `list`'s frames.
+/// paces a `get`'s or `list`'s frames; `expected` is the SHA-256 a put
+/// brought with a relay ticket must have.
 pub fn start(
     req: Request,
     approved: FilesApproved,
     put_window: u64,
     output_window: u64,
+    expected: Option<String>,
     out: Out,
     cancel: CancellationToken,
 ) -> io::Result<Handle> {
@@ -241,6 +243,7 @@ pub fn start(
         charged: charged.clone(),
         window: window.clone(),
         get_chunk: get_chunk(output_window),
+        expected,
         cancel: cancel.clone(),
     };
     std::thread::Builder::new()
@@ -626,6 +629,8 @@ struct Task {
     window: Option<Arc<OutputWindow>>,
     /// Bytes a `get`'s `data` frame carries at most.
     get_chunk: usize,
+    /// (§3.9) the SHA-256 a relayed put must have, as its `expect` said.
+    expected: Option<String>,
     cancel: CancellationToken,
 }
 
@@ -737,12 +742,13 @@ impl Task {
         let existing = stat_at(&t.dir, &t.name)?;
         let mode = r.mode.unwrap_or(0o644) & 0o777;
         let mode = if r.preserve { mode } else { mode & !fs.umask };
-        let stored = |bytes, sha256, skipped, resumed_from| {
+        let stored = |bytes, sha256, skipped, resumed_from, relayed| {
             Some(ServerMsg::Stored(Stored {
                 id: self.id,
                 path: t.shown.clone(),
                 bytes,
                 sha256,
+                relayed,
                 skipped,
                 resumed_from,
             }))
@@ -767,7 +773,7 @@ impl Task {
                     }
                 }
                 record.outcome = "ok".into();
-                Ok(stored(0, None, false, 0))
+                Ok(stored(0, None, false, 0, Vec::new()))
             }
             EntryKind::Symlink => {
                 let target = r.target.as_deref().unwrap_or_default();
@@ -799,7 +805,7 @@ impl Task {
                     },
                 )?;
                 record.outcome = "ok".into();
-                Ok(stored(0, None, false, 0))
+                Ok(stored(0, None, false, 0, Vec::new()))
             }
             EntryKind::File => {
                 if existing.as_ref().map(kind_of) == Some(SFlag::S_IFDIR) {
@@ -811,8 +817,10 @@ impl Task {
                 let rx = rx.ok_or_else(|| Fail::new(ErrorCode::IoError, "no input"))?;
                 self.put_file(&t, &r, mode, existing, rx, record)
                     .map(|done| {
-                        done.map(|(bytes, sha, skipped, from)| stored(bytes, sha, skipped, from))
-                            .unwrap_or(None)
+                        done.map(|(bytes, sha, skipped, from, relayed)| {
+                            stored(bytes, sha, skipped, from, relayed)
+                        })
+                        .unwrap_or(None)
                     })
             }
         }
@@ -829,7 +837,7 @@ impl Task {
         existing: Option<FileStat>,
         rx: std::sync::mpsc::Receiver<PutInput>,
         record: &mut Record,
-    ) -> Result<Option<(u64, Option<String>, bool, u64)>, Fail> {
+    ) -> Result<Option<(u64, Option<String>, bool, u64, Vec<Relayed>)>, Fail> {
         let tmp = partial_name(&t.name);
         let file = open_partial(&t.dir, &tmp, &t.shown)?;
         let meta = file.metadata().map_err(|e| Fail::io(&e, &t.shown))?;
@@ -872,7 +880,12 @@ impl Task {
                 .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
         }
         let existing = match existing {
-            Some(st) if kind_of(&st) == SFlag::S_IFREG && st.st_size as u64 == r.size => {
+            // A relay host passes on what it writes: it writes it all.
+            Some(st)
+                if kind_of(&st) == SFlag::S_IFREG
+                    && st.st_size as u64 == r.size
+                    && r.relay.is_empty() =>
+            {
                 nix::fcntl::openat(
                     &t.dir,
                     t.name.as_str(),
@@ -888,6 +901,24 @@ impl Task {
                 })
             }
             _ => None,
+        };
+        // A relay host passes the file on as it arrives (§3.9), read back
+        // from the part file as `written` says it grows; stopped if this
+        // put fails, waited for if it succeeds.
+        let written = tokio::sync::watch::Sender::new(offset);
+        let forwarder = if r.relay.is_empty() {
+            None
+        } else {
+            let stop = self.cancel.child_token();
+            let copy = file.try_clone().map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+            let task = self.out.rt.spawn(crate::client::relay::forward(
+                r.clone(),
+                copy,
+                written.subscribe(),
+                r.relay.clone(),
+                stop.clone(),
+            ));
+            Some((task, stop.drop_guard()))
         };
         let accepted = ServerMsg::Accepted(Accepted {
             id: self.id,
@@ -954,6 +985,7 @@ impl Task {
                         .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                     hasher.update(&data);
                     at += data.len() as u64;
+                    written.send_replace(at);
                     record.bytes = at;
                     owed += cost;
                     if owed >= batch && !self.give_back(&mut owed) {
@@ -967,7 +999,7 @@ impl Task {
                             Some(e) if e.sha256 == d.sha256 => {
                                 record.outcome = "skipped".into();
                                 record.sha256 = Some(e.sha256.clone());
-                                Ok(Some((r.size, Some(e.sha256.clone()), true, 0)))
+                                Ok(Some((r.size, Some(e.sha256.clone()), true, 0, Vec::new())))
                             }
                             _ => Err(Fail::new(
                                 ErrorCode::HashMismatch,
@@ -982,12 +1014,15 @@ impl Task {
                         )));
                     }
                     let sha = hex(&hasher.finalize());
-                    if sha != d.sha256 {
+                    // A relayed file must be what the client said it is,
+                    // whatever the host that brought it claims.
+                    let want = self.expected.as_deref().unwrap_or(&d.sha256);
+                    if sha != d.sha256 || sha != want {
                         return Err(fail(Fail::new(
                             ErrorCode::HashMismatch,
                             format!(
-                                "{}: what arrived hashes to {sha}, not {}; nothing kept",
-                                t.shown, d.sha256
+                                "{}: what arrived hashes to {sha}, not {want}; nothing kept",
+                                t.shown
                             ),
                         )));
                     }
@@ -995,7 +1030,19 @@ impl Task {
                     record.bytes = at;
                     record.sha256 = Some(sha.clone());
                     record.outcome = "ok".into();
-                    return Ok(Some((at, Some(sha), false, resumed_from)));
+                    drop(written);
+                    // The hops after this one, before `stored`: the client
+                    // hears of the chain when it is done.
+                    let relayed = match forwarder {
+                        Some((task, _stop)) => self
+                            .out
+                            .rt
+                            .block_on(task)
+                            .map(|f| f.fared)
+                            .unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    return Ok(Some((at, Some(sha), false, resumed_from, relayed)));
                 }
             }
         }
