@@ -1345,3 +1345,301 @@ fn a_put_has_a_window_of_its_own() {
     });
     assert!(!dir.path().join("g").exists());
 }
+
+/// Servers with a root each and one token (the first's), for relays.
+fn relay_servers(roots: &[&Path], extra: &[&str]) -> Vec<ServeProcess> {
+    let servers: Vec<ServeProcess> = roots
+        .iter()
+        .map(|r| {
+            let mut args = vec!["--files-root", r.to_str().unwrap()];
+            args.extend(extra);
+            server(&args)
+        })
+        .collect();
+    for s in &servers[1..] {
+        std::fs::copy(servers[0].token_file(), s.token_file()).unwrap();
+        s.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(s.wait_log("configuration reloaded", 1), "{}", s.log());
+    }
+    servers
+}
+
+/// Issue 13, item 6: `put --hosts --relay` sends the file once; every
+/// host stores it (each passing it on as it arrives) and says so on the
+/// client's own connection; a host that cannot be reached is reported
+/// and the chain goes round it.
+#[test]
+fn a_relay_sends_the_file_once_to_every_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let roots: Vec<PathBuf> = (0..4).map(|i| home.join(format!("r{i}"))).collect();
+    for r in &roots {
+        std::fs::create_dir(r).unwrap();
+    }
+    let refs: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
+    let servers = relay_servers(&refs, &[]);
+    let (_hold, dead) = common::refusing_port();
+    let mut hosts: Vec<String> = servers
+        .iter()
+        .map(|s| s.addr("exec", Transport::Tcp))
+        .collect();
+    hosts.insert(1, format!("127.0.0.1:{dead}"));
+    let content = noise(3 << 20, 11);
+    std::fs::write(home.join("f"), &content).unwrap();
+    let out = run(
+        &servers[0],
+        home,
+        &[
+            "put",
+            "--json",
+            "--relay",
+            "--hosts",
+            &hosts.join(","),
+            home.join("f").to_str().unwrap(),
+            "f",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("5 hosts, 4 ok, 1 failed"),
+        "{}",
+        stderr(&out)
+    );
+    let recs = records(&out);
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    let sent: u64 = recs.iter().map(|r| r["sent"].as_u64().unwrap()).sum();
+    assert_eq!(sent, content.len() as u64, "the file left once: {recs:?}");
+    assert_eq!(recs[1]["ok"], false);
+    assert!(
+        recs[1]["message"].to_string().contains("refused"),
+        "{recs:?}"
+    );
+    for (r, s) in roots.iter().zip(&servers) {
+        assert_eq!(std::fs::read(r.join("f")).unwrap(), content);
+        assert!(partials(r).is_empty(), "{:?}", partials(r));
+        let puts = s.wait_audit(1, |a| {
+            a["audit"] == "transfer" && a["direction"] == "put" && a["outcome"] == "ok"
+        });
+        assert_eq!(puts.len(), 1, "{}", s.log());
+        assert_eq!(puts[0]["sha256"], sha(&content));
+    }
+}
+
+/// A host that fails half-way (its disk fills) is passed over: the host
+/// before it sends to the next one from the start, the failure is the
+/// failed host's own word, and it keeps nothing.
+#[test]
+fn a_relay_passes_over_a_host_that_fails() {
+    let Some(fs) = common::SmallTmpfs::mount("1m", "a_relay_passes_over_a_host_that_fails") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (r0, r2) = (home.join("r0"), home.join("r2"));
+    std::fs::create_dir(&r0).unwrap();
+    std::fs::create_dir(&r2).unwrap();
+    let servers = relay_servers(&[&r0, fs.path(), &r2], &[]);
+    let hosts: Vec<String> = servers
+        .iter()
+        .map(|s| s.addr("exec", Transport::Tcp))
+        .collect();
+    let content = noise(4 << 20, 12);
+    std::fs::write(home.join("f"), &content).unwrap();
+    let out = run(
+        &servers[0],
+        home,
+        &[
+            "put",
+            "--json",
+            "--relay",
+            "--hosts",
+            &hosts.join(","),
+            home.join("f").to_str().unwrap(),
+            "f",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs[0]["ok"], true, "{recs:?}");
+    assert_eq!(recs[1]["ok"], false, "{recs:?}");
+    assert!(
+        recs[1]["message"].to_string().contains("no_space"),
+        "{recs:?}"
+    );
+    assert_eq!(recs[2]["ok"], true, "{recs:?}");
+    assert_eq!(std::fs::read(r0.join("f")).unwrap(), content);
+    assert_eq!(std::fs::read(r2.join("f")).unwrap(), content);
+    assert!(!fs.path().join("f").exists());
+    assert!(partials(fs.path()).is_empty(), "{:?}", partials(fs.path()));
+}
+
+/// A relay ticket is good for the one file its `expect` fixed: the put
+/// it brings goes where the client said whatever it names, other bytes
+/// fail the client's hash (and the client hears so, under its own id),
+/// nothing else may be asked, and the ticket dies with the connection
+/// that had it issued.
+#[test]
+fn a_relay_ticket_brings_one_file_only() {
+    use switchboard::client::{ClientAuth, ExecClient};
+    use switchboard::proto::transfer::{EntryKind, PutRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let srv = server(&["--files-root", root.to_str().unwrap()]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
+    let rt = common::runtime();
+    rt.block_on(async {
+        let auth = ClientAuth {
+            window: true,
+            output_window: Some(1 << 20),
+            ..ClientAuth::token(token)
+        };
+        let mut owner = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let wanted = b"the expected bytes".to_vec();
+        let req = PutRequest {
+            id: 0,
+            path: "meant".into(),
+            base: None,
+            name: None,
+            kind: EntryKind::File,
+            size: wanted.len() as u64,
+            mode: Some(0o644),
+            mtime: None,
+            target: None,
+            many: false,
+            resume: false,
+            preserve: false,
+            relay: Vec::new(),
+        };
+        let (id, ticket) = owner.expect_file(req.clone(), &sha(&wanted)).await.unwrap();
+        let bring = ClientAuth::ticket(ticket.clone(), 1 << 20);
+
+        // Nothing but the one put.
+        let mut hop = ExecClient::connect(&addr, &bring, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let ran = hop.run("id").await;
+        assert!(format!("{ran:?}").contains("Forbidden"), "{ran:?}");
+
+        // Other bytes, under another name: they land nowhere.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"not the same bytes").unwrap();
+        let bad = PutRequest {
+            path: "elsewhere".into(),
+            size: 18,
+            ..req.clone()
+        };
+        let put = hop
+            .put_from(
+                bad,
+                std::fs::File::open(&other).unwrap(),
+                &other,
+                None,
+                None,
+            )
+            .await;
+        assert!(format!("{put:?}").contains("HashMismatch"), "{put:?}");
+        let verdict = owner.expected(id).await;
+        assert!(
+            format!("{verdict:?}").contains("HashMismatch"),
+            "{verdict:?}"
+        );
+        assert!(!root.join("elsewhere").exists() && !root.join("meant").exists());
+
+        // Spent: the ticket opens nothing now.
+        let again = ExecClient::connect(&addr, &bring, Duration::from_secs(5)).await;
+        assert!(format!("{:?}", again.err()).contains("AuthFailed"));
+
+        // A good one, brought under another name, lands where it was meant.
+        let (id, ticket) = owner.expect_file(req.clone(), &sha(&wanted)).await.unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, &wanted).unwrap();
+        let mut hop = ExecClient::connect(
+            &addr,
+            &ClientAuth::ticket(ticket, 1 << 20),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let named = PutRequest {
+            path: "elsewhere".into(),
+            ..req.clone()
+        };
+        hop.put_from(
+            named,
+            std::fs::File::open(&good).unwrap(),
+            &good,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        let stored = owner.expected(id).await.unwrap();
+        assert_eq!(stored.sha256.as_deref(), Some(sha(&wanted).as_str()));
+        assert_eq!(std::fs::read(root.join("meant")).unwrap(), wanted);
+        assert!(!root.join("elsewhere").exists());
+
+        // Its issuer gone, a ticket is gone.
+        let (_, ticket) = owner.expect_file(req.clone(), &sha(&wanted)).await.unwrap();
+        drop(owner);
+        let mut refused = false;
+        for _ in 0..50 {
+            let c = ExecClient::connect(
+                &addr,
+                &ClientAuth::ticket(ticket.clone(), 1 << 20),
+                Duration::from_secs(5),
+            )
+            .await;
+            if format!("{:?}", c.err()).contains("AuthFailed") {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "the ticket outlived its issuer");
+    });
+}
+
+/// Where exec is restricted, a host may not be made to connect to others:
+/// it is left out of the chain (`forbidden`), and the rest still get the
+/// file.
+#[test]
+fn relaying_is_off_where_exec_is_restricted() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (r0, r1) = (home.join("r0"), home.join("r1"));
+    std::fs::create_dir(&r0).unwrap();
+    std::fs::create_dir(&r1).unwrap();
+    let servers = relay_servers(&[&r0, &r1], &["--argv-only"]);
+    let hosts: Vec<String> = servers
+        .iter()
+        .map(|s| s.addr("exec", Transport::Tcp))
+        .collect();
+    std::fs::write(home.join("f"), b"relayed").unwrap();
+    let out = run(
+        &servers[0],
+        home,
+        &[
+            "put",
+            "--json",
+            "--relay",
+            "--hosts",
+            &hosts.join(","),
+            home.join("f").to_str().unwrap(),
+            "f",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs[0]["ok"], false, "{recs:?}");
+    assert!(
+        recs[0]["message"].to_string().contains("forbidden"),
+        "{recs:?}"
+    );
+    assert_eq!(recs[1]["ok"], true, "{recs:?}");
+    assert!(!r0.join("f").exists());
+    assert_eq!(std::fs::read(r1.join("f")).unwrap(), b"relayed");
+}
