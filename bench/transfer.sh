@@ -7,7 +7,8 @@
 #   bash bench/transfer.sh [SIZE_MIB] [RUNS]     (defaults: 1024 and 3)
 #
 # Then `put --hosts` of a FANOUT_MIB file (default 256) to 8 servers on
-# loopback, once: its time and the bytes the client sent.
+# loopback, once, and the same with `--relay`: their times and the bytes
+# the client sent.
 #
 # Installs iperf3 and openssh-server with apt-get when missing. Every
 # process started here is stopped by its PID on exit. Not run by CI.
@@ -134,6 +135,14 @@ t1=${EPOCHREALTIME/./}
 fan_secs=$(python3 -c "print(($t1 - $t0) / 1e6)")
 fan_sent=$(python3 -c "import json,sys; print(sum(json.loads(l)['sent'] for l in open(sys.argv[1])))" "$work/fan.jsonl")
 for i in $(seq 8); do cmp -s "$work/src/fan" "$work/fan$i/fan"; done
+# The same with --relay (a chain: each host passes the file on).
+for i in $(seq 8); do rm -f "$work/fan$i/fan"; done
+t0=${EPOCHREALTIME/./}
+"$sb" put --json --relay --hosts "$(IFS=,; echo "${hosts[*]}")" "$work/src/fan" "fan" >"$work/relay.jsonl"
+t1=${EPOCHREALTIME/./}
+relay_secs=$(python3 -c "print(($t1 - $t0) / 1e6)")
+relay_sent=$(python3 -c "import json,sys; print(sum(json.loads(l)['sent'] for l in open(sys.argv[1])))" "$work/relay.jsonl")
+for i in $(seq 8); do cmp -s "$work/src/fan" "$work/fan$i/fan"; done
 
 python3 - "$bytes" "$runs" <<PY
 import statistics, sys
@@ -153,4 +162,5 @@ for name, sb, scp, rss in rows:
     print(f"| {name} | {sb:,.0f} | {scp:,.0f} | {sb / iperf:.2f} | {sb / scp:.2f} | {rss / 1024:.1f} MiB |")
 fan_bytes = $fan_mib << 20
 print(f"put --hosts, 8 servers, {$fan_mib} MiB: {$fan_secs:.2f} s, client sent {$fan_sent / fan_bytes:.2f}x the file ({$fan_sent:,} bytes)")
+print(f"put --hosts --relay, the same: {$relay_secs:.2f} s, client sent {$relay_sent / fan_bytes:.2f}x the file ({$relay_sent:,} bytes)")
 PY
