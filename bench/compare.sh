@@ -153,6 +153,9 @@ for _ in $(seq "$runs"); do
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"label":"stream 64 KiB writes, 1 conn","peer":"iperf3","raw":{"mb_per_sec":d["end"]["sum_received"]["bits_per_second"]/8e6}}))' >>"$results" 2>/dev/null || true
 done
 
+# put and get of a 1 GiB file against scp and iperf3 (bench/transfer.sh).
+RESULTS="$results" bash bench/transfer.sh 1024 "$runs" >&2
+
 python3 - "$results" "$out_md" "$secs" "$runs" <<'PY'
 import json, statistics, sys, subprocess, platform
 path, out, secs, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]

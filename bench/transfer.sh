@@ -12,6 +12,8 @@
 #
 # Installs iperf3 and openssh-server with apt-get when missing. Every
 # process started here is stopped by its PID on exit. Not run by CI.
+# With RESULTS=FILE, each run is also appended to FILE as JSON lines
+# (bench/compare.sh's rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-1024}
@@ -163,4 +165,14 @@ for name, sb, scp, rss in rows:
 fan_bytes = $fan_mib << 20
 print(f"put --hosts, 8 servers, {$fan_mib} MiB: {$fan_secs:.2f} s, client sent {$fan_sent / fan_bytes:.2f}x the file ({$fan_sent:,} bytes)")
 print(f"put --hosts --relay, the same: {$relay_secs:.2f} s, client sent {$relay_sent / fan_bytes:.2f}x the file ({$relay_sent:,} bytes)")
+# For bench/compare.sh: every run as one JSON line, its rows beside the rest.
+import json, os
+if os.environ.get("RESULTS"):
+    with open(os.environ["RESULTS"], "a") as f:
+        for i in range(1, runs + 1):
+            for label, sb, scp in (("put", "put", "scpput"), ("get", "get", "scpget")):
+                for peer, v in (("switchboard", mbs(t[f"{sb},{i}"])), ("scp", mbs(t[f"{scp},{i}"])),
+                                ("iperf3", t[f"iperf,{i}"])):
+                    row = {"label": f"{label} of a {bytes_ >> 20} MiB file", "peer": peer, "raw": {"mb_per_sec": v}}
+                    f.write(json.dumps(row) + "\n")
 PY
