@@ -27,8 +27,11 @@ use crate::client::{ClientAuth, ExecClient};
 use crate::proto::transfer::{EntryKind, Hop, PutRequest, Stored, hash_prefix, hex};
 
 /// How long a host's verdict may lag behind the chain's end (they travel
-/// on different connections).
+/// on different connections; a host sends its verdict before it answers
+/// the host before it). A host the chain passed over may have none: it
+/// gets the short one.
 const VERDICT_GRACE: Duration = Duration::from_secs(5);
+const PASSED_OVER_GRACE: Duration = Duration::from_secs(1);
 
 /// One host of the chain as this side sees it.
 struct Host {
@@ -155,8 +158,8 @@ async fn run(
         forward(req, file, written, hops, cancel).await
     };
     drop(written_tx);
-    // Hosts the chain passed over say nothing: their reason is its.
-    let deadline = tokio::time::Instant::now() + VERDICT_GRACE;
+    // Hosts the chain passed over may say nothing: their reason is its.
+    let now = tokio::time::Instant::now();
     let mut verdicts = Vec::new();
     for (h, w) in chain.iter_mut().zip(waits) {
         let Some(w) = w else {
@@ -168,7 +171,12 @@ async fn run(
             .iter()
             .find(|f| f.addr == h.label && !f.ok)
             .and_then(|f| f.error.clone());
-        let v = match tokio::time::timeout_at(deadline, w).await {
+        let grace = if passed_over.is_some() {
+            PASSED_OVER_GRACE
+        } else {
+            VERDICT_GRACE
+        };
+        let v = match tokio::time::timeout_at(now + grace, w).await {
             Ok(Ok(v)) => Some(v),
             _ => {
                 h.error = Some(passed_over.unwrap_or_else(|| "no verdict from the host".into()));
