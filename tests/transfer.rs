@@ -569,18 +569,20 @@ fn a_full_disk_is_one_clear_error() {
     let addr = srv.addr("exec", Transport::Tcp);
     std::fs::write(home.join("big"), noise(2 << 20, 1)).unwrap();
     std::fs::write(home.join("small"), b"fits").unwrap();
-    let out = run(
-        &srv,
-        home,
-        &[
-            "put",
+    // `put|get --json ADDR HOME/BIG HOME/small FS`.
+    let copy = |cmd: &str, big: &str| {
+        let (big, small) = (home.join(big), home.join("small"));
+        let args = [
+            cmd,
             "--json",
             &addr,
-            home.join("big").to_str().unwrap(),
-            home.join("small").to_str().unwrap(),
+            big.to_str().unwrap(),
+            small.to_str().unwrap(),
             fs.path().to_str().unwrap(),
-        ],
-    );
+        ];
+        run(&srv, home, &args)
+    };
+    let out = copy("put", "big");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let recs = records(&out);
     assert_eq!(recs[0]["error"], "no_space", "{recs:?}");
@@ -594,18 +596,7 @@ fn a_full_disk_is_one_clear_error() {
     // so its record says `cancelled`; the next file still comes.
     std::fs::remove_file(fs.path().join("small")).unwrap();
     std::fs::write(home.join("huge"), noise(16 << 20, 2)).unwrap();
-    let out = run(
-        &srv,
-        home,
-        &[
-            "get",
-            "--json",
-            &addr,
-            home.join("huge").to_str().unwrap(),
-            home.join("small").to_str().unwrap(),
-            fs.path().to_str().unwrap(),
-        ],
-    );
+    let out = copy("get", "huge");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let recs = records(&out);
     assert_eq!(recs[0]["error"], "local", "{recs:?}");
@@ -712,7 +703,6 @@ fn transfers_run_as_the_job_user() {
 /// connection still answers.
 #[test]
 fn a_reader_that_stops_keeps_the_server_flat() {
-    use switchboard::client::{ClientAuth, ExecClient};
     use switchboard::proto::ClientMsg;
     use switchboard::proto::transfer::GetRequest;
     let dir = tempfile::tempdir().unwrap();
@@ -720,17 +710,9 @@ fn a_reader_that_stops_keeps_the_server_flat() {
     let addr = srv.addr("exec", Transport::Tcp);
     let big = dir.path().join("big");
     std::fs::write(&big, noise(200 << 20, 3)).unwrap();
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = common::runtime();
     rt.block_on(async {
-        let auth = ClientAuth {
-            window: true,
-            output_window: Some(1 << 20),
-            ..ClientAuth::token(token)
-        };
-        let mut c = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let mut c = windowed(&addr, &srv.token_file()).await;
         let before = srv.rss_kib();
         c.sender()
             .send(ClientMsg::Get(GetRequest {
@@ -792,6 +774,21 @@ fn a_keys_files_option_confines_its_transfers() {
     assert!(!home.join("f.sb-part").exists());
 }
 
+/// A client at `addr` with the token in `token`, keeping to windows as
+/// transfers need.
+async fn windowed(addr: &str, token: &Path) -> switchboard::client::ExecClient {
+    use switchboard::client::{ClientAuth, ExecClient};
+    let token = switchboard::secrets::read_token(token).unwrap();
+    let auth = ClientAuth {
+        window: true,
+        output_window: Some(1 << 20),
+        ..ClientAuth::token(token)
+    };
+    ExecClient::connect(addr, &auth, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
 /// A put stopped after `accepted`, for tests that act in the middle.
 async fn open_put(
     addr: &str,
@@ -802,19 +799,11 @@ async fn open_put(
     switchboard::client::ExecClient,
     switchboard::proto::transfer::Accepted,
 ) {
+    use switchboard::client::JobEvent;
     use switchboard::client::exec::TransferEvent;
-    use switchboard::client::{ClientAuth, ExecClient, JobEvent};
     use switchboard::proto::ClientMsg;
     use switchboard::proto::transfer::{EntryKind, PutRequest};
-    let token = switchboard::secrets::read_token(token).unwrap();
-    let auth = ClientAuth {
-        window: true,
-        output_window: Some(1 << 20),
-        ..ClientAuth::token(token)
-    };
-    let mut c = ExecClient::connect(addr, &auth, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let mut c = windowed(addr, token).await;
     c.sender()
         .send(ClientMsg::Put(PutRequest {
             id: 1,
@@ -1364,6 +1353,22 @@ fn relay_servers(roots: &[&Path], extra: &[&str]) -> Vec<ServeProcess> {
     servers
 }
 
+/// `put --json --relay --hosts HOSTS HOME/f f`, with the first server's
+/// token.
+fn relay_put(first: &ServeProcess, home: &Path, hosts: &[String]) -> std::process::Output {
+    let src = home.join("f");
+    let args = [
+        "put",
+        "--json",
+        "--relay",
+        "--hosts",
+        &hosts.join(","),
+        src.to_str().unwrap(),
+        "f",
+    ];
+    run(first, home, &args)
+}
+
 /// Issue 13, item 6: `put --hosts --relay` sends the file once; every
 /// host stores it (each passing it on as it arrives) and says so on the
 /// client's own connection; a host that cannot be reached is reported
@@ -1386,19 +1391,7 @@ fn a_relay_sends_the_file_once_to_every_host() {
     hosts.insert(1, format!("127.0.0.1:{dead}"));
     let content = noise(3 << 20, 11);
     std::fs::write(home.join("f"), &content).unwrap();
-    let out = run(
-        &servers[0],
-        home,
-        &[
-            "put",
-            "--json",
-            "--relay",
-            "--hosts",
-            &hosts.join(","),
-            home.join("f").to_str().unwrap(),
-            "f",
-        ],
-    );
+    let out = relay_put(&servers[0], home, &hosts);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("5 hosts, 4 ok, 1 failed"),
@@ -1445,19 +1438,7 @@ fn a_relay_passes_over_a_host_that_fails() {
         .collect();
     let content = noise(4 << 20, 12);
     std::fs::write(home.join("f"), &content).unwrap();
-    let out = run(
-        &servers[0],
-        home,
-        &[
-            "put",
-            "--json",
-            "--relay",
-            "--hosts",
-            &hosts.join(","),
-            home.join("f").to_str().unwrap(),
-            "f",
-        ],
-    );
+    let out = relay_put(&servers[0], home, &hosts);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let recs = records(&out);
     assert_eq!(recs[0]["ok"], true, "{recs:?}");
@@ -1487,17 +1468,9 @@ fn a_relay_ticket_brings_one_file_only() {
     std::fs::create_dir(&root).unwrap();
     let srv = server(&["--files-root", root.to_str().unwrap()]);
     let addr = srv.addr("exec", Transport::Tcp);
-    let token = switchboard::secrets::read_token(&srv.token_file()).unwrap();
     let rt = common::runtime();
     rt.block_on(async {
-        let auth = ClientAuth {
-            window: true,
-            output_window: Some(1 << 20),
-            ..ClientAuth::token(token)
-        };
-        let mut owner = ExecClient::connect(&addr, &auth, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let mut owner = windowed(&addr, &srv.token_file()).await;
         let wanted = b"the expected bytes".to_vec();
         let req = PutRequest {
             id: 0,
@@ -1619,19 +1592,7 @@ fn relaying_is_off_where_exec_is_restricted() {
         .map(|s| s.addr("exec", Transport::Tcp))
         .collect();
     std::fs::write(home.join("f"), b"relayed").unwrap();
-    let out = run(
-        &servers[0],
-        home,
-        &[
-            "put",
-            "--json",
-            "--relay",
-            "--hosts",
-            &hosts.join(","),
-            home.join("f").to_str().unwrap(),
-            "f",
-        ],
-    );
+    let out = relay_put(&servers[0], home, &hosts);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let recs = records(&out);
     assert_eq!(recs[0]["ok"], false, "{recs:?}");

@@ -620,6 +620,24 @@ impl ExecClient {
         }
     }
 
+    /// Sends `request` and takes a `ready` that proves nothing (a server
+    /// without authentication, a relay ticket's login).
+    async fn unproved_login(&mut self, request: AuthRequest) -> Result<(), ClientError> {
+        self.tx.send(ClientMsg::Auth(request)).await?;
+        match self.expect().await? {
+            ServerMsg::Ready {
+                stdin_window,
+                output_window,
+                ..
+            } => {
+                self.stdin_window = stdin_window;
+                self.output_window = output_window;
+                Ok(())
+            }
+            _ => Err(ClientError::Protocol("expected ready".into())),
+        }
+    }
+
     async fn handshake(&mut self, auth: &ClientAuth, site: &Site) -> Result<(), ClientError> {
         let ServerMsg::Hello {
             version,
@@ -647,24 +665,11 @@ impl ExecClient {
         // A relay hop: the ticket is the whole proof (the host that issued
         // it checks the file's hash, whoever brings it).
         if let Some(ticket) = &auth.ticket {
-            self.tx
-                .send(ClientMsg::Auth(AuthRequest {
-                    ticket: Some(ticket.clone()),
-                    ..request
-                }))
-                .await?;
-            return match self.expect().await? {
-                ServerMsg::Ready {
-                    stdin_window,
-                    output_window,
-                    ..
-                } => {
-                    self.stdin_window = stdin_window;
-                    self.output_window = output_window;
-                    Ok(())
-                }
-                _ => Err(ClientError::Protocol("expected ready".into())),
+            let request = AuthRequest {
+                ticket: Some(ticket.clone()),
+                ..request
             };
+            return self.unproved_login(request).await;
         }
         if method == "none" {
             if !auth.allow_unauthenticated {
@@ -673,19 +678,7 @@ impl ExecClient {
                         .into(),
                 ));
             }
-            self.tx.send(ClientMsg::Auth(request)).await?;
-            return match self.expect().await? {
-                ServerMsg::Ready {
-                    stdin_window,
-                    output_window,
-                    ..
-                } => {
-                    self.stdin_window = stdin_window;
-                    self.output_window = output_window;
-                    Ok(())
-                }
-                _ => Err(ClientError::Protocol("expected ready".into())),
-            };
+            return self.unproved_login(request).await;
         }
         if !offers("hmac-sha256") && !offers("publickey") {
             return Err(ClientError::Protocol(format!(
