@@ -1555,9 +1555,41 @@ fn a_relay_ticket_brings_one_file_only() {
         assert_eq!(std::fs::read(root.join("meant")).unwrap(), wanted);
         assert!(!root.join("elsewhere").exists());
 
-        // Its issuer gone, a ticket is gone.
+        // One connection at a time brings it: a second login with the
+        // same ticket closes the first, found by attack: several held
+        // open could each store the file once, long after.
         let (_, ticket) = owner.expect_file(req.clone(), &sha(&wanted)).await.unwrap();
+        let bring = ClientAuth::ticket(ticket.clone(), 1 << 20);
+        let mut first = ExecClient::connect(&addr, &bring, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut second = ExecClient::connect(&addr, &bring, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let late = first
+            .put_from(
+                req.clone(),
+                std::fs::File::open(&good).unwrap(),
+                &good,
+                None,
+                None,
+            )
+            .await;
+        assert!(late.is_err(), "the first holder still put: {late:?}");
+
+        // Its issuer gone, a ticket is gone, and so is a connection that
+        // logged in with it before.
         drop(owner);
+        let late = second
+            .put_from(
+                req.clone(),
+                std::fs::File::open(&good).unwrap(),
+                &good,
+                None,
+                None,
+            )
+            .await;
+        assert!(late.is_err(), "a holder outlived the issuer: {late:?}");
         let mut refused = false;
         for _ in 0..50 {
             let c = ExecClient::connect(
@@ -1603,4 +1635,125 @@ fn relaying_is_off_where_exec_is_restricted() {
     assert_eq!(recs[1]["ok"], true, "{recs:?}");
     assert!(!r0.join("f").exists());
     assert_eq!(std::fs::read(r1.join("f")).unwrap(), b"relayed");
+}
+
+/// A hop that logs in, takes the put and then stops (hung, or hostile) is
+/// passed over once it has shown no sign of life for 30 s, and the next
+/// host gets the file (found by attack: the chain waited forever). Here
+/// the stalled hop is a fake server on loopback; the chain's start is
+/// this test, through the client library.
+#[test]
+fn a_relay_passes_over_a_hop_that_stalls() {
+    use serde_json::json;
+    use switchboard::client::relay::forward;
+    use switchboard::proto::transfer::{EntryKind, Hop, PutRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r3) = (dir.path().join("r1"), dir.path().join("r3"));
+    std::fs::create_dir(&r1).unwrap();
+    std::fs::create_dir(&r3).unwrap();
+    let servers = relay_servers(&[&r1, &r3], &[]);
+    let (a1, a3) = (
+        servers[0].addr("exec", Transport::Tcp),
+        servers[1].addr("exec", Transport::Tcp),
+    );
+    let content = noise(8 << 20, 13);
+    let src = dir.path().join("f");
+    std::fs::write(&src, &content).unwrap();
+    let rt = common::runtime();
+    rt.block_on(async {
+        // The fake hop: hello, ready, accepted, then nothing read again.
+        let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake_addr = fake.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (mut s, _) = fake.accept().await.unwrap();
+            let hello = json!({"type":"hello","version":1,"server":"fake","auth":"hmac-sha256",
+                "nonce":"cd".repeat(32)});
+            common::raw::send(&mut s, hello, b"").await;
+            let (auth, _) = common::raw::recv(&mut s).await.unwrap();
+            assert!(auth["ticket"].is_string(), "{auth}");
+            common::raw::send(
+                &mut s,
+                json!({"type":"ready","window":{"stdin":262144,"output":1048576}}),
+                b"",
+            )
+            .await;
+            let (put, _) = common::raw::recv(&mut s).await.unwrap();
+            let accepted =
+                json!({"type":"accepted","id":put["id"],"path":"f","offset":0,"window":1048576});
+            common::raw::send(&mut s, accepted, b"").await;
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            drop(s);
+        });
+        let req = PutRequest {
+            id: 0,
+            path: "f".into(),
+            base: None,
+            name: None,
+            kind: EntryKind::File,
+            size: content.len() as u64,
+            mode: Some(0o644),
+            mtime: None,
+            target: None,
+            many: false,
+            resume: false,
+            preserve: false,
+            relay: Vec::new(),
+        };
+        let mut c3 = windowed(&a3, &servers[0].token_file()).await;
+        let (id3, t3) = c3.expect_file(req.clone(), &sha(&content)).await.unwrap();
+        let after_first = vec![
+            Hop {
+                addr: fake_addr.clone(),
+                ticket: "ef".repeat(32),
+            },
+            Hop {
+                addr: a3.clone(),
+                ticket: t3,
+            },
+        ];
+        let mut c1 = windowed(&a1, &servers[0].token_file()).await;
+        let first = PutRequest {
+            relay: after_first,
+            ..req.clone()
+        };
+        let (id1, t1) = c1.expect_file(first, &sha(&content)).await.unwrap();
+        let (_keep, written) = tokio::sync::watch::channel(content.len() as u64);
+        let done = forward(
+            req,
+            std::fs::File::open(&src).unwrap(),
+            written,
+            vec![Hop {
+                addr: a1.clone(),
+                ticket: t1,
+            }],
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(done.sent, content.len() as u64);
+        let fared: Vec<_> = done.fared.iter().map(|f| (f.addr.as_str(), f.ok)).collect();
+        assert_eq!(
+            fared,
+            [
+                (a1.as_str(), true),
+                (fake_addr.as_str(), false),
+                (a3.as_str(), true)
+            ],
+            "{:?}",
+            done.fared
+        );
+        assert!(
+            done.fared[1]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("no sign of life"),
+            "{:?}",
+            done.fared
+        );
+        assert_eq!(c1.expected(id1).await.unwrap().bytes, content.len() as u64);
+        assert_eq!(c3.expected(id3).await.unwrap().bytes, content.len() as u64);
+        held.abort();
+    });
+    assert_eq!(std::fs::read(r1.join("f")).unwrap(), content);
+    assert_eq!(std::fs::read(r3.join("f")).unwrap(), content);
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientAuth, ExecClient};
-use crate::proto::transfer::{Hop, PutRequest, Relayed};
+use crate::proto::transfer::{Hop, PutRequest, RELAY_STALL, Relayed};
 
 /// How long a hop has to answer the connection and the login.
 const HOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,14 +107,38 @@ async fn to_hop(
         .await
         .map_err(|e| (0, e.to_string()))?;
     let name = PathBuf::from(&put.path);
-    // Sent from 0 (no resume for a growing file): the progress is the count.
+    let size = put.size;
+    // Sent from 0 (no resume for a growing file): the progress is the
+    // count, and each call a sign of the hop's life.
     let sent = AtomicU64::new(0);
+    let start = tokio::time::Instant::now();
+    let alive = AtomicU64::new(0);
+    let ms = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let seen = |at: u64, _| {
         sent.fetch_max(at, Ordering::Relaxed);
+        alive.store(ms(), Ordering::Relaxed);
     };
-    let put = c
-        .put_from(put, file, &name, Some(written), Some(&seen))
-        .await
-        .map_err(|e| (sent.load(Ordering::Relaxed), e.to_string()))?;
+    let sending = c.put_from(put, file, &name, Some(written.clone()), Some(&seen));
+    // A hop that stops taking data, or goes silent once it has it all, is
+    // passed over; waiting for this host's own input is not its fault.
+    let stalled = async {
+        let stall = u64::try_from(RELAY_STALL.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let have = *written.borrow();
+            if have <= sent.load(Ordering::Relaxed) && have < size {
+                alive.store(ms(), Ordering::Relaxed);
+            } else if ms().saturating_sub(alive.load(Ordering::Relaxed)) > stall {
+                return;
+            }
+        }
+    };
+    let put = tokio::select! {
+        r = sending => r.map_err(|e| (sent.load(Ordering::Relaxed), e.to_string()))?,
+        () = stalled => {
+            let why = format!("no sign of life for {RELAY_STALL:?}: passed over");
+            return Err((sent.load(Ordering::Relaxed), why));
+        }
+    };
     Ok((put.sent, put.stored.relayed))
 }

@@ -132,7 +132,7 @@ impl ExecClient {
                         skip: true,
                     }))
                     .await?;
-                return self.stored(id, 0).await;
+                return self.stored(id, 0, None).await;
             }
         }
         // Go on from what an interrupted put left, if it is our prefix.
@@ -237,7 +237,9 @@ impl ExecClient {
                 skip: false,
             }))
             .await?;
-        let put = self.stored(id, sent).await?;
+        let put = self
+            .stored(id, sent, progress.map(|p| (p, req.size)))
+            .await?;
         if put.stored.sha256.as_deref() != Some(sha256.as_str()) {
             return Err(ClientError::Job {
                 code: ErrorCode::HashMismatch,
@@ -258,11 +260,22 @@ impl ExecClient {
         let _ = self.sender().send(ClientMsg::Cancel { id }).await;
     }
 
-    /// Waits for a put's `stored`, taking the windows still coming back.
-    async fn stored(&mut self, id: u64, sent: u64) -> Result<Put, ClientError> {
+    /// Waits for a put's `stored`, taking the windows still coming back
+    /// (each told to `progress` as a sign of life: a relay host sends them
+    /// while the hosts after it work, §3.9).
+    async fn stored(
+        &mut self,
+        id: u64,
+        sent: u64,
+        progress: Option<(&Progress<'_>, u64)>,
+    ) -> Result<Put, ClientError> {
         loop {
             match self.transfer_event(id).await? {
-                JobEvent::Window { .. } => {}
+                JobEvent::Window { .. } => {
+                    if let Some((p, size)) = progress {
+                        p(size, size);
+                    }
+                }
                 JobEvent::Transfer(TransferEvent::Stored(stored)) => {
                     return Ok(Put { stored, sent });
                 }

@@ -100,6 +100,16 @@ pub struct ExpectRequest {
     pub sha256: String,
 }
 
+/// How often a relay host that has all of a file, and waits for the hosts
+/// after it, tells the host before it that it is alive (`window` giving
+/// back 0): a long chain is then told from a hung host.
+pub const RELAY_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a relay hop may go without a sign of life (taking data,
+/// giving window back, a heartbeat, its answer) while it has something to
+/// do before it is passed over.
+pub const RELAY_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Hosts one relay chain holds at most (each host holds the tickets of
 /// those after it, to go round any that fail).
 pub const MAX_RELAY_HOPS: usize = 256;

@@ -728,9 +728,12 @@ impl Session {
         let mut last_activity = Instant::now();
         // (frames decoded so far, when the current partial frame was first seen)
         let mut partial: Option<(u64, Instant)> = None;
+        // Ended from outside: a relay ticket taken over or withdrawn.
+        let ended = self.conn_cancel.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                () = ended.cancelled() => return,
                 // A key removed, revoked or expired closes its connections
                 // (and their jobs) at the reload that says so.
                 Ok(()) = reloads.changed() => {
@@ -877,7 +880,9 @@ impl Session {
         // as the ticket's `expect` gave it, whatever this one says.
         let msg = match (&self.ticket, msg) {
             (None, msg) => msg,
-            (Some(t), ClientMsg::Put(r)) if !self.ticket_used => {
+            (Some(t), ClientMsg::Put(r))
+                if !self.ticket_used && self.shared.tickets.contains(&t.key) =>
+            {
                 self.ticket_used = true;
                 ClientMsg::Put(PutRequest {
                     id: r.id,

@@ -27,6 +27,7 @@
 //! rename, with a complete file whose SHA-256 both sides agree on.
 
 use std::io;
+use std::time::Duration;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -46,8 +47,8 @@ use super::job::OutputWindow;
 use super::process::RunAs;
 use crate::proto::transfer::{
     Accepted, DoneRequest, ENTRIES_CHUNK, Entry, EntryKind, Existing, FileMeta, GET_CHUNK,
-    GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, Relayed, Sent,
-    Stored, hash_prefix, hex, partial_name,
+    GetRequest, ListRequest, Listed, MAX_LIST_DEPTH, MAX_LIST_ENTRIES, PutRequest, RELAY_HEARTBEAT,
+    Relayed, Sent, Stored, hash_prefix, hex, partial_name,
 };
 use crate::proto::{ErrorCode, ServerMsg};
 
@@ -299,6 +300,10 @@ pub fn start(
         cancel,
     })
 }
+
+/// How long a relayed put waits for the connection it took over to let go
+/// of the file.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A `get`'s frames: [`GET_CHUNK`], or a quarter of a small output window,
 /// so that several are in flight (the window holds whole frames only).
@@ -841,14 +846,31 @@ impl Task {
         let tmp = partial_name(&t.name);
         let file = open_partial(&t.dir, &tmp, &t.shown)?;
         let meta = file.metadata().map_err(|e| Fail::io(&e, &t.shown))?;
-        // One transfer per destination at a time.
-        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| {
-                Fail::new(
-                    ErrorCode::Exists,
-                    format!("{}: another transfer is writing it", t.shown),
-                )
-            })?;
+        // One transfer per destination at a time. A relayed put waits a
+        // little: the connection it took the ticket over from (§3.9) is
+        // being closed, and its thread lets go of the file.
+        let wait = if self.expected.is_some() {
+            TAKEOVER_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let deadline = std::time::Instant::now() + wait;
+        let mut file = file;
+        let file = loop {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((back, _)) if std::time::Instant::now() < deadline => {
+                    file = back;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => {
+                    return Err(Fail::new(
+                        ErrorCode::Exists,
+                        format!("{}: another transfer is writing it", t.shown),
+                    ));
+                }
+            }
+        };
         let remove = || {
             let _ = nix::unistd::unlinkat(
                 &t.dir,
@@ -1034,15 +1056,40 @@ impl Task {
                     // The hops after this one, before `stored`: the client
                     // hears of the chain when it is done.
                     let relayed = match forwarder {
-                        Some((task, _stop)) => self
-                            .out
-                            .rt
-                            .block_on(task)
-                            .map(|f| f.fared)
-                            .unwrap_or_default(),
+                        Some((task, _stop)) => match self.await_hops(task) {
+                            Some(fared) => fared,
+                            None => return Ok(None),
+                        },
                         None => Vec::new(),
                     };
                     return Ok(Some((at, Some(sha), false, resumed_from, relayed)));
+                }
+            }
+        }
+    }
+
+    /// Waits for a relay's hops, telling the host before this one it is
+    /// alive every [`RELAY_HEARTBEAT`] (`window` giving back 0) meanwhile;
+    /// `None` once the connection is gone.
+    fn await_hops(
+        &self,
+        mut task: tokio::task::JoinHandle<crate::client::relay::Forwarded>,
+    ) -> Option<Vec<Relayed>> {
+        loop {
+            let waited = self
+                .out
+                .rt
+                .block_on(async { tokio::time::timeout(RELAY_HEARTBEAT, &mut task).await });
+            match waited {
+                Ok(done) => return Some(done.map(|f| f.fared).unwrap_or_default()),
+                Err(_) => {
+                    let alive = ServerMsg::Window {
+                        id: self.id,
+                        stdin: 0,
+                    };
+                    if !self.send(alive) {
+                        return None;
+                    }
                 }
             }
         }
