@@ -56,7 +56,7 @@ pub async fn forward(
             ..template.clone()
         };
         let tried = tokio::select! {
-            r = to_hop(hop, put, file, written.clone()) => r,
+            r = to_hop(hop, put, file, written.clone(), hops.len() - i - 1) => r,
             () = cancel.cancelled() => return done,
         };
         match tried {
@@ -94,12 +94,13 @@ pub async fn forward(
 }
 
 /// One hop: log in with its ticket, send the file as it grows; the bytes
-/// sent, and what it said of the hops after it.
+/// sent, and what it said of the hops after it (`after` of them at most).
 async fn to_hop(
     hop: &Hop,
     put: PutRequest,
     file: std::fs::File,
     written: tokio::sync::watch::Receiver<u64>,
+    after: usize,
 ) -> Result<(u64, Vec<Relayed>), (u64, String)> {
     let auth = ClientAuth::ticket(hop.ticket.clone(), HOP_OUTPUT_WINDOW);
     let addr = hop.addr.strip_prefix("tcp://").unwrap_or(&hop.addr);
@@ -121,15 +122,27 @@ async fn to_hop(
     let sending = c.put_from(put, file, &name, Some(written.clone()), Some(&seen));
     // A hop that stops taking data, or goes silent once it has it all, is
     // passed over; waiting for this host's own input is not its fault.
+    // Once it has it all, its heartbeats keep it only so long: each host
+    // after it may take a stall and a resend of the whole file (found by
+    // attack: a hop that heartbeats forever held the chain).
+    let stall = u64::try_from(RELAY_STALL.as_millis()).unwrap_or(u64::MAX);
     let stalled = async {
-        let stall = u64::try_from(RELAY_STALL.as_millis()).unwrap_or(u64::MAX);
+        let mut all_sent_at = None;
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let have = *written.borrow();
-            if have <= sent.load(Ordering::Relaxed) && have < size {
-                alive.store(ms(), Ordering::Relaxed);
-            } else if ms().saturating_sub(alive.load(Ordering::Relaxed)) > stall {
+            let (have, now) = (*written.borrow(), ms());
+            let took = sent.load(Ordering::Relaxed);
+            if have <= took && have < size {
+                alive.store(now, Ordering::Relaxed);
+            } else if now.saturating_sub(alive.load(Ordering::Relaxed)) > stall {
                 return;
+            }
+            if took >= size {
+                let at = *all_sent_at.get_or_insert(now);
+                let rest = (after as u64 + 1).saturating_mul(stall.saturating_add(2 * at));
+                if now.saturating_sub(at) > stall.saturating_add(rest) {
+                    return;
+                }
             }
         }
     };

@@ -27,13 +27,13 @@
 //! rename, with a complete file whose SHA-256 both sides agree on.
 
 use std::io;
-use std::time::Duration;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -1039,11 +1039,12 @@ impl Task {
                     // A relayed file must be what the client said it is,
                     // whatever the host that brought it claims.
                     let want = self.expected.as_deref().unwrap_or(&d.sha256);
-                    if sha != d.sha256 || sha != want {
+                    let other = if sha == d.sha256 { want } else { &d.sha256 };
+                    if sha != other {
                         return Err(fail(Fail::new(
                             ErrorCode::HashMismatch,
                             format!(
-                                "{}: what arrived hashes to {sha}, not {want}; nothing kept",
+                                "{}: what arrived hashes to {sha}, not {other}; nothing kept",
                                 t.shown
                             ),
                         )));
