@@ -29,15 +29,7 @@ cargo build --release -q
 cargo build --release -q --examples
 sb=$PWD/target/release/switchboard
 ex=$PWD/target/release/examples
-work=$(mktemp -d)
-export HOME=$work XDG_CONFIG_HOME=$work/.config
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
 [ -n "${COMPARE_DEBUG:-}" ] && trap 'cp "$work"/*.err "$work"/results.jsonl /tmp/cmpdebug/ 2>/dev/null; cleanup' EXIT
 
 # start NAME CMD...: runs a server in the background, remembers its PID.
@@ -63,24 +55,8 @@ start pythreaded python3 bench/peers/tutorial_server.py "$p_pyt" --threaded
 start socat socat "TCP-LISTEN:$p_socat,fork,reuseaddr,bind=127.0.0.1" EXEC:"stdbuf -o0 tr a-z A-Z"
 start ncat ncat -k -l 127.0.0.1 "$p_ncat" --sh-exec "stdbuf -o0 tr a-z A-Z"
 start iperf iperf3 -s -B 127.0.0.1 -p "$p_iperf"
-# A throwaway sshd on a loopback high port: its own host key, one client
-# key, /bin/sh as the user's shell (root here), nothing from /etc/ssh.
-ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N "" -f "$work/client_key"
-cp "$work/client_key.pub" "$work/authorized_keys"
-cat >"$work/sshd_config" <<CFG
-Port $p_ssh
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-AuthorizedKeysFile $work/authorized_keys
-PidFile $work/sshd.pid
-PermitRootLogin yes
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-CFG
-mkdir -p /run/sshd
-start sshd /usr/sbin/sshd -D -e -f "$work/sshd_config"
+# A throwaway sshd on a loopback high port (bench/lib.sh).
+throwaway_sshd "$p_ssh"
 ssh_opts=(-p "$p_ssh" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
 ssh_cm=(-o ControlMaster=auto -o "ControlPath=$work/cm-%r@%h:%p" -o ControlPersist=120)

@@ -7,17 +7,10 @@
 #   bash bench/transfer-ab.sh OLD_BINARY NEW_BINARY [SIZE_MIB] [RUNS]   (512, 9)
 set -euo pipefail
 a=$(realpath "$1") b=$(realpath "$2")
+cd "$(dirname "$0")/.."
 mib=${3:-512}
 runs=${4:-9}
-work=$(mktemp -d)
-export HOME=$work XDG_CONFIG_HOME=$work/.config
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
 mkdir -p "$work/up" "$work/down"
 head -c "$((mib << 20))" /dev/urandom >"$work/file"
 "$a" serve -q --allow-root --echo none --time none --exec tcp://127.0.0.1:19221 >/dev/null 2>&1 &

@@ -28,15 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -q
 sb=$PWD/target/release/switchboard
-work=$(mktemp -d)
-export HOME=$work XDG_CONFIG_HOME=$work/.config
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
 
 p_sb=19201 p_iperf=19202 p_ssh=19203
 "$sb" serve -q --allow-root --echo none --time none --exec "tcp://127.0.0.1:$p_sb" \
@@ -45,25 +37,8 @@ pids+=($!)
 sb_pid=$!
 iperf3 -s -B 127.0.0.1 -p "$p_iperf" >/dev/null 2>&1 &
 pids+=($!)
-ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N "" -f "$work/client_key"
-cp "$work/client_key.pub" "$work/authorized_keys"
-cat >"$work/sshd_config" <<CFG
-Port $p_ssh
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-AuthorizedKeysFile $work/authorized_keys
-PidFile $work/sshd.pid
-PermitRootLogin yes
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-Subsystem sftp internal-sftp
-CFG
-mkdir -p /run/sshd
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.err" &
-pids+=($!)
-sleep 1
+throwaway_sshd "$p_ssh"
+sleep 0.5
 scp_opts=(-P "$p_ssh" -i "$work/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
 

@@ -819,6 +819,28 @@ impl Session {
         }
     }
 
+    /// What every job, transfer and `expect` passes first: the identity
+    /// judged again (not accepted any more: the connection ends) and the
+    /// id free under the connection's limit.
+    fn admit_id(&mut self, id: u64, live: &super::Live) -> Result<Arc<Restrictions>, Refusal> {
+        let restrictions = self.still_in().map_err(|why| {
+            self.stop = Some("the identity is no longer accepted");
+            Refusal::new(ErrorCode::AuthFailed, why)
+        })?;
+        self.id_free(id, live.cfg.max_jobs_per_connection)?;
+        Ok(restrictions)
+    }
+
+    /// Whether root by the exposure rule still holds for this connection:
+    /// allowed when it authenticated, and the token it proved still the
+    /// one in force (a token replaced by a reload, rotated because it
+    /// leaked, takes root away from its holders).
+    fn proved_current(&self, live: &super::Live) -> bool {
+        self.root_rule_at_auth
+            && self.proved.is_some()
+            && self.proved == live.credentials.token.as_ref().map(|t| t.digest())
+    }
+
     /// What this connection's identity may do now: the credentials as
     /// they are now judge it as at its handshake. `Err` (the key was
     /// removed, revoked or has expired; its kind of login was turned off)
@@ -999,7 +1021,7 @@ impl Session {
             ClientMsg::Put(r) => self.start_transfer(transfer::Request::Put(r)).await,
             ClientMsg::Expect(e) => {
                 let id = e.put.id;
-                let answer = match self.expect(e) {
+                let answer = match self.issue_ticket(e) {
                     Ok(ticket) => ServerMsg::Ticket { id, ticket },
                     Err(r) => ServerMsg::error(Some(id), r.code, r.message),
                 };
@@ -1099,11 +1121,7 @@ impl Session {
     fn judge(&mut self, req: ExecRequest) -> Result<Admission, Refusal> {
         let id = req.id;
         let live = self.shared.live();
-        let restrictions = self.still_in().map_err(|why| {
-            self.stop = Some("the identity is no longer accepted");
-            Refusal::new(ErrorCode::AuthFailed, why)
-        })?;
-        self.id_free(id, live.cfg.max_jobs_per_connection)?;
+        let restrictions = self.admit_id(id, &live)?;
         let slot = self
             .shared
             .job_slots
@@ -1113,13 +1131,9 @@ impl Session {
                 Refusal::new(ErrorCode::Busy, "the server is running its maximum of jobs")
             })?;
         // The policy hands back exactly what is to run (argv[0] resolved).
-        // Root by the exposure rule also needs the token this connection
-        // proved to be the one in force: a token replaced by a reload
-        // (rotated because it leaked) takes root away from its holders.
-        let proved_current = self.root_rule_at_auth
-            && self.proved.is_some()
-            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
-        let approved = live.policy.check(&req, proved_current, &restrictions)?;
+        let approved = live
+            .policy
+            .check(&req, self.proved_current(&live), &restrictions)?;
         let spec = job::spec(&approved, &req, &live)?;
         let identity_slot = self.identity_job(&restrictions)?;
         let timeout = match req.timeout_ms {
@@ -1212,18 +1226,13 @@ impl Session {
         relay: &[Hop],
     ) -> Result<(Arc<Restrictions>, transfer::FilesApproved), Refusal> {
         let live = self.shared.live();
-        let restrictions = self.still_in().map_err(|why| {
-            self.stop = Some("the identity is no longer accepted");
-            Refusal::new(ErrorCode::AuthFailed, why)
-        })?;
-        self.id_free(id, live.cfg.max_jobs_per_connection)?;
+        let restrictions = self.admit_id(id, &live)?;
         super::relay::check_hops(relay)?;
-        let proved_current = self.root_rule_at_auth
-            && self.proved.is_some()
-            && self.proved == live.credentials.token.as_ref().map(|t| t.digest());
-        let approved = live
-            .policy
-            .check_files(proved_current, &restrictions, !relay.is_empty())?;
+        let approved = live.policy.check_files(
+            self.proved_current(&live),
+            &restrictions,
+            !relay.is_empty(),
+        )?;
         Ok((restrictions, approved))
     }
 
@@ -1231,7 +1240,7 @@ impl Session {
     /// judged as a put of this connection's would be, and answers with
     /// the ticket that host logs in with. The verdict comes, with this
     /// id, when the file has arrived or failed.
-    fn expect(&mut self, e: ExpectRequest) -> Result<String, Refusal> {
+    fn issue_ticket(&mut self, e: ExpectRequest) -> Result<String, Refusal> {
         let id = e.put.id;
         if e.put.kind != EntryKind::File || e.put.base.is_some() {
             return Err(Refusal::new(
