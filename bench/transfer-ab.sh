@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Two builds side by side: `put` then `get` of one file with build A, then
-# with build B, alternating, RUNS rounds; medians and min-max of each.
+# Two builds side by side: `put` then `get` of one file (the source, in
+# the page cache, for both) with build A, then with build B, alternating,
+# RUNS rounds; medians and min-max of each.
 # Each build serves itself on loopback (exec only, as root, no auth
 # settings beyond the default token). Not run by CI.
 #
@@ -28,7 +29,7 @@ for _ in $(seq "$runs"); do
     IFS=: read -r name bin port <<<"$side"
     rm -f "$work/up/file" "$work/down/file"
     echo "$name put $(timed "$bin" put "127.0.0.1:$port" "$work/file" "$work/up/")"
-    echo "$name get $(timed "$bin" get "127.0.0.1:$port" "$work/up/file" "$work/down/")"
+    echo "$name get $(timed "$bin" get "127.0.0.1:$port" "$work/file" "$work/down/")"
     cmp -s "$work/file" "$work/down/file"
   done
 done >"$work/times"

@@ -81,13 +81,16 @@ for i in $(seq "$runs"); do
   cmp -s "$work/src/file" "$work/up/file"
   base=$(rss "$sb_pid")
   t0=${EPOCHREALTIME/./}
-  peak=$(peak_while "$sb_pid" "$sb" get "127.0.0.1:$p_sb" "$work/up/file" "$work/down/")
+  # Both gets fetch the source file, which every run has in the page
+  # cache: a put written past the cache (O_DIRECT) would otherwise make
+  # switchboard's get read the disk and scp's read memory.
+  peak=$(peak_while "$sb_pid" "$sb" get "127.0.0.1:$p_sb" "$work/src/file" "$work/down/")
   t1=${EPOCHREALTIME/./}
   t[get,$i]=$(python3 -c "print(($t1 - $t0) / 1e6)")
   t[getrss,$i]=$((peak - base))
   cmp -s "$work/src/file" "$work/down/file"
   t[scpput,$i]=$(timed scp "${scp_opts[@]}" "$work/src/file" "root@127.0.0.1:$work/scp/file")
-  t[scpget,$i]=$(timed scp "${scp_opts[@]}" "root@127.0.0.1:$work/scp/file" "$work/scp/back")
+  t[scpget,$i]=$(timed scp "${scp_opts[@]}" "root@127.0.0.1:$work/src/file" "$work/scp/back")
   t[iperf,$i]=$(iperf3 -c 127.0.0.1 -p "$p_iperf" -n "$bytes" -J 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6)')
 done

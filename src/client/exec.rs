@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use crate::net::{BoxRead, BoxWrite, IntoHalves};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use futures_util::StreamExt;
+use tokio_util::codec::FramedRead;
 
 use super::{ClientError, connect_tcp};
 use crate::identity::keys::ClientKey;
 use crate::proto::auth::{self, Role, Token};
 use crate::proto::{
-    AuthRequest, ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ServerMsg, VERSION,
+    AuthRequest, ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, FrameWriter, ServerMsg,
+    VERSION,
 };
 
 /// Exit status when the connection, the handshake or the protocol failed.
@@ -264,7 +265,7 @@ impl JobEvent {
 
 /// The sending half of a connection.
 pub struct ExecSender {
-    sink: FramedWrite<BoxWrite, FrameCodec>,
+    sink: FrameWriter<BoxWrite>,
 }
 
 /// The receiving half of a connection.
@@ -573,7 +574,7 @@ impl ExecClient {
     ) -> Result<Self, ClientError> {
         let mut client = ExecClient {
             tx: ExecSender {
-                sink: FramedWrite::new(wr, FrameCodec::default()),
+                sink: FrameWriter::new(wr, FrameCodec::default()),
             },
             rx: ExecReceiver {
                 stream: FramedRead::new(rd, FrameCodec::default()),

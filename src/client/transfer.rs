@@ -370,11 +370,14 @@ impl ExecClient {
         let writer_file = file.try_clone().map_err(|e| local(e, &tmp))?;
         let writer = tokio::task::spawn_blocking(move || -> io::Result<(Sha256, u64)> {
             let mut at = resumed_from;
+            // Past the page cache where it can be (src/filesink.rs).
+            let mut sink = crate::filesink::FileSink::new(writer_file, at, true);
             while let Some(data) = chunks_rx.blocking_recv() {
-                writer_file.write_all_at(&data, at)?;
+                sink.write(&data)?;
                 hasher.update(&data);
                 at += data.len() as u64;
             }
+            sink.finish()?;
             Ok((hasher, at))
         });
         let written = |w: Result<io::Result<(Sha256, u64)>, tokio::task::JoinError>| {

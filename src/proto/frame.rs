@@ -192,11 +192,27 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let mut header = frame.header;
-        if frame.body.is_empty() {
+        dst.reserve(frame.body.len());
+        self.encode_head(frame.header, frame.body.len(), dst)?;
+        dst.put_slice(&frame.body);
+        Ok(())
+    }
+}
+
+impl FrameCodec {
+    /// Appends a frame's length and header, for a body of `body_len` bytes
+    /// that the caller sends right after it (a writer that keeps bodies
+    /// out of its buffer: [`super::writer`]).
+    pub fn encode_head(
+        &self,
+        mut header: Map<String, Value>,
+        body_len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        if body_len == 0 {
             header.remove("size");
         } else {
-            header.insert("size".into(), Value::from(frame.body.len() as u64));
+            header.insert("size".into(), Value::from(body_len as u64));
         }
         let json = serde_json::to_vec(&header).map_err(|e| FrameError::TooLarge(e.to_string()))?;
         if json.is_empty() || json.len() > self.max_header {
@@ -205,16 +221,12 @@ impl Encoder<Frame> for FrameCodec {
                 json.len()
             )));
         }
-        if frame.body.len() > self.max_body {
-            return Err(FrameError::TooLarge(format!(
-                "body of {} bytes",
-                frame.body.len()
-            )));
+        if body_len > self.max_body {
+            return Err(FrameError::TooLarge(format!("body of {body_len} bytes")));
         }
-        dst.reserve(4 + json.len() + frame.body.len());
+        dst.reserve(4 + json.len());
         dst.put_u32(json.len() as u32);
         dst.put_slice(&json);
-        dst.put_slice(&frame.body);
         Ok(())
     }
 }

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use crate::net::{BoxRead, BoxWrite};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -41,7 +41,8 @@ use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
 use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST};
 use crate::proto::transfer::{EntryKind, ExpectRequest, Hop, PutRequest, Stored};
 use crate::proto::{
-    ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, ParseError, ServerMsg, VERSION,
+    ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, FrameWriter, ParseError, ServerMsg,
+    VERSION,
 };
 use crate::server::listener::TurnedAway;
 use crate::server::sources::HandshakeGuard;
@@ -239,7 +240,7 @@ async fn serve(
     let codec = || FrameCodec::new(cfg.max_header, cfg.max_body);
     let mut reader = FramedRead::new(rd, codec());
     let (tx, rx) = mpsc::channel::<ServerMsg>(WRITE_QUEUE);
-    let mut writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec()), rx));
+    let mut writer = tokio::spawn(write_loop(FrameWriter::new(wr, codec()), rx));
     // From before the handshake, which judges the key by the files as
     // they were at its start: a reload during it is seen by the session.
     let reloads = shared.reloads();
@@ -348,15 +349,13 @@ async fn serve(
     Ok(())
 }
 
-async fn write_loop(
-    mut sink: FramedWrite<BoxWrite, FrameCodec>,
-    mut rx: mpsc::Receiver<ServerMsg>,
-) {
+async fn write_loop(mut sink: FrameWriter<BoxWrite>, mut rx: mpsc::Receiver<ServerMsg>) {
     while let Some(msg) = rx.recv().await {
         if sink.feed(msg.to_frame()).await.is_err() {
             return;
         }
-        // Write a batch with one flush; flush when nothing else is queued.
+        // Write a batch with one flush (one writev when it is small);
+        // flush when nothing else is queued.
         while let Ok(msg) = rx.try_recv() {
             if sink.feed(msg.to_frame()).await.is_err() {
                 return;

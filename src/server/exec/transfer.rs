@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
@@ -953,6 +953,10 @@ impl Task {
         if !self.send(accepted) {
             return Ok(None);
         }
+        // Past the page cache, unless a relay reads the file back as it
+        // grows (src/filesink.rs).
+        let sink_file = file.try_clone().map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+        let mut sink = crate::filesink::FileSink::new(sink_file, offset, r.relay.is_empty());
         let mut resumed_from = offset;
         let mut at = offset;
         let mut first = true;
@@ -986,6 +990,7 @@ impl Task {
                     // The client may start over from 0 rather than go on.
                     if first && o == 0 && at != 0 {
                         file.set_len(0).map_err(|e| fail(Fail::io(&e, &t.shown)))?;
+                        sink.restart(0);
                         hasher = Sha256::new();
                         at = 0;
                         resumed_from = 0;
@@ -1003,7 +1008,7 @@ impl Task {
                             format!("more data than the {} bytes announced", r.size),
                         )));
                     }
-                    file.write_all_at(&data, at)
+                    sink.write(&data)
                         .map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                     hasher.update(&data);
                     at += data.len() as u64;
@@ -1035,6 +1040,7 @@ impl Task {
                             format!("done after {at} of {} bytes", r.size),
                         )));
                     }
+                    sink.finish().map_err(|e| fail(Fail::io(&e, &t.shown)))?;
                     let sha = hex(&hasher.finalize());
                     // A relayed file must be what the client said it is,
                     // whatever the host that brought it claims.
@@ -1206,12 +1212,13 @@ impl Task {
             return Ok(None);
         }
         let mut at = offset;
-        let mut buf = vec![0u8; self.get_chunk];
         while at < size {
             let want =
                 usize::try_from((size - at).min(self.get_chunk as u64)).unwrap_or(self.get_chunk);
+            // Read into the frame's own buffer: the writer sends it as is.
+            let mut chunk = BytesMut::zeroed(want);
             let n = file
-                .read_at(buf.get_mut(..want).unwrap_or_default(), at)
+                .read_at(&mut chunk, at)
                 .map_err(|e| Fail::io(&e, &shown))?;
             if n == 0 {
                 return Err(Fail::new(
@@ -1219,12 +1226,12 @@ impl Task {
                     format!("{shown}: the file shrank while it was sent"),
                 ));
             }
-            let chunk = buf.get(..n).unwrap_or_default();
-            hasher.update(chunk);
+            chunk.truncate(n);
+            hasher.update(&chunk);
             let data = ServerMsg::Data {
                 id: self.id,
                 offset: at,
-                data: Bytes::copy_from_slice(chunk),
+                data: chunk.freeze(),
             };
             if !self.send_paced(data, n) {
                 return if self.cancel.is_cancelled() {
