@@ -23,11 +23,11 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use super::spawn::Child;
 use bytes::{BufMut, Bytes, BytesMut};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +123,7 @@ pub type Input = Box<dyn AsyncWrite + Send + Unpin>;
 /// them: its stdin pipe (if asked for) and its output pipes, or its
 /// terminal for all three.
 pub fn streams(mut spawned: Spawned) -> (Child, Option<Input>, Outputs) {
-    let mut child = spawned.child;
+    let child = spawned.child;
     match spawned.pty.take() {
         Some(pty) => {
             let input = Box::new(pty.clone()) as Input;
@@ -131,8 +131,8 @@ pub fn streams(mut spawned: Spawned) -> (Child, Option<Input>, Outputs) {
         }
         None => {
             let stdin = spawned.stdin.take().map(|s| Box::new(s) as Input);
-            let out = child.stdout.take().map(|o| Box::new(o) as Output);
-            let err = child.stderr.take().map(|e| Box::new(e) as Output);
+            let out = spawned.stdout.take().map(|o| Box::new(o) as Output);
+            let err = spawned.stderr.take().map(|e| Box::new(e) as Output);
             (child, stdin, (out, err))
         }
     }
@@ -239,7 +239,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> JobEnd {
     let (exited_tx, exited_rx) = watch::channel::<Option<Instant>>(None);
-    let pumps = tokio::spawn(pump_both(
+    // Polled in this task, not spawned: a task of their own cost every
+    // job a hand-off between threads (and the wake-up of a parked worker)
+    // when its pipes ended.
+    let pumps = pump_both(
         id,
         stdout,
         stderr,
@@ -247,7 +250,9 @@ pub async fn run(
         exited_rx,
         timing.drain_grace,
         cancel.clone(),
-    ));
+    );
+    tokio::pin!(pumps);
+    let mut pumped = None;
 
     let timeout = async {
         match timing.timeout {
@@ -255,23 +260,31 @@ pub async fn run(
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(timeout);
     let mut timed_out = false;
-    let status = tokio::select! {
-        st = child.wait() => st,
-        _ = timeout => {
-            timed_out = true;
-            debug!(id, "job timed out; killing its group");
-            kill_and_wait(&mut child, pgid, timing.kill_grace).await
-        }
-        _ = cancel.cancelled() => {
-            debug!(id, "job cancelled; killing its group");
-            kill_and_wait(&mut child, pgid, timing.kill_grace).await
+    // The pumps go on while the process runs, and may end first.
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st,
+            r = &mut pumps, if pumped.is_none() => pumped = Some(r),
+            _ = &mut timeout => {
+                timed_out = true;
+                debug!(id, "job timed out; killing its group");
+                break kill_and_wait_pumping(&mut child, pgid, timing.kill_grace, &mut pumps, &mut pumped).await;
+            }
+            _ = cancel.cancelled() => {
+                debug!(id, "job cancelled; killing its group");
+                break kill_and_wait_pumping(&mut child, pgid, timing.kill_grace, &mut pumps, &mut pumped).await;
+            }
         }
     };
     let _ = exited_tx.send(Some(Instant::now()));
     // The pumps stop on EOF or when the drain grace runs out; either way
     // every byte they read has been queued before `exit` is.
-    let (stdout_bytes, stderr_bytes) = pumps.await.unwrap_or_default();
+    let (stdout_bytes, stderr_bytes) = match pumped {
+        Some(r) => r,
+        None => pumps.await,
+    };
     reap_group(pgid);
     // Releasing the group (or keeping it to kill) is the session's call, in
     // one place: two checks here and there once left a group that emptied
@@ -288,6 +301,26 @@ pub async fn run(
         status,
         stdout_bytes,
         stderr_bytes,
+    }
+}
+
+/// [`kill_and_wait`], with the pumps still polled meanwhile (output the
+/// job writes while it is being stopped keeps flowing, as it did when the
+/// pumps were a task of their own).
+async fn kill_and_wait_pumping(
+    child: &mut Child,
+    pgid: Pid,
+    grace: Duration,
+    pumps: &mut std::pin::Pin<&mut impl std::future::Future<Output = (u64, u64)>>,
+    pumped: &mut Option<(u64, u64)>,
+) -> std::io::Result<std::process::ExitStatus> {
+    let kill = kill_and_wait(child, pgid, grace);
+    tokio::pin!(kill);
+    loop {
+        tokio::select! {
+            st = &mut kill => return st,
+            r = pumps.as_mut(), if pumped.is_none() => *pumped = Some(r),
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! server ──"+PGID\n" / "-PGID\n"──> pipe ──> switchboard __keeper (own process group)
-//!   dies: the pipe's write end closes ──> EOF ──> TERM every group held,
-//!                                                KILL after the grace, exit
+//!                                      read every DRAIN_EVERY (records wake nobody)
+//!   dies: the pipe's write end closes ──> POLLHUP ──> read the rest, TERM every
+//!                                         group held, KILL after the grace, exit
 //! ```
 //!
 //! The write end is close-on-exec and held only by the server, so EOF
@@ -38,6 +39,10 @@ pub const SUBCOMMAND: &str = "__keeper";
 /// group the server stopped tracking), so that it never signals a process
 /// group id that was reused. Default 1 s.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often the keeper reads the records queued in its pipe (64 KiB,
+/// raised to 1 MiB where the kernel allows: tens of thousands of records
+/// between two reads). Default 50 ms.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// The longest record line the keeper accepts ("+" or "-" and a pid).
 const MAX_LINE: usize = 32;
 
@@ -46,7 +51,7 @@ static PIPE: OnceLock<Mutex<std::process::ChildStdin>> = OnceLock::new();
 /// Set once a write failed for good: warned once, not retried.
 static BROKEN: AtomicBool = AtomicBool::new(false);
 /// The same write end as a bare descriptor (-1: no keeper), for a job's
-/// child process to register itself between fork and exec, where no lock
+/// child process to register itself between clone and exec, where no lock
 /// may be taken.
 static PIPE_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -101,6 +106,9 @@ fn spawn_keeper(grace: Duration) -> io::Result<(u32, std::process::ChildStdin)> 
         if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Room for the records of a burst of jobs between two of the
+        // keeper's reads; the default 64 KiB where this is refused.
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
     }
     // Not waited for here: the reaper collects it (and warns) if it exits.
     Ok((child.id(), pipe))
@@ -110,7 +118,7 @@ fn spawn_keeper(grace: Duration) -> io::Result<(u32, std::process::ChildStdin)> 
 /// in the kernel before the job's `started` frame goes out, so a server
 /// killed right after still has its job covered. Records are far below
 /// PIPE_BUF, so each write is whole or fails (EAGAIN: the keeper stopped
-/// reading 64 KiB ago).
+/// reading a pipe's worth of records ago).
 fn send(op: char, pgid: Pid) {
     let Some(pipe) = PIPE.get() else { return };
     if BROKEN.load(Ordering::Relaxed) {
@@ -133,7 +141,7 @@ fn send(op: char, pgid: Pid) {
     }
 }
 
-/// In a job's child, between fork and exec, once it leads its own group:
+/// In a job's child, between clone and exec, once it leads its own group:
 /// registers that group with the keeper. Done by the child, not by the
 /// server after the spawn returns, so that a server killed in between
 /// leaves no job unknown: the child's copy of the pipe's write end keeps
@@ -199,46 +207,64 @@ pub fn main(args: &[String]) -> ExitCode {
     let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
     let mut buf = [0u8; 4096];
     let mut last_prune = Instant::now();
+    // Read without waiting: records are taken in batches, below.
+    // SAFETY: fcntl on our own descriptor 0 (the read end is an open file
+    // of its own: the server's write end keeps its flags).
+    unsafe {
+        let flags = libc::fcntl(0, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(0, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
     loop {
         if last_prune.elapsed() >= PRUNE_EVERY {
             held.retain(|&p| killpg(Pid::from_raw(p), None) != Err(Errno::ESRCH));
             last_prune = Instant::now();
         }
-        if !readable(pipe.as_raw_fd(), PRUNE_EVERY) {
-            continue;
-        }
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        for &b in buf.get(..n).unwrap_or_default() {
-            if b != b'\n' {
-                // An over-long line is garbage; it is dropped whole.
-                if line.len() <= MAX_LINE {
-                    line.push(b);
+        let gone = hung_up(pipe.as_raw_fd(), DRAIN_EVERY);
+        // Everything queued so far (all of it once the server is gone).
+        let eof = loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            };
+            for &b in buf.get(..n).unwrap_or_default() {
+                if b != b'\n' {
+                    // An over-long line is garbage; it is dropped whole.
+                    if line.len() <= MAX_LINE {
+                        line.push(b);
+                    }
+                    continue;
                 }
-                continue;
+                apply(&mut held, &line);
+                line.clear();
             }
-            apply(&mut held, &line);
-            line.clear();
+        };
+        if eof || gone {
+            break;
         }
     }
     kill_all(&held, grace);
     ExitCode::SUCCESS
 }
 
-/// Whether `fd` has data or EOF within `wait`.
-fn readable(fd: RawFd, wait: Duration) -> bool {
+/// Whether the pipe's write end is gone (the server died) within `wait`.
+/// Data alone does not wake the keeper (no POLLIN asked): a job's record
+/// costs the server a write, not a wake-up of this process and a switch
+/// to it; records are read every [`DRAIN_EVERY`] instead.
+fn hung_up(fd: RawFd, wait: Duration) -> bool {
     let mut p = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events: 0,
         revents: 0,
     };
     let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one pollfd we own.
-    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn apply(held: &mut HashSet<i32>, line: &[u8]) {

@@ -201,7 +201,7 @@ async fn collect(
     grace: Duration,
 ) -> ((Vec<u8>, u64), (Vec<u8>, u64), ExitStatus) {
     let mut guard = process::GroupGuard::new(spawned.pgid);
-    let (stdout, stderr) = (spawned.child.stdout.take(), spawned.child.stderr.take());
+    let (stdout, stderr) = (spawned.stdout.take(), spawned.stderr.take());
     let child = &mut spawned.child;
     let outputs = async {
         let outputs = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap));

@@ -15,6 +15,7 @@ pub mod pty;
 pub mod reaper;
 pub mod relay;
 pub mod session;
+pub mod spawn;
 pub mod transfer;
 
 use std::collections::HashMap;

@@ -5,9 +5,9 @@
 //! module turns requests into a [`JobSpec`] and processes into frames.
 //!
 //! ```text
-//! JobSpec ─ spawn ─ fork ─ child: signals default, setsid, [pty: TIOCSCTTY],
-//!                 │                fds 3.. cloexec, setgroups/setgid/setuid,
-//!                 │                chdir, exec
+//! JobSpec ─ spawn ─ clone(VM|VFORK) ─ child (spawn.rs): signals default,
+//!                 │                setsid, [pty: TIOCSCTTY], fds 3.. cloexec,
+//!                 │                setgroups/setgid/setuid, chdir, exec
 //!                 └ parent: pid registered with the reaper (main process,
 //!                           left to tokio) and the keeper (group)
 //! kill_group: TERM, KILL after a grace, until the group is gone
@@ -16,15 +16,15 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::process::Stdio;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use super::spawn::{CWD_FAILED, Child};
 use anyhow::{Context, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Gid, Pid, Uid, User};
-use tokio::process::{Child, ChildStdin};
 use tokio::time::Instant;
 
 /// Environment variables passed from the server to jobs (plus `LC_*`).
@@ -96,7 +96,9 @@ pub struct Spawned {
     pub child: Child,
     pub pgid: Pid,
     pub pid: u32,
-    pub stdin: Option<ChildStdin>,
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
+    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
     /// The master of the job's terminal, when it has one: its stdin and
     /// its output, both.
     pub pty: Option<super::pty::Pty>,
@@ -159,32 +161,35 @@ pub fn job_env(
 /// Spawns `spec` in a new session and process group (whose id is the
 /// returned pid) with a clean environment, default signal dispositions, an
 /// empty signal mask, descriptors 0-2 only, as the run-as user and in the
-/// cwd entered as that user. Registered with the reaper and the keeper.
-/// Kept whole (over 80 lines): what the child does between fork and exec
-/// is one closure, so its async-signal safety is read in one place.
+/// cwd entered as that user (the child's side is in [`super::spawn`]).
+/// Registered with the reaper and the keeper.
 pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
-    let (prog, args) = spec
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let cstring = |s: &str, what: &str| CString::new(s).map_err(|_| invalid(what));
+    let prog = spec.argv.first().ok_or_else(|| invalid("empty argv"))?;
+    let program = cstring(prog, "argv contains a NUL byte")?;
+    let argv = spec
         .argv
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
-    let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(args);
+        .iter()
+        .map(|a| cstring(a, "argv contains a NUL byte"))
+        .collect::<io::Result<Vec<_>>>()?;
     let term = spec.pty.as_ref().and_then(|p| p.term.as_deref());
-    cmd.env_clear()
-        .envs(job_env(&spec.env, spec.run_as.as_ref(), term));
-    // Entered in the child after the switch to the job's user (std's
-    // `current_dir` would enter it as the server, before `pre_exec`), so a
-    // directory the user cannot reach is refused. Allocated before the fork.
+    let envp = job_env(&spec.env, spec.run_as.as_ref(), term)
+        .into_iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}"), "environment contains a NUL byte"))
+        .collect::<io::Result<Vec<_>>>()?;
+    // Entered in the child after the switch to the job's user, so a
+    // directory the user cannot reach is refused.
     let dir = spec
         .cwd
         .as_deref()
-        .map(|d| std::ffi::CString::new(d).map(|c| (d.to_string(), c)))
-        .transpose()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte"))?;
-    // The slave's copies here close when `cmd` is dropped, at the end of
-    // this function: from then on only the job holds the terminal, and
-    // the master reads EIO (end of file) once the job's processes let go.
-    let pty = match &spec.pty {
+        .map(|d| cstring(d, "cwd contains a NUL byte").map(|c| (d.to_string(), c)))
+        .transpose()?;
+    // The child's ends are closed here when this function returns: from
+    // then on only the job holds them, and the server reads end of file
+    // (a terminal's master: EIO) once the job's processes let go.
+    let mut child_ends: Vec<OwnedFd> = Vec::new();
+    let (stdio, pty, stdin, stdout, stderr) = match &spec.pty {
         Some(p) => {
             let owner = spec.run_as.as_ref().map_or_else(Uid::effective, |u| u.uid);
             let (master, slave) = super::pty::open(p.rows, p.cols, owner).map_err(|e| {
@@ -193,34 +198,28 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
                     SetupError(format!("cannot allocate a terminal: {e}")),
                 )
             })?;
-            cmd.stdin(Stdio::from(slave.try_clone()?))
-                .stdout(Stdio::from(slave.try_clone()?))
-                .stderr(Stdio::from(slave));
-            Some(master)
+            let t = slave.as_raw_fd();
+            child_ends.push(slave);
+            ([t; 3], Some(master), None, None, None)
         }
         None => {
-            cmd.stdin(if spec.stdin {
-                Stdio::piped()
+            let (stdin_fd, stdin) = if spec.stdin {
+                let (r, w) = pipe()?;
+                let fd = r.as_raw_fd();
+                child_ends.push(r);
+                (fd, Some(tokio::net::unix::pipe::Sender::from_owned_fd(w)?))
             } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-            None
+                (dev_null()?.as_raw_fd(), None)
+            };
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdio = [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()];
+            child_ends.extend([out_w, err_w]);
+            let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?;
+            let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?;
+            (stdio, None, stdin, Some(stdout), Some(stderr))
         }
     };
-    let controlling_tty = pty.is_some();
-    cmd.kill_on_drop(false);
-    // The hook forces fork+exec where std would otherwise use posix_spawn.
-    // Measured: posix_spawn would give ~20% more jobs/s for `true`, but
-    // glibc's posix_spawn leaves its internal signals (32, 33) ignored in
-    // the child, and jobs must start with every disposition at its default
-    // (PROTOCOL.md §3.3); see docs/BENCHMARKS.md.
-    let ids = spec
-        .run_as
-        .as_ref()
-        .map(|u| (u.uid, u.gid, u.groups.clone()));
-    let dir_c = dir.as_ref().map(|(_, c)| c.clone());
     // exec.max_processes: the job's own cgroup where there is one, else
     // RLIMIT_NPROC where it binds (a job user other than root).
     let job = next_job();
@@ -228,7 +227,6 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         Some(max) => super::cgroup::prepare(max, job)?,
         None => None,
     };
-    let cgroup_fd = cgroup.as_ref().map(|c| c.procs_fd());
     let root_job = match &spec.run_as {
         Some(u) => u.uid.is_root(),
         None => Uid::effective().is_root(),
@@ -240,57 +238,28 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
             rlim_cur: n,
             rlim_max: n,
         });
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe calls (rt_sigaction, sigprocmask, setsid,
-    // ioctl, getpid and write, close_range or fcntl, setrlimit, setgroups,
-    // setgid, setuid, chdir) on data allocated before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            reset_signals()?;
-            // A session of its own, not just a group: a process can move
-            // only to groups of its own session, so no job process can
-            // join the server's group (and escape the group kill) with
-            // setpgid. The group's id is still the job's pid.
-            nix::unistd::setsid()?;
-            // std has put the terminal on 0-2 already; as the leader of a
-            // session without one, the job takes it as its controlling
-            // terminal (job control, ^C, /dev/tty).
-            if controlling_tty {
-                super::pty::make_controlling_in_child()?;
-            }
-            // Known to the keeper before the program runs, even if the
-            // server dies before `spawn` returns.
-            super::keeper::hold_self_in_child();
-            // Descriptors the server inherited without close-on-exec stay
-            // out of the job: it gets 0, 1 and 2 only.
-            crate::sys::cloexec_from(3);
-            // While still root: the cgroup's files belong to the server.
-            if let Some(fd) = cgroup_fd {
-                super::cgroup::join_in_child(fd)?;
-            }
-            if let Some(limit) = &nproc
-                && libc::setrlimit(libc::RLIMIT_NPROC, limit) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // Groups first, then the group, then the user: each step needs
-            // the privileges the next one drops.
-            if let Some((uid, gid, groups)) = &ids {
-                nix::unistd::setgroups(groups)?;
-                nix::unistd::setgid(*gid)?;
-                nix::unistd::setuid(*uid)?;
-            }
-            if let Some(d) = &dir_c
-                && libc::chdir(d.as_ptr()) != 0
-            {
-                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                return Err(io::Error::from_raw_os_error(CWD_FAILED | errno));
-            }
-            Ok(())
-        });
-    }
-    let mut child = super::reaper::spawn_main(|| cmd.spawn(), |c| c.id()).map_err(|e| {
-        match (e.raw_os_error(), &dir) {
+    let groups: Vec<libc::gid_t> = spec
+        .run_as
+        .as_ref()
+        .map(|u| u.groups.iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
+    let (argv_p, envp_p) = (super::spawn::pointers(&argv), super::spawn::pointers(&envp));
+    let setup = super::spawn::ChildSetup {
+        program: &program,
+        argv: &argv_p,
+        envp: &envp_p,
+        stdio,
+        controlling_tty: pty.is_some(),
+        cgroup_fd: cgroup.as_ref().map(|c| c.procs_fd()),
+        nproc,
+        ids: spec
+            .run_as
+            .as_ref()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups.as_slice())),
+        cwd: dir.as_ref().map(|(_, c)| c.as_c_str()),
+    };
+    let child = super::reaper::spawn_main(|| super::spawn::spawn(&setup), |c| Some(c.id()))
+        .map_err(|e| match (e.raw_os_error(), &dir) {
             (Some(code), Some((d, _))) if code & CWD_FAILED != 0 => {
                 let os = io::Error::from_raw_os_error(code & !CWD_FAILED);
                 io::Error::new(
@@ -299,25 +268,41 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
                 )
             }
             _ => e,
-        }
-    })?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+        })?;
+    drop(child_ends);
+    let pid = child.id();
     // The child has registered its group with the keeper already.
     let pgid = Pid::from_raw(pid as i32);
     if let Some(c) = cgroup {
         c.adopt(pgid);
     }
-    let stdin = child.stdin.take();
     Ok(Spawned {
         job,
         child,
         pgid,
         pid,
         stdin,
+        stdout,
+        stderr,
         pty,
     })
+}
+
+/// `/dev/null` for jobs' stdin, opened once (an open per job showed in
+/// the spawn's profile).
+fn dev_null() -> io::Result<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd);
+    }
+    let fd = OwnedFd::from(std::fs::File::open("/dev/null")?);
+    Ok(NULL.get_or_init(|| fd))
+}
+
+/// A pipe whose ends are closed on exec (the child's end is put on 0-2 by
+/// dup3, which clears the flag on the copy).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// The next job number: counted from 1 over the whole server process
@@ -326,12 +311,6 @@ fn next_job() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
-
-/// Marks the errno of a failed `chdir` in the child. std passes the child's
-/// error to the parent as a bare errno; this bit (far above any errno)
-/// tells a cwd failure from an exec failure with the same errno (ENOENT,
-/// EACCES), so the error can name the directory.
-const CWD_FAILED: i32 = 0x4000_0000;
 
 /// What the job needed before its program could start (its working
 /// directory, entered as the job's user; its terminal) failed: inside the
@@ -346,23 +325,6 @@ impl std::fmt::Display for SetupError {
 }
 
 impl std::error::Error for SetupError {}
-
-/// In the child: every signal back to its default action, none blocked, so
-/// whatever the server ignores or blocks does not leak into jobs.
-fn reset_signals() -> io::Result<()> {
-    for sig in 1..=64 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            crate::sys::default_action_raw(sig);
-        }
-    }
-    // SAFETY: sigemptyset/sigprocmask on a local set; async-signal-safe.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
-    Ok(())
-}
 
 /// A signal's name without `SIG`, or its number for one nix cannot name.
 pub fn signal_name(sig: i32) -> String {

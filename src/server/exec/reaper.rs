@@ -4,27 +4,28 @@
 //! re-parented to it; one that also left the job's process group (`setsid`)
 //! is out of reach of reaping by group and would stay a zombie of the
 //! server forever. The reaper waits for every zombie child of the server
-//! except the jobs' main processes, which belong to tokio: tokio reaps its
-//! `Child`ren by pid, and a status taken from under it is an exit code the
+//! except the jobs' main processes, which their `spawn::Child` reaps
+//! through its pidfd: a status taken from under it is an exit code the
 //! client never gets.
 //!
 //! ```text
-//! spawn ── gate (shared) ── fork/exec ── register (pid, start time) ── release
-//! SIGCHLD (+50 ms) or tick ── gate (exclusive) ── scan zombie children
+//! spawn ── gate (shared) ── clone/exec ── register pid ── release
+//! Child: pidfd readable ── lock ── waitpid(pid) ── unregister ── unlock
+//! SIGCHLD (+50 ms) or tick ── gate (exclusive) ── lock ── scan zombie children
 //!                             ── not registered? waitpid(pid)
 //! ```
 //!
 //! The gate held across the spawn means the reaper never sees a main
 //! process it does not know about; spawns share it, so they do not wait on
-//! each other. Entries are matched by pid and start
-//! time and dropped once that process is gone, so a reused pid is never
-//! mistaken for a job's main process.
+//! each other. A main process is unregistered in the same locked step that
+//! reaps it, so a pid freed there and given to the next job is registered
+//! only after the old entry is gone.
 //!
 //! Only a process that owns all its children may run this (the
 //! `switchboard` binary): a library embedding the server, such as a test
 //! harness, has children of its own whose statuses it expects to collect.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -43,8 +44,11 @@ pub const REAP_TICK: Duration = Duration::from_secs(5);
 /// burst of job ends costs one scan of /proc, not one each. Default 50 ms.
 pub const REAP_BATCH: Duration = Duration::from_millis(50);
 
-/// Main processes of jobs: pid -> start time (clock ticks after boot).
-static MAINS: Mutex<Option<HashMap<i32, u64>>> = Mutex::new(None);
+/// Main processes of jobs, by pid. Each is reaped by its own `Child`
+/// ([`wait_main`]), which takes it out under the same lock, so a pid
+/// freed by that reap and given to a new job is never forgotten by the
+/// old one.
+static MAINS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// A child that is not a job but whose end is worth a warning (the keeper).
 static WATCHED: AtomicI32 = AtomicI32::new(0);
@@ -54,7 +58,7 @@ static WATCHED: AtomicI32 = AtomicI32::new(0);
 /// process that is not registered yet.
 static GATE: RwLock<()> = RwLock::new(());
 
-fn mains() -> std::sync::MutexGuard<'static, Option<HashMap<i32, u64>>> {
+fn mains() -> std::sync::MutexGuard<'static, Option<HashSet<i32>>> {
     MAINS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -71,14 +75,28 @@ pub fn spawn_main<T>(
     // Shared: spawns run side by side; the reaper's pass waits for them.
     let _gate = GATE.read().unwrap_or_else(|e| e.into_inner());
     let child = spawn()?;
-    if let Some(pid) = pid_of(&child).and_then(|p| i32::try_from(p).ok())
-        && let Some(st) = stat(pid)
-    {
-        mains()
-            .get_or_insert_with(HashMap::new)
-            .insert(pid, st.start);
+    if let Some(pid) = pid_of(&child).and_then(|p| i32::try_from(p).ok()) {
+        mains().get_or_insert_with(HashSet::new).insert(pid);
     }
     Ok(child)
+}
+
+/// Reaps job main process `pid` if it has ended (its raw wait status),
+/// and forgets it; never waits.
+pub fn wait_main(pid: i32) -> io::Result<Option<i32>> {
+    let mut guard = mains();
+    let mut st = 0;
+    // SAFETY: waitpid on a pid of our own child with a status we own.
+    match unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } {
+        0 => Ok(None),
+        p if p == pid => {
+            if let Some(m) = guard.as_mut() {
+                m.remove(&pid);
+            }
+            Ok(Some(st))
+        }
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// Names a child whose exit is logged as a warning (the keeper).
@@ -141,13 +159,10 @@ pub fn reap_once() -> usize {
         .filter(|&p| stat(p).is_some_and(|s| s.state == 'Z'))
         .collect();
     let mut guard = mains();
-    let mains = guard.get_or_insert_with(HashMap::new);
-    // Main processes tokio has reaped are gone (or their pid is someone
-    // else's now): forget them.
-    mains.retain(|&pid, start| stat(pid).is_some_and(|s| s.start == *start && s.ppid == me));
+    let mains = guard.get_or_insert_with(HashSet::new);
     let mut reaped = 0;
     for pid in zombies {
-        if mains.contains_key(&pid) {
+        if mains.contains(&pid) {
             continue;
         }
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
@@ -224,8 +239,6 @@ struct Stat {
     state: char,
     ppid: i32,
     pgid: i32,
-    /// Start time after boot, in clock ticks (field 22).
-    start: u64,
 }
 
 fn stat(pid: i32) -> Option<Stat> {
@@ -233,12 +246,11 @@ fn stat(pid: i32) -> Option<Stat> {
     // The command name may contain spaces and ')': fields follow the last.
     let rest = text.get(text.rfind(')')? + 1..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, ppid 4, pgrp 5, start time 22.
+    // After the name: state is field 3, ppid 4, pgrp 5.
     Some(Stat {
         state: f.first()?.chars().next()?,
         ppid: f.get(1)?.parse().ok()?,
         pgid: f.get(2)?.parse().ok()?,
-        start: f.get(19)?.parse().ok()?,
     })
 }
 
@@ -283,7 +295,6 @@ mod tests {
         // The main thread's state: running or asleep, never a zombie.
         assert!(matches!(s.state, 'R' | 'S'), "{}", s.state);
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
-        assert!(s.start > 0);
         assert_eq!(s.pgid, nix::unistd::getpgrp().as_raw());
     }
 }
