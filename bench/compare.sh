@@ -9,7 +9,8 @@
 # Peers: the minimal tokio echo server and the blocking std TCP/UDP echo
 # (bench/peers, built as cargo examples), the tutorial's Python server and
 # a threaded variant, socat and ncat with `stdbuf -o0 tr a-z A-Z`, iperf3
-# (stream ceiling), and a local `sh -c true` spawn loop (exec's floor).
+# (stream ceiling), and a local `sh -c true` spawn loop (exec's floor);
+# then bench/fanout.sh (1,000 hosts) and bench/transfer.sh (put/get).
 # Installs socat, ncat and iperf3 with apt-get when missing. Every server
 # started here is stopped by its PID on exit. Not run by CI.
 set -euo pipefail
@@ -129,6 +130,9 @@ for _ in $(seq "$runs"); do
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"label":"stream 64 KiB writes, 1 conn","peer":"iperf3","raw":{"mb_per_sec":d["end"]["sum_received"]["bits_per_second"]/8e6}}))' >>"$results" 2>/dev/null || true
 done
 
+# exec --hosts of `true` to 1,000 addresses of one server (bench/fanout.sh).
+RESULTS="$results" bash bench/fanout.sh 1000 "$runs" >&2
+
 # put and get of a 1 GiB file against scp and iperf3 (bench/transfer.sh).
 RESULTS="$results" bash bench/transfer.sh 1024 "$runs" >&2
 
@@ -147,6 +151,8 @@ for line in open(path):
         v, unit = r["spawns_per_sec"], "jobs/s"
     elif r.get("mb_per_sec") is not None:
         v, unit = r["mb_per_sec"], "MB/s"
+    elif "secs" in r:
+        v, unit = r["secs"], "s"
     elif r.get("mode") == "idle":
         a, b = r.get("server_rss_kib_before"), r.get("server_rss_kib_after")
         if a is None or b is None:

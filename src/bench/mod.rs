@@ -403,7 +403,11 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
         match rx.job_event(id).await? {
             JobEvent::Stdout(data) => {
                 got += data.len() as u64;
-                nonzero |= data.iter().any(|&b| b != 0);
+                // An OR over the whole frame (vectorised) rather than a
+                // search that stops early: the check byte by byte took a
+                // fifth of the machine at 900 MB/s, on the cores the
+                // server being measured shares.
+                nonzero |= data.iter().fold(0u8, |acc, &b| acc | b) != 0;
                 frames += 1;
                 if frames.is_multiple_of(1024) {
                     rss_peak = rss_peak.max(p.server_pid.and_then(rss_kib));

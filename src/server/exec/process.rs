@@ -212,6 +212,10 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
                 (dev_null()?.as_raw_fd(), None)
             };
             let (out_r, out_w) = pipe()?;
+            // A stream of output moves in fewer, larger turns between the
+            // job and the server; refused (a kernel limit), the default
+            // 64 KiB stays.
+            let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDOUT_PIPE));
             let (err_r, err_w) = pipe()?;
             let stdio = [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()];
             child_ends.extend([out_w, err_w]);
@@ -287,6 +291,13 @@ pub fn spawn(spec: &JobSpec) -> io::Result<Spawned> {
         pty,
     })
 }
+
+/// The kernel buffer of a job's stdout pipe (stderr keeps the default 64
+/// KiB): at most this much output waits in the kernel per job, so
+/// `exec.max_jobs` (512) jobs hold at most 160 MiB in their two pipes.
+/// `head -c 1G /dev/zero` streamed 1,247 -> 1,393 MB/s (medians of 3,
+/// docs/BENCHMARKS.md). Default 256 KiB.
+pub const STDOUT_PIPE: i32 = 256 * 1024;
 
 /// `/dev/null` for jobs' stdin, opened once (an open per job showed in
 /// the spawn's profile).
