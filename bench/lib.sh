@@ -4,6 +4,9 @@
 # sshd for the ssh/scp peers.
 
 work=$(mktemp -d)
+# cargo and rustup keep finding the toolchain (a script sourced from
+# another, such as compare.sh running fanout.sh, builds under this HOME).
+export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup} CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export HOME=$work XDG_CONFIG_HOME=$work/.config
 pids=()
 cleanup() {

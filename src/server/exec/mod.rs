@@ -1,8 +1,9 @@
 //! Remote execution: the native `switchboard/1` service ([`session`], one
 //! per connection, and [`job`], one per process) and the tutorial-compatible
 //! mode ([`legacy`]). Process handling that knows nothing of the protocol:
-//! [`reaper`] (orphans the server adopts) and [`keeper`] (job groups die
-//! with the server).
+//! [`process`] (a job's process as the system sees it), [`spawn`] (its
+//! start without fork, and its wait through a pidfd), [`reaper`] (orphans
+//! the server adopts) and [`keeper`] (job groups die with the server).
 
 pub mod audit;
 pub mod cgroup;
