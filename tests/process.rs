@@ -678,6 +678,74 @@ fn a_process_that_left_the_group_dies_with_the_job_cgroup() {
     );
 }
 
+/// Stop 26's attack round: with a job cgroup, a process that left the
+/// job's group with setsid dies with a server killed by SIGKILL too (the
+/// keeper empties the dead server's job cgroups), not at the next start.
+#[test]
+fn a_process_that_left_the_group_dies_with_a_killed_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = max_processes_config(tmp.path(), 64);
+    let mut srv = spawn_serve(&[&QUIET[..], &["--config", &cfg]].concat());
+    let Some(base) = job_cgroups(
+        &srv,
+        "a_process_that_left_the_group_dies_with_a_killed_server",
+    ) else {
+        return;
+    };
+    let rt = runtime();
+    let (pgid, client) = started_job(
+        &srv,
+        &rt,
+        "setsid sleep 4271 </dev/null >/dev/null 2>&1 & sleep 4272",
+    );
+    let _guard = GroupGuard(pgid);
+    let mut escaped = None;
+    assert!(
+        poll(T, || {
+            escaped = std::fs::read_dir("/proc").ok().and_then(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                    .find(|&p| cmdline(p).starts_with("sleep 4271"))
+            });
+            escaped.is_some()
+        }),
+        "the escaping sleep did not start"
+    );
+    let escaped = escaped.unwrap_or(0);
+    let cleanup = |p: i32| {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+    };
+    if proc_stat(escaped).is_some_and(|(_, _, g)| g == pgid.as_raw()) {
+        cleanup(escaped);
+        panic!("setsid did not leave the job's group");
+    }
+    srv.signal(Signal::SIGKILL);
+    assert!(srv.wait_exit(T).is_some(), "the server did not die");
+    drop(client);
+    let died = poll(Duration::from_secs(15), || {
+        proc_stat(escaped).is_none_or(|(state, _, _)| state == 'Z')
+    });
+    if !died {
+        cleanup(escaped);
+    }
+    assert!(
+        died,
+        "pid {escaped} (left the job's group) outlived the killed server"
+    );
+    let prefix = format!("sb-{}.", srv.pid());
+    let removed = poll(T, || {
+        std::fs::read_dir(&base).is_ok_and(|d| {
+            !d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+    });
+    assert!(
+        removed,
+        "the dead server's job cgroups stayed in {}",
+        base.display()
+    );
+}
+
 /// Job cgroups are named by the server's pid *and* start time: those of a
 /// server that is gone are cleaned at the next start even when its pid now
 /// belongs to another process, or to the new server itself (pid 1 of a

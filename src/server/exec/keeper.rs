@@ -7,7 +7,8 @@
 //! server ──"+PGID\n" / "-PGID\n"──> pipe ──> switchboard __keeper (own process group)
 //!                                      read every DRAIN_EVERY (records wake nobody)
 //!   dies: the pipe's write end closes ──> POLLHUP ──> read the rest, TERM every
-//!                                         group held, KILL after the grace, exit
+//!                                         group held, KILL after the grace,
+//!                                         empty the dead server's job cgroups, exit
 //! ```
 //!
 //! The write end is close-on-exec and held only by the server, so EOF
@@ -199,6 +200,8 @@ pub fn main(args: &[String]) -> ExitCode {
     }
     // Holds no directory busy (an unmount, a deleted working directory).
     let _ = std::env::set_current_dir("/");
+    // The server is this process's parent until it dies.
+    let server = nix::unistd::getppid();
     let mut held = HashSet::new();
     // Unbuffered: poll(2) must see every byte not yet consumed.
     // SAFETY: descriptor 0 is the pipe from the server, owned by nobody
@@ -248,7 +251,27 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     }
     kill_all(&held, grace);
+    empty_job_cgroups(server);
     ExitCode::SUCCESS
+}
+
+/// Processes that left their job's group (`setsid`) are out of reach of
+/// the group kill, but still in the job's cgroup when the server has
+/// them (`exec.max_processes`). Once the server is dead (this process
+/// re-parented), the job cgroups of dead servers are emptied and removed
+/// as a server's start does it (`cgroup::init`, the one place), not at the
+/// next start only. Bounded: gives up waiting after a second.
+fn empty_job_cgroups(server: Pid) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while nix::unistd::getppid() == server && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Past its exit, to a zombie or gone: what `init` takes as dead.
+    std::thread::sleep(Duration::from_millis(20));
+    let _ = super::cgroup::init();
+    // Cgroups whose last tasks were still exiting: once more.
+    std::thread::sleep(Duration::from_millis(100));
+    super::cgroup::sweep();
 }
 
 /// Whether the pipe's write end is gone (the server died) within `wait`.
