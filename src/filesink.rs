@@ -1,5 +1,6 @@
-//! Writing a received file (a `put` on the server, a `get` on the client)
-//! past the page cache, with `O_DIRECT`.
+//! A received file (a `put` on the server, a `get` on the client): its
+//! temporary file taken only if this side made it ([`open_part`]), and
+//! written past the page cache with `O_DIRECT` ([`FileSink`]).
 //!
 //! A copy is fsynced before it takes its name (PROTOCOL.md §3.8). Written
 //! through the page cache, a 1 GiB file costs a copy into a gigabyte of
@@ -21,9 +22,63 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::stat::{Mode, SFlag};
+
+/// Why a transfer's temporary file could not be had.
+#[derive(Debug)]
+pub enum PartError {
+    /// Something that is not a regular file holds the name.
+    InWay,
+    /// Made by someone else since this side looked (another transfer).
+    Busy,
+    Os(Errno),
+}
+
+/// Opens (read-write, mode 0600 if made) the temporary file `name` in
+/// `dir`, where a copy is written before it takes its final name, on
+/// either side (a put on the server, a get on the client). What an
+/// interrupted copy of this user left (a regular file with one link,
+/// owned by this process's filesystem uid) is taken as it is, for
+/// `--resume`; anything else there (a hard link to a file elsewhere, a
+/// file another user placed in a shared directory) is removed and a new
+/// one made, so a copy never writes into, or ends as, a file it did not
+/// make. Links are never followed.
+pub fn open_part(dir: &impl AsFd, name: &str) -> Result<File, PartError> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let mode = Mode::from_bits_truncate(0o600);
+    // SAFETY: a plain system call; -1 changes nothing and returns the
+    // thread's filesystem uid.
+    let me = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
+    match nix::fcntl::openat(dir, name, flags, mode) {
+        Ok(fd) => {
+            let st = nix::sys::stat::fstat(&fd).map_err(PartError::Os)?;
+            let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+            if !regular {
+                return Err(PartError::InWay);
+            }
+            if st.st_nlink == 1 && st.st_uid == me {
+                return Ok(File::from(fd));
+            }
+            nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(PartError::Os)?;
+        }
+        Err(Errno::ENOENT) => {}
+        Err(Errno::EISDIR | Errno::ELOOP | Errno::ENXIO) => return Err(PartError::InWay),
+        Err(e) => return Err(PartError::Os(e)),
+    }
+    let fd = nix::fcntl::openat(dir, name, flags | OFlag::O_CREAT | OFlag::O_EXCL, mode).map_err(
+        |e| match e {
+            Errno::EEXIST => PartError::Busy,
+            e => PartError::Os(e),
+        },
+    )?;
+    Ok(File::from(fd))
+}
 
 /// Alignment of buffer, offset and length for direct writes: a page, and
 /// every common logical block size.

@@ -16,7 +16,7 @@
 //! | [`secrets`] | the token's lookup and creation, secret files read as ssh reads keys |
 //! | [`identity`] | who a connection is: token, keys (`authorized_keys` and its options), user certificates, revocations; the client's key, the agent, `keygen` |
 //! | [`files`] | files the program writes for itself (token, self-signed pair, known_hosts): whole or not at all, every error naming the file |
-//! | [`filesink`] | received files written past the page cache (`O_DIRECT`), falling back to it where it cannot be had |
+//! | [`filesink`] | received files: the part file taken only if this side made it, written past the page cache (`O_DIRECT`) where it can be |
 //! | [`tls`] | TLS 1.3: server identity, self-signed certificates, CA / pinned / trust-on-first-use clients |
 //! | [`net`] | plain-or-TLS connections split into reader and writer halves |
 //! | [`timefmt`] | pure `strftime` validation and formatting for the time service |

@@ -615,6 +615,18 @@ fn a_full_disk_is_one_clear_error() {
         .find(|r| r["path"].as_str().unwrap().ends_with("huge"))
         .unwrap();
     assert_eq!(huge["outcome"], "cancelled", "{huge}");
+
+    // A file the server can send whole within the windows (2 MiB): the
+    // disk fills on this side after the server is done, and nothing is
+    // left either (stop 26's attack: a part file stayed, filling the disk).
+    std::fs::remove_file(fs.path().join("small")).unwrap();
+    let out = copy("get", "big");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs[0]["error"], "local", "{recs:?}");
+    assert_eq!(recs[1]["ok"], true, "{recs:?}");
+    assert!(!fs.path().join("big").exists());
+    assert!(partials(fs.path()).is_empty(), "{:?}", partials(fs.path()));
 }
 
 /// Transfers run as the job user: what that user may not read or write
@@ -892,6 +904,52 @@ fn a_transfer_thread_is_the_users_for_files_only() {
 /// a file elsewhere is replaced by a fresh file; a partial file swapped
 /// during the transfer fails it, and the swapped-in file is not put in
 /// place.
+/// The same rule on the client's side (stop 26's attack round): a `get`
+/// into a directory where someone planted the part file (a hard link to
+/// another file, a file of another user) never writes into it nor ends
+/// as it; the copy is the client's own, with the plain and `--resume`.
+#[test]
+fn a_get_never_ends_in_a_part_file_it_did_not_make() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let down = home.join("down");
+    let outside = home.join("outside");
+    std::fs::create_dir_all(&down).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(home.join("g"), b"the real content").unwrap();
+    let srv = server(&[]);
+    let addr = srv.addr("exec", Transport::Tcp);
+    let src = home.join("g").display().to_string();
+    let dest = format!("{}/", down.display());
+    let me = nix::unistd::geteuid().as_raw();
+    for resume in [false, true] {
+        // A hard link to a file elsewhere.
+        std::fs::write(outside.join("victim"), b"keep me").unwrap();
+        std::fs::hard_link(outside.join("victim"), down.join(".g.sb-part")).unwrap();
+        let mut args = vec!["get", addr.as_str()];
+        if resume {
+            args.push("--resume");
+        }
+        args.extend([src.as_str(), dest.as_str()]);
+        let out = run(&srv, home, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(down.join("g")).unwrap(), b"the real content");
+        assert_eq!(std::fs::metadata(down.join("g")).unwrap().nlink(), 1);
+        std::fs::remove_file(down.join("g")).unwrap();
+        // A file of another user (nobody's uid), placed beforehand.
+        std::fs::write(down.join(".g.sb-part"), b"the real").unwrap();
+        std::os::unix::fs::chown(down.join(".g.sb-part"), Some(65534), Some(65534)).unwrap();
+        let out = run(&srv, home, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let st = std::fs::metadata(down.join("g")).unwrap();
+        assert_eq!(st.uid(), me, "the copy is someone else's file");
+        assert_eq!(std::fs::read(down.join("g")).unwrap(), b"the real content");
+        std::fs::remove_file(down.join("g")).unwrap();
+    }
+}
+
 #[test]
 fn the_partial_file_is_never_someone_elses() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@
 //! ```
 
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -310,16 +310,25 @@ impl ExecClient {
                 dest.display()
             )))
         })?;
-        let tmp = dir.join(partial_name(name));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|e| local(e, &tmp))?;
+        let part = partial_name(name);
+        let tmp = dir.join(&part);
+        // What an earlier get of this user left is resumed from; anything
+        // else there is replaced (found by attack: a file another user
+        // planted in a shared directory became the "verified" copy, still
+        // theirs). The same rule as the server's (filesink::open_part).
+        let dir_fd = std::fs::File::open(&dir).map_err(|e| local(e, &dir))?;
+        let file = crate::filesink::open_part(&dir_fd, &part).map_err(|e| {
+            let why = match e {
+                crate::filesink::PartError::InWay => {
+                    io::Error::other("in the way (not a file); remove it")
+                }
+                crate::filesink::PartError::Busy => {
+                    io::Error::other("made by another copy at the same time")
+                }
+                crate::filesink::PartError::Os(e) => io::Error::from(e),
+            };
+            local(why, &tmp)
+        })?;
         let remove = || {
             let _ = std::fs::remove_file(&tmp);
         };
@@ -422,7 +431,9 @@ impl ExecClient {
                 }
                 JobEvent::Transfer(TransferEvent::Sent(sent)) => {
                     drop(chunks);
-                    let (hasher, at) = written(writer.await)?;
+                    // A write that failed at the end (a full disk found by
+                    // the last blocks) keeps nothing either.
+                    let (hasher, at) = written(writer.await).inspect_err(|_| remove())?;
                     let sha256 = hex(&hasher.finalize());
                     if sent.sha256 != sha256 || at != meta.size {
                         remove();

@@ -571,48 +571,21 @@ fn dir_fd(fd: OwnedFd) -> OwnedFd {
     nix::fcntl::openat2(&fd, ".", how).unwrap_or(fd)
 }
 
-/// Opens (or makes) the partial file `tmp` in `dir`: only a regular file
-/// with one link that belongs to this transfer's user is taken as it is
-/// (what an interrupted transfer left); anything else there (a hard link
-/// to a file elsewhere, another user's file) is removed and a new one
-/// made, so the transfer never writes into a file it did not make.
+/// The part file `tmp` in `dir` (`filesink::open_part`, the rule both
+/// sides keep), its failures said for `shown`.
 fn open_partial(dir: &OwnedFd, tmp: &str, shown: &str) -> Result<std::fs::File, Fail> {
-    let in_way = || {
-        Fail::new(
+    use crate::filesink::PartError;
+    crate::filesink::open_part(dir, tmp).map_err(|e| match e {
+        PartError::InWay => Fail::new(
             ErrorCode::Exists,
             format!("{shown}: {tmp} is in the way (not a file); remove it"),
-        )
-    };
-    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let mode = Mode::from_bits_truncate(0o600);
-    // SAFETY: a plain system call; -1 changes nothing and returns the
-    // thread's filesystem uid.
-    let me = unsafe { libc::syscall(libc::SYS_setfsuid, u32::MAX) } as u32;
-    match nix::fcntl::openat(dir, tmp, flags, mode) {
-        Ok(fd) => {
-            let st = nix::sys::stat::fstat(&fd).map_err(|e| Fail::os(e, shown))?;
-            if kind_of(&st) == SFlag::S_IFREG && st.st_nlink == 1 && st.st_uid == me {
-                return Ok(std::fs::File::from(fd));
-            }
-            if kind_of(&st) != SFlag::S_IFREG {
-                return Err(in_way());
-            }
-            nix::unistd::unlinkat(dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| Fail::os(e, shown))?;
-        }
-        Err(Errno::ENOENT) => {}
-        Err(Errno::EISDIR | Errno::ELOOP | Errno::ENXIO) => return Err(in_way()),
-        Err(e) => return Err(Fail::os(e, shown)),
-    }
-    nix::fcntl::openat(dir, tmp, flags | OFlag::O_CREAT | OFlag::O_EXCL, mode)
-        .map(std::fs::File::from)
-        .map_err(|e| match e {
-            Errno::EEXIST => Fail::new(
-                ErrorCode::Exists,
-                format!("{shown}: another transfer is writing it"),
-            ),
-            e => Fail::os(e, shown),
-        })
+        ),
+        PartError::Busy => Fail::new(
+            ErrorCode::Exists,
+            format!("{shown}: another transfer is writing it"),
+        ),
+        PartError::Os(e) => Fail::os(e, shown),
+    })
 }
 
 /// Whether `name` in `dir` is the very file `file` (same device and inode,
@@ -1241,6 +1214,8 @@ impl Task {
                 };
             }
             at += n as u64;
+            // What the audit says of a get cut off half-way.
+            record.bytes = at;
         }
         let sha = hex(&hasher.finalize());
         record.bytes = size;
