@@ -9,7 +9,10 @@
 # Peers: the minimal tokio echo server and the blocking std TCP/UDP echo
 # (bench/peers, built as cargo examples), the tutorial's Python server and
 # a threaded variant, socat and ncat with `stdbuf -o0 tr a-z A-Z`, iperf3
-# (stream ceiling), and a local `sh -c true` spawn loop (exec's floor);
+# (stream ceiling), a local `sh -c true` spawn loop (exec's floor), the
+# same spawn per request of a minimal blocking TCP server (spawn_echo: the
+# floor of any job over a socket) and a minimal pipe-to-socket relay
+# (pipe_relay: the floor of a job's output stream);
 # then bench/fanout.sh (1,000 hosts) and bench/transfer.sh (put/get).
 # Installs socat, ncat and iperf3 with apt-get when missing. Every server
 # started here is stopped by its PID on exit. Not run by CI.
@@ -43,7 +46,7 @@ start() {
 
 # Fixed loopback ports, one per server (the peers take an address).
 p_sb=19101 p_sbx=19102 p_tokio=19103 p_std=19104 p_stdu=19105 p_py=19106
-p_pyt=19107 p_socat=19108 p_ncat=19109 p_iperf=19110 p_ssh=19111
+p_pyt=19107 p_socat=19108 p_ncat=19109 p_iperf=19110 p_ssh=19111 p_spe=19112
 
 start switchboard "$sb" serve -q --allow-root --echo "127.0.0.1:$p_sb" --time 127.0.0.1:0 \
   --exec "tcp://127.0.0.1:$p_sbx" --udp-rate-limit 0 --max-connections-per-source 0
@@ -55,6 +58,7 @@ start python python3 bench/peers/tutorial_server.py "$p_py"
 start pythreaded python3 bench/peers/tutorial_server.py "$p_pyt" --threaded
 start socat socat "TCP-LISTEN:$p_socat,fork,reuseaddr,bind=127.0.0.1" EXEC:"stdbuf -o0 tr a-z A-Z"
 start ncat ncat -k -l 127.0.0.1 "$p_ncat" --sh-exec "stdbuf -o0 tr a-z A-Z"
+start spawnecho "$ex/spawn_echo" "127.0.0.1:$p_spe"
 start iperf iperf3 -s -B 127.0.0.1 -p "$p_iperf"
 # A throwaway sshd on a loopback high port (bench/lib.sh).
 throwaway_sshd "$p_ssh"
@@ -95,6 +99,7 @@ for peer in switchboard:$p_sb std:$p_stdu; do
 done
 measure "exec true, 1 kept conn" switchboard exec "127.0.0.1:$p_sbx" --conns 1 --duration "${secs}s"
 measure "exec true, 1 conn, 8 jobs in flight" switchboard exec "127.0.0.1:$p_sbx" --conns 1 --inflight 8 --duration "${secs}s"
+measure "exec true, 1 kept conn" "spawn per request over TCP (spawn_echo)" echo "127.0.0.1:$p_spe" --conns 1 --size 64 --duration "${secs}s"
 measure "exec, fresh conn + handshake + job" switchboard exec-connect "127.0.0.1:$p_sbx" --conns 1 --duration "${secs}s"
 # ncat --sh-exec spawns `tr` per connection (no authentication): the
 # nearest thing to a fresh connection + job without a protocol.
@@ -126,8 +131,11 @@ for _ in $(seq "$runs"); do
     echo "{\"label\":\"exec, fresh conn + handshake + job\",\"peer\":\"ssh (fresh)\",\"raw\":{\"spawns_per_sec\":$r}}" >>"$results"
   fi
   "$ex/spawn_loop" "$secs" true | sed 's/^/{"label":"exec true, 1 kept conn","peer":"local spawn loop","raw":/; s/$/}/' >>"$results"
+  # iperf3 is the ceiling of both streams: one line for each row.
   iperf3 -c 127.0.0.1 -p "$p_iperf" -t "$secs" -J 2>/dev/null \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"label":"stream 64 KiB writes, 1 conn","peer":"iperf3","raw":{"mb_per_sec":d["end"]["sum_received"]["bits_per_second"]/8e6}}))' >>"$results" 2>/dev/null || true
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); r={"mb_per_sec":d["end"]["sum_received"]["bits_per_second"]/8e6}
+for l in ("stream 64 KiB writes, 1 conn", "exec stdout stream, head -c 1G"): print(json.dumps({"label":l,"peer":"iperf3","raw":r}))' >>"$results" 2>/dev/null || true
+  "$ex/pipe_relay" 1073741824 | sed 's/^/{"label":"exec stdout stream, head -c 1G","peer":"pipe relay (pipe_relay)","raw":/; s/$/}/' >>"$results"
 done
 
 # exec --hosts of `true` to 1,000 addresses of one server (bench/fanout.sh).
