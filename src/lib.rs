@@ -22,6 +22,7 @@
 //! | [`timefmt`] | pure `strftime` validation and formatting for the time service |
 //! | [`client`] | one typed client per service ([`EchoClient`], [`TimeClient`], [`ExecClient`]), shared by the CLI, tests and bench |
 //! | [`hosts`] | pdsh-style host lists for fan-out (`node[01-20]:8080`, `@file`) |
+//! | [`rollout`] | canary and rolling fan-out: waves of hosts, and the `--max-fail` gate |
 //! | [`logsink`] | the log's writer: a bounded queue and one thread, so an unwritable log drops lines instead of panicking or blocking |
 //! | [`auditlog`] | the audit trail: JSON records of jobs, refusals and failed logins, apart from the log and its level |
 //! | [`bench`](mod@bench) | the load generator behind `switchboard bench` |
@@ -59,6 +60,7 @@ pub mod identity;
 pub mod logsink;
 pub mod net;
 pub mod proto;
+pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod sys;

@@ -155,3 +155,188 @@ fn exclude_and_folded_ranges() {
         common::stderr(&o)
     );
 }
+
+/// `n` exec servers sharing `dir`'s token; those at `refusing` take argv
+/// jobs only, so a shell command fails there (`refused`). Every job that
+/// runs appends a line to `dir/ran`.
+async fn fleet(
+    dir: &std::path::Path,
+    n: usize,
+    refusing: &[usize],
+) -> (Vec<common::TestServer>, Vec<String>) {
+    let mut servers = Vec::new();
+    let mut hosts = Vec::new();
+    for i in 0..n {
+        let mut cfg = exec_config(dir);
+        cfg.exec.argv_only = refusing.contains(&i);
+        let srv = start(cfg).await;
+        hosts.push(srv.exec.to_string());
+        servers.push(srv);
+    }
+    (servers, hosts)
+}
+
+/// Runs `exec --hosts` of the fleet's command with `extra` flags.
+async fn roll(dir: &std::path::Path, hosts: &[String], extra: &[&str]) -> std::process::Output {
+    let ran = dir.join("ran");
+    tokio::process::Command::new(bin())
+        .args(["exec", "--hosts", &hosts.join(",")])
+        .args(["--token-file", dir.join("token").to_str().unwrap()])
+        .args(extra)
+        .args(["--", &format!("echo x >> {}", ran.display())])
+        .output()
+        .await
+        .unwrap()
+}
+
+fn records(o: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Jobs that ran, as the jobs themselves counted them.
+fn jobs_ran(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("ran"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A canary that fails stops the rest: no job runs on any other host, each
+/// is reported skipped with why; a canary that succeeds lets the rest run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_stops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 6, &[0]).await;
+
+    let o = roll(dir.path(), &hosts, &["--canary", "1", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let r = records(&o);
+    assert_eq!(r.len(), 6);
+    assert_eq!(r[0]["failure"], "refused", "{}", r[0]);
+    assert_eq!(
+        (r[0]["canary"].clone(), r[0]["wave"].clone()),
+        (true.into(), 1.into())
+    );
+    for rec in &r[1..] {
+        assert_eq!(rec["failure"], "skipped", "{rec}");
+        assert_eq!(rec["skipped"], "the canary failed");
+        assert_eq!(rec["wave"], 2);
+        assert!(rec.get("canary").is_none(), "{rec}");
+    }
+    assert_eq!(
+        jobs_ran(dir.path()),
+        0,
+        "no host past the canary ran the job"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("wave 1 of 2 (canary): 1 host"), "{err}");
+
+    // Named canaries (any of the list) that succeed: everyone else runs,
+    // the refusing host fails on its own.
+    let o = roll(dir.path(), &hosts, &["--canary-hosts", &hosts[3], "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let r = records(&o);
+    assert_eq!(r[3]["canary"], true);
+    assert_eq!(r[3]["exit_code"], 0);
+    assert_eq!(r[0]["failure"], "refused");
+    assert!(r.iter().all(|rec| rec["failure"] != "skipped"), "{r:?}");
+    assert_eq!(jobs_ran(dir.path()), 5);
+
+    // A canary host not in --hosts is refused before anything runs.
+    let o = roll(dir.path(), &hosts, &["--canary-hosts", "127.0.0.1:1"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not one of --hosts"));
+    assert_eq!(jobs_ran(dir.path()), 5);
+}
+
+/// Waves of 3 over 10 hosts, 2 of them failing (one in the first wave,
+/// one in the second), with `--max-fail 1`: the second failure closes the
+/// gate, the waves after it are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_stop_once_more_than_max_fail_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 10, &[1, 4]).await;
+
+    let o = roll(
+        dir.path(),
+        &hosts,
+        &["--batch", "3", "--max-fail", "1", "--json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let r = records(&o);
+    let waves: Vec<u64> = r.iter().map(|x| x["wave"].as_u64().unwrap()).collect();
+    assert_eq!(waves, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+    let failures: Vec<&str> = r
+        .iter()
+        .map(|x| x["failure"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            "ok", "refused", "ok", "ok", "refused", "ok", "skipped", "skipped", "skipped",
+            "skipped"
+        ]
+    );
+    assert!(
+        r[6..]
+            .iter()
+            .all(|x| x["skipped"] == "--max-fail 1 reached")
+    );
+    assert_eq!(jobs_ran(dir.path()), 4);
+
+    // The same as text: the summary counts and folds the skipped hosts.
+    let o = roll(dir.path(), &hosts, &["--batch", "30%", "--max-fail", "10%"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("10 hosts, 4 ok, 2 failed, 4 skipped"), "{err}");
+    assert!(err.contains("skipped (--max-fail 10% reached): "), "{err}");
+    assert!(err.contains("wave 2 of 4: 3 hosts\n"), "{err}");
+    assert!(
+        !err.contains("wave 3"),
+        "skipped waves are not started: {err}"
+    );
+    assert_eq!(jobs_ran(dir.path()), 8);
+
+    // Without a limit every wave runs.
+    let o = roll(dir.path(), &hosts, &["--batch", "4", "--json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        records(&o)
+            .iter()
+            .filter(|x| x["failure"] == "skipped")
+            .count(),
+        0
+    );
+    assert_eq!(jobs_ran(dir.path()), 16);
+}
+
+/// `--stop-on-fail` within one wave: hosts still waiting for a slot of
+/// `--fanout` when the first failure comes are not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_on_fail_skips_hosts_not_yet_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 5, &[2]).await;
+    let o = roll(
+        dir.path(),
+        &hosts,
+        &["--stop-on-fail", "--fanout", "1", "--json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let r = records(&o);
+    let failures: Vec<&str> = r
+        .iter()
+        .map(|x| x["failure"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(failures, ["ok", "ok", "refused", "skipped", "skipped"]);
+    assert_eq!(r[3]["skipped"], "--max-fail 0 reached");
+    assert_eq!(jobs_ran(dir.path()), 2);
+}

@@ -6,6 +6,10 @@
 //! `dshbak -c`), or one JSON record per host (`--json`). A summary of the
 //! failures goes to stderr; the exit status is 0 only if every host ran the
 //! command and it exited 0 (`--max-rc`: the largest status instead).
+//!
+//! With `--canary`, `--batch` or `--max-fail` the hosts run in waves
+//! ([`crate::rollout`]); hosts never started are reported `skipped`, with
+//! why, and count as failed.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +25,7 @@ use super::ExecArgs;
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, JobEvent};
 use crate::proto::{ClientMsg, ExitStatus};
+use crate::rollout::Rollout;
 
 /// How one host's run ended.
 #[derive(Debug, Clone)]
@@ -31,6 +36,8 @@ enum Outcome {
     /// The server refused the job; a spawn failure's shell status.
     Refused(String, Option<i32>),
     Failed(String),
+    /// Not started: the canary failed, or `--max-fail` was reached.
+    Skipped(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,9 +48,17 @@ struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     signal: Option<String>,
     timed_out: bool,
-    /// `connect`, `auth`, `refused` (the server refused the job) or `failed`.
+    /// `connect`, `auth`, `refused` (the server refused the job), `failed`
+    /// or `skipped` (not started).
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<&'static str>,
+    /// The wave the host was in (1 for a plain fan-out).
+    wave: usize,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    canary: bool,
+    /// Why a host was not started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     duration_ms: u64,
@@ -56,6 +71,7 @@ struct Record {
 
 struct HostRun {
     host: String,
+    place: Place,
     outcome: Outcome,
     duration: Duration,
     stdout: Vec<u8>,
@@ -71,6 +87,7 @@ impl HostRun {
             Outcome::Exit(s) => exit_code(s),
             // As for one host: a program not found is 127, and so on.
             Outcome::Refused(_, Some(st)) => u8::try_from(*st).unwrap_or(EXIT_CONNECTION),
+            Outcome::Skipped(_) => 1,
             _ => EXIT_CONNECTION,
         }
     }
@@ -86,6 +103,7 @@ impl HostRun {
             Outcome::Auth(e) => format!("auth: {e}"),
             Outcome::Refused(e, _) => format!("refused: {e}"),
             Outcome::Failed(e) => format!("failed: {e}"),
+            Outcome::Skipped(e) => format!("skipped: {e}"),
         }
     }
 
@@ -103,6 +121,11 @@ impl HostRun {
             Outcome::Auth(_) => Some("auth"),
             Outcome::Refused(..) => Some("refused"),
             Outcome::Failed(_) => Some("failed"),
+            Outcome::Skipped(_) => Some("skipped"),
+        };
+        let skipped = match &self.outcome {
+            Outcome::Skipped(why) => Some(why.clone()),
+            _ => None,
         };
         Record {
             host: self.host.clone(),
@@ -110,6 +133,9 @@ impl HostRun {
             signal,
             timed_out,
             failure,
+            wave: self.place.wave,
+            canary: self.place.canary,
+            skipped,
             error,
             duration_ms: self.duration.as_millis() as u64,
             stdout_bytes: self.stdout_bytes,
@@ -213,10 +239,27 @@ impl HostRun {
     }
 }
 
-async fn run_host(host: String, plan: Arc<Plan>) -> HostRun {
+impl HostRun {
+    fn new(host: String, place: Place, outcome: Outcome) -> HostRun {
+        HostRun {
+            host,
+            place,
+            outcome,
+            duration: Duration::ZERO,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            truncated: false,
+        }
+    }
+}
+
+async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     let started = Instant::now();
     let mut run = HostRun {
         host: host.clone(),
+        place,
         outcome: Outcome::Failed(String::new()),
         duration: Duration::ZERO,
         stdout: Vec::new(),
@@ -315,25 +358,49 @@ fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// Runs the command on every host, at most `width` at a time; the results
-/// in the hosts' order.
-/// The fan-out summary on stderr: how many hosts, how many failed, and
-/// why each did.
-pub(super) fn summary(total: usize, failed: &[(&str, String)]) {
+/// The fan-out summary on stderr: how many hosts, how many failed and
+/// why each did; hosts not started, folded by why.
+pub(super) fn summary(total: usize, failed: &[(&str, String)], skipped: &[(&str, String)]) {
+    let skipped_note = match skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} skipped"),
+    };
     say!(
-        "switchboard: {total} host{}, {} ok, {} failed",
+        "switchboard: {total} host{}, {} ok, {} failed{skipped_note}",
         if total == 1 { "" } else { "s" },
-        total - failed.len(),
+        total - failed.len() - skipped.len(),
         failed.len()
     );
     for (host, why) in failed {
         say!("  {host}: {why}");
     }
+    let mut by_why: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (host, why) in skipped {
+        by_why.entry(why).or_default().push(host);
+    }
+    for (why, hosts) in by_why {
+        say!("  skipped ({why}): {}", crate::hosts::fold(&hosts));
+    }
 }
 
-/// Runs `run` for every host, `width` at a time; the results in the
-/// hosts' order. Shared by `exec --hosts` and `put`/`get --hosts`.
-pub(super) async fn run_all<R, F, Fut>(hosts: &[String], width: usize, run: F) -> Vec<R>
+/// Where a host stands in a rollout.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Place {
+    /// From 1 (a plain fan-out is one wave).
+    pub wave: usize,
+    pub canary: bool,
+}
+
+/// Runs `run` for the hosts at the `which` indices, `width` at a time,
+/// started in the order of `which` (a slot is taken before a host's task
+/// exists, so tasks cannot overtake each other to it); (index, result)
+/// pairs in that order.
+async fn run_some<R, F, Fut>(
+    hosts: &[String],
+    which: &[usize],
+    width: usize,
+    run: F,
+) -> Vec<(usize, R)>
 where
     R: Send + 'static,
     F: Fn(String) -> Fut + Clone + Send + 'static,
@@ -342,12 +409,14 @@ where
     let slots = Arc::new(Semaphore::new(width.max(1)));
     let done = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let (slots, run, done, host) = (slots.clone(), run.clone(), done.clone(), host.clone());
+    for &i in which {
+        let Some(host) = hosts.get(i) else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (run, done, host) = (run.clone(), done.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
+            let _slot = slot;
             let r = run(host).await;
             done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
         }));
@@ -356,8 +425,95 @@ where
         let _ = t.await;
     }
     let mut v = std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner()));
-    v.sort_by_key(|(i, _)| *i);
+    v.sort_by_key(|(i, _)| which.iter().position(|w| w == i));
+    v
+}
+
+/// Runs `run` for every host, `width` at a time; the results in the
+/// hosts' order.
+pub(super) async fn run_all<R, F, Fut>(hosts: &[String], width: usize, run: F) -> Vec<R>
+where
+    R: Send + 'static,
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let all: Vec<usize> = (0..hosts.len()).collect();
+    let v = run_some(hosts, &all, width, run).await;
     v.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Runs every host in the waves `rollout` makes of them, `width` at a time
+/// within a wave; the results in the hosts' order. Shared by `exec
+/// --hosts` and `put`/`get --hosts`.
+pub(super) async fn run_rollout<R, F, Fut, S>(
+    hosts: &[String],
+    width: usize,
+    rollout: &Rollout,
+    run: F,
+    skip: S,
+    failed: fn(&R) -> bool,
+) -> anyhow::Result<Vec<R>>
+where
+    R: Send + 'static,
+    F: Fn(String, Place) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    S: Fn(String, Place, String) -> R + Clone + Send + Sync + 'static,
+{
+    let waves = rollout.waves(hosts).map_err(anyhow::Error::msg)?;
+    let gate = Arc::new(rollout.gate(hosts.len()));
+    let mut out: Vec<Option<R>> = hosts.iter().map(|_| None).collect();
+    let mut stop: Option<String> = None;
+    for wave in &waves {
+        let place = Place {
+            wave: wave.number,
+            canary: wave.canary,
+        };
+        if let Some(why) = &stop {
+            for &i in &wave.hosts {
+                if let (Some(slot), Some(host)) = (out.get_mut(i), hosts.get(i)) {
+                    *slot = Some(skip(host.clone(), place, why.clone()));
+                }
+            }
+            continue;
+        }
+        if waves.len() > 1 {
+            say!(
+                "switchboard: wave {} of {}{}: {} host{}",
+                wave.number,
+                waves.len(),
+                if wave.canary { " (canary)" } else { "" },
+                wave.hosts.len(),
+                if wave.hosts.len() == 1 { "" } else { "s" }
+            );
+        }
+        let (run, skip, gate2) = (run.clone(), skip.clone(), gate.clone());
+        let ran = run_some(hosts, &wave.hosts, width, move |host| {
+            let (run, skip, gate) = (run.clone(), skip.clone(), gate2.clone());
+            async move {
+                // Asked once a slot is free: hosts waiting for one when
+                // the gate closes are not started.
+                if !gate.open() {
+                    return skip(host, place, gate.reason());
+                }
+                let r = run(host, place).await;
+                gate.record(failed(&r));
+                r
+            }
+        })
+        .await;
+        for (i, r) in ran {
+            if wave.canary && failed(&r) {
+                stop = Some(crate::rollout::CANARY_FAILED.into());
+            }
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(r);
+            }
+        }
+        if stop.is_none() && !gate.open() {
+            stop = Some(gate.reason());
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Runs `words` on every one of `hosts` (expanded by [`crate::hosts::expand`]).
@@ -375,6 +531,7 @@ pub fn fanout(
     }
     let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
     let width = args.fan.fanout;
+    let rollout = args.fan.rollout()?;
     let plan = Arc::new(Plan {
         stream: !gather && !json,
         max_output: args.max_output,
@@ -384,17 +541,25 @@ pub fn fanout(
     });
     let _ = crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-    let results = rt.block_on(run_all(&hosts, width, move |host| {
-        run_host(host, plan.clone())
-    }));
+    let results = rt.block_on(run_rollout(
+        &hosts,
+        width,
+        &rollout,
+        move |host, place| run_host(host, place, plan.clone()),
+        |host, place, why| HostRun::new(host, place, Outcome::Skipped(why)),
+        |r: &HostRun| r.status() != 0,
+    ))?;
     print_results(&results, json, gather)?;
     let failed: Vec<&HostRun> = results.iter().filter(|r| r.status() != 0).collect();
     if !json {
-        let why: Vec<(&str, String)> = failed
-            .iter()
-            .map(|r| (r.host.as_str(), r.describe()))
-            .collect();
-        summary(results.len(), &why);
+        let (mut why, mut skipped) = (Vec::new(), Vec::new());
+        for r in &failed {
+            match &r.outcome {
+                Outcome::Skipped(s) => skipped.push((r.host.as_str(), s.clone())),
+                _ => why.push((r.host.as_str(), r.describe())),
+            }
+        }
+        summary(results.len(), &why, &skipped);
     }
     let code = match (failed.is_empty(), max_rc) {
         (true, _) => 0,

@@ -207,9 +207,60 @@ pub struct HostsArgs {
     /// With --hosts: how many servers at once.
     #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..), |n| n as usize))]
     pub fanout: usize,
+    /// With --hosts: run on the first N hosts first, and on the rest only if all of
+    /// them succeed.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "hosts",
+        conflicts_with = "canary_hosts"
+    )]
+    pub canary: Option<usize>,
+    /// With --hosts: these hosts (of --hosts; same syntax) are the canary.
+    #[arg(long, value_name = "HOSTS", requires = "hosts")]
+    pub canary_hosts: Option<String>,
+    /// With --hosts: run in waves of N hosts, or P% of them (25%), each after the
+    /// one before has ended.
+    #[arg(long, value_name = "N|P%", requires = "hosts")]
+    pub batch: Option<crate::rollout::Count>,
+    /// With --hosts: once more than N hosts (or P% of them) failed, start no more
+    /// (running ones finish; the rest are reported skipped).
+    #[arg(
+        long,
+        value_name = "N|P%",
+        requires = "hosts",
+        conflicts_with = "stop_on_fail"
+    )]
+    pub max_fail: Option<crate::rollout::Count>,
+    /// With --hosts: start no more hosts after the first failure (--max-fail 0).
+    #[arg(long, requires = "hosts")]
+    pub stop_on_fail: bool,
 }
 
 impl HostsArgs {
+    /// How the fan-out rolls over the hosts (`--canary`, `--batch`,
+    /// `--max-fail`).
+    pub(super) fn rollout(&self) -> anyhow::Result<crate::rollout::Rollout> {
+        use crate::rollout::{Canary, Count, Rollout};
+        let canary = match (&self.canary, &self.canary_hosts) {
+            (Some(n), _) => Canary::First(*n),
+            (None, Some(spec)) => Canary::Hosts(crate::hosts::expand(
+                spec,
+                crate::config::DEFAULT_EXEC_PORT,
+            )?),
+            (None, None) => Canary::None,
+        };
+        let max_fail = match self.stop_on_fail {
+            true => Some(Count::Hosts(0)),
+            false => self.max_fail,
+        };
+        Ok(Rollout {
+            canary,
+            batch: self.batch,
+            max_fail,
+        })
+    }
+
     /// The hosts `--hosts` names, less `--exclude`; every address checked
     /// before anything can connect. `None` without `--hosts`.
     pub(super) fn expand(&self) -> anyhow::Result<Option<Vec<String>>> {

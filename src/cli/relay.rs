@@ -52,6 +52,11 @@ pub(super) fn put(args: TransferArgs, plan: Plan) -> anyhow::Result<ExitCode> {
     if !meta.is_file() {
         bail!("{}: --relay sends one regular file", src.display());
     }
+    if !args.fan.rollout()?.is_plain() {
+        bail!(
+            "--relay sends through every host in one chain: --canary, --batch and --max-fail do not apply"
+        );
+    }
     let hosts = plan.hosts.clone().unwrap_or_default();
     if let Some(h) = hosts.iter().find(|h| h.starts_with("tls://")) {
         bail!("{h}: --relay goes over plain TCP only (hosts cannot check each other's TLS yet)");
@@ -222,6 +227,6 @@ fn report(
             println!("{record}");
         }
     }
-    super::fanout::summary(chain.len(), &failed);
+    super::fanout::summary(chain.len(), &failed, &[]);
     Ok(ExitCode::from(u8::from(!failed.is_empty())))
 }

@@ -528,6 +528,8 @@ struct HostOutcome {
     host: String,
     failed: usize,
     error: Option<String>,
+    /// Not started (`--canary`, `--max-fail`), and why.
+    skipped: Option<String>,
 }
 
 /// `put`/`get --hosts`: the same copy on every host, `--fanout` at a time,
@@ -541,24 +543,40 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
     };
     let hosts = plan.hosts.clone().unwrap_or_default();
     let width = args.fan.fanout;
+    let rollout = args.fan.rollout()?;
     let args = std::sync::Arc::new(args);
     let plan = std::sync::Arc::new(plan);
     let _ = crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-    let results = rt.block_on(super::fanout::run_all(&hosts, width, move |host| {
-        let (args, plan, auth) = (args.clone(), plan.clone(), auth.clone());
-        async move { copy_host(host, &args, &plan, &auth, put).await }
-    }));
-    let failed: Vec<(&str, String)> = results
-        .iter()
-        .filter_map(|r| match (&r.error, r.failed) {
-            (Some(e), _) => Some((r.host.as_str(), e.clone())),
-            (None, 0) => None,
-            (None, n) => Some((r.host.as_str(), format!("{n} file(s) failed"))),
-        })
-        .collect();
-    super::fanout::summary(results.len(), &failed);
-    Ok(ExitCode::from(u8::from(!failed.is_empty())))
+    let results = rt.block_on(super::fanout::run_rollout(
+        &hosts,
+        width,
+        &rollout,
+        move |host, _| {
+            let (args, plan, auth) = (args.clone(), plan.clone(), auth.clone());
+            async move { copy_host(host, &args, &plan, &auth, put).await }
+        },
+        |host, _, why| HostOutcome {
+            host: host.strip_prefix("tls://").unwrap_or(&host).to_string(),
+            failed: 0,
+            error: None,
+            skipped: Some(why),
+        },
+        |r: &HostOutcome| r.error.is_some() || r.failed > 0 || r.skipped.is_some(),
+    ))?;
+    let (mut failed, mut skipped) = (Vec::new(), Vec::new());
+    for r in &results {
+        match (&r.skipped, &r.error, r.failed) {
+            (Some(why), _, _) => skipped.push((r.host.as_str(), why.clone())),
+            (None, Some(e), _) => failed.push((r.host.as_str(), e.clone())),
+            (None, None, 0) => {}
+            (None, None, n) => failed.push((r.host.as_str(), format!("{n} file(s) failed"))),
+        }
+    }
+    super::fanout::summary(results.len(), &failed, &skipped);
+    Ok(ExitCode::from(u8::from(
+        !failed.is_empty() || !skipped.is_empty(),
+    )))
 }
 
 async fn copy_host(
@@ -573,6 +591,7 @@ async fn copy_host(
         host: label.clone(),
         failed: 0,
         error: None,
+        skipped: None,
     };
     let connected = async {
         let tls = match host.strip_prefix("tls://") {
