@@ -121,6 +121,9 @@ ssh_rate() {
   python3 -c "print($n * 1e6 / ($now - $start))"
 }
 ssh "${ssh_opts[@]}" "${ssh_cm[@]}" root@127.0.0.1 true || true
+# The ControlMaster outlives this script (ControlPersist) unless told.
+stop_master() { ssh "${ssh_opts[@]}" "${ssh_cm[@]}" -O exit root@127.0.0.1 2>/dev/null || true; }
+trap 'stop_master; [ -n "${COMPARE_DEBUG:-}" ] && cp "$work"/*.err "$work"/results.jsonl /tmp/cmpdebug/ 2>/dev/null; cleanup' EXIT
 
 # The floors and ceilings measured outside `switchboard bench`.
 for _ in $(seq "$runs"); do

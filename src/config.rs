@@ -290,6 +290,11 @@ pub struct ExecConfig {
     /// Timeout for jobs that set none; zero means none. Default: none.
     #[serde(deserialize_with = "de_duration")]
     pub job_timeout: Duration,
+    /// Output one job may send, stdout and stderr together, in bytes;
+    /// past it the rest is read and dropped (the job runs on) and the
+    /// job's `exit` says how much. A request may ask for less
+    /// (`max_output`), never more. 0 = no limit. Default: 0.
+    pub max_output: u64,
     /// Largest frame header accepted. Default: 65,536 bytes.
     pub max_header: usize,
     /// Largest frame body accepted. Default: 1 MiB.
@@ -394,6 +399,7 @@ impl Default for ExecConfig {
             kill_grace: Duration::from_secs(2),
             drain_grace: Duration::from_secs(1),
             job_timeout: Duration::ZERO,
+            max_output: 0,
             max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
             max_body: crate::proto::frame::DEFAULT_MAX_BODY,
             stdin_window: 256 * 1024,
@@ -761,6 +767,7 @@ impl ServerConfig {
             kill_grace: _,
             drain_grace: _,
             job_timeout: _,
+            max_output: _,
             max_header: _,
             max_body: _,
             stdin_window: _,

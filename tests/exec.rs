@@ -1247,3 +1247,100 @@ async fn output_windows_pace_one_job_without_holding_up_another() {
         (Some("error"), Some("protocol"))
     );
 }
+
+/// Sends `r` and gathers the job's frames: (stdout and stderr bytes
+/// received, exit status, reason, dropped).
+async fn run_capped(c: ExecClient, r: ExecRequest) -> (usize, ExitStatus, Option<String>, u64) {
+    let (mut tx, mut rx) = c.split();
+    let id = r.id;
+    tx.send(ClientMsg::Exec(r)).await.unwrap();
+    let mut got = 0;
+    tokio::time::timeout(T, async {
+        loop {
+            match rx.recv().await.unwrap().unwrap() {
+                ServerMsg::Started { .. } => {}
+                ServerMsg::Stdout { data, .. } | ServerMsg::Stderr { data, .. } => {
+                    got += data.len()
+                }
+                ServerMsg::Exit {
+                    id: i,
+                    status,
+                    reason,
+                    dropped,
+                } => {
+                    assert_eq!(i, id);
+                    return (got, status, reason, dropped);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Past its `max_output` a job's output is dropped and counted, stdout and
+/// stderr together, and the job runs on to its end (the line it writes to
+/// a file after the flood is there).
+#[tokio::test]
+async fn a_job_past_max_output_runs_on_and_its_exit_counts_the_rest() {
+    let fx = Fixture::new().await;
+    let marker = fx.dir.path().join("finished");
+    let mut r = req(
+        1,
+        &format!(
+            "head -c 6000000 /dev/zero; head -c 4485760 /dev/zero >&2; echo done > {}",
+            marker.display()
+        ),
+    );
+    r.output.max_output = Some(1 << 20);
+    let (got, status, reason, dropped) = run_capped(fx.client().await, r).await;
+    assert_eq!(got, 1 << 20, "exactly max_output was sent");
+    assert_eq!(dropped, 10_485_760 - (1 << 20));
+    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(reason, None);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
+
+    // Output of exactly max_output: nothing dropped.
+    let mut r = req(2, "head -c 1000 /dev/zero");
+    r.output.max_output = Some(1000);
+    let (got, _, _, dropped) = run_capped(fx.client().await, r).await;
+    assert_eq!((got, dropped), (1000, 0));
+}
+
+/// With `max_output_kill` the job is stopped once it passes the cap: an
+/// endless `yes` ends by SIGTERM, and the exit says why.
+#[tokio::test]
+async fn max_output_kill_stops_the_job() {
+    let fx = Fixture::new().await;
+    let mut r = req(1, "yes");
+    r.output.max_output = Some(65_536);
+    r.output.max_output_kill = true;
+    let (got, status, reason, dropped) = run_capped(fx.client().await, r).await;
+    assert_eq!(got, 65_536);
+    assert!(dropped > 0);
+    assert_eq!(status, signal("TERM", false));
+    assert_eq!(reason.as_deref(), Some("output past max_output"));
+}
+
+/// The server's `exec.max_output` is the most any request gets: one asking
+/// nothing or more gets it, one asking less gets what it asked.
+#[tokio::test]
+async fn the_servers_max_output_bounds_every_request() {
+    let fx = Fixture::with(|c| c.exec.max_output = 100_000).await;
+    for (id, asked, sent) in [
+        (1, None, 100_000),
+        (2, Some(50_000), 50_000),
+        (3, Some(1 << 30), 100_000),
+    ] {
+        let mut r = req(id, "head -c 300000 /dev/zero");
+        r.output.max_output = asked;
+        let (got, status, _, dropped) = run_capped(fx.client().await, r).await;
+        assert_eq!(
+            (got, dropped),
+            (sent, 300_000 - sent as u64),
+            "asked {asked:?}"
+        );
+        assert_eq!(status, ExitStatus::Code(0));
+    }
+}

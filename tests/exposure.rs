@@ -634,6 +634,7 @@ fn sigterm_gives_running_jobs_their_exit_and_the_reason() {
                     timed_out: false
                 },
                 reason: Some("server shutting down".into()),
+                dropped: 0,
             },
             ServerMsg::error(None, ErrorCode::ShuttingDown, "server shutting down"),
         ]

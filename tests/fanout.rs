@@ -340,3 +340,71 @@ async fn stop_on_fail_skips_hosts_not_yet_started() {
     assert_eq!(r[3]["skipped"], "--max-fail 0 reached");
     assert_eq!(jobs_ran(dir.path()), 2);
 }
+
+/// `--max-output` caps each job at its server: a fan-out of a job printing
+/// 10 MiB receives and keeps 1 MiB per host, and each record says how much
+/// was dropped; one host's client says so on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_output_caps_each_host_and_says_what_was_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 3, &[]).await;
+    let token = dir.path().join("token");
+    let exec = |extra: &[&str], cmd: &str| {
+        tokio::process::Command::new(bin())
+            .arg("exec")
+            .args(["--token-file", token.to_str().unwrap()])
+            .args(extra)
+            .args(["--", cmd])
+            .output()
+    };
+    let ten_mib = "head -c 10485760 /dev/zero | tr '\\0' x";
+    let o = exec(
+        &["--hosts", &hosts.join(","), "--max-output", "1M", "--json"],
+        ten_mib,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = records(&o);
+    assert_eq!(r.len(), 3);
+    for rec in &r {
+        assert_eq!(rec["exit_code"], 0);
+        assert_eq!(rec["stdout_bytes"], 1 << 20, "{}", rec["host"]);
+        assert_eq!(rec["dropped_bytes"], 10_485_760 - (1 << 20));
+        assert_eq!(rec["truncated"], true);
+        assert_eq!(rec["stdout"].as_str().unwrap().len(), 1 << 20);
+    }
+
+    // --gather without --max-output keeps (and asks for) 1 MiB per host.
+    let o = exec(&["--hosts", &hosts.join(","), "--gather"], ten_mib)
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let kept: Vec<usize> = out
+        .lines()
+        .filter(|l| !l.is_empty() && l.bytes().all(|b| b == b'x'))
+        .map(str::len)
+        .collect();
+    assert_eq!(kept, [1 << 20], "one group, 1 MiB kept");
+
+    // One host: the client reports the drop; the job's status is its own.
+    let o = exec(
+        &[&hosts[0], "--max-output", "64K"],
+        "head -c 1048576 /dev/zero; exit 3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.stdout.len(), 65_536);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("output truncated: 983040 bytes past --max-output dropped"),
+        "{err}"
+    );
+}

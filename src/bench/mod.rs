@@ -392,6 +392,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
         cwd: None,
         timeout_ms: None,
         pty: None,
+        output: Default::default(),
     };
     let start = Instant::now();
     tx.send(ClientMsg::Exec(req)).await?;

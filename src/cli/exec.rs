@@ -138,9 +138,10 @@ struct LocalInput {
     escapes: bool,
 }
 
-/// How a job ended: its status, and why the server ended it when it did
-/// so for a reason of its own (shutdown).
-type Ended = (ExitStatus, Option<String>);
+/// How a job ended: its status, why the server ended it when it did so
+/// for a reason of its own (shutdown, `--max-output-kill`), and the output
+/// dropped past `--max-output`.
+type Ended = (ExitStatus, Option<String>, u64);
 
 /// Runs one job to its end, streaming its output; forwards local stdin when
 /// `forward_stdin`, reading `~` escapes in it when `escapes` (a raw local
@@ -270,9 +271,9 @@ async fn run_job(
                             let _ = queue.send(msg).await;
                         }
                     }
-                    JobEvent::Exit { status, reason } => {
+                    JobEvent::Exit { status, reason, dropped } => {
                         out.finish().map_err(Failure::output)?;
-                        return Ok((status, reason));
+                        return Ok((status, reason, dropped));
                     }
                     JobEvent::Failed(f) => return Err(ClientError::from(f).into()),
                 },
@@ -312,7 +313,10 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
 /// next command (REPL, pipe), `Err` to stop (the connection is gone).
 fn report(result: Result<Ended, Failure>) -> Result<u8, u8> {
     match result {
-        Ok((status, reason)) => {
+        Ok((status, reason, dropped)) => {
+            if dropped > 0 {
+                say!("switchboard: output truncated: {dropped} bytes past --max-output dropped");
+            }
             if let Some(why) = reason {
                 say!("switchboard: job ended: {why}");
             }

@@ -62,11 +62,20 @@ struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     duration_ms: u64,
+    /// Output received (and counted, kept or not).
     stdout_bytes: u64,
     stderr_bytes: u64,
+    /// Output the server dropped past the job's `max_output`.
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped_bytes: u64,
+    /// Not all of the output is in `stdout`/`stderr`.
     truncated: bool,
     stdout: String,
     stderr: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 struct HostRun {
@@ -78,6 +87,7 @@ struct HostRun {
     stderr: Vec<u8>,
     stdout_bytes: u64,
     stderr_bytes: u64,
+    dropped: u64,
     truncated: bool,
 }
 
@@ -140,7 +150,8 @@ impl HostRun {
             duration_ms: self.duration.as_millis() as u64,
             stdout_bytes: self.stdout_bytes,
             stderr_bytes: self.stderr_bytes,
-            truncated: self.truncated,
+            dropped_bytes: self.dropped,
+            truncated: self.truncated || self.dropped > 0,
             stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
         }
@@ -198,7 +209,25 @@ struct Plan {
     auth: ClientAuth,
     words: Vec<String>,
     stream: bool,
-    max_output: usize,
+    /// Output kept per host (`--gather`, `--json`), and asked of the
+    /// servers as the jobs' `max_output` so they send no more.
+    keep: Option<u64>,
+}
+
+/// Output kept per host for `--gather`/`--json` without `--max-output`...
+const KEEP_PER_HOST: u64 = 1 << 20;
+/// ...and over all hosts: 10,000 hosts keep 26 KiB each.
+const KEEP_TOTAL: u64 = 256 << 20;
+
+/// What `--gather`/`--json` keep per host of `hosts`: `--max-output`, or
+/// a share of [`KEEP_TOTAL`] up to [`KEEP_PER_HOST`]; nothing kept when
+/// output is streamed.
+fn keep_per_host(max_output: Option<u64>, kept: bool, hosts: usize) -> Option<u64> {
+    match (max_output, kept) {
+        (Some(m), _) => Some(m),
+        (None, false) => None,
+        (None, true) => Some((KEEP_TOTAL / hosts.max(1) as u64).min(KEEP_PER_HOST)),
+    }
 }
 
 /// Connects to one host (`tls://` for TLS) and authenticates; the failure
@@ -226,13 +255,15 @@ async fn connect_host(host: &str, plan: &Plan) -> Result<ExecClient, Outcome> {
 
 impl HostRun {
     /// Counts a chunk of output and keeps what fits under `max` bytes.
-    fn keep(&mut self, is_err: bool, data: &[u8], max: usize) {
+    fn keep(&mut self, is_err: bool, data: &[u8], max: Option<u64>) {
         let (buf, count) = if is_err {
             (&mut self.stderr, &mut self.stderr_bytes)
         } else {
             (&mut self.stdout, &mut self.stdout_bytes)
         };
         *count += data.len() as u64;
+        let Some(max) = max else { return };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
         let room = max.saturating_sub(buf.len()).min(data.len());
         buf.extend_from_slice(data.get(..room).unwrap_or_default());
         self.truncated |= room < data.len();
@@ -250,6 +281,7 @@ impl HostRun {
             stderr: Vec::new(),
             stdout_bytes: 0,
             stderr_bytes: 0,
+            dropped: 0,
             truncated: false,
         }
     }
@@ -257,17 +289,7 @@ impl HostRun {
 
 async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     let started = Instant::now();
-    let mut run = HostRun {
-        host: host.clone(),
-        place,
-        outcome: Outcome::Failed(String::new()),
-        duration: Duration::ZERO,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        truncated: false,
-    };
+    let mut run = HostRun::new(host.clone(), place, Outcome::Failed(String::new()));
     let client = match connect_host(&host, &plan).await {
         Ok(c) => c,
         Err(outcome) => {
@@ -277,7 +299,8 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         }
     };
     let (mut tx, mut rx) = client.split();
-    let req = plan.args.request(1, plan.words.clone());
+    let mut req = plan.args.request(1, plan.words.clone());
+    req.output.max_output = plan.keep;
     let id = req.id;
     let mut prefix = plan.stream.then(|| Prefixer {
         host: host.clone(),
@@ -288,7 +311,12 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         tx.send(ClientMsg::Exec(req)).await?;
         loop {
             let (is_err, data) = match rx.job_event(id).await? {
-                JobEvent::Exit { status, .. } => return Ok(status),
+                JobEvent::Exit {
+                    status, dropped, ..
+                } => {
+                    run.dropped = dropped;
+                    return Ok(status);
+                }
                 JobEvent::Failed(f) => return Err(f.into()),
                 JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {
                     continue;
@@ -302,7 +330,7 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
             if let Some(p) = prefix.as_mut() {
                 p.feed(is_err, &data, false);
             }
-            run.keep(is_err, &data, plan.max_output);
+            run.keep(is_err, &data, plan.keep);
         }
     }
     .await;
@@ -534,7 +562,7 @@ pub fn fanout(
     let rollout = args.fan.rollout()?;
     let plan = Arc::new(Plan {
         stream: !gather && !json,
-        max_output: args.max_output,
+        keep: keep_per_host(args.max_output, gather || json, hosts.len()),
         args,
         auth,
         words,

@@ -39,6 +39,26 @@ fn parse_wait(s: &str) -> anyhow::Result<Duration> {
     Ok(if d.is_zero() { NO_LIMIT } else { d })
 }
 
+/// A size in bytes: a number, or with K, M or G (powers of 1,024; `KiB`,
+/// `MB` and the like read the same).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a size is a number of bytes, or with K, M or G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{s:?}: a size's unit is K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
 /// What a wait of 0 becomes: about thirty years.
 pub const NO_LIMIT: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
@@ -345,9 +365,15 @@ pub struct ExecArgs {
     /// With --hosts: exit with the largest status instead of 1 on any failure.
     #[arg(long)]
     pub max_rc: bool,
-    /// With --hosts: output kept per host for --gather/--json (more is counted, marked truncated).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub max_output: usize,
+    /// Output the job may send, stdout and stderr together (bytes, or 64K, 10M); the server
+    /// drops the rest and says how much, and the job runs on. With --hosts and
+    /// --gather/--json it is also what is kept per host [default there: 1M, or 256M over
+    /// all hosts past 256 of them].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
+    /// With --max-output: stop the job (TERM, then KILL) once it is reached.
+    #[arg(long, requires = "max_output")]
+    pub max_output_kill: bool,
     /// The server: HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT], IPv6 in
     /// brackets (default 127.0.0.1:8080; a missing port is 8080). Always the
     /// word before --.

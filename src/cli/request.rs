@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 
 use super::{ConnectArgs, ExecArgs};
 use crate::client::{ClientAuth, ExecClient};
-use crate::proto::{Command, ExecRequest};
+use crate::proto::{Command, ExecRequest, OutputOptions};
 use crate::secrets::client_token;
 
 impl ExecArgs {
@@ -30,6 +30,10 @@ impl ExecArgs {
                 .filter(|t| !t.is_zero())
                 .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
             pty: None,
+            output: OutputOptions {
+                max_output: self.max_output,
+                max_output_kill: self.max_output_kill,
+            },
         }
     }
 }

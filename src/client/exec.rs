@@ -152,10 +152,12 @@ pub enum JobEvent {
     Stdout(Bytes),
     Stderr(Bytes),
     /// The job ended; `reason` when the server ended it for a reason of
-    /// its own (shutdown).
+    /// its own (shutdown, `max_output_kill`); `dropped`: output past its
+    /// `max_output`, not sent.
     Exit {
         status: ExitStatus,
         reason: Option<String>,
+        dropped: u64,
     },
     /// The request failed (before or instead of running), or the
     /// connection failed for every job (an error frame without an id).
@@ -215,7 +217,19 @@ impl JobEvent {
             ServerMsg::Started { id, pid, job } => (Some(id), JobEvent::Started { pid, job }),
             ServerMsg::Stdout { id, data } => (Some(id), JobEvent::Stdout(data)),
             ServerMsg::Stderr { id, data } => (Some(id), JobEvent::Stderr(data)),
-            ServerMsg::Exit { id, status, reason } => (Some(id), JobEvent::Exit { status, reason }),
+            ServerMsg::Exit {
+                id,
+                status,
+                reason,
+                dropped,
+            } => (
+                Some(id),
+                JobEvent::Exit {
+                    status,
+                    reason,
+                    dropped,
+                },
+            ),
             ServerMsg::Error {
                 id,
                 code,

@@ -101,6 +101,20 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
     /// A terminal for the job (`-t`); `None`: pipes.
     pub pty: Option<PtyRequest>,
+    /// How much output to send, and how (§3.3).
+    pub output: OutputOptions,
+}
+
+/// What a job's output may be (PROTOCOL.md §3.3): capped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputOptions {
+    /// Output to send at most, stdout and stderr together; past it the
+    /// rest is read and dropped, and the `exit` frame counts it. The
+    /// server's `exec.max_output`, when set, is the most a request gets.
+    pub max_output: Option<u64>,
+    /// Stop the job (TERM, then KILL) once `max_output` is reached,
+    /// instead of letting it run on.
+    pub max_output_kill: bool,
 }
 
 impl ExecRequest {
@@ -114,6 +128,7 @@ impl ExecRequest {
             cwd: None,
             timeout_ms: None,
             pty: None,
+            output: OutputOptions::default(),
         }
     }
 }
@@ -296,6 +311,9 @@ pub enum ServerMsg {
         /// Why the server ended the job, when it did so for a reason of its
         /// own (`"server shutting down"`); absent otherwise.
         reason: Option<String>,
+        /// Output bytes dropped past the job's `max_output` (on the wire,
+        /// with `truncated: true`, only when not 0).
+        dropped: u64,
     },
     Error {
         id: Option<u64>,
@@ -409,6 +427,10 @@ struct ExecFields {
     timeout_ms: Option<u64>,
     #[serde(default)]
     pty: Option<PtyRequest>,
+    #[serde(default)]
+    max_output: Option<u64>,
+    #[serde(default)]
+    max_output_kill: bool,
 }
 
 #[derive(Deserialize)]
@@ -485,6 +507,10 @@ impl ClientMsg {
                     cwd: f.cwd,
                     timeout_ms: f.timeout_ms,
                     pty: f.pty,
+                    output: OutputOptions {
+                        max_output: f.max_output,
+                        max_output_kill: f.max_output_kill,
+                    },
                 })
             }
             "stdin" => ClientMsg::Stdin {
@@ -585,6 +611,12 @@ impl ClientMsg {
                 }
                 if let Some(p) = &r.pty {
                     h["pty"] = json!(p);
+                }
+                if let Some(m) = r.output.max_output {
+                    h["max_output"] = json!(m);
+                }
+                if r.output.max_output_kill {
+                    h["max_output_kill"] = json!(true);
                 }
                 (h, Bytes::new())
             }
@@ -688,6 +720,8 @@ struct ExitFields {
     timed_out: bool,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    dropped: u64,
 }
 
 #[derive(Deserialize)]
@@ -769,6 +803,7 @@ impl ServerMsg {
                     id: f.id,
                     status,
                     reason: f.reason,
+                    dropped: f.dropped,
                 }
             }
             "error" => {
@@ -876,7 +911,12 @@ impl ServerMsg {
             }
             ServerMsg::Stdout { id, data } => (json!({"type": "stdout", "id": id}), data.clone()),
             ServerMsg::Stderr { id, data } => (json!({"type": "stderr", "id": id}), data.clone()),
-            ServerMsg::Exit { id, status, reason } => {
+            ServerMsg::Exit {
+                id,
+                status,
+                reason,
+                dropped,
+            } => {
                 let mut h = match status {
                     ExitStatus::Code(c) => json!({"type": "exit", "id": id, "code": c}),
                     ExitStatus::Signal { name, timed_out } => {
@@ -889,6 +929,10 @@ impl ServerMsg {
                 };
                 if let Some(r) = reason {
                     h["reason"] = json!(r);
+                }
+                if *dropped > 0 {
+                    h["truncated"] = json!(true);
+                    h["dropped"] = json!(dropped);
                 }
                 (h, Bytes::new())
             }
@@ -983,6 +1027,10 @@ mod tests {
                 cwd: Some("/tmp".into()),
                 timeout_ms: Some(5000),
                 pty: None,
+                output: OutputOptions {
+                    max_output: Some(10 << 20),
+                    max_output_kill: true,
+                },
             }),
             ClientMsg::Exec(ExecRequest {
                 pty: Some(PtyRequest {
@@ -997,15 +1045,7 @@ mod tests {
                 rows: 50,
                 cols: 132,
             },
-            ClientMsg::Exec(ExecRequest {
-                id: 8,
-                command: Command::Shell("ls | wc".into()),
-                stdin: false,
-                env: BTreeMap::new(),
-                cwd: None,
-                timeout_ms: None,
-                pty: None,
-            }),
+            ClientMsg::Exec(ExecRequest::shell(8, "ls | wc")),
             ClientMsg::Stdin {
                 id: 1,
                 data: Bytes::from_static(b"data"),
@@ -1080,11 +1120,13 @@ mod tests {
                     timed_out: true,
                 },
                 reason: None,
+                dropped: 0,
             },
             ServerMsg::Exit {
                 id: 2,
                 status: ExitStatus::Code(44),
                 reason: Some("server shutting down".into()),
+                dropped: 9_000_000,
             },
             ServerMsg::error(Some(3), ErrorCode::NoSuchJob, "no job 3"),
             ServerMsg::Pong,

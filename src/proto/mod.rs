@@ -11,8 +11,8 @@ pub mod writer;
 
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use message::{
-    AuthRequest, ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, ParseError, PtyRequest,
-    ServerMsg,
+    AuthRequest, ClientMsg, Command, ErrorCode, ExecRequest, ExitStatus, OutputOptions, ParseError,
+    PtyRequest, ServerMsg,
 };
 pub use writer::FrameWriter;
 

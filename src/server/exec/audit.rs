@@ -90,6 +90,8 @@ pub struct End<'a> {
     pub duration: Duration,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// Output read past the job's `max_output` and dropped.
+    pub dropped_bytes: u64,
 }
 
 /// The record of a job that has just started.
@@ -114,6 +116,9 @@ pub fn ended(j: &Job<'_>, e: &End<'_>) {
     f.insert("duration_ms".into(), json!(ms));
     f.insert("stdout_bytes".into(), json!(e.stdout_bytes));
     f.insert("stderr_bytes".into(), json!(e.stderr_bytes));
+    if e.dropped_bytes > 0 {
+        f.insert("dropped_bytes".into(), json!(e.dropped_bytes));
+    }
     auditlog::record("job_ended", f);
 }
 

@@ -13,6 +13,11 @@
 //!                         then exit is reported
 //! ```
 //!
+//! Past the job's `max_output` ([`OutputCap`]) the pumps go on reading
+//! and drop what they read, so the job neither blocks on a full pipe nor
+//! costs the client anything more; with `max_output_kill` the job is
+//! stopped instead.
+//!
 //! The pumps read a pipe only when the previous chunk has been queued for
 //! the client (and, with an output window, when the window had room for
 //! it), so a client that stops reading stops the job (its pipe fills)
@@ -225,6 +230,78 @@ pub struct JobEnd {
     pub status: ExitStatus,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// Output read past `max_output` and dropped.
+    pub dropped: u64,
+    /// Stopped by the server for passing `max_output` (`max_output_kill`).
+    pub capped: bool,
+}
+
+/// Why the server stopped a job that passed its `max_output` with
+/// `max_output_kill` (the `exit` frame's `reason`).
+pub const CAPPED: &str = "output past max_output";
+
+/// A job's `max_output` (PROTOCOL.md §3.3): what may still be sent, and
+/// what was dropped; shared by its stdout and stderr pumps.
+#[derive(Debug)]
+pub struct OutputCap {
+    left: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+    kill: bool,
+    /// Cancelled once output was dropped.
+    reached: CancellationToken,
+}
+
+impl OutputCap {
+    /// The cap a request gets: the smaller of what it asked and the
+    /// server's `exec.max_output` (0: none); `None` when neither sets one.
+    pub fn new(
+        asked: &crate::proto::OutputOptions,
+        server_max: u64,
+    ) -> Option<std::sync::Arc<OutputCap>> {
+        let max = match (asked.max_output, server_max) {
+            (None, 0) => return None,
+            (Some(m), 0) => m,
+            (None, s) => s,
+            (Some(m), s) => m.min(s),
+        };
+        Some(std::sync::Arc::new(OutputCap {
+            left: max.into(),
+            dropped: 0.into(),
+            kill: asked.max_output_kill,
+            reached: CancellationToken::new(),
+        }))
+    }
+
+    /// Of `len` bytes read, how many may be sent; the rest is dropped and
+    /// counted.
+    fn take(&self, len: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let mut keep = 0;
+        let _ = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                keep = left.min(len);
+                Some(left - keep)
+            });
+        if keep < len {
+            self.dropped.fetch_add(len - keep, Ordering::AcqRel);
+            self.reached.cancel();
+        }
+        keep
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves when the job is to be stopped for its output: never
+    /// without `max_output_kill`.
+    async fn stop(cap: Option<&OutputCap>) {
+        match cap {
+            Some(c) if c.kill => c.reached.cancelled().await,
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// Runs a spawned job to its end and returns how it ended. `out` carries
@@ -239,6 +316,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> JobEnd {
     let (exited_tx, exited_rx) = watch::channel::<Option<Instant>>(None);
+    let cap = out.cap.clone();
     // Polled in this task, not spawned: a task of their own cost every
     // job a hand-off between threads (and the wake-up of a parked worker)
     // when its pipes ended.
@@ -262,6 +340,7 @@ pub async fn run(
     };
     tokio::pin!(timeout);
     let mut timed_out = false;
+    let mut capped = false;
     // The pumps go on while the process runs, and may end first.
     let status = loop {
         tokio::select! {
@@ -274,6 +353,11 @@ pub async fn run(
             }
             _ = cancel.cancelled() => {
                 debug!(id, "job cancelled; killing its group");
+                break kill_and_wait_pumping(&mut child, pgid, timing.kill_grace, &mut pumps, &mut pumped).await;
+            }
+            () = OutputCap::stop(cap.as_deref()), if !capped => {
+                capped = true;
+                debug!(id, "job past its max_output; killing its group");
                 break kill_and_wait_pumping(&mut child, pgid, timing.kill_grace, &mut pumps, &mut pumped).await;
             }
         }
@@ -301,6 +385,8 @@ pub async fn run(
         status,
         stdout_bytes,
         stderr_bytes,
+        dropped: cap.as_deref().map_or(0, OutputCap::dropped),
+        capped,
     }
 }
 
@@ -393,7 +479,14 @@ async fn pump(
         match n {
             Ok(0) | Err(_) => return sent,
             Ok(_) => {
-                let data = buf.split().freeze();
+                let mut data = buf.split().freeze();
+                if let Some(cap) = &out.cap {
+                    let keep = cap.take(data.len() as u64);
+                    data.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+                    if data.is_empty() {
+                        continue;
+                    }
+                }
                 let len = data.len() as u64;
                 let msg = if is_stderr {
                     ServerMsg::Stderr { id, data }
@@ -423,6 +516,7 @@ async fn pump(
 pub struct Out {
     pub tx: mpsc::Sender<ServerMsg>,
     pub window: Option<std::sync::Arc<OutputWindow>>,
+    pub cap: Option<std::sync::Arc<OutputCap>>,
 }
 
 impl Out {

@@ -180,6 +180,8 @@ async fn run(
             duration: started.elapsed(),
             stdout_bytes: out_total,
             stderr_bytes: err_total,
+            // The reply's cap (legacy_output_cap) is not max_output.
+            dropped_bytes: 0,
         },
     );
     let mut all = out;

@@ -63,6 +63,8 @@ struct Admission {
     /// The command as the policy approved it, for the log and the audit.
     approved: crate::proto::Command,
     timing: JobTiming,
+    /// Its `max_output`, if it has one.
+    cap: Option<Arc<job::OutputCap>>,
     /// Who the connection authenticated as, for the audit.
     who: Arc<Identity>,
     slot: crate::server::limit::LimitGuard,
@@ -101,6 +103,10 @@ struct JobDone {
     id: u64,
     pgid: Pid,
     status: ExitStatus,
+    /// Output dropped past `max_output`.
+    dropped: u64,
+    /// Stopped for passing `max_output`.
+    capped: bool,
 }
 
 /// The `error` frame a plain-TCP exec connection gets when it is turned
@@ -884,14 +890,16 @@ impl Session {
         });
         // Shutdown cancels the jobs at once (their tokens are children of
         // it), so a job may end here before the loop sees the shutdown.
-        let reason = self
-            .conn_cancel
-            .is_cancelled()
-            .then(|| SHUTTING_DOWN.into());
+        let reason = match (self.conn_cancel.is_cancelled(), d.capped) {
+            (true, _) => Some(SHUTTING_DOWN.into()),
+            (false, true) => Some(job::CAPPED.into()),
+            (false, false) => None,
+        };
         self.send(ServerMsg::Exit {
             id: d.id,
             status: d.status,
             reason,
+            dropped: d.dropped,
         })
         .await;
     }
@@ -1149,6 +1157,7 @@ impl Session {
                 kill_grace: live.cfg.kill_grace,
                 drain_grace: live.cfg.drain_grace,
             },
+            cap: job::OutputCap::new(&req.output, live.cfg.max_output),
             who: self.who.clone(),
             slot,
             identity_slot,
@@ -1407,6 +1416,7 @@ impl Session {
             spec,
             approved,
             timing,
+            cap,
             who,
             slot,
             identity_slot,
@@ -1460,6 +1470,7 @@ impl Session {
         let out = job::Out {
             tx: self.tx.clone(),
             window: output.clone(),
+            cap,
         };
         let (done, job_cancel) = (self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();
@@ -1484,10 +1495,16 @@ impl Session {
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
                 stderr_bytes: end.stderr_bytes,
+                dropped_bytes: end.dropped,
             };
             audit::ended(&job, &how);
-            let status = end.status;
-            let _ = done.send(JobDone { id, pgid, status });
+            let _ = done.send(JobDone {
+                id,
+                pgid,
+                status: end.status,
+                dropped: end.dropped,
+                capped: end.capped,
+            });
         });
         self.jobs.insert(
             id,
@@ -1538,6 +1555,7 @@ impl Session {
                     id: d.id,
                     status: d.status,
                     reason: Some(why.into()),
+                    dropped: d.dropped,
                 };
                 let _ = tokio::time::timeout_at(deadline, self.tx.send(exit)).await;
             }
