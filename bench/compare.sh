@@ -141,8 +141,13 @@ for l in ("stream 64 KiB writes, 1 conn", "exec stdout stream, head -c 1G"): pri
   "$ex/pipe_relay" 1073741824 | sed 's/^/{"label":"exec stdout stream, head -c 1G","peer":"pipe relay (pipe_relay)","raw":/; s/$/}/' >>"$results"
 done
 
-# exec --hosts of `true` to 1,000 addresses of one server (bench/fanout.sh).
-RESULTS="$results" bash bench/fanout.sh 1000 "$runs" >&2 || echo "bench/fanout.sh failed" >&2
+# exec --hosts to 1,000 and 10,000 addresses of one server (bench/fanout.sh):
+# `true`, and a job printing 1 MiB.
+for n in 1000 10000; do
+  for job in true "head -c 1048576 /dev/zero"; do
+    RESULTS="$results" bash bench/fanout.sh "$n" "$runs" 32 "$job" >&2 || echo "bench/fanout.sh $n failed" >&2
+  done
+done
 
 # put and get of a 1 GiB file against scp and iperf3 (bench/transfer.sh).
 RESULTS="$results" bash bench/transfer.sh 1024 "$runs" >&2 || echo "bench/transfer.sh failed" >&2
@@ -164,6 +169,8 @@ for line in open(path):
         v, unit = r["mb_per_sec"], "MB/s"
     elif "secs" in r:
         v, unit = r["secs"], "s"
+    elif "rss_mib" in r:
+        v, unit = r["rss_mib"], "MiB"
     elif r.get("mode") == "idle":
         a, b = r.get("server_rss_kib_before"), r.get("server_rss_kib_after")
         if a is None or b is None:

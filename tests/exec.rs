@@ -266,7 +266,9 @@ async fn sixty_four_concurrent_jobs_on_one_connection_and_busy_beyond() {
             .unwrap()
         {
             ServerMsg::Started { .. } => started += 1,
-            ServerMsg::Stdout { id, data } => out.entry(id).or_default().extend_from_slice(&data),
+            ServerMsg::Stdout { id, data, .. } => {
+                out.entry(id).or_default().extend_from_slice(&data)
+            }
             ServerMsg::Stderr { .. } => {}
             ServerMsg::Exit { id, status, .. } => {
                 assert!(out.contains_key(&id), "exit {id} before its output");

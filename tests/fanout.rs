@@ -408,3 +408,127 @@ async fn max_output_caps_each_host_and_says_what_was_dropped() {
         "{err}"
     );
 }
+
+/// The RFC 3339 time at the head of a `--timestamps` line, in microseconds.
+fn stamp_of(line: &str) -> i64 {
+    let (ts, _) = line.split_once(' ').unwrap();
+    switchboard::proto::message::Stamp::parse(ts)
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .0
+}
+
+/// `--timestamps`: each line carries the server's time of it, increasing
+/// per host (the job sleeps between lines); the clock offset is said once
+/// per host, and in `--json` records with the lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_increase_per_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 2, &[]).await;
+    let token = dir.path().join("token");
+    let job = "for i in 1 2 3 4 5; do echo line$i; sleep 0.02; done; printf tail >&2";
+    let exec = |extra: &[&str]| {
+        tokio::process::Command::new(bin())
+            .arg("exec")
+            .args(["--token-file", token.to_str().unwrap(), "--timestamps"])
+            .args(extra)
+            .args(["--", job])
+            .output()
+    };
+    let o = exec(&["--hosts", &hosts.join(",")]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let err = String::from_utf8(o.stderr).unwrap();
+    for h in &hosts {
+        let mine: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(&format!(" {h}: ")))
+            .collect();
+        let texts: Vec<&str> = mine
+            .iter()
+            .map(|l| l.rsplit_once(": ").unwrap().1)
+            .collect();
+        assert_eq!(
+            texts,
+            ["line1", "line2", "line3", "line4", "line5"],
+            "{out}"
+        );
+        let ts: Vec<i64> = mine.iter().map(|l| stamp_of(l)).collect();
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        assert_eq!(
+            err.matches(&format!("switchboard: {h}: server clock "))
+                .count(),
+            1,
+            "{err}"
+        );
+        assert!(
+            err.lines().any(|l| l.ends_with(&format!(" {h}: tail"))),
+            "{err}"
+        );
+    }
+
+    let o = exec(&["--hosts", &hosts.join(","), "--json"])
+        .await
+        .unwrap();
+    for rec in records(&o) {
+        let lines = rec["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 6, "{rec}");
+        let ts: Vec<i64> = lines
+            .iter()
+            .map(|l| stamp_of(&format!("{} x", l["ts"].as_str().unwrap())))
+            .collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{rec}");
+        assert_eq!(lines[0]["text"], "line1\n");
+        assert_eq!(
+            (lines[5]["stream"].clone(), lines[5]["text"].clone()),
+            ("stderr".into(), "tail".into())
+        );
+        // One clock on one machine: the offset is within its own bound.
+        let (off, within) = (
+            rec["clock_offset_us"].as_i64().unwrap(),
+            rec["clock_within_us"].as_i64().unwrap(),
+        );
+        assert!(off.abs() <= within + 1, "{off} {within}");
+    }
+
+    // One host: the same prefix, and the clock said once.
+    let o = exec(&[&hosts[0]]).await.unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(out.lines().count(), 5);
+    assert!(
+        out.lines()
+            .all(|l| l.ends_with(&format!("line{}", l.chars().last().unwrap())))
+    );
+    let ts: Vec<i64> = out.lines().map(stamp_of).collect();
+    assert!(ts.windows(2).all(|w| w[0] < w[1]), "{out}");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.matches("server clock").count(), 1, "{err}");
+    assert!(err.lines().any(|l| l.ends_with(" tail")), "{err}");
+}
+
+/// A `--fanout` past the open-file limit is brought within it (hosts wait
+/// their turn) instead of hosts failing with "too many open files".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_past_the_fd_limit_waits_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 40, &[]).await;
+    let o = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 32 && exec {} exec --hosts {} --token-file {} --fanout 1000 --json -- true",
+            bin(),
+            hosts.join(","),
+            dir.path().join("token").display()
+        ))
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("--fanout 1000 would pass the open-file limit (32): 1 at a time"),
+        "{err}"
+    );
+    let r = records(&o);
+    assert_eq!(r.len(), 40);
+    assert!(r.iter().all(|x| x["exit_code"] == 0), "{r:?}");
+}

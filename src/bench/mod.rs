@@ -402,7 +402,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
     let mut frames = 0u64;
     let status = loop {
         match rx.job_event(id).await? {
-            JobEvent::Stdout(data) => {
+            JobEvent::Stdout(data, _) => {
                 got += data.len() as u64;
                 // An OR over the whole frame (vectorised) rather than a
                 // search that stops early: the check byte by byte took a
@@ -417,7 +417,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
             JobEvent::Exit { status, .. } => break status,
             JobEvent::Failed(f) => anyhow::bail!("server: {}", f.message),
             JobEvent::Started { .. }
-            | JobEvent::Stderr(_)
+            | JobEvent::Stderr(..)
             | JobEvent::Window { .. }
             | JobEvent::Transfer(_) => {}
         }

@@ -17,12 +17,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, Target};
+use super::lines::{ClockOffset, Lines};
 use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, TtySignal, TtySignals, window_size};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecReceiver, ExecSender, JobEvent};
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
-use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST};
+use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST, Stamp};
 use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
@@ -30,17 +31,27 @@ use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 struct Output {
     stdout: Option<Decoder>,
     stderr: Option<Decoder>,
+    /// `--timestamps`: each line prefixed with its frame's time.
+    stamped: Option<[Lines; 2]>,
 }
 
 impl Output {
-    fn new(encoding: Option<&'static Encoding>) -> Self {
+    fn new(encoding: Option<&'static Encoding>, timestamps: bool) -> Self {
         Output {
             stdout: encoding.map(|e| e.new_decoder()),
             stderr: encoding.map(|e| e.new_decoder()),
+            stamped: timestamps.then(Default::default),
         }
     }
 
-    fn write(&mut self, is_stderr: bool, data: &[u8], last: bool) -> std::io::Result<()> {
+    /// Writes a chunk the server read at `ts`; `last`: the stream ended.
+    fn write(
+        &mut self,
+        is_stderr: bool,
+        data: &[u8],
+        ts: Option<Stamp>,
+        last: bool,
+    ) -> std::io::Result<()> {
         let decoder = if is_stderr {
             &mut self.stderr
         } else {
@@ -63,6 +74,23 @@ impl Output {
                 text.as_bytes()
             }
         };
+        let stamped;
+        let out = match self
+            .stamped
+            .as_mut()
+            .and_then(|l| l.get_mut(usize::from(is_stderr)))
+        {
+            None => out,
+            Some(lines) => {
+                let mut s = Vec::with_capacity(out.len() + 64);
+                lines.feed(out, ts, last, |ts, line| {
+                    s.extend_from_slice(super::lines::prefix(ts).as_bytes());
+                    s.extend_from_slice(line);
+                });
+                stamped = s;
+                &stamped
+            }
+        };
         if is_stderr {
             let mut e = std::io::stderr().lock();
             e.write_all(out)?;
@@ -75,8 +103,8 @@ impl Output {
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
-        self.write(false, b"", true)?;
-        self.write(true, b"", true)
+        self.write(false, b"", None, true)?;
+        self.write(true, b"", None, true)
     }
 }
 
@@ -160,6 +188,7 @@ async fn run_job(
     out: &mut Output,
 ) -> Result<Ended, Failure> {
     let id = req.id;
+    let sent = std::time::SystemTime::now();
     tx.send(ClientMsg::Exec(req)).await?;
     let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
     let writer = async {
@@ -255,18 +284,22 @@ async fn run_job(
         loop {
             tokio::select! {
                 ev = rx.job_event(id) => match ev? {
-                    JobEvent::Started { .. } | JobEvent::Transfer(_) => {}
+                    JobEvent::Started { ts, .. } => if let Some(ts) = ts {
+                        let clock = ClockOffset::measure(sent, ts, std::time::SystemTime::now());
+                        say!("switchboard: {}", clock.describe());
+                    },
+                    JobEvent::Transfer(_) => {}
                     JobEvent::Window { stdin } => if let Some(c) = &credit {
                         c.add_permits(usize::try_from(stdin).unwrap_or(0));
                     },
-                    JobEvent::Stdout(data) => {
-                        out.write(false, &data, false).map_err(Failure::output)?;
+                    JobEvent::Stdout(data, ts) => {
+                        out.write(false, &data, ts, false).map_err(Failure::output)?;
                         if let Some(msg) = taken(data.len()) {
                             let _ = queue.send(msg).await;
                         }
                     }
-                    JobEvent::Stderr(data) => {
-                        out.write(true, &data, false).map_err(Failure::output)?;
+                    JobEvent::Stderr(data, ts) => {
+                        out.write(true, &data, ts, false).map_err(Failure::output)?;
                         if let Some(msg) = taken(data.len()) {
                             let _ = queue.send(msg).await;
                         }
@@ -482,7 +515,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let output_window = client.output_window().is_some();
     let (mut tx, mut rx) = client.split();
     let mut next_id = 0u64;
-    let mut out = Output::new(encoding);
+    let mut out = Output::new(encoding, args.timestamps);
     // Listened for before the terminal goes raw, so that no signal in
     // between ends the client by its default action with the terminal raw.
     let mut tty_signals = match &tty {

@@ -22,8 +22,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::ExecArgs;
+use super::lines::{self, ClockOffset, Lines};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, JobEvent};
+use crate::proto::message::Stamp;
 use crate::proto::{ClientMsg, ExitStatus};
 use crate::rollout::Rollout;
 
@@ -70,6 +72,15 @@ struct Record {
     dropped_bytes: u64,
     /// Not all of the output is in `stdout`/`stderr`.
     truncated: bool,
+    /// `--timestamps`: the server's clock minus this client's, and how far
+    /// off that may be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_within_us: Option<i64>,
+    /// `--timestamps`: the output's lines with the server's time of each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<Vec<LineRecord>>,
     stdout: String,
     stderr: String,
 }
@@ -89,6 +100,11 @@ struct HostRun {
     stderr_bytes: u64,
     dropped: u64,
     truncated: bool,
+    /// `--timestamps`: the server's clock against ours.
+    clock: Option<ClockOffset>,
+    /// `--json --timestamps`: the lines kept, and their bytes.
+    lines: Vec<LineRecord>,
+    lines_bytes: usize,
 }
 
 impl HostRun {
@@ -152,41 +168,39 @@ impl HostRun {
             stderr_bytes: self.stderr_bytes,
             dropped_bytes: self.dropped,
             truncated: self.truncated || self.dropped > 0,
+            clock_offset_us: self.clock.map(|c| c.offset_us),
+            clock_within_us: self.clock.map(|c| c.within_us),
+            lines: self.clock.map(|_| self.lines.clone()),
             stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
         }
     }
 }
 
-/// Writes complete lines prefixed with the host; keeps the partial last line.
+/// Writes complete lines prefixed with the host (and, with
+/// `--timestamps`, the time); keeps the partial last line.
 struct Prefixer {
     host: String,
-    out: Vec<u8>,
-    err: Vec<u8>,
+    lines: [Lines; 2],
 }
 
 impl Prefixer {
-    fn feed(&mut self, is_err: bool, data: &[u8], last: bool) {
-        let buf = if is_err { &mut self.err } else { &mut self.out };
-        buf.extend_from_slice(data);
-        let mut lines = Vec::new();
-        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            lines.push(line);
-        }
-        if last && !buf.is_empty() {
-            let mut line = std::mem::take(buf);
-            line.push(b'\n');
-            lines.push(line);
-        }
-        if lines.is_empty() {
-            return;
-        }
+    fn feed(&mut self, is_err: bool, data: &[u8], ts: Option<Stamp>, last: bool) {
         let mut text = Vec::new();
-        for l in lines {
-            text.extend_from_slice(self.host.as_bytes());
-            text.extend_from_slice(b": ");
-            text.extend_from_slice(&l);
+        let host = self.host.as_bytes();
+        if let Some(lines) = self.lines.get_mut(usize::from(is_err)) {
+            lines.feed(data, ts, last, |ts, line| {
+                text.extend_from_slice(lines::prefix(ts).as_bytes());
+                text.extend_from_slice(host);
+                text.extend_from_slice(b": ");
+                text.extend_from_slice(line);
+                if !line.ends_with(b"\n") {
+                    text.push(b'\n');
+                }
+            });
+        }
+        if text.is_empty() {
+            return;
         }
         // One write per batch of whole lines keeps hosts' lines unmixed.
         let written = if is_err {
@@ -202,6 +216,14 @@ impl Prefixer {
             std::process::exit(141);
         }
     }
+}
+
+/// A stamped line of a `--json --timestamps` record.
+#[derive(Debug, Clone, Serialize)]
+struct LineRecord {
+    ts: Option<String>,
+    stream: &'static str,
+    text: String,
 }
 
 struct Plan {
@@ -268,6 +290,35 @@ impl HostRun {
         buf.extend_from_slice(data.get(..room).unwrap_or_default());
         self.truncated |= room < data.len();
     }
+
+    /// `--json --timestamps`: cuts a chunk into stamped lines and keeps
+    /// them while their text fits under `max` bytes.
+    fn keep_lines(
+        &mut self,
+        lines: &mut [Lines; 2],
+        is_err: bool,
+        data: &[u8],
+        ts: Option<Stamp>,
+        last: bool,
+        max: Option<u64>,
+    ) {
+        let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let Some(l) = lines.get_mut(usize::from(is_err)) else {
+            return;
+        };
+        let (kept, held) = (&mut self.lines, &mut self.lines_bytes);
+        l.feed(data, ts, last, |ts, line| {
+            if *held + line.len() > max {
+                return;
+            }
+            *held += line.len();
+            kept.push(LineRecord {
+                ts: ts.map(Stamp::rfc3339),
+                stream: if is_err { "stderr" } else { "stdout" },
+                text: String::from_utf8_lossy(line).into_owned(),
+            });
+        });
+    }
 }
 
 impl HostRun {
@@ -283,6 +334,9 @@ impl HostRun {
             stderr_bytes: 0,
             dropped: 0,
             truncated: false,
+            clock: None,
+            lines: Vec::new(),
+            lines_bytes: 0,
         }
     }
 }
@@ -304,13 +358,16 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     let id = req.id;
     let mut prefix = plan.stream.then(|| Prefixer {
         host: host.clone(),
-        out: Vec::new(),
-        err: Vec::new(),
+        lines: Default::default(),
     });
+    // --json --timestamps: the lines with their times, for the record.
+    let mut stamped: Option<[Lines; 2]> =
+        (plan.args.json && plan.args.timestamps).then(Default::default);
     let result = async {
+        let sent = std::time::SystemTime::now();
         tx.send(ClientMsg::Exec(req)).await?;
         loop {
-            let (is_err, data) = match rx.job_event(id).await? {
+            let (is_err, data, ts) = match rx.job_event(id).await? {
                 JobEvent::Exit {
                     status, dropped, ..
                 } => {
@@ -318,25 +375,40 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                     return Ok(status);
                 }
                 JobEvent::Failed(f) => return Err(f.into()),
+                JobEvent::Started { ts: Some(ts), .. } => {
+                    let clock = ClockOffset::measure(sent, ts, std::time::SystemTime::now());
+                    if plan.stream {
+                        say!("switchboard: {host}: {}", clock.describe());
+                    }
+                    run.clock = Some(clock);
+                    continue;
+                }
                 JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {
                     continue;
                 }
-                JobEvent::Stdout(data) => (false, data),
-                JobEvent::Stderr(data) => (true, data),
+                JobEvent::Stdout(data, ts) => (false, data, ts),
+                JobEvent::Stderr(data, ts) => (true, data, ts),
             };
             if data.is_empty() {
                 continue;
             }
             if let Some(p) = prefix.as_mut() {
-                p.feed(is_err, &data, false);
+                p.feed(is_err, &data, ts, false);
+            }
+            if let Some(l) = stamped.as_mut() {
+                run.keep_lines(l, is_err, &data, ts, false, plan.keep);
             }
             run.keep(is_err, &data, plan.keep);
         }
     }
     .await;
     if let Some(p) = prefix.as_mut() {
-        p.feed(false, b"", true);
-        p.feed(true, b"", true);
+        p.feed(false, b"", None, true);
+        p.feed(true, b"", None, true);
+    }
+    if let Some(l) = stamped.as_mut() {
+        run.keep_lines(l, false, b"", None, true, plan.keep);
+        run.keep_lines(l, true, b"", None, true, plan.keep);
     }
     run.outcome = match result {
         Ok(status) => Outcome::Exit(status),
@@ -409,6 +481,25 @@ pub(super) fn summary(total: usize, failed: &[(&str, String)], skipped: &[(&str,
     for (why, hosts) in by_why {
         say!("  skipped ({why}): {}", crate::hosts::fold(&hosts));
     }
+}
+
+/// Descriptors the client keeps for itself besides its hosts'.
+const FD_RESERVE: u64 = 64;
+
+/// `--fanout` within the open-file limit (raised to the hard limit
+/// first), for hosts that hold `per_host` descriptors each while they
+/// run: hosts past it wait for a slot instead of failing with EMFILE.
+pub(super) fn width_within_fds(width: usize, per_host: u64) -> usize {
+    let limit = crate::sys::raise_fd_limit().unwrap_or(1024);
+    let room = usize::try_from(limit.saturating_sub(FD_RESERVE) / per_host.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if width > room {
+        say!(
+            "switchboard: --fanout {width} would pass the open-file limit ({limit}): {room} at a time"
+        );
+    }
+    width.min(room)
 }
 
 /// Where a host stands in a rollout.
@@ -558,7 +649,7 @@ pub fn fanout(
         anyhow::bail!("--hosts needs a command: switchboard exec --hosts HOSTS -- CMD");
     }
     let (gather, json, max_rc) = (args.gather, args.json, args.max_rc);
-    let width = args.fan.fanout;
+    let width = width_within_fds(args.fan.fanout, 1);
     let rollout = args.fan.rollout()?;
     let plan = Arc::new(Plan {
         stream: !gather && !json,
@@ -567,7 +658,6 @@ pub fn fanout(
         auth,
         words,
     });
-    let _ = crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let results = rt.block_on(run_rollout(
         &hosts,

@@ -17,6 +17,7 @@ mod clients;
 mod exec;
 mod fanout;
 mod input;
+mod lines;
 mod relay;
 mod request;
 mod serve;
@@ -374,6 +375,10 @@ pub struct ExecArgs {
     /// With --max-output: stop the job (TERM, then KILL) once it is reached.
     #[arg(long, requires = "max_output")]
     pub max_output_kill: bool,
+    /// Prefix each output line with the server's time of it (RFC 3339, microseconds, UTC),
+    /// and say once per host how far the server's clock is from this one.
+    #[arg(long, conflicts_with_all = ["tty", "gather"])]
+    pub timestamps: bool,
     /// The server: HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT], IPv6 in
     /// brackets (default 127.0.0.1:8080; a missing port is 8080). Always the
     /// word before --.

@@ -31,6 +31,7 @@ impl ExecArgs {
                 .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
             pty: None,
             output: OutputOptions {
+                timestamps: self.timestamps,
                 max_output: self.max_output,
                 max_output_kill: self.max_output_kill,
             },

@@ -542,11 +542,11 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
         ..args.conn.auth()?
     };
     let hosts = plan.hosts.clone().unwrap_or_default();
-    let width = args.fan.fanout;
+    // A socket and the file being copied per host.
+    let width = super::fanout::width_within_fds(args.fan.fanout, 2);
     let rollout = args.fan.rollout()?;
     let args = std::sync::Arc::new(args);
     let plan = std::sync::Arc::new(plan);
-    let _ = crate::sys::raise_fd_limit();
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let results = rt.block_on(super::fanout::run_rollout(
         &hosts,

@@ -18,6 +18,7 @@ use tokio_util::codec::FramedRead;
 use super::{ClientError, connect_tcp};
 use crate::identity::keys::ClientKey;
 use crate::proto::auth::{self, Role, Token};
+use crate::proto::message::Stamp;
 use crate::proto::{
     AuthRequest, ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, FrameWriter, ServerMsg,
     VERSION,
@@ -148,9 +149,12 @@ pub enum JobEvent {
         pid: u32,
         /// The server-wide job number (servers that send it).
         job: Option<u64>,
+        /// The server's time, when the job asked for `timestamps`.
+        ts: Option<Stamp>,
     },
-    Stdout(Bytes),
-    Stderr(Bytes),
+    /// Output, and when the server read it (with `timestamps`).
+    Stdout(Bytes, Option<Stamp>),
+    Stderr(Bytes, Option<Stamp>),
     /// The job ended; `reason` when the server ended it for a reason of
     /// its own (shutdown, `max_output_kill`); `dropped`: output past its
     /// `max_output`, not sent.
@@ -214,9 +218,11 @@ impl JobEvent {
     /// job of the connection); `None` for messages about no job.
     pub fn from_msg(msg: ServerMsg) -> Option<(Option<u64>, JobEvent)> {
         Some(match msg {
-            ServerMsg::Started { id, pid, job } => (Some(id), JobEvent::Started { pid, job }),
-            ServerMsg::Stdout { id, data } => (Some(id), JobEvent::Stdout(data)),
-            ServerMsg::Stderr { id, data } => (Some(id), JobEvent::Stderr(data)),
+            ServerMsg::Started { id, pid, job, ts } => {
+                (Some(id), JobEvent::Started { pid, job, ts })
+            }
+            ServerMsg::Stdout { id, data, ts } => (Some(id), JobEvent::Stdout(data, ts)),
+            ServerMsg::Stderr { id, data, ts } => (Some(id), JobEvent::Stderr(data, ts)),
             ServerMsg::Exit {
                 id,
                 status,
@@ -881,8 +887,8 @@ impl ExecClient {
         loop {
             match self.rx.job_event(id).await? {
                 JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {}
-                JobEvent::Stdout(data) => stdout.extend_from_slice(&data),
-                JobEvent::Stderr(data) => stderr.extend_from_slice(&data),
+                JobEvent::Stdout(data, _) => stdout.extend_from_slice(&data),
+                JobEvent::Stderr(data, _) => stderr.extend_from_slice(&data),
                 JobEvent::Exit { status, .. } => {
                     return Ok(Output {
                         stdout,

@@ -105,9 +105,12 @@ pub struct ExecRequest {
     pub output: OutputOptions,
 }
 
-/// What a job's output may be (PROTOCOL.md §3.3): capped.
+/// What a job's output may be (PROTOCOL.md §3.3): capped, stamped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutputOptions {
+    /// Stamp the job's `started`, `stdout` and `stderr` frames with the
+    /// server's time (`ts`).
+    pub timestamps: bool,
     /// Output to send at most, stdout and stderr together; past it the
     /// rest is read and dropped, and the `exit` frame counts it. The
     /// server's `exec.max_output`, when set, is the most a request gets.
@@ -296,14 +299,21 @@ pub enum ServerMsg {
         /// (Extension) the job's number over the whole server, as the
         /// audit trail records it.
         job: Option<u64>,
+        /// (Extension) the server's time, for a job that asked for
+        /// `timestamps`.
+        ts: Option<Stamp>,
     },
     Stdout {
         id: u64,
         data: Bytes,
+        /// (Extension) when the server read it, for a job that asked for
+        /// `timestamps`.
+        ts: Option<Stamp>,
     },
     Stderr {
         id: u64,
         data: Bytes,
+        ts: Option<Stamp>,
     },
     Exit {
         id: u64,
@@ -383,6 +393,13 @@ impl ParseError {
     }
 }
 
+/// Adds `ts` to a header, when there is one.
+fn stamped(h: &mut Value, ts: Option<Stamp>) {
+    if let Some(t) = ts {
+        h["ts"] = json!(t.rfc3339());
+    }
+}
+
 fn fields<T: DeserializeOwned>(header: &Map<String, Value>) -> Result<T, ParseError> {
     T::deserialize(Value::Object(header.clone())).map_err(|e| ParseError::BadRequest {
         id: header.get("id").and_then(Value::as_u64),
@@ -431,6 +448,8 @@ struct ExecFields {
     max_output: Option<u64>,
     #[serde(default)]
     max_output_kill: bool,
+    #[serde(default)]
+    timestamps: bool,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +527,7 @@ impl ClientMsg {
                     timeout_ms: f.timeout_ms,
                     pty: f.pty,
                     output: OutputOptions {
+                        timestamps: f.timestamps,
                         max_output: f.max_output,
                         max_output_kill: f.max_output_kill,
                     },
@@ -618,6 +638,9 @@ impl ClientMsg {
                 if r.output.max_output_kill {
                     h["max_output_kill"] = json!(true);
                 }
+                if r.output.timestamps {
+                    h["timestamps"] = json!(true);
+                }
                 (h, Bytes::new())
             }
             ClientMsg::Stdin { id, data } => (json!({"type": "stdin", "id": id}), data.clone()),
@@ -707,6 +730,51 @@ struct StartedFields {
     pid: u32,
     #[serde(default)]
     job: Option<u64>,
+    #[serde(default)]
+    ts: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OutputFields {
+    id: u64,
+    #[serde(default)]
+    ts: Option<String>,
+}
+
+/// A frame's `ts`, which must be RFC 3339 when present.
+fn stamp(id: u64, ts: Option<String>) -> Result<Option<Stamp>, ParseError> {
+    ts.map(|t| {
+        Stamp::parse(&t).ok_or_else(|| ParseError::BadRequest {
+            id: Some(id),
+            message: format!("ts {t:?} is not an RFC 3339 time"),
+        })
+    })
+    .transpose()
+}
+
+/// A server's time on a frame (`ts`, PROTOCOL.md §3.3): microseconds since
+/// the Unix epoch; RFC 3339 in UTC with microseconds on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(pub i64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp(chrono::Utc::now().timestamp_micros())
+    }
+
+    /// `2026-12-03T15:17:10.709123Z`.
+    pub fn rfc3339(self) -> String {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_micros(self.0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    }
+
+    pub fn parse(s: &str) -> Option<Stamp> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Stamp(t.timestamp_micros()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -774,16 +842,25 @@ impl ServerMsg {
                     id: f.id,
                     pid: f.pid,
                     job: f.job,
+                    ts: stamp(f.id, f.ts)?,
                 }
             }
-            "stdout" => ServerMsg::Stdout {
-                id: fields::<IdOnly>(h)?.id,
-                data: frame.body.clone(),
-            },
-            "stderr" => ServerMsg::Stderr {
-                id: fields::<IdOnly>(h)?.id,
-                data: frame.body.clone(),
-            },
+            "stdout" => {
+                let f: OutputFields = fields(h)?;
+                ServerMsg::Stdout {
+                    id: f.id,
+                    data: frame.body.clone(),
+                    ts: stamp(f.id, f.ts)?,
+                }
+            }
+            "stderr" => {
+                let f: OutputFields = fields(h)?;
+                ServerMsg::Stderr {
+                    id: f.id,
+                    data: frame.body.clone(),
+                    ts: stamp(f.id, f.ts)?,
+                }
+            }
             "exit" => {
                 let f: ExitFields = fields(h)?;
                 let status = match (f.code, f.signal) {
@@ -902,15 +979,24 @@ impl ServerMsg {
                 json!({"type": "window", "id": id, "stdin": stdin}),
                 Bytes::new(),
             ),
-            ServerMsg::Started { id, pid, job } => {
+            ServerMsg::Started { id, pid, job, ts } => {
                 let mut h = json!({"type": "started", "id": id, "pid": pid});
                 if let Some(j) = job {
                     h["job"] = json!(j);
                 }
+                stamped(&mut h, *ts);
                 (h, Bytes::new())
             }
-            ServerMsg::Stdout { id, data } => (json!({"type": "stdout", "id": id}), data.clone()),
-            ServerMsg::Stderr { id, data } => (json!({"type": "stderr", "id": id}), data.clone()),
+            ServerMsg::Stdout { id, data, ts } => {
+                let mut h = json!({"type": "stdout", "id": id});
+                stamped(&mut h, *ts);
+                (h, data.clone())
+            }
+            ServerMsg::Stderr { id, data, ts } => {
+                let mut h = json!({"type": "stderr", "id": id});
+                stamped(&mut h, *ts);
+                (h, data.clone())
+            }
             ServerMsg::Exit {
                 id,
                 status,
@@ -1030,6 +1116,7 @@ mod tests {
                 output: OutputOptions {
                     max_output: Some(10 << 20),
                     max_output_kill: true,
+                    timestamps: true,
                 },
             }),
             ClientMsg::Exec(ExecRequest {
@@ -1060,6 +1147,24 @@ mod tests {
         for m in msgs {
             assert_eq!(ClientMsg::parse(m.to_frame()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn stamps_are_rfc3339_with_microseconds() {
+        let t = Stamp(1_796_310_000_000_001);
+        assert_eq!(t.rfc3339(), "2026-12-03T15:00:00.000001Z");
+        assert_eq!(Stamp::parse(&t.rfc3339()), Some(t));
+        assert_eq!(
+            Stamp::parse("2026-12-03T16:00:00.000001+01:00"),
+            Some(t),
+            "any offset"
+        );
+        let bad = r#"{"type":"stdout","id":1,"ts":"yesterday"}"#;
+        let frame = Frame {
+            header: crate::proto::frame::parse_header(bad.as_bytes()).unwrap(),
+            body: Bytes::from_static(b"x"),
+        };
+        assert!(ServerMsg::parse(frame).is_err());
     }
 
     #[test]
@@ -1103,15 +1208,23 @@ mod tests {
                 id: 1,
                 pid: 42,
                 job: Some(9),
+                ts: Some(Stamp(1_796_310_000_123_456)),
             },
             ServerMsg::Started {
                 id: 2,
                 pid: 43,
                 job: None,
+                ts: None,
             },
             ServerMsg::Stdout {
                 id: 1,
                 data: Bytes::from_static(b"out"),
+                ts: None,
+            },
+            ServerMsg::Stderr {
+                id: 1,
+                data: Bytes::from_static(b"err"),
+                ts: Some(Stamp(1_796_310_000_000_001)),
             },
             ServerMsg::Exit {
                 id: 1,

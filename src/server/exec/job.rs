@@ -41,6 +41,7 @@ use tracing::debug;
 use super::policy::Refusal;
 use super::process::{JobSpec, SetupError, Spawned, kill_and_wait, reap_group, signal_name};
 use crate::proto::frame::CHUNK;
+use crate::proto::message::Stamp;
 use crate::proto::{Command, ErrorCode, ExecRequest, ExitStatus, ServerMsg};
 
 /// Timing policy for a job.
@@ -488,10 +489,11 @@ async fn pump(
                     }
                 }
                 let len = data.len() as u64;
+                let ts = out.timestamps.then(Stamp::now);
                 let msg = if is_stderr {
-                    ServerMsg::Stderr { id, data }
+                    ServerMsg::Stderr { id, data, ts }
                 } else {
-                    ServerMsg::Stdout { id, data }
+                    ServerMsg::Stdout { id, data, ts }
                 };
                 let t0 = Instant::now();
                 tokio::select! {
@@ -517,6 +519,8 @@ pub struct Out {
     pub tx: mpsc::Sender<ServerMsg>,
     pub window: Option<std::sync::Arc<OutputWindow>>,
     pub cap: Option<std::sync::Arc<OutputCap>>,
+    /// Stamp each frame with the time it was read (`timestamps`).
+    pub timestamps: bool,
 }
 
 impl Out {

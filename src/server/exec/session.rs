@@ -38,7 +38,7 @@ use super::transfer;
 use super::{ExecShared, IdentitySlot, PerIdentity, audit};
 use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
 use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
-use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST};
+use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST, Stamp};
 use crate::proto::transfer::{EntryKind, ExpectRequest, Hop, PutRequest, Stored};
 use crate::proto::{
     ClientMsg, ErrorCode, ExecRequest, ExitStatus, FrameCodec, FrameWriter, ParseError, ServerMsg,
@@ -65,6 +65,8 @@ struct Admission {
     timing: JobTiming,
     /// Its `max_output`, if it has one.
     cap: Option<Arc<job::OutputCap>>,
+    /// Its frames stamped with the time (`timestamps`).
+    timestamps: bool,
     /// Who the connection authenticated as, for the audit.
     who: Arc<Identity>,
     slot: crate::server::limit::LimitGuard,
@@ -1158,6 +1160,7 @@ impl Session {
                 drain_grace: live.cfg.drain_grace,
             },
             cap: job::OutputCap::new(&req.output, live.cfg.max_output),
+            timestamps: req.output.timestamps,
             who: self.who.clone(),
             slot,
             identity_slot,
@@ -1417,6 +1420,7 @@ impl Session {
             approved,
             timing,
             cap,
+            timestamps,
             who,
             slot,
             identity_slot,
@@ -1443,6 +1447,7 @@ impl Session {
             id,
             pid,
             job: Some(job_no),
+            ts: timestamps.then(Stamp::now),
         })
         .await;
 
@@ -1471,6 +1476,7 @@ impl Session {
             tx: self.tx.clone(),
             window: output.clone(),
             cap,
+            timestamps,
         };
         let (done, job_cancel) = (self.done.0.clone(), cancel.clone());
         let counters = self.shared.counters.clone();

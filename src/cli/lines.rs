@@ -1,0 +1,162 @@
+//! A job's output stream cut into whole lines for prefixing (`HOST: `,
+//! `--timestamps`), each line with the server's time of the frame it began
+//! in; and the server's clock against this one (`--timestamps`).
+//!
+//! ```text
+//! frames:  [ts1 "a\nb"] [ts2 "c\n"] [ts3 "d"] (end)
+//! lines:   (ts1, "a\n") (ts1, "bc\n") (ts3, "d")
+//! ```
+//!
+//! A line longer than [`MAX_LINE`] is given in pieces of that size, so a
+//! job that never prints a newline cannot grow the client's memory.
+
+use std::time::SystemTime;
+
+use crate::proto::message::Stamp;
+
+/// The longest piece of a line held back waiting for its end.
+pub(super) const MAX_LINE: usize = 64 * 1024;
+
+/// One stream's partial line, and when it began.
+#[derive(Debug, Default)]
+pub(super) struct Lines {
+    partial: Vec<u8>,
+    began: Option<Stamp>,
+}
+
+impl Lines {
+    /// Feeds a chunk the server read at `ts`; `line` gets each whole line
+    /// (its `\n` included) with the stamp of the chunk it began in. `last`:
+    /// the stream ended, and a partial line is given too (with no `\n`).
+    pub(super) fn feed(
+        &mut self,
+        data: &[u8],
+        ts: Option<Stamp>,
+        last: bool,
+        mut line: impl FnMut(Option<Stamp>, &[u8]),
+    ) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.partial.is_empty() {
+                self.began = ts;
+            }
+            let room = MAX_LINE - self.partial.len();
+            let (upto, whole) = match rest.iter().take(room).position(|&b| b == b'\n') {
+                Some(nl) => (nl + 1, true),
+                None if rest.len() >= room => (room, true),
+                None => (rest.len(), false),
+            };
+            let (head, tail) = rest.split_at(upto);
+            rest = tail;
+            if !whole {
+                self.partial.extend_from_slice(head);
+            } else if self.partial.is_empty() {
+                line(ts, head);
+            } else {
+                self.partial.extend_from_slice(head);
+                line(self.began, &self.partial);
+                self.partial.clear();
+            }
+        }
+        if last && !self.partial.is_empty() {
+            line(self.began, &self.partial);
+            self.partial.clear();
+        }
+    }
+}
+
+/// The server's clock against this one, from a stamped frame answering a
+/// request: the stamp against the midpoint of the round trip, within half
+/// of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ClockOffset {
+    /// Server minus client, in microseconds.
+    pub offset_us: i64,
+    /// How far off the estimate may be (half the round trip).
+    pub within_us: i64,
+}
+
+impl ClockOffset {
+    pub(super) fn measure(sent: SystemTime, server: Stamp, received: SystemTime) -> ClockOffset {
+        let us = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        };
+        let (a, b) = (us(sent), us(received));
+        let mid = a + (b - a) / 2;
+        ClockOffset {
+            offset_us: server.0 - mid,
+            within_us: (b - a).max(0) / 2,
+        }
+    }
+
+    /// `server clock +1.234 ms from this client's (within 0.250 ms)`.
+    pub(super) fn describe(self) -> String {
+        format!(
+            "server clock {:+.3} ms from this client's (within {:.3} ms)",
+            self.offset_us as f64 / 1000.0,
+            self.within_us as f64 / 1000.0
+        )
+    }
+}
+
+/// `TS ` for a stamped line, nothing for one without.
+pub(super) fn prefix(ts: Option<Stamp>) -> String {
+    ts.map(|t| format!("{} ", t.rfc3339())).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(chunks: &[(&[u8], i64)]) -> Vec<(Option<i64>, Vec<u8>)> {
+        let mut l = Lines::default();
+        let mut got = Vec::new();
+        for (i, (data, ts)) in chunks.iter().enumerate() {
+            l.feed(data, Some(Stamp(*ts)), i + 1 == chunks.len(), |t, line| {
+                got.push((t.map(|t| t.0), line.to_vec()))
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn a_line_keeps_the_stamp_it_began_with() {
+        let got = cut(&[(b"a\nb", 1), (b"c\n", 2), (b"", 3), (b"d", 4), (b"", 5)]);
+        assert_eq!(
+            got,
+            [
+                (Some(1), b"a\n".to_vec()),
+                (Some(1), b"bc\n".to_vec()),
+                (Some(4), b"d".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_max_line() {
+        let long = vec![b'x'; MAX_LINE * 2 + 10];
+        let got = cut(&[(&long, 1), (b"\n", 2)]);
+        let sizes: Vec<usize> = got.iter().map(|(_, l)| l.len()).collect();
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 11]);
+        assert!(got.iter().all(|(t, _)| *t == Some(1)));
+    }
+
+    #[test]
+    fn the_offset_is_taken_against_the_midpoint() {
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_000_000);
+        let t1 = t0 + std::time::Duration::from_micros(400);
+        let c = ClockOffset::measure(t0, Stamp(1_000_000 + 200 + 1_500), t1);
+        assert_eq!(
+            c,
+            ClockOffset {
+                offset_us: 1_500,
+                within_us: 200
+            }
+        );
+        assert_eq!(
+            c.describe(),
+            "server clock +1.500 ms from this client's (within 0.200 ms)"
+        );
+    }
+}
