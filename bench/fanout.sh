@@ -3,8 +3,8 @@
 # of JOB (default `true`) to HOSTS addresses of one server listening on
 # 0.0.0.0 and reached as 127.0.X.Y (X from 0, Y 1-250), RUNS times; wall
 # time, hosts that succeeded and the client's peak RSS. A chatty JOB
-# (`head -c 1048576 /dev/zero`) shows what the client keeps: --json keeps
-# 1 MiB per host, 256 MiB over all hosts past 256 of them, and asks the
+# (`yes | head -c 1048576`) shows what the client keeps: --json keeps
+# 1 MiB per host, 64 MiB over all hosts past 64 of them, and asks the
 # servers for no more. The server's per-source and handshake limits are
 # raised for the run (every connection comes from 127.0.0.1): the config
 # is printed. Each host's key is trusted on first use into a known_hosts

@@ -238,8 +238,9 @@ struct Plan {
 
 /// Output kept per host for `--gather`/`--json` without `--max-output`...
 const KEEP_PER_HOST: u64 = 1 << 20;
-/// ...and over all hosts: 10,000 hosts keep 26 KiB each.
-const KEEP_TOTAL: u64 = 256 << 20;
+/// ...and over all hosts: 10,000 hosts keep 6.5 KiB each. (A record's
+/// JSON is written one at a time, and NUL bytes take six each in it.)
+const KEEP_TOTAL: u64 = 64 << 20;
 
 /// What `--gather`/`--json` keep per host of `hosts`: `--max-output`, or
 /// a share of [`KEEP_TOTAL`] up to [`KEEP_PER_HOST`]; nothing kept when
@@ -420,6 +421,9 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         Err(e) => Outcome::Failed(e.to_string()),
     };
     run.duration = started.elapsed();
+    // Kept for the end; what a Vec grew past its contents is not.
+    run.stdout.shrink_to_fit();
+    run.stderr.shrink_to_fit();
     run
 }
 

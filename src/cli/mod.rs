@@ -368,8 +368,8 @@ pub struct ExecArgs {
     pub max_rc: bool,
     /// Output the job may send, stdout and stderr together (bytes, or 64K, 10M); the server
     /// drops the rest and says how much, and the job runs on. With --hosts and
-    /// --gather/--json it is also what is kept per host [default there: 1M, or 256M over
-    /// all hosts past 256 of them].
+    /// --gather/--json it is also what is kept per host [default there: 1M, or 64M over
+    /// all hosts past 64 of them].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_output: Option<u64>,
     /// With --max-output: stop the job (TERM, then KILL) once it is reached.
