@@ -293,7 +293,7 @@ impl HostRun {
     }
 
     /// `--json --timestamps`: cuts a chunk into stamped lines and keeps
-    /// them while their text fits under `max` bytes.
+    /// them until one does not fit under `max` bytes.
     fn keep_lines(
         &mut self,
         lines: &mut [Lines; 2],
@@ -307,9 +307,12 @@ impl HostRun {
         let Some(l) = lines.get_mut(usize::from(is_err)) else {
             return;
         };
-        let (kept, held) = (&mut self.lines, &mut self.lines_bytes);
+        let (kept, held, truncated) = (&mut self.lines, &mut self.lines_bytes, &mut self.truncated);
         l.feed(data, ts, last, |ts, line| {
-            if *held + line.len() > max {
+            // The first line that does not fit ends the keeping: no gaps.
+            if held.saturating_add(line.len()) > max {
+                *held = usize::MAX;
+                *truncated = true;
                 return;
             }
             *held += line.len();
