@@ -115,6 +115,9 @@ impl Rollout {
                 v
             }
         };
+        if matches!(self.batch, Some(Count::Hosts(0) | Count::Percent(0))) {
+            return Err("--batch needs at least 1 host (or 1%)".into());
+        }
         canary.sort_unstable();
         let rest: Vec<usize> = (0..hosts.len()).filter(|i| !canary.contains(i)).collect();
         let size = match self.batch {
@@ -279,6 +282,13 @@ mod tests {
             ..Rollout::default()
         };
         assert!(r.waves(&h).is_err());
+        for zero in [Count::Hosts(0), Count::Percent(0)] {
+            let r = Rollout {
+                batch: Some(zero),
+                ..Rollout::default()
+            };
+            assert!(r.waves(&h).is_err(), "{zero}");
+        }
     }
 
     #[test]

@@ -392,6 +392,11 @@ async fn max_output_caps_each_host_and_says_what_was_dropped() {
         .map(str::len)
         .collect();
     assert_eq!(kept, [1 << 20], "one group, 1 MiB kept");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("output truncated (max_output) on 3 hosts: "),
+        "{err}"
+    );
 
     // One host: the client reports the drop; the job's status is its own.
     let o = exec(
@@ -404,7 +409,7 @@ async fn max_output_caps_each_host_and_says_what_was_dropped() {
     assert_eq!(o.stdout.len(), 65_536);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("output truncated: 983040 bytes past --max-output dropped"),
+        err.contains("output truncated: 983040 bytes past the job's max_output dropped"),
         "{err}"
     );
 }
@@ -503,6 +508,48 @@ async fn timestamps_increase_per_host() {
     let err = String::from_utf8(o.stderr).unwrap();
     assert_eq!(err.matches("server clock").count(), 1, "{err}");
     assert!(err.lines().any(|l| l.ends_with(" tail")), "{err}");
+
+    // A line longer than the pieces lines are cut in keeps one stamp, at
+    // its start, when one host's output is not interleaved with others'.
+    let o = tokio::process::Command::new(bin())
+        .args([
+            "exec",
+            &hosts[0],
+            "--timestamps",
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .args(["--", "head -c 70000 /dev/zero | tr '\\0' a; echo"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(out.lines().count(), 1);
+    let (ts, line) = out.trim_end().split_once(' ').unwrap();
+    stamp_of(&format!("{ts} x"));
+    assert_eq!(line, "a".repeat(70_000));
+
+    // Empty lines cost their records too: a keep of 64 KiB holds about
+    // 500 of them, not 64 Ki.
+    let o = tokio::process::Command::new(bin())
+        .args([
+            "exec",
+            "--hosts",
+            &hosts[0],
+            "--json",
+            "--timestamps",
+            "--max-output",
+            "64K",
+        ])
+        .args(["--token-file", token.to_str().unwrap()])
+        .args(["--", "yes '' | head -c 1000000"])
+        .output()
+        .await
+        .unwrap();
+    let r = records(&o);
+    let n = r[0]["lines"].as_array().unwrap().len();
+    assert!(n > 400 && n * (1 + 128) <= 65_536, "{n} lines kept");
+    assert_eq!(r[0]["truncated"], true);
 }
 
 /// A `--fanout` past the open-file limit is brought within it (hosts wait
@@ -531,4 +578,95 @@ async fn fanout_past_the_fd_limit_waits_instead_of_failing() {
     let r = records(&o);
     assert_eq!(r.len(), 40);
     assert!(r.iter().all(|x| x["exit_code"] == 0), "{r:?}");
+}
+
+/// `put --hosts --json` has a record for every host: those not reached and
+/// those not started (`skipped`) too, each with its wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_to_many_records_every_host_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, mut hosts) = fleet(dir.path(), 3, &[]).await;
+    let (_held, port) = common::refusing_port();
+    hosts.insert(0, format!("127.0.0.1:{port}"));
+    let src = dir.path().join("f.txt");
+    std::fs::write(&src, "hello\n").unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let o = tokio::process::Command::new(bin())
+        .args([
+            "put",
+            "--hosts",
+            &hosts.join(","),
+            "--json",
+            "--stop-on-fail",
+            "--fanout",
+            "1",
+        ])
+        .args(["--token-file", dir.path().join("token").to_str().unwrap()])
+        .arg(&src)
+        .arg(format!("{}/", dest.display()))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let r = records(&o);
+    assert_eq!(r.len(), 4, "{r:?}");
+    let by_host = |h: &str| r.iter().find(|x| x["host"] == h).unwrap().clone();
+    let down = by_host(&hosts[0]);
+    assert_eq!(
+        (
+            down["error"].clone(),
+            down["ok"].clone(),
+            down["wave"].clone()
+        ),
+        ("connect".into(), false.into(), 1.into())
+    );
+    for h in &hosts[1..] {
+        let rec = by_host(h);
+        assert_eq!(rec["error"], "skipped", "{rec}");
+        assert_eq!(rec["skipped"], "--max-fail 0 reached");
+    }
+    assert!(
+        !dest.join("f.txt").exists(),
+        "no host after the failure copied"
+    );
+}
+
+/// `--encoding` decodes every host's output (the tutorial's GBK problem),
+/// streamed, gathered and in JSON; a character split between frames too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoding_applies_to_every_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, hosts) = fleet(dir.path(), 2, &[]).await;
+    let token = dir.path().join("token");
+    // 中 in GBK, its two bytes in two writes a moment apart.
+    let job = r"printf '\326'; sleep 0.05; printf '\320\n'";
+    for mode in [None, Some("--gather"), Some("--json")] {
+        let o = tokio::process::Command::new(bin())
+            .args(["exec", "--hosts", &hosts.join(","), "--encoding", "gbk"])
+            .args(["--token-file", token.to_str().unwrap()])
+            .args(mode)
+            .args(["--", job])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{mode:?}");
+        let out = String::from_utf8(o.stdout).unwrap();
+        match mode {
+            None => {
+                for h in &hosts {
+                    assert!(out.contains(&format!("{h}: 中\n")), "{out}");
+                }
+            }
+            Some("--gather") => assert!(out.contains("(exit 0)\n----------------\n中\n"), "{out}"),
+            _ => assert!(
+                records(&std::process::Output {
+                    stdout: out.into_bytes(),
+                    ..o
+                })
+                .iter()
+                .all(|r| r["stdout"] == "中\n")
+            ),
+        }
+    }
 }

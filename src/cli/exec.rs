@@ -65,12 +65,7 @@ impl Output {
                 bytes
             }
             Some(d) => {
-                let mut s = String::with_capacity(
-                    d.max_utf8_buffer_length(data.len())
-                        .unwrap_or(data.len() * 3),
-                );
-                let _ = d.decode_to_string(data, &mut s, last);
-                text = s;
+                text = super::lines::decode(d, data, last);
                 text.as_bytes()
             }
         };
@@ -83,9 +78,12 @@ impl Output {
             None => out,
             Some(lines) => {
                 let mut s = Vec::with_capacity(out.len() + 64);
-                lines.feed(out, ts, last, |ts, line| {
-                    s.extend_from_slice(super::lines::prefix(ts).as_bytes());
-                    s.extend_from_slice(line);
+                // The rest of a cut line goes on after its first piece.
+                lines.feed(out, ts, last, |p| {
+                    if p.starts_line {
+                        s.extend_from_slice(super::lines::prefix(p.ts).as_bytes());
+                    }
+                    s.extend_from_slice(p.bytes);
                 });
                 stamped = s;
                 &stamped
@@ -348,7 +346,9 @@ fn report(result: Result<Ended, Failure>) -> Result<u8, u8> {
     match result {
         Ok((status, reason, dropped)) => {
             if dropped > 0 {
-                say!("switchboard: output truncated: {dropped} bytes past --max-output dropped");
+                say!(
+                    "switchboard: output truncated: {dropped} bytes past the job's max_output dropped"
+                );
             }
             if let Some(why) = reason {
                 say!("switchboard: job ended: {why}");
@@ -483,7 +483,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let auth = args.conn.auth()?;
     if let Some(hosts) = hosts {
         let words = args.command.clone();
-        return super::fanout::fanout(args, hosts, words, auth);
+        return super::fanout::fanout(args, hosts, words, auth, encoding);
     }
     // One job at a time, its stdin paced by its window, so a job that
     // does not read cannot hold up the Ctrl-C meant for it.

@@ -189,12 +189,14 @@ impl Prefixer {
         let mut text = Vec::new();
         let host = self.host.as_bytes();
         if let Some(lines) = self.lines.get_mut(usize::from(is_err)) {
-            lines.feed(data, ts, last, |ts, line| {
-                text.extend_from_slice(lines::prefix(ts).as_bytes());
+            // Every piece on a line of its own: other hosts' lines come
+            // between.
+            lines.feed(data, ts, last, |p| {
+                text.extend_from_slice(lines::prefix(p.ts).as_bytes());
                 text.extend_from_slice(host);
                 text.extend_from_slice(b": ");
-                text.extend_from_slice(line);
-                if !line.ends_with(b"\n") {
+                text.extend_from_slice(p.bytes);
+                if !p.bytes.ends_with(b"\n") {
                     text.push(b'\n');
                 }
             });
@@ -221,9 +223,21 @@ impl Prefixer {
 /// A stamped line of a `--json --timestamps` record.
 #[derive(Debug, Clone, Serialize)]
 struct LineRecord {
-    ts: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    ts: Option<Stamp>,
     stream: &'static str,
     text: String,
+}
+
+/// What each kept line costs against `--json --timestamps`' keep besides
+/// its bytes: its record and allocation, about 100 bytes.
+const LINE_COST: usize = 128;
+
+fn rfc3339<S: serde::Serializer>(ts: &Option<Stamp>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(t) => s.serialize_str(&t.rfc3339()),
+        None => s.serialize_none(),
+    }
 }
 
 struct Plan {
@@ -234,6 +248,8 @@ struct Plan {
     /// Output kept per host (`--gather`, `--json`), and asked of the
     /// servers as the jobs' `max_output` so they send no more.
     keep: Option<u64>,
+    /// `--encoding`: what the hosts' output is decoded from.
+    encoding: Option<&'static encoding_rs::Encoding>,
 }
 
 /// Output kept per host for `--gather`/`--json` without `--max-output`...
@@ -308,18 +324,22 @@ impl HostRun {
             return;
         };
         let (kept, held, truncated) = (&mut self.lines, &mut self.lines_bytes, &mut self.truncated);
-        l.feed(data, ts, last, |ts, line| {
-            // The first line that does not fit ends the keeping: no gaps.
-            if held.saturating_add(line.len()) > max {
+        l.feed(data, ts, last, |p| {
+            // What a kept line costs besides its text (the record, its
+            // allocation): a job printing empty lines fills the keep as
+            // fast as one printing long ones. The first line that does not
+            // fit ends the keeping: no gaps.
+            let cost = p.bytes.len() + LINE_COST;
+            if held.saturating_add(cost) > max {
                 *held = usize::MAX;
                 *truncated = true;
                 return;
             }
-            *held += line.len();
+            *held += cost;
             kept.push(LineRecord {
-                ts: ts.map(Stamp::rfc3339),
+                ts: p.ts,
                 stream: if is_err { "stderr" } else { "stdout" },
-                text: String::from_utf8_lossy(line).into_owned(),
+                text: String::from_utf8_lossy(p.bytes).into_owned(),
             });
         });
     }
@@ -364,6 +384,7 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         host: host.clone(),
         lines: Default::default(),
     });
+    let mut decoders = plan.encoding.map(|e| [e.new_decoder(), e.new_decoder()]);
     // --json --timestamps: the lines with their times, for the record.
     let mut stamped: Option<[Lines; 2]> =
         (plan.args.json && plan.args.timestamps).then(Default::default);
@@ -371,7 +392,7 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         let sent = std::time::SystemTime::now();
         tx.send(ClientMsg::Exec(req)).await?;
         loop {
-            let (is_err, data, ts) = match rx.job_event(id).await? {
+            let (is_err, raw, ts) = match rx.job_event(id).await? {
                 JobEvent::Exit {
                     status, dropped, ..
                 } => {
@@ -393,6 +414,13 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                 JobEvent::Stdout(data, ts) => (false, data, ts),
                 JobEvent::Stderr(data, ts) => (true, data, ts),
             };
+            let data = match decoders
+                .as_mut()
+                .and_then(|d| d.get_mut(usize::from(is_err)))
+            {
+                Some(d) => bytes::Bytes::from(lines::decode(d, &raw, false)),
+                None => raw,
+            };
             if data.is_empty() {
                 continue;
             }
@@ -406,13 +434,22 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
         }
     }
     .await;
-    if let Some(p) = prefix.as_mut() {
-        p.feed(false, b"", None, true);
-        p.feed(true, b"", None, true);
-    }
-    if let Some(l) = stamped.as_mut() {
-        run.keep_lines(l, false, b"", None, true, plan.keep);
-        run.keep_lines(l, true, b"", None, true, plan.keep);
+    for is_err in [false, true] {
+        // What a character split at the end held back in the decoder.
+        let rest = match decoders
+            .as_mut()
+            .and_then(|d| d.get_mut(usize::from(is_err)))
+        {
+            Some(d) => lines::decode(d, b"", true).into_bytes(),
+            None => Vec::new(),
+        };
+        if let Some(p) = prefix.as_mut() {
+            p.feed(is_err, &rest, None, true);
+        }
+        if let Some(l) = stamped.as_mut() {
+            run.keep_lines(l, is_err, &rest, None, true, plan.keep);
+        }
+        run.keep(is_err, &rest, plan.keep);
     }
     run.outcome = match result {
         Ok(status) => Outcome::Exit(status),
@@ -648,6 +685,7 @@ pub fn fanout(
     hosts: Vec<String>,
     words: Vec<String>,
     auth: ClientAuth,
+    encoding: Option<&'static encoding_rs::Encoding>,
 ) -> anyhow::Result<ExitCode> {
     if stdin_has_input() {
         say!("switchboard: warning: stdin is not sent to the hosts (fan-out jobs read /dev/null)");
@@ -661,6 +699,7 @@ pub fn fanout(
     let plan = Arc::new(Plan {
         stream: !gather && !json,
         keep: keep_per_host(args.max_output, gather || json, hosts.len()),
+        encoding,
         args,
         auth,
         words,
@@ -685,6 +724,20 @@ pub fn fanout(
             }
         }
         summary(results.len(), &why, &skipped);
+        // Text and --gather show no record: say whose output is not whole.
+        let cut: Vec<&str> = results
+            .iter()
+            .filter(|r| r.truncated || r.dropped > 0)
+            .map(|r| r.host.as_str())
+            .collect();
+        if !cut.is_empty() {
+            say!(
+                "switchboard: output truncated (max_output) on {} host{}: {}",
+                cut.len(),
+                if cut.len() == 1 { "" } else { "s" },
+                crate::hosts::fold(&cut)
+            );
+        }
     }
     let code = match (failed.is_empty(), max_rc) {
         (true, _) => 0,

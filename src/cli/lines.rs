@@ -22,18 +22,31 @@ pub(super) const MAX_LINE: usize = 64 * 1024;
 pub(super) struct Lines {
     partial: Vec<u8>,
     began: Option<Stamp>,
+    /// The last piece given was cut from a longer line.
+    cut: bool,
+}
+
+/// A whole line (its `\n` included, or none at the stream's end), or a
+/// [`MAX_LINE`] piece of a longer one.
+pub(super) struct Piece<'a> {
+    /// The server's time of the frame the piece began in.
+    pub ts: Option<Stamp>,
+    pub bytes: &'a [u8],
+    /// Whether the piece begins a line (not the rest of a cut one).
+    pub starts_line: bool,
 }
 
 impl Lines {
-    /// Feeds a chunk the server read at `ts`; `line` gets each whole line
-    /// (its `\n` included) with the stamp of the chunk it began in. `last`:
-    /// the stream ended, and a partial line is given too (with no `\n`).
+    /// Feeds a chunk the server read at `ts`; `piece` gets each whole line
+    /// or piece of one. `last`: the stream ended, and a partial line is
+    /// given too. A long line is cut before a UTF-8 character, not inside
+    /// one.
     pub(super) fn feed(
         &mut self,
         data: &[u8],
         ts: Option<Stamp>,
         last: bool,
-        mut line: impl FnMut(Option<Stamp>, &[u8]),
+        mut piece: impl FnMut(Piece<'_>),
     ) {
         let mut rest = data;
         while !rest.is_empty() {
@@ -43,26 +56,56 @@ impl Lines {
             let room = MAX_LINE - self.partial.len();
             let (upto, whole) = match rest.iter().take(room).position(|&b| b == b'\n') {
                 Some(nl) => (nl + 1, true),
-                None if rest.len() >= room => (room, true),
+                None if rest.len() >= room => (char_boundary(rest, room), true),
                 None => (rest.len(), false),
             };
             let (head, tail) = rest.split_at(upto);
             rest = tail;
             if !whole {
                 self.partial.extend_from_slice(head);
-            } else if self.partial.is_empty() {
-                line(ts, head);
-            } else {
-                self.partial.extend_from_slice(head);
-                line(self.began, &self.partial);
-                self.partial.clear();
+                continue;
             }
-        }
-        if last && !self.partial.is_empty() {
-            line(self.began, &self.partial);
+            self.partial.extend_from_slice(head);
+            let starts_line = !self.cut;
+            self.cut = !head.ends_with(b"\n");
+            piece(Piece {
+                ts: self.began,
+                bytes: &self.partial,
+                starts_line,
+            });
             self.partial.clear();
         }
+        if last && !self.partial.is_empty() {
+            piece(Piece {
+                ts: self.began,
+                bytes: &self.partial,
+                starts_line: !self.cut,
+            });
+            self.partial.clear();
+            self.cut = false;
+        }
     }
+}
+
+/// Where to cut `bytes` at about `at`: before the UTF-8 character that
+/// `at` would split (up to 3 bytes back), else at `at`.
+fn char_boundary(bytes: &[u8], at: usize) -> usize {
+    let continuation = |i: usize| bytes.get(i).is_some_and(|b| b & 0xC0 == 0x80);
+    (at.saturating_sub(3)..=at)
+        .rev()
+        .find(|&i| i > 0 && !continuation(i))
+        .unwrap_or(at)
+}
+
+/// `--encoding`: a chunk of a stream in UTF-8; a character split between
+/// chunks waits in the decoder for the next (`last`: none is coming).
+pub(super) fn decode(d: &mut encoding_rs::Decoder, data: &[u8], last: bool) -> String {
+    let mut s = String::with_capacity(
+        d.max_utf8_buffer_length(data.len())
+            .unwrap_or(data.len().saturating_mul(3)),
+    );
+    let _ = d.decode_to_string(data, &mut s, last);
+    s
 }
 
 /// The server's clock against this one, from a stamped frame answering a
@@ -109,12 +152,12 @@ pub(super) fn prefix(ts: Option<Stamp>) -> String {
 mod tests {
     use super::*;
 
-    fn cut(chunks: &[(&[u8], i64)]) -> Vec<(Option<i64>, Vec<u8>)> {
+    fn cut(chunks: &[(&[u8], i64)]) -> Vec<(Option<i64>, Vec<u8>, bool)> {
         let mut l = Lines::default();
         let mut got = Vec::new();
         for (i, (data, ts)) in chunks.iter().enumerate() {
-            l.feed(data, Some(Stamp(*ts)), i + 1 == chunks.len(), |t, line| {
-                got.push((t.map(|t| t.0), line.to_vec()))
+            l.feed(data, Some(Stamp(*ts)), i + 1 == chunks.len(), |p| {
+                got.push((p.ts.map(|t| t.0), p.bytes.to_vec(), p.starts_line))
             });
         }
         got
@@ -126,9 +169,9 @@ mod tests {
         assert_eq!(
             got,
             [
-                (Some(1), b"a\n".to_vec()),
-                (Some(1), b"bc\n".to_vec()),
-                (Some(4), b"d".to_vec())
+                (Some(1), b"a\n".to_vec(), true),
+                (Some(1), b"bc\n".to_vec(), true),
+                (Some(4), b"d".to_vec(), true)
             ]
         );
     }
@@ -136,10 +179,25 @@ mod tests {
     #[test]
     fn a_line_without_end_is_cut_at_max_line() {
         let long = vec![b'x'; MAX_LINE * 2 + 10];
-        let got = cut(&[(&long, 1), (b"\n", 2)]);
-        let sizes: Vec<usize> = got.iter().map(|(_, l)| l.len()).collect();
-        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 11]);
-        assert!(got.iter().all(|(t, _)| *t == Some(1)));
+        let got = cut(&[(&long, 1), (b"\n", 2), (b"y\n", 3)]);
+        let shape: Vec<(usize, bool)> = got.iter().map(|(_, l, s)| (l.len(), *s)).collect();
+        assert_eq!(
+            shape,
+            [(MAX_LINE, true), (MAX_LINE, false), (11, false), (2, true)]
+        );
+        assert!(got.iter().take(3).all(|(t, _, _)| *t == Some(1)));
+    }
+
+    #[test]
+    fn a_cut_falls_between_characters() {
+        // 65,535 ASCII bytes, then a 2-byte character across the limit.
+        let mut line = vec![b'a'; MAX_LINE - 1];
+        line.extend_from_slice("é\n".as_bytes());
+        let got = cut(&[(&line, 1)]);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.len(), MAX_LINE - 1);
+        assert_eq!(got[1].1, "é\n".as_bytes());
+        assert!(std::str::from_utf8(&got[0].1).is_ok());
     }
 
     #[test]

@@ -122,6 +122,8 @@ struct Report {
     json: bool,
     failed: usize,
     host: Option<String>,
+    /// With `--hosts`: the host's wave (`--batch`), in each record.
+    wave: Option<usize>,
     bars: Option<Bars>,
 }
 
@@ -190,6 +192,7 @@ impl Report {
         Report {
             json: args.json,
             failed: 0,
+            wave: None,
             bars: if host.is_none() {
                 Bars::new(args)
             } else {
@@ -271,6 +274,9 @@ impl Report {
     fn record(&self, mut v: serde_json::Value) {
         if let Some(h) = &self.host {
             v["host"] = json!(h);
+        }
+        if let Some(w) = self.wave {
+            v["wave"] = json!(w);
         }
         let _ = writeln!(std::io::stdout(), "{v}");
     }
@@ -546,21 +552,28 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
     let width = super::fanout::width_within_fds(args.fan.fanout, 2);
     let rollout = args.fan.rollout()?;
     let args = std::sync::Arc::new(args);
+    let skip_args = args.clone();
     let plan = std::sync::Arc::new(plan);
     let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     let results = rt.block_on(super::fanout::run_rollout(
         &hosts,
         width,
         &rollout,
-        move |host, _| {
+        move |host, place| {
             let (args, plan, auth) = (args.clone(), plan.clone(), auth.clone());
-            async move { copy_host(host, &args, &plan, &auth, put).await }
+            async move { copy_host(host, place, &args, &plan, &auth, put).await }
         },
-        |host, _, why| HostOutcome {
-            host: host.strip_prefix("tls://").unwrap_or(&host).to_string(),
-            failed: 0,
-            error: None,
-            skipped: Some(why),
+        move |host, place, why| {
+            let label = host.strip_prefix("tls://").unwrap_or(&host).to_string();
+            // A record for the host, so --json readers see it.
+            let report = host_report(&skip_args, &label, place);
+            report.host_failed(put, "skipped", &why);
+            HostOutcome {
+                host: label,
+                failed: 0,
+                error: None,
+                skipped: Some(why),
+            }
         },
         |r: &HostOutcome| r.error.is_some() || r.failed > 0 || r.skipped.is_some(),
     ))?;
@@ -579,8 +592,32 @@ fn fan_out(args: TransferArgs, plan: Plan, put: bool) -> anyhow::Result<ExitCode
     )))
 }
 
+/// The report of one host of `put`/`get --hosts`.
+fn host_report(args: &TransferArgs, label: &str, place: super::fanout::Place) -> Report {
+    let mut report = Report::new(args, Some(label.to_string()));
+    report.wave = Some(place.wave);
+    report
+}
+
+impl Report {
+    /// A host that copied nothing: not reached, or not started (`why`
+    /// under `error`: `connect` or `skipped`).
+    fn host_failed(&self, put: bool, error: &str, message: &str) {
+        if self.json {
+            let direction = if put { "put" } else { "get" };
+            let mut v =
+                json!({"direction": direction, "ok": false, "error": error, "message": message});
+            if error == "skipped" {
+                v["skipped"] = json!(message);
+            }
+            self.record(v);
+        }
+    }
+}
+
 async fn copy_host(
     host: String,
+    place: super::fanout::Place,
     args: &TransferArgs,
     plan: &Plan,
     auth: &ClientAuth,
@@ -603,14 +640,16 @@ async fn copy_host(
             .await
             .map_err(anyhow::Error::from)
     };
+    let mut report = host_report(args, &label, place);
     let mut client = match connected.await {
         Ok(c) => c,
         Err(e) => {
-            outcome.error = Some(format!("{e:#}"));
+            let e = format!("{e:#}");
+            report.host_failed(put, "connect", &e);
+            outcome.error = Some(e);
             return outcome;
         }
     };
-    let mut report = Report::new(args, Some(label.clone()));
     let many = plan.sources.len() > 1;
     // get: DEST/<host>/ unless --name says how to name each file.
     let dest = if put || args.name_template.is_some() {
