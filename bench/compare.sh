@@ -156,6 +156,8 @@ python3 - "$results" "$out_md" "$secs" "$runs" <<'PY'
 import json, statistics, sys, subprocess, platform
 path, out, secs, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 rows = {}
+def cell(t):
+    return t.replace("|", "\\|")  # a job's pipe in a label
 for line in open(path):
     d = json.loads(line)
     key = (d["label"], d["peer"])
@@ -198,7 +200,7 @@ for label in labels:
         if l != label:
             continue
         if not vals:
-            lines.append(f"| {label} | {peer} | failed | | | |")
+            lines.append(f"| {cell(label)} | {cell(peer)} | failed | | | |")
             continue
         vs = sorted(v for v, _, _ in vals)
         med = statistics.median(vs)
@@ -206,7 +208,7 @@ for label in labels:
         p99s = sorted(vals, key=lambda t: t[0])[len(vals) // 2][2]
         ratio = "" if peer == "switchboard" or sb_med is None or med == 0 else f"{sb_med / med:.2f}x"
         p99 = f"{p99s} us" if p99s else ""
-        lines.append(f"| {label} | {peer} | {med:,.1f} {unit} | {vs[0]:,.1f}-{vs[-1]:,.1f} | {p99} | {ratio} |")
+        lines.append(f"| {cell(label)} | {cell(peer)} | {med:,.1f} {unit} | {vs[0]:,.1f}-{vs[-1]:,.1f} | {p99} | {ratio} |")
 table = "\n".join(lines) + "\n"
 doc = open(out).read()
 begin, end = "<!-- compare:begin -->\n", "<!-- compare:end -->"
