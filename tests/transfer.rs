@@ -1139,8 +1139,13 @@ fn fan_out_puts_and_gets_with_a_host_down() {
         "{}",
         stderr(&out)
     );
+    // Two files on each of two hosts, and the host that was not reached.
     let recs = records(&out);
-    assert_eq!(recs.len(), 4, "{recs:?}");
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    let down: Vec<_> = recs.iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(down.len(), 1, "{recs:?}");
+    assert_eq!(down[0]["host"], format!("127.0.0.1:{dead}"));
+    assert_eq!(down[0]["error"], "connect");
     for r in [&ra, &rb] {
         assert_eq!(std::fs::read(r.join("in").join("f1")).unwrap(), b"one");
         assert_eq!(std::fs::read(r.join("in").join("f2")).unwrap(), b"two");

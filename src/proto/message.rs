@@ -845,20 +845,12 @@ impl ServerMsg {
                     ts: stamp(f.id, f.ts)?,
                 }
             }
-            "stdout" => {
+            kind @ ("stdout" | "stderr") => {
                 let f: OutputFields = fields(h)?;
-                ServerMsg::Stdout {
-                    id: f.id,
-                    data: frame.body.clone(),
-                    ts: stamp(f.id, f.ts)?,
-                }
-            }
-            "stderr" => {
-                let f: OutputFields = fields(h)?;
-                ServerMsg::Stderr {
-                    id: f.id,
-                    data: frame.body.clone(),
-                    ts: stamp(f.id, f.ts)?,
+                let (id, data, ts) = (f.id, frame.body.clone(), stamp(f.id, f.ts)?);
+                match kind {
+                    "stdout" => ServerMsg::Stdout { id, data, ts },
+                    _ => ServerMsg::Stderr { id, data, ts },
                 }
             }
             "exit" => {
