@@ -104,10 +104,9 @@ impl Rollout {
             Canary::Hosts(named) => {
                 let mut v = Vec::new();
                 for h in named {
-                    let i = hosts
-                        .iter()
-                        .position(|x| x == h)
-                        .ok_or_else(|| format!("canary host {h} is not one of --hosts"))?;
+                    let i = hosts.iter().position(|x| x == h).ok_or_else(|| {
+                        format!("canary host {h} is not one of the hosts (--hosts, less --exclude)")
+                    })?;
                     if !v.contains(&i) {
                         v.push(i);
                     }

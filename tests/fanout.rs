@@ -252,7 +252,10 @@ async fn a_failing_canary_stops_the_rest() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is not one of --hosts"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("is not one of the hosts (--hosts, less --exclude)")
+    );
     assert_eq!(jobs_ran(dir.path()), 5);
 }
 

@@ -385,7 +385,8 @@ pub struct ExecArgs {
     #[arg(value_name = "ADDR")]
     pub addr: Vec<String>,
     /// The command, after --: one word is a shell command line, several are
-    /// quoted word by word. None: a REPL on a terminal, one job per line from a pipe.
+    /// quoted word by word. None: a REPL on a terminal (a job per line); from a pipe or
+    /// file, the input is one shell script, one job, as `ssh host < script.sh` runs it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
