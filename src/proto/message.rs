@@ -393,6 +393,40 @@ impl ParseError {
     }
 }
 
+/// The longest text for people a server's frame may carry as is.
+pub const MAX_TEXT: usize = 1024;
+
+/// Text a server sends for people (an error's message, an exit's
+/// reason), made safe to print: control characters and bidirectional
+/// overrides shown escaped (`\u{1b}`), at most [`MAX_TEXT`] characters.
+/// Clients print these on the user's terminal: raw, a hostile server
+/// could set its title, write its clipboard or erase the client's own
+/// warnings.
+pub fn for_people(s: String) -> String {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if s.len() <= MAX_TEXT && !s.chars().any(unsafe_char) {
+        return s;
+    }
+    let mut out = String::new();
+    for c in s.chars().take(MAX_TEXT) {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().nth(MAX_TEXT).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A signal as an `exit` names it: a name without `SIG` or a number.
+fn is_signal_name(s: &str) -> bool {
+    (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Adds `ts` to a header, when there is one.
 fn stamped(h: &mut Value, ts: Option<Stamp>) {
     if let Some(t) = ts {
@@ -770,10 +804,14 @@ impl Stamp {
             .to_string()
     }
 
+    /// An RFC 3339 time within years 1-9999 in UTC (what
+    /// [`Stamp::rfc3339`] can write back).
     pub fn parse(s: &str) -> Option<Stamp> {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| Stamp(t.timestamp_micros()))
+        use chrono::Datelike;
+        let t = chrono::DateTime::parse_from_rfc3339(s).ok()?.to_utc();
+        (1..=9999)
+            .contains(&t.year())
+            .then(|| Stamp(t.timestamp_micros()))
     }
 }
 
@@ -857,6 +895,12 @@ impl ServerMsg {
                 let f: ExitFields = fields(h)?;
                 let status = match (f.code, f.signal) {
                     (Some(c), None) => ExitStatus::Code(c),
+                    (None, Some(name)) if !is_signal_name(&name) => {
+                        return Err(ParseError::BadRequest {
+                            id: Some(f.id),
+                            message: "exit: a signal is a name (TERM) or a number".into(),
+                        });
+                    }
                     (None, Some(name)) => ExitStatus::Signal {
                         name,
                         timed_out: f.timed_out,
@@ -871,7 +915,7 @@ impl ServerMsg {
                 ServerMsg::Exit {
                     id: f.id,
                     status,
-                    reason: f.reason,
+                    reason: f.reason.map(for_people),
                     dropped: f.dropped,
                 }
             }
@@ -880,7 +924,7 @@ impl ServerMsg {
                 ServerMsg::Error {
                     id: f.id,
                     code: f.code,
-                    message: f.message,
+                    message: for_people(f.message),
                     exit_status: f.exit_status,
                 }
             }
@@ -1142,6 +1186,41 @@ mod tests {
     }
 
     #[test]
+    fn text_for_people_is_safe_to_print() {
+        let parse = |h: &str| {
+            ServerMsg::parse(Frame {
+                header: crate::proto::frame::parse_header(h.as_bytes()).unwrap(),
+                body: Bytes::new(),
+            })
+        };
+        let evil = r#"{"type":"error","id":1,"code":"other","message":"x\u001b]0;PWNED\u0007\r\u001b[2K\u202ey"}"#;
+        let Ok(ServerMsg::Error { message, .. }) = parse(evil) else {
+            panic!()
+        };
+        assert_eq!(message, r"x\u{1b}]0;PWNED\u{7}\u{d}\u{1b}[2K\u{202e}y");
+        let long = format!(
+            r#"{{"type":"exit","id":1,"code":0,"reason":"{}"}}"#,
+            "a".repeat(5000)
+        );
+        let Ok(ServerMsg::Exit {
+            reason: Some(r), ..
+        }) = parse(&long)
+        else {
+            panic!()
+        };
+        assert_eq!(r.len(), MAX_TEXT + 3);
+        assert!(parse(r#"{"type":"exit","id":1,"signal":"TERM\u001b[2K"}"#).is_err());
+        assert!(
+            parse(&format!(
+                r#"{{"type":"exit","id":1,"signal":"{}"}}"#,
+                "S".repeat(17)
+            ))
+            .is_err()
+        );
+        assert!(parse(r#"{"type":"exit","id":1,"signal":"34"}"#).is_ok());
+    }
+
+    #[test]
     fn stamps_are_rfc3339_with_microseconds() {
         let t = Stamp(1_796_310_000_000_001);
         assert_eq!(t.rfc3339(), "2026-12-03T15:00:00.000001Z");
@@ -1150,6 +1229,16 @@ mod tests {
             Stamp::parse("2026-12-03T16:00:00.000001+01:00"),
             Some(t),
             "any offset"
+        );
+        assert_eq!(
+            Stamp::parse("9999-12-31T23:59:59-23:59"),
+            None,
+            "year 10000 in UTC"
+        );
+        assert_eq!(
+            Stamp::parse("0001-01-01T00:00:00+23:59"),
+            None,
+            "year 0 in UTC"
         );
         let bad = r#"{"type":"stdout","id":1,"ts":"yesterday"}"#;
         let frame = Frame {
