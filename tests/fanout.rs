@@ -672,4 +672,30 @@ async fn encoding_applies_to_every_host() {
             ),
         }
     }
+
+    // With --timestamps a line keeps the frame its first byte came in,
+    // even when its first character is completed by a later one: the
+    // second line, begun 0.3 s later, is stamped 0.3 s later.
+    let job = r"printf '\326'; sleep 0.3; printf '\320\nx\n'";
+    for hosts_flag in [false, true] {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("exec");
+        if hosts_flag {
+            cmd.args(["--hosts", &hosts[0]]);
+        } else {
+            cmd.arg(&hosts[0]);
+        }
+        let o = cmd
+            .args(["--encoding", "gbk", "--timestamps"])
+            .args(["--token-file", token.to_str().unwrap(), "--", job])
+            .output()
+            .await
+            .unwrap();
+        let out = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].ends_with("中") && lines[1].ends_with('x'), "{out}");
+        let gap = stamp_of(lines[1]) - stamp_of(lines[0]);
+        assert!(gap >= 100_000, "stamps {gap} us apart: {out}");
+    }
 }

@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExecArgs;
 use super::input::{Mode, Repl, Target};
-use super::lines::{ClockOffset, Lines};
+use super::lines::{ClockOffset, StampedText};
 use super::terminal::{ESCAPE_HELP, Escape, Escapes, RawMode, TtySignal, TtySignals, window_size};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecReceiver, ExecSender, JobEvent};
@@ -31,8 +31,9 @@ use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
 struct Output {
     stdout: Option<Decoder>,
     stderr: Option<Decoder>,
-    /// `--timestamps`: each line prefixed with its frame's time.
-    stamped: Option<[Lines; 2]>,
+    /// `--timestamps`: each line prefixed with its frame's time (cut on
+    /// the raw bytes, then decoded).
+    stamped: Option<[StampedText; 2]>,
 }
 
 impl Output {
@@ -40,7 +41,7 @@ impl Output {
         Output {
             stdout: encoding.map(|e| e.new_decoder()),
             stderr: encoding.map(|e| e.new_decoder()),
-            stamped: timestamps.then(Default::default),
+            stamped: timestamps.then(|| [StampedText::new(encoding), StampedText::new(encoding)]),
         }
     }
 
@@ -57,29 +58,23 @@ impl Output {
         } else {
             &mut self.stdout
         };
-        let bytes;
         let text;
-        let out: &[u8] = match decoder {
-            None => {
-                bytes = data;
-                bytes
-            }
-            Some(d) => {
+        let stamped;
+        let out: &[u8] = match (
+            self.stamped
+                .as_mut()
+                .and_then(|l| l.get_mut(usize::from(is_stderr))),
+            decoder,
+        ) {
+            (None, None) => data,
+            (None, Some(d)) => {
                 text = super::lines::decode(d, data, last);
                 text.as_bytes()
             }
-        };
-        let stamped;
-        let out = match self
-            .stamped
-            .as_mut()
-            .and_then(|l| l.get_mut(usize::from(is_stderr)))
-        {
-            None => out,
-            Some(lines) => {
-                let mut s = Vec::with_capacity(out.len() + 64);
+            (Some(lines), _) => {
+                let mut s = Vec::with_capacity(data.len() + 64);
                 // The rest of a cut line goes on after its first piece.
-                lines.feed(out, ts, last, |p| {
+                lines.feed(data, ts, last, |p| {
                     if p.starts_line {
                         s.extend_from_slice(super::lines::prefix(p.ts).as_bytes());
                     }

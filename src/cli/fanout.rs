@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::ExecArgs;
-use super::lines::{self, ClockOffset, Lines};
+use super::lines::{self, ClockOffset, StampedText};
 use crate::client::exec::{EXIT_CONNECTION, exit_code};
 use crate::client::{ClientAuth, ClientError, ExecClient, JobEvent};
 use crate::proto::message::Stamp;
@@ -181,7 +181,7 @@ impl HostRun {
 /// `--timestamps`, the time); keeps the partial last line.
 struct Prefixer {
     host: String,
-    lines: [Lines; 2],
+    lines: [StampedText; 2],
 }
 
 impl Prefixer {
@@ -312,7 +312,7 @@ impl HostRun {
     /// them until one does not fit under `max` bytes.
     fn keep_lines(
         &mut self,
-        lines: &mut [Lines; 2],
+        lines: &mut [StampedText; 2],
         is_err: bool,
         data: &[u8],
         ts: Option<Stamp>,
@@ -380,14 +380,19 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     let mut req = plan.args.request(1, plan.words.clone());
     req.output.max_output = plan.keep;
     let id = req.id;
+    let text = || {
+        [
+            StampedText::new(plan.encoding),
+            StampedText::new(plan.encoding),
+        ]
+    };
     let mut prefix = plan.stream.then(|| Prefixer {
         host: host.clone(),
-        lines: Default::default(),
+        lines: text(),
     });
     let mut decoders = plan.encoding.map(|e| [e.new_decoder(), e.new_decoder()]);
     // --json --timestamps: the lines with their times, for the record.
-    let mut stamped: Option<[Lines; 2]> =
-        (plan.args.json && plan.args.timestamps).then(Default::default);
+    let mut stamped = (plan.args.json && plan.args.timestamps).then(text);
     let result = async {
         let sent = std::time::SystemTime::now();
         tx.send(ClientMsg::Exec(req)).await?;
@@ -414,6 +419,14 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                 JobEvent::Stdout(data, ts) => (false, data, ts),
                 JobEvent::Stderr(data, ts) => (true, data, ts),
             };
+            // Lines are cut on the raw bytes (each keeps the frame of its
+            // first byte), then decoded; what is kept whole is decoded here.
+            if let Some(p) = prefix.as_mut() {
+                p.feed(is_err, &raw, ts, false);
+            }
+            if let Some(l) = stamped.as_mut() {
+                run.keep_lines(l, is_err, &raw, ts, false, plan.keep);
+            }
             let data = match decoders
                 .as_mut()
                 .and_then(|d| d.get_mut(usize::from(is_err)))
@@ -421,35 +434,24 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                 Some(d) => bytes::Bytes::from(lines::decode(d, &raw, false)),
                 None => raw,
             };
-            if data.is_empty() {
-                continue;
-            }
-            if let Some(p) = prefix.as_mut() {
-                p.feed(is_err, &data, ts, false);
-            }
-            if let Some(l) = stamped.as_mut() {
-                run.keep_lines(l, is_err, &data, ts, false, plan.keep);
-            }
             run.keep(is_err, &data, plan.keep);
         }
     }
     .await;
     for is_err in [false, true] {
+        if let Some(p) = prefix.as_mut() {
+            p.feed(is_err, b"", None, true);
+        }
+        if let Some(l) = stamped.as_mut() {
+            run.keep_lines(l, is_err, b"", None, true, plan.keep);
+        }
         // What a character split at the end held back in the decoder.
-        let rest = match decoders
+        if let Some(d) = decoders
             .as_mut()
             .and_then(|d| d.get_mut(usize::from(is_err)))
         {
-            Some(d) => lines::decode(d, b"", true).into_bytes(),
-            None => Vec::new(),
-        };
-        if let Some(p) = prefix.as_mut() {
-            p.feed(is_err, &rest, None, true);
+            run.keep(is_err, lines::decode(d, b"", true).as_bytes(), plan.keep);
         }
-        if let Some(l) = stamped.as_mut() {
-            run.keep_lines(l, is_err, &rest, None, true, plan.keep);
-        }
-        run.keep(is_err, &rest, plan.keep);
     }
     run.outcome = match result {
         Ok(status) => Outcome::Exit(status),

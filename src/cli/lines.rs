@@ -97,6 +97,57 @@ fn char_boundary(bytes: &[u8], at: usize) -> usize {
         .unwrap_or(at)
 }
 
+/// A stream cut into lines on its raw bytes, so that a line keeps the
+/// stamp of the frame its first byte came in even when a character is
+/// split across frames; each piece then decoded from `--encoding`, when
+/// there is one.
+#[derive(Default)]
+pub(super) struct StampedText {
+    lines: Lines,
+    decoder: Option<encoding_rs::Decoder>,
+}
+
+impl StampedText {
+    pub(super) fn new(encoding: Option<&'static encoding_rs::Encoding>) -> StampedText {
+        StampedText {
+            lines: Lines::default(),
+            decoder: encoding.map(|e| e.new_decoder()),
+        }
+    }
+
+    /// [`Lines::feed`], with each piece decoded; at `last`, what the
+    /// decoder still held comes as a piece of its own.
+    pub(super) fn feed(
+        &mut self,
+        data: &[u8],
+        ts: Option<Stamp>,
+        last: bool,
+        mut piece: impl FnMut(Piece<'_>),
+    ) {
+        let decoder = &mut self.decoder;
+        self.lines.feed(data, ts, last, |p| match decoder.as_mut() {
+            None => piece(p),
+            Some(d) => {
+                let text = decode(d, p.bytes, false);
+                piece(Piece {
+                    bytes: text.as_bytes(),
+                    ..p
+                });
+            }
+        });
+        if let (true, Some(d)) = (last, decoder.as_mut()) {
+            let rest = decode(d, b"", true);
+            if !rest.is_empty() {
+                piece(Piece {
+                    ts,
+                    bytes: rest.as_bytes(),
+                    starts_line: false,
+                });
+            }
+        }
+    }
+}
+
 /// `--encoding`: a chunk of a stream in UTF-8; a character split between
 /// chunks waits in the decoder for the next (`last`: none is coming).
 pub(super) fn decode(d: &mut encoding_rs::Decoder, data: &[u8], last: bool) -> String {
