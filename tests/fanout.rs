@@ -699,3 +699,38 @@ async fn encoding_applies_to_every_host() {
         assert!(gap >= 100_000, "stamps {gap} us apart: {out}");
     }
 }
+
+/// `get --hosts` makes DEST/<host>/ for each host, and takes it away
+/// again for a host that gave nothing (its get refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_from_many_leaves_no_empty_host_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // Host 0 takes argv jobs only: transfers are forbidden there.
+    let (_servers, hosts) = fleet(dir.path(), 2, &[0]).await;
+    let src = dir.path().join("src.txt");
+    std::fs::write(&src, "hello\n").unwrap();
+    let got = dir.path().join("got");
+    std::fs::create_dir(&got).unwrap();
+    let o = tokio::process::Command::new(bin())
+        .args(["get", "--hosts", &hosts.join(",")])
+        .args(["--token-file", dir.path().join("token").to_str().unwrap()])
+        .arg(&src)
+        .arg(&got)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !got.join(&hosts[0]).exists(),
+        "the refused host's directory is gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(got.join(&hosts[1]).join("src.txt")).unwrap(),
+        "hello\n"
+    );
+}

@@ -652,10 +652,14 @@ async fn copy_host(
     };
     let many = plan.sources.len() > 1;
     // get: DEST/<host>/ unless --name says how to name each file.
+    let mut made = None;
     let dest = if put || args.name_template.is_some() {
         plan.dest.clone()
     } else {
         let d = Path::new(&plan.dest).join(&label);
+        if !d.exists() {
+            made = Some(d.clone());
+        }
         if let Err(e) = std::fs::create_dir_all(&d) {
             outcome.error = Some(format!("{}: {e}", d.display()));
             return outcome;
@@ -700,6 +704,12 @@ async fn copy_host(
         }
     }
     outcome.failed = report.failed;
+    // A host directory made for nothing (every get refused) is not left
+    // behind; one holding anything stays (remove_dir removes only empty
+    // ones).
+    if let Some(d) = made {
+        let _ = std::fs::remove_dir(d);
+    }
     outcome
 }
 
