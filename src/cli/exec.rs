@@ -38,9 +38,11 @@ struct Output {
 
 impl Output {
     fn new(encoding: Option<&'static Encoding>, timestamps: bool) -> Self {
+        // Stamped output decodes in its own pieces (StampedText).
+        let decoder = || encoding.filter(|_| !timestamps).map(|e| e.new_decoder());
         Output {
-            stdout: encoding.map(|e| e.new_decoder()),
-            stderr: encoding.map(|e| e.new_decoder()),
+            stdout: decoder(),
+            stderr: decoder(),
             stamped: timestamps.then(|| [StampedText::new(encoding), StampedText::new(encoding)]),
         }
     }

@@ -177,10 +177,12 @@ impl ClockOffset {
                 .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         };
         let (a, b) = (us(sent), us(received));
-        let mid = a + (b - a) / 2;
+        // Saturating: the stamp is the server's to choose, and a local
+        // clock can be anywhere.
+        let half = b.saturating_sub(a) / 2;
         ClockOffset {
-            offset_us: server.0 - mid,
-            within_us: (b - a).max(0) / 2,
+            offset_us: server.0.saturating_sub(a.saturating_add(half)),
+            within_us: half.max(0),
         }
     }
 
