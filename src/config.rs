@@ -295,6 +295,22 @@ pub struct ExecConfig {
     /// job's `exit` says how much. A request may ask for less
     /// (`max_output`), never more. 0 = no limit. Default: 0.
     pub max_output: u64,
+    /// Detached jobs (`exec --detach`, PROTOCOL.md §3.10) one identity
+    /// may have kept, running or ended and not yet expired; 0 refuses
+    /// `detach`. They count against `max_jobs` and the identity's
+    /// `max-jobs=` while they run. Default: 16.
+    pub max_detached: usize,
+    /// Detached jobs kept over all identities. Default: 64.
+    pub max_detached_total: usize,
+    /// Output a detached job keeps for `attach`, in bytes: past it the
+    /// oldest is dropped, and counted. Memory for detached jobs is bounded
+    /// by this times `max_detached_total` (64 MiB with the defaults).
+    /// Default: 1 MiB (65,536 to 268,435,456).
+    pub detached_buffer: u64,
+    /// How long a detached job that has ended is kept (its status and
+    /// output) before it is forgotten. Default: 1 h.
+    #[serde(deserialize_with = "de_duration")]
+    pub detached_ttl: Duration,
     /// Largest frame header accepted. Default: 65,536 bytes.
     pub max_header: usize,
     /// Largest frame body accepted. Default: 1 MiB.
@@ -400,6 +416,10 @@ impl Default for ExecConfig {
             drain_grace: Duration::from_secs(1),
             job_timeout: Duration::ZERO,
             max_output: 0,
+            max_detached: 16,
+            max_detached_total: 64,
+            detached_buffer: 1 << 20,
+            detached_ttl: Duration::from_secs(3600),
             max_header: crate::proto::frame::DEFAULT_MAX_HEADER,
             max_body: crate::proto::frame::DEFAULT_MAX_BODY,
             stdin_window: 256 * 1024,
@@ -639,6 +659,12 @@ impl ServerConfig {
         if !(128 * 1024..=16 * 1024 * 1024).contains(&x.stdin_window) {
             bail!("exec.stdin_window must be between 131072 and 16777216");
         }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&x.detached_buffer) {
+            bail!("exec.detached_buffer must be between 65536 and 268435456");
+        }
+        if x.detached_ttl.is_zero() {
+            bail!("exec.detached_ttl must be above 0");
+        }
         if !(128 * 1024..=64 * 1024 * 1024).contains(&x.transfer_window) {
             bail!("exec.transfer_window must be between 131072 and 67108864");
         }
@@ -768,6 +794,10 @@ impl ServerConfig {
             drain_grace: _,
             job_timeout: _,
             max_output: _,
+            max_detached: _,
+            max_detached_total: _,
+            detached_buffer: _,
+            detached_ttl: _,
             max_header: _,
             max_body: _,
             stdin_window: _,

@@ -393,6 +393,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
         timeout_ms: None,
         pty: None,
         output: Default::default(),
+        detach: false,
     };
     let start = Instant::now();
     tx.send(ClientMsg::Exec(req)).await?;
@@ -419,7 +420,9 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
             JobEvent::Started { .. }
             | JobEvent::Stderr(..)
             | JobEvent::Window { .. }
-            | JobEvent::Transfer(_) => {}
+            | JobEvent::Transfer(_)
+            | JobEvent::Attached(_)
+            | JobEvent::Jobs(_) => {}
         }
     };
     let seconds = start.elapsed().as_secs_f64();

@@ -24,11 +24,11 @@ use crate::client::{ClientAuth, ClientError, ExecReceiver, ExecSender, JobEvent}
 use crate::config::DEFAULT_EXEC_PORT;
 use crate::endpoint::Transport;
 use crate::proto::message::{OUTPUT_FRAME_COST, STDIN_FRAME_COST, Stamp};
-use crate::proto::{ClientMsg, ExecRequest, ExitStatus, PtyRequest};
+use crate::proto::{ClientMsg, ExitStatus, PtyRequest};
 
 /// Turns remote bytes into what the terminal shows: untouched by default,
 /// or decoded from a legacy encoding (the tutorial's GBK problem).
-struct Output {
+pub(super) struct Output {
     stdout: Option<Decoder>,
     stderr: Option<Decoder>,
     /// `--timestamps`: each line prefixed with its frame's time (cut on
@@ -37,7 +37,7 @@ struct Output {
 }
 
 impl Output {
-    fn new(encoding: Option<&'static Encoding>, timestamps: bool) -> Self {
+    pub(super) fn new(encoding: Option<&'static Encoding>, timestamps: bool) -> Self {
         // Stamped output decodes in its own pieces (StampedText).
         let decoder = || encoding.filter(|_| !timestamps).map(|e| e.new_decoder());
         Output {
@@ -104,7 +104,7 @@ impl Output {
 }
 
 /// Why a job did not end with an exit frame.
-enum Failure {
+pub(super) enum Failure {
     Client(ClientError),
     Interrupted,
     /// The user typed the `~.` escape.
@@ -121,7 +121,7 @@ enum Failure {
 
 /// The output window `switchboard exec` gives each job: 1 MiB, enough for
 /// the pipe's speed on loopback (BENCHMARKS.md), little to hold.
-const OUTPUT_WINDOW: u64 = 1 << 20;
+pub(super) const OUTPUT_WINDOW: u64 = 1 << 20;
 
 /// What `exec -t` with no command runs: the login shell of the job's user
 /// (`SHELL` comes from the password database, PROTOCOL.md §3.3).
@@ -149,42 +149,45 @@ impl From<ClientError> for Failure {
 
 /// What a job gets of local stdin, and how its output is paced.
 #[derive(Debug, Clone, Copy)]
-struct LocalInput {
+pub(super) struct LocalInput {
     /// Local stdin goes to the job.
-    forward: bool,
+    pub forward: bool,
     /// The job's stdin window, when the server keeps windows.
-    window: Option<u64>,
+    pub window: Option<u64>,
     /// The server keeps to an output window: each output frame is given
     /// back once written here.
-    output_window: bool,
+    pub output_window: bool,
     /// `~` escapes are read in it (a raw local terminal).
-    escapes: bool,
+    pub escapes: bool,
 }
 
 /// How a job ended: its status, why the server ended it when it did so
 /// for a reason of its own (shutdown, `--max-output-kill`), and the output
 /// dropped past `--max-output`.
-type Ended = (ExitStatus, Option<String>, u64);
+pub(super) type Ended = (ExitStatus, Option<String>, u64);
 
-/// Runs one job to its end, streaming its output; forwards local stdin when
+/// Runs job `id` to its end, streaming its output: the job `open` starts
+/// (`exec`), or one already followed (`attach`, §3.10). Forwards local stdin when
 /// `forward_stdin`, reading `~` escapes in it when `escapes` (a raw local
-/// terminal). A job on a terminal (`req.pty`) follows the local window's
-/// size through `tty` (handlers installed before the terminal went raw).
+/// terminal). A job on a terminal follows the local window's size through
+/// `tty` (handlers installed before the terminal went raw).
 ///
 /// Reading the connection never waits on writing it: stdin and signals go
 /// through a queue to their own writer, so a job that echoes its input
 /// (`cat`) cannot deadlock the two directions against each other.
-async fn run_job(
+pub(super) async fn run_job(
     tx: &mut ExecSender,
     rx: &mut ExecReceiver,
-    req: ExecRequest,
+    id: u64,
+    open: Option<ClientMsg>,
     input: LocalInput,
     mut tty: Option<&mut TtySignals>,
     out: &mut Output,
 ) -> Result<Ended, Failure> {
-    let id = req.id;
     let sent = std::time::SystemTime::now();
-    tx.send(ClientMsg::Exec(req)).await?;
+    if let Some(open) = open {
+        tx.send(open).await?;
+    }
     let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
     let writer = async {
         while let Some(msg) = queued.recv().await {
@@ -283,7 +286,7 @@ async fn run_job(
                         let clock = ClockOffset::measure(sent, ts, std::time::SystemTime::now());
                         say!("switchboard: {}", clock.describe());
                     },
-                    JobEvent::Transfer(_) => {}
+                    JobEvent::Transfer(_) | JobEvent::Jobs(_) | JobEvent::Attached(_) => {}
                     JobEvent::Window { stdin } => if let Some(c) = &credit {
                         c.add_permits(usize::try_from(stdin).unwrap_or(0));
                     },
@@ -339,7 +342,13 @@ async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
 
 /// Tells how a job ended and gives its exit status: `Ok` to go on with the
 /// next command (REPL, pipe), `Err` to stop (the connection is gone).
-fn report(result: Result<Ended, Failure>) -> Result<u8, u8> {
+/// `detached`: the job is a detached one this client attached to, which
+/// leaving does not end.
+pub(super) fn report(result: Result<Ended, Failure>, detached: Option<&str>) -> Result<u8, u8> {
+    let left = |how: &str| match detached {
+        Some(id) => say!("switchboard: {how}; the job runs on (switchboard attach {id})"),
+        None => say!("switchboard: {how}; the job is killed with the connection"),
+    };
     match result {
         Ok((status, reason, dropped)) => {
             if dropped > 0 {
@@ -361,11 +370,11 @@ fn report(result: Result<Ended, Failure>) -> Result<u8, u8> {
             Ok(exit_code(&status))
         }
         Err(Failure::Interrupted) => {
-            say!("switchboard: interrupted; disconnecting");
+            left("interrupted; disconnecting");
             Err(130)
         }
         Err(Failure::Disconnected) => {
-            say!("switchboard: disconnected (~.); the job is killed with the connection");
+            left("disconnected (~.)");
             Err(EXIT_CONNECTION)
         }
         Err(Failure::Signalled(name)) => {
@@ -477,6 +486,9 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         (Some(_), true) => vec![LOGIN_SHELL.to_string()],
         _ => args.command.clone(),
     };
+    if args.detach && words.is_empty() {
+        bail!("--detach needs a command after -- (or -t, for a login shell to attach to later)");
+    }
     let auth = args.conn.auth()?;
     if let Some(hosts) = hosts {
         let words = args.command.clone();
@@ -511,6 +523,21 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let stdin_window = client.stdin_window();
     let output_window = client.output_window().is_some();
     let (mut tx, mut rx) = client.split();
+    if args.detach {
+        let mut req = args.request(1, words);
+        // On a terminal, it keeps its input open for whoever attaches.
+        if let Some(term) = &tty {
+            let (rows, cols) = window_size();
+            req.pty = Some(PtyRequest {
+                rows,
+                cols,
+                term: term.clone(),
+            });
+            req.stdin = true;
+        }
+        let code = rt.block_on(super::jobs::detach(&mut tx, &mut rx, req));
+        return Ok(ExitCode::from(code));
+    }
     let mut next_id = 0u64;
     let mut out = Output::new(encoding, args.timestamps);
     // Listened for before the terminal goes raw, so that no signal in
@@ -547,11 +574,20 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             output_window,
             escapes,
         };
-        let job = run_job(&mut tx, &mut rx, req, input, signals, &mut out);
+        let id = req.id;
+        let job = run_job(
+            &mut tx,
+            &mut rx,
+            id,
+            Some(ClientMsg::Exec(req)),
+            input,
+            signals,
+            &mut out,
+        );
         let result = rt.block_on(job);
         // Restored before anything is said about the job.
         drop(raw);
-        report(result)
+        report(result, None)
     };
     // The shell that reads a piped script, as argv or as a command line.
     let script = if args.argv {

@@ -413,7 +413,11 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                     run.clock = Some(clock);
                     continue;
                 }
-                JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {
+                JobEvent::Started { .. }
+                | JobEvent::Window { .. }
+                | JobEvent::Transfer(_)
+                | JobEvent::Attached(_)
+                | JobEvent::Jobs(_) => {
                     continue;
                 }
                 JobEvent::Stdout(data, ts) => (false, data, ts),

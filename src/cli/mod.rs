@@ -17,6 +17,7 @@ mod clients;
 mod exec;
 mod fanout;
 mod input;
+mod jobs;
 mod lines;
 mod relay;
 mod request;
@@ -127,6 +128,16 @@ pub enum Command {
         after_help = "Examples:\n  switchboard exec -- uname -a\n  switchboard exec 127.0.0.1:8080 -- sh -c 'exit 7'; echo $?   # 7\n  tar c dir | switchboard exec -- tar x -C /tmp/x\n  switchboard exec --argv -- printf '%s\\n' 'one arg'\n  switchboard exec --encoding gbk -- cat gbk.txt\n  switchboard exec                    # REPL, one command a line\n\nExit status: the job's code; 128+N if killed by signal N; 124 if it timed out;\n255 if the connection, the handshake or the protocol failed."
     )]
     Exec(ExecArgs),
+    /// List your detached jobs on a server (exec --detach), or stop them.
+    #[command(
+        after_help = "Examples:\n  switchboard jobs\n  switchboard jobs web1:8080 --json\n  switchboard jobs --kill 3f9a1c2b   # stop it; a job that ended is forgotten\n\nIDs may be shortened to any 4 or more leading characters that only one of your jobs has.\nEach identity (key, certificate principal, or token) sees only its own jobs.\n\nExit status: 0; 1 if a --kill failed; 255 if the connection failed."
+    )]
+    Jobs(JobsArgs),
+    /// Follow a detached job: its buffered output, then live output; stdin and Ctrl-C go to it.
+    #[command(
+        after_help = "Examples:\n  switchboard attach 3f9a1c2b\n  switchboard attach tls://web1:8443 3f9a --timestamps\n\nA second Ctrl-C within a second (or ~. on a terminal) detaches again: the job runs on.\nAttaching takes the job over from a client attached before.\n\nExit status: the job's, as for exec, once it ends; 130 when detached by Ctrl-C;\n255 if the connection failed or another client took the job over."
+    )]
+    Attach(AttachArgs),
     /// Copy files to a switchboard server, as scp: verified by SHA-256, never a partial file under the final name.
     #[command(
         after_help = "Examples:\n  switchboard put notes.txt /tmp/               # to 127.0.0.1:8080\n  switchboard put tls://web1:8443 app.tar.gz /srv/releases/\n  switchboard put -rp site/ web1:8080 /var/www   # a tree, modes and times kept\n  switchboard put --resume big.iso /data/        # go on after an interruption\n\nThe address comes first when given (then at least SRC and DEST follow).\nA DEST that is an existing directory receives the files inside it; a DEST\nending in / must be one; several SRCs need one. A file never replaces a\ndirectory, nor a directory a file.\n\nExit status: 0 all copied; 1 some failed (each said); 255 the connection failed."
@@ -375,6 +386,11 @@ pub struct ExecArgs {
     /// With --max-output: stop the job (TERM, then KILL) once it is reached.
     #[arg(long, requires = "max_output")]
     pub max_output_kill: bool,
+    /// Start the job detached and print its ID: it runs on after the client leaves, its
+    /// output kept on the server (see `switchboard jobs` and `switchboard attach`). Its
+    /// stdin is closed, unless -t gives it a terminal to attach to.
+    #[arg(long, conflicts_with_all = ["hosts", "timestamps"])]
+    pub detach: bool,
     /// Prefix each output line with the server's time of it (RFC 3339, microseconds, UTC),
     /// and say once per host how far the server's clock is from this one.
     #[arg(long, conflicts_with_all = ["tty", "gather"])]
@@ -389,6 +405,41 @@ pub struct ExecArgs {
     /// file, the input is one shell script, one job, as `ssh host < script.sh` runs it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Stop this job (TERM, then KILL after the server's grace) and say how it ended;
+    /// a job that has ended is forgotten instead. Repeatable.
+    #[arg(long, value_name = "ID")]
+    pub kill: Vec<String>,
+    /// One JSON record per job.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// The server, as for exec (default 127.0.0.1:8080).
+    #[arg(value_name = "ADDR")]
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Prefix each output line with the server's time of it, as exec --timestamps.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Do not send local stdin to the job.
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
+    /// Decode the job's output from this encoding (gbk, shift_jis, ...).
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// [ADDR] ID: the server (as for exec; default 127.0.0.1:8080), then the job's ID
+    /// or 4 or more of its leading characters.
+    #[arg(value_name = "ARGS", required = true, num_args = 1..=2)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -613,6 +664,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Time(args) => clients::time(args),
         Command::Bench(args) => clients::bench(args),
         Command::Exec(args) => exec::exec(args),
+        Command::Jobs(args) => jobs::jobs(args),
+        Command::Attach(args) => jobs::attach(args),
         Command::Keygen(args) => clients::keygen(args),
         Command::Put(args) => transfer::put(args),
         Command::Get(args) => transfer::get(args),

@@ -35,6 +35,7 @@ impl ExecArgs {
                 max_output: self.max_output,
                 max_output_kill: self.max_output_kill,
             },
+            detach: self.detach,
         }
     }
 }

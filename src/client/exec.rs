@@ -151,7 +151,14 @@ pub enum JobEvent {
         job: Option<u64>,
         /// The server's time, when the job asked for `timestamps`.
         ts: Option<Stamp>,
+        /// (§3.10) Detached under this ID: the job's last event here.
+        detached: Option<String>,
     },
+    /// (§3.10) Attached to this detached job: its buffered output, then
+    /// its live output, follow.
+    Attached(crate::proto::jobs::JobInfo),
+    /// (§3.10) The answer to `jobs` or `kill`: the request's last event.
+    Jobs(Vec<crate::proto::jobs::JobInfo>),
     /// Output, and when the server read it (with `timestamps`).
     Stdout(Bytes, Option<Stamp>),
     Stderr(Bytes, Option<Stamp>),
@@ -218,9 +225,23 @@ impl JobEvent {
     /// job of the connection); `None` for messages about no job.
     pub fn from_msg(msg: ServerMsg) -> Option<(Option<u64>, JobEvent)> {
         Some(match msg {
-            ServerMsg::Started { id, pid, job, ts } => {
-                (Some(id), JobEvent::Started { pid, job, ts })
-            }
+            ServerMsg::Started {
+                id,
+                pid,
+                job,
+                ts,
+                detached,
+            } => (
+                Some(id),
+                JobEvent::Started {
+                    pid,
+                    job,
+                    ts,
+                    detached,
+                },
+            ),
+            ServerMsg::Attached { id, info } => (Some(id), JobEvent::Attached(info)),
+            ServerMsg::Jobs { id, jobs } => (Some(id), JobEvent::Jobs(jobs)),
             ServerMsg::Stdout { id, data, ts } => (Some(id), JobEvent::Stdout(data, ts)),
             ServerMsg::Stderr { id, data, ts } => (Some(id), JobEvent::Stderr(data, ts)),
             ServerMsg::Exit {
@@ -276,6 +297,11 @@ impl JobEvent {
             self,
             JobEvent::Exit { .. }
                 | JobEvent::Failed(_)
+                | JobEvent::Jobs(_)
+                | JobEvent::Started {
+                    detached: Some(_),
+                    ..
+                }
                 | JobEvent::Transfer(
                     TransferEvent::Stored(_) | TransferEvent::Sent(_) | TransferEvent::Listed(_)
                 )
@@ -886,7 +912,11 @@ impl ExecClient {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match self.rx.job_event(id).await? {
-                JobEvent::Started { .. } | JobEvent::Window { .. } | JobEvent::Transfer(_) => {}
+                JobEvent::Started { .. }
+                | JobEvent::Window { .. }
+                | JobEvent::Transfer(_)
+                | JobEvent::Attached(_)
+                | JobEvent::Jobs(_) => {}
                 JobEvent::Stdout(data, _) => stdout.extend_from_slice(&data),
                 JobEvent::Stderr(data, _) => stderr.extend_from_slice(&data),
                 JobEvent::Exit { status, .. } => {

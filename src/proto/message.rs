@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::frame::Frame;
+use super::jobs::{AttachRequest, JobInfo, KillRequest};
 use super::transfer::{
     Accepted, DoneRequest, Entry, ExpectRequest, FileMeta, GetRequest, ListRequest, Listed,
     PutRequest, Sent, Stored,
@@ -50,6 +51,9 @@ pub enum ErrorCode {
     HashMismatch,
     /// (§3.8) any other failure of the file system.
     IoError,
+    /// (§3.10) an attachment ended without its job: another connection
+    /// attached to the same detached job.
+    Detached,
     /// A code this build does not know (forward compatibility).
     #[serde(other)]
     Other,
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no_space",
             ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::IoError => "io_error",
+            ErrorCode::Detached => "detached",
             ErrorCode::Other => "other",
         }
     }
@@ -103,6 +108,9 @@ pub struct ExecRequest {
     pub pty: Option<PtyRequest>,
     /// How much output to send, and how (§3.3).
     pub output: OutputOptions,
+    /// (§3.10) Run on after the connection closes, its output kept on the
+    /// server for `attach`.
+    pub detach: bool,
 }
 
 /// What a job's output may be (PROTOCOL.md §3.3): capped, stamped.
@@ -132,6 +140,7 @@ impl ExecRequest {
             timeout_ms: None,
             pty: None,
             output: OutputOptions::default(),
+            detach: false,
         }
     }
 }
@@ -255,6 +264,14 @@ pub enum ClientMsg {
     },
     /// (§3.9) a file will come from another host of a relay chain.
     Expect(ExpectRequest),
+    /// (§3.10) the caller's detached jobs.
+    Jobs {
+        id: u64,
+    },
+    /// (§3.10) follow a detached job.
+    Attach(AttachRequest),
+    /// (§3.10) stop a detached job, or forget one that ended.
+    Kill(KillRequest),
 }
 
 /// How a job ended.
@@ -302,6 +319,9 @@ pub enum ServerMsg {
         /// (Extension) the server's time, for a job that asked for
         /// `timestamps`.
         ts: Option<Stamp>,
+        /// (§3.10) the job was detached under this ID: nothing more comes
+        /// for `id`, which is free again.
+        detached: Option<String>,
     },
     Stdout {
         id: u64,
@@ -367,6 +387,17 @@ pub enum ServerMsg {
     },
     /// (§3.8) the end of a `list`.
     Listed(Listed),
+    /// (§3.10) detached jobs: the caller's (`jobs`), or the one a `kill`
+    /// stopped.
+    Jobs {
+        id: u64,
+        jobs: Vec<JobInfo>,
+    },
+    /// (§3.10) `id` follows this detached job now.
+    Attached {
+        id: u64,
+        info: JobInfo,
+    },
 }
 
 /// Why a well-formed frame is not a valid message.
@@ -484,6 +515,8 @@ struct ExecFields {
     max_output_kill: bool,
     #[serde(default)]
     timestamps: bool,
+    #[serde(default)]
+    detach: bool,
 }
 
 #[derive(Deserialize)]
@@ -510,6 +543,9 @@ impl ClientMsg {
             ClientMsg::List(r) => Some(r.id),
             ClientMsg::Done(r) => Some(r.id),
             ClientMsg::Expect(r) => Some(r.put.id),
+            ClientMsg::Attach(r) => Some(r.id),
+            ClientMsg::Kill(r) => Some(r.id),
+            ClientMsg::Jobs { id } => Some(*id),
             ClientMsg::Stdin { id, .. }
             | ClientMsg::Eof { id }
             | ClientMsg::Signal { id, .. }
@@ -565,6 +601,7 @@ impl ClientMsg {
                         max_output: f.max_output,
                         max_output_kill: f.max_output_kill,
                     },
+                    detach: f.detach,
                 })
             }
             "stdin" => ClientMsg::Stdin {
@@ -603,6 +640,11 @@ impl ClientMsg {
             }
             "done" => ClientMsg::Done(fields(h)?),
             "expect" => ClientMsg::Expect(fields(h)?),
+            "jobs" => ClientMsg::Jobs {
+                id: fields::<IdOnly>(h)?.id,
+            },
+            "attach" => ClientMsg::Attach(fields(h)?),
+            "kill" => ClientMsg::Kill(fields(h)?),
             "cancel" => ClientMsg::Cancel {
                 id: fields::<IdOnly>(h)?.id,
             },
@@ -618,6 +660,9 @@ impl ClientMsg {
             ClientMsg::List(r) => (typed("list", r), Bytes::new()),
             ClientMsg::Done(r) => (typed("done", r), Bytes::new()),
             ClientMsg::Expect(r) => (typed("expect", r), Bytes::new()),
+            ClientMsg::Attach(r) => (typed("attach", r), Bytes::new()),
+            ClientMsg::Kill(r) => (typed("kill", r), Bytes::new()),
+            ClientMsg::Jobs { id } => (json!({"type": "jobs", "id": id}), Bytes::new()),
             ClientMsg::Data { id, offset, data } => (
                 json!({"type": "data", "id": id, "offset": offset}),
                 data.clone(),
@@ -674,6 +719,9 @@ impl ClientMsg {
                 }
                 if r.output.timestamps {
                     h["timestamps"] = json!(true);
+                }
+                if r.detach {
+                    h["detach"] = json!(true);
                 }
                 (h, Bytes::new())
             }
@@ -766,6 +814,8 @@ struct StartedFields {
     job: Option<u64>,
     #[serde(default)]
     ts: Option<String>,
+    #[serde(default)]
+    detached: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -881,6 +931,7 @@ impl ServerMsg {
                     pid: f.pid,
                     job: f.job,
                     ts: stamp(f.id, f.ts)?,
+                    detached: f.detached.map(for_people),
                 }
             }
             kind @ ("stdout" | "stderr") => {
@@ -949,6 +1000,24 @@ impl ServerMsg {
                     data: frame.body.clone(),
                 }
             }
+            "jobs" => {
+                let id = fields::<IdOnly>(h)?.id;
+                let jobs: Vec<JobInfo> =
+                    serde_json::from_slice(&frame.body).map_err(|e| ParseError::BadRequest {
+                        id: Some(id),
+                        message: format!("jobs: {e}"),
+                    })?;
+                let jobs = jobs.into_iter().map(JobInfo::for_people).collect();
+                ServerMsg::Jobs { id, jobs }
+            }
+            "attached" => {
+                let id = fields::<IdOnly>(h)?.id;
+                let info: JobInfo = fields(h)?;
+                ServerMsg::Attached {
+                    id,
+                    info: info.for_people(),
+                }
+            }
             "entries" => {
                 let id = fields::<IdOnly>(h)?.id;
                 let entries =
@@ -1015,10 +1084,19 @@ impl ServerMsg {
                 json!({"type": "window", "id": id, "stdin": stdin}),
                 Bytes::new(),
             ),
-            ServerMsg::Started { id, pid, job, ts } => {
+            ServerMsg::Started {
+                id,
+                pid,
+                job,
+                ts,
+                detached,
+            } => {
                 let mut h = json!({"type": "started", "id": id, "pid": pid});
                 if let Some(j) = job {
                     h["job"] = json!(j);
+                }
+                if let Some(d) = detached {
+                    h["detached"] = json!(d);
                 }
                 stamped(&mut h, *ts);
                 (h, Bytes::new())
@@ -1087,6 +1165,15 @@ impl ServerMsg {
                 json!({"type": "data", "id": id, "offset": offset}),
                 data.clone(),
             ),
+            ServerMsg::Jobs { id, jobs } => (
+                json!({"type": "jobs", "id": id}),
+                Bytes::from(serde_json::to_vec(jobs).unwrap_or_default()),
+            ),
+            ServerMsg::Attached { id, info } => {
+                let mut h = typed("attached", info);
+                h["id"] = json!(id);
+                (h, Bytes::new())
+            }
             ServerMsg::Entries { id, entries } => (
                 json!({"type": "entries", "id": id}),
                 Bytes::from(serde_json::to_vec(entries).unwrap_or_default()),

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod jobs;
 pub mod message;
 pub mod transfer;
 pub mod writer;

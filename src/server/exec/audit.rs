@@ -81,6 +81,8 @@ pub struct Job<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Whether it runs on a terminal (`pty`).
     pub tty: bool,
+    /// (PROTOCOL.md §3.10) Its ID, when it was detached.
+    pub detached: Option<&'a str>,
 }
 
 /// How a job ended.
@@ -145,6 +147,17 @@ pub fn refused(
         f.insert("clipped".into(), json!(true));
     }
     auditlog::record("refused", f);
+}
+
+/// The record of a connection acting on a detached job (PROTOCOL.md
+/// §3.10): `action` is `attach`, `kill` or `forget`; `job` its number,
+/// `detached` its ID.
+pub fn detached(who: &Who<'_>, action: &str, detached: &str, job: u64) {
+    let mut f = who_fields(who);
+    f.insert("action".into(), json!(action));
+    f.insert("detached".into(), json!(detached));
+    f.insert("job".into(), json!(job));
+    auditlog::record("detached", f);
 }
 
 /// The record of a file transfer that ran (PROTOCOL.md §3.8): direction
@@ -220,6 +233,9 @@ fn job_fields(j: &Job<'_>) -> Map<String, Value> {
     );
     f.insert("env".into(), env_names(j.env, &mut clipped));
     f.insert("tty".into(), json!(j.tty));
+    if let Some(d) = j.detached {
+        f.insert("detached".into(), json!(d));
+    }
     if clipped {
         f.insert("clipped".into(), json!(true));
     }

@@ -207,13 +207,13 @@ pub async fn stdin_writer(
 }
 
 /// What a stdin frame costs against its job's window.
-fn frame_cost(data: &Bytes) -> u64 {
+pub(super) fn frame_cost(data: &Bytes) -> u64 {
     data.len() as u64 + crate::proto::message::STDIN_FRAME_COST
 }
 
 /// Frees `cost` of a job's window, then tells the client (with windows):
 /// in that order, so that what the client sends on hearing of it fits.
-async fn give_back(grant: Option<&Grant>, cost: u64) {
+pub(super) async fn give_back(grant: Option<&Grant>, cost: u64) {
     let Some(g) = grant else { return };
     g.charged
         .fetch_sub(cost, std::sync::atomic::Ordering::AcqRel);
@@ -526,7 +526,7 @@ pub struct Out {
 impl Out {
     /// Queues an output frame of `len` bytes, first waiting for room in
     /// the job's window; `Err` once the connection is gone.
-    async fn send(&self, msg: ServerMsg, len: u64) -> Result<(), ()> {
+    pub(super) async fn send(&self, msg: ServerMsg, len: u64) -> Result<(), ()> {
         if let Some(w) = &self.window {
             w.take(len + crate::proto::message::OUTPUT_FRAME_COST)
                 .await?;

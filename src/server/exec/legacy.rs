@@ -157,6 +157,7 @@ async fn run(
     };
     shared.counters.jobs_started.inc();
     let job = audit::Job {
+        detached: None,
         who: audit::Who {
             via: Via::Legacy,
             peer,

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cgroup;
+pub mod detached;
 pub mod job;
 pub mod keeper;
 pub mod legacy;
@@ -123,6 +124,8 @@ pub struct ExecShared {
     pub per_identity: Arc<PerIdentity>,
     /// Relay tickets issued by `expect` (PROTOCOL.md §3.9).
     pub tickets: Arc<relay::Tickets>,
+    /// Detached jobs (PROTOCOL.md §3.10).
+    pub detached: Arc<detached::Registry>,
     /// Bumped by each reload: sessions then judge their identity again.
     reloaded: tokio::sync::watch::Sender<u64>,
 }
@@ -144,6 +147,7 @@ impl ExecShared {
             sources,
             per_identity: Arc::default(),
             tickets: Arc::default(),
+            detached: Arc::default(),
             reloaded: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -158,9 +162,12 @@ impl ExecShared {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces them (SIGHUP); connections keep running.
+    /// Replaces them (SIGHUP); connections keep running, and detached
+    /// jobs whose owners the new credentials no longer accept are stopped.
     pub fn replace(&self, live: Live) {
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        let live = Arc::new(live);
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live.clone();
+        self.detached.judge(&live);
         self.reloaded.send_modify(|n| *n += 1);
     }
 }

@@ -30,6 +30,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::detached::{self, Detached};
 use super::job::{self, JobTiming};
 use super::policy::Refusal;
 use super::process::{self, JobSpec};
@@ -38,6 +39,7 @@ use super::transfer;
 use super::{ExecShared, IdentitySlot, PerIdentity, audit};
 use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
 use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
+use crate::proto::jobs::{AttachRequest, JobInfo, JobState, KillRequest};
 use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST, Stamp};
 use crate::proto::transfer::{EntryKind, ExpectRequest, Hop, PutRequest, Stored};
 use crate::proto::{
@@ -52,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// stops the jobs quickly.
 const WRITE_QUEUE: usize = 16;
 /// Why jobs end and connections close when the server stops.
-const SHUTTING_DOWN: &str = "server shutting down";
+pub(super) const SHUTTING_DOWN: &str = "server shutting down";
 /// Stdin chunks queued per job.
 const STDIN_QUEUE: usize = 4;
 
@@ -72,6 +74,8 @@ struct Admission {
     slot: crate::server::limit::LimitGuard,
     /// The identity's job, for its `max-jobs=`.
     identity_slot: Option<IdentitySlot>,
+    /// (§3.10) To be detached: its ID, and its place under the limits.
+    detach: Option<(String, detached::Reservation)>,
 }
 
 /// A running transfer and the job slots it holds.
@@ -82,13 +86,33 @@ struct TransferSlot {
 }
 
 struct JobHandle {
-    pgid: Pid,
+    group: Group,
     stdin: Option<Stdin>,
     /// The job's terminal, for `resize`.
     pty: Option<super::pty::Pty>,
     /// The job's output window, when the client gave one.
     output: Option<Arc<job::OutputWindow>>,
+    /// Kills the job; for an attachment, ends the attachment only.
     cancel: CancellationToken,
+}
+
+/// What a job id of the connection stands for.
+enum Group {
+    /// A job of its own, with its process group.
+    Own(Pid),
+    /// (§3.10) An attachment to a detached job, which is not the
+    /// connection's to kill.
+    Attached(Arc<Detached>),
+}
+
+impl JobHandle {
+    /// The group the connection kills when it closes.
+    fn own_group(&self) -> Option<Pid> {
+        match self.group {
+            Group::Own(p) => Some(p),
+            Group::Attached(_) => None,
+        }
+    }
 }
 
 /// The session's end of a job's stdin.
@@ -103,12 +127,19 @@ struct Stdin {
 /// A job's end, reported to the session loop.
 struct JobDone {
     id: u64,
-    pgid: Pid,
+    /// The job's group, for a job of the connection's own (`None`: an
+    /// attachment).
+    pgid: Option<Pid>,
     status: ExitStatus,
-    /// Output dropped past `max_output`.
+    /// Output dropped past `max_output` (an attachment's: also what fell
+    /// out of the job's buffer before it was sent).
     dropped: u64,
     /// Stopped for passing `max_output`.
     capped: bool,
+    /// Why a detached job ended, as it recorded it.
+    reason: Option<String>,
+    /// An attachment that ended without its job (taken over).
+    detached: bool,
 }
 
 /// The `error` frame a plain-TCP exec connection gets when it is turned
@@ -308,6 +339,7 @@ async fn serve(
             _ => None,
         };
         let conn_cancel = shutdown.child_token();
+        let server_shutdown = shutdown.clone();
         let judged_from = match &ticket {
             Some(t) => {
                 t.hold(conn_cancel.clone());
@@ -324,6 +356,7 @@ async fn serve(
             lingering: Vec::new(),
             done: mpsc::unbounded_channel(),
             conn_cancel,
+            shutdown: server_shutdown,
             link,
             stdin_window,
             output_window,
@@ -687,6 +720,9 @@ struct Session {
         mpsc::UnboundedReceiver<JobDone>,
     ),
     conn_cancel: CancellationToken,
+    /// The server's shutdown, which detached jobs run under instead of
+    /// the connection.
+    shutdown: CancellationToken,
     link: Link,
     /// The stdin window of each job, when the client keeps to windows
     /// (PROTOCOL.md §3.6): its input is then never waited for.
@@ -875,13 +911,19 @@ impl Session {
     }
 
     async fn finish(&mut self, d: JobDone) {
-        self.jobs.remove(&d.id);
+        if let Some(job) = self.jobs.remove(&d.id) {
+            // An attachment's stdin relay ends with it.
+            job.cancel.cancel();
+        }
         // The one place a finished job's group is judged: still alive, it
-        // lingers until gone or killed; gone, it is released now.
-        if process::group_alive(d.pgid) {
-            self.lingering.push(d.pgid);
-        } else {
-            process::release_group(d.pgid);
+        // lingers until gone or killed; gone, it is released now. (A
+        // detached job's is its own task's.)
+        if let Some(pgid) = d.pgid {
+            if process::group_alive(pgid) {
+                self.lingering.push(pgid);
+            } else {
+                process::release_group(pgid);
+            }
         }
         self.lingering.retain(|&p| {
             let alive = process::group_alive(p);
@@ -890,12 +932,20 @@ impl Session {
             }
             alive
         });
+        if d.detached {
+            let why = "another connection attached to the job: this one no longer follows it \
+                       (the job runs on)";
+            return self
+                .send(ServerMsg::error(Some(d.id), ErrorCode::Detached, why))
+                .await;
+        }
         // Shutdown cancels the jobs at once (their tokens are children of
         // it), so a job may end here before the loop sees the shutdown.
-        let reason = match (self.conn_cancel.is_cancelled(), d.capped) {
-            (true, _) => Some(SHUTTING_DOWN.into()),
-            (false, true) => Some(job::CAPPED.into()),
-            (false, false) => None,
+        let reason = match (d.reason, self.conn_cancel.is_cancelled(), d.capped) {
+            (Some(r), _, _) => Some(r),
+            (None, true, _) => Some(SHUTTING_DOWN.into()),
+            (None, false, true) => Some(job::CAPPED.into()),
+            (None, false, false) => None,
         };
         self.send(ServerMsg::Exit {
             id: d.id,
@@ -1036,6 +1086,30 @@ impl Session {
                 };
                 self.send(answer).await;
             }
+            ClientMsg::Jobs { id } => {
+                let answer = match self.admit_id(id, &self.shared.live()) {
+                    Ok(_) => ServerMsg::Jobs {
+                        id,
+                        jobs: self.shared.detached.list(&self.who.name),
+                    },
+                    Err(r) => ServerMsg::error(Some(id), r.code, r.message),
+                };
+                self.send(answer).await;
+            }
+            ClientMsg::Attach(r) => {
+                let id = r.id;
+                if let Err(r) = self.attach(r).await {
+                    self.send(ServerMsg::error(Some(id), r.code, r.message))
+                        .await;
+                }
+            }
+            ClientMsg::Kill(r) => {
+                let id = r.id;
+                if let Err(r) = self.kill(r).await {
+                    self.send(ServerMsg::error(Some(id), r.code, r.message))
+                        .await;
+                }
+            }
             ClientMsg::Get(r) => self.start_transfer(transfer::Request::Get(r)).await,
             ClientMsg::List(r) => self.start_transfer(transfer::Request::List(r)).await,
             ClientMsg::Data { id, offset, data } => self.transfer_data(id, offset, data).await,
@@ -1095,9 +1169,14 @@ impl Session {
                     return self.send(no_such_job(id)).await;
                 };
                 match job::client_signal(&signal) {
-                    Some(sig) => {
-                        process::signal_group(job.pgid, sig);
-                    }
+                    Some(sig) => match &job.group {
+                        Group::Own(pgid) => {
+                            process::signal_group(*pgid, sig);
+                        }
+                        Group::Attached(d) => {
+                            d.signal(sig);
+                        }
+                    },
                     None => {
                         self.send(ServerMsg::error(
                             Some(id),
@@ -1145,6 +1224,13 @@ impl Session {
             .check(&req, self.proved_current(&live), &restrictions)?;
         let spec = job::spec(&approved, &req, &live)?;
         let identity_slot = self.identity_job(&restrictions)?;
+        let detach = match req.detach {
+            false => None,
+            true => {
+                let place = self.shared.detached.reserve(&self.who.name, &live.cfg)?;
+                Some((detached::new_id()?, place))
+            }
+        };
         let timeout = match req.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None if !live.cfg.job_timeout.is_zero() => Some(live.cfg.job_timeout),
@@ -1164,6 +1250,7 @@ impl Session {
             who: self.who.clone(),
             slot,
             identity_slot,
+            detach,
         })
     }
 
@@ -1412,7 +1499,8 @@ impl Session {
     }
 
     /// Starts an admitted job: spawn, `started`, and the task that streams
-    /// it to its end (then audits it and reports to the session loop).
+    /// it to its end (then audits it and reports to the session loop, or
+    /// for a detached job (§3.10) keeps its output and end for `attach`).
     async fn start(&mut self, a: Admission) -> Result<(), Refusal> {
         let Admission {
             id,
@@ -1424,6 +1512,7 @@ impl Session {
             who,
             slot,
             identity_slot,
+            detach,
         } = a;
         let spawned = process::spawn(&spec)
             .map_err(|e| job::spawn_refusal(&e, &spec))
@@ -1435,56 +1524,110 @@ impl Session {
         let job_no = spawned.job;
         self.shared.counters.jobs_started.inc();
         self.shared.counters.identity_job(&who.name);
-        info!(id, job = job_no, pid, tty = pty.is_some(), command = ?approved, "job started");
+        let detached_id = detach.as_ref().map(|(d, _)| d.clone());
+        info!(id, job = job_no, pid, tty = pty.is_some(), detached = detached_id.as_deref(), command = ?approved, "job started");
         audit::started(&job_record(
             self.audit_who(id),
             job_no,
             pid,
             &approved,
             &spec,
+            detached_id.as_deref(),
         ));
+
+        let (child, input, outputs) = job::streams(spawned);
+        let ended = CancellationToken::new();
+        let (out, detached, hub) = match detach {
+            None => {
+                let stdin = input.map(|input| {
+                    let (stdin, rx, grant) = self.stdin_queue(id);
+                    tokio::spawn(job::stdin_writer(input, rx, ended.clone(), grant));
+                    stdin
+                });
+                let cancel = self.conn_cancel.child_token();
+                let output = self
+                    .output_window
+                    .map(|w| Arc::new(job::OutputWindow::new(w)));
+                let out = job::Out {
+                    tx: self.tx.clone(),
+                    window: output.clone(),
+                    cap,
+                    timestamps,
+                };
+                self.jobs.insert(
+                    id,
+                    JobHandle {
+                        group: Group::Own(pgid),
+                        stdin,
+                        pty,
+                        output,
+                        cancel,
+                    },
+                );
+                (out, None, None)
+            }
+            Some((detached_id, place)) => {
+                // Its stdin waits for an attachment; nobody paces its
+                // output: the ring drops the oldest instead.
+                let stdin = input.map(|input| {
+                    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+                    tokio::spawn(job::stdin_writer(input, rx, ended.clone(), None));
+                    tx
+                });
+                let d = Detached::new(detached::Spawned {
+                    id: detached_id,
+                    owner: who.clone(),
+                    judged_from: self.judged_from,
+                    command: approved.clone(),
+                    job: job_no,
+                    pid,
+                    pgid,
+                    pty,
+                    stdin,
+                    buffer: self.shared.live().cfg.detached_buffer,
+                    cancel: self.shutdown.child_token(),
+                });
+                self.shared.detached.insert(place, d.clone());
+                self.shared
+                    .detached
+                    .sweep_from(&self.shared, &self.shutdown);
+                let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+                let out = job::Out {
+                    tx,
+                    window: None,
+                    cap,
+                    timestamps: true,
+                };
+                (out, Some(d), Some(rx))
+            }
+        };
+        // After the job is registered: a detached one may be attached to
+        // as soon as its ID is known.
         self.send(ServerMsg::Started {
             id,
             pid,
             job: Some(job_no),
             ts: timestamps.then(Stamp::now),
+            detached: detached_id.clone(),
         })
         .await;
 
-        let (child, input, outputs) = job::streams(spawned);
-        let ended = CancellationToken::new();
-        let stdin = input.map(|input| {
-            // With windows, a slot for each frame the window can hold.
-            let slots = self.stdin_window.map_or(STDIN_QUEUE, |w| {
-                usize::try_from(w / STDIN_FRAME_COST + 1).unwrap_or(STDIN_QUEUE)
-            });
-            let (tx, rx) = mpsc::channel(slots);
-            let charged = self.stdin_window.map(|_| Arc::new(AtomicU64::new(0)));
-            let grant = charged.clone().map(|charged| job::Grant {
-                id,
-                charged,
-                out: self.tx.clone(),
-            });
-            tokio::spawn(job::stdin_writer(input, rx, ended.clone(), grant));
-            Stdin { tx, charged }
-        });
-        let cancel = self.conn_cancel.child_token();
-        let output = self
-            .output_window
-            .map(|w| Arc::new(job::OutputWindow::new(w)));
-        let out = job::Out {
-            tx: self.tx.clone(),
-            window: output.clone(),
-            cap,
-            timestamps,
+        let job_cancel = match (&detached, self.jobs.get(&id)) {
+            (Some(d), _) => d.cancel_token(),
+            (None, Some(h)) => h.cancel.clone(),
+            (None, None) => self.conn_cancel.child_token(),
         };
-        let (done, job_cancel) = (self.done.0.clone(), cancel.clone());
+        let done = self.done.0.clone();
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
         let (peer, tls) = (self.link.peer, self.link.tls);
         self.shared.tracker.spawn(async move {
             let started = Instant::now();
-            let end = job::run(id, (child, outputs), pgid, timing, out, job_cancel).await;
+            let run = job::run(id, (child, outputs), pgid, timing, out, job_cancel);
+            let end = match (&detached, hub) {
+                (Some(d), Some(hub)) => tokio::join!(run, d.fill(hub)).0,
+                _ => run.await,
+            };
             ended.cancel();
             drop((slot, identity_slot));
             let output = end.stdout_bytes + end.stderr_bytes;
@@ -1495,7 +1638,7 @@ impl Session {
                 who: &who,
                 id,
             };
-            let job = job_record(who, job_no, pid, &approved, &spec);
+            let job = job_record(who, job_no, pid, &approved, &spec, detached_id.as_deref());
             let how = audit::End {
                 status: &end.status,
                 duration: started.elapsed(),
@@ -1504,24 +1647,151 @@ impl Session {
                 dropped_bytes: end.dropped,
             };
             audit::ended(&job, &how);
-            let _ = done.send(JobDone {
-                id,
-                pgid,
-                status: end.status,
-                dropped: end.dropped,
-                capped: end.capped,
-            });
+            match detached {
+                Some(d) => d.finish(&end, timing.kill_grace).await,
+                None => {
+                    let _ = done.send(JobDone {
+                        id,
+                        pgid: Some(pgid),
+                        status: end.status,
+                        dropped: end.dropped,
+                        capped: end.capped,
+                        reason: None,
+                        detached: false,
+                    });
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A job's stdin queue as this connection feeds it: with windows, a
+    /// slot for each frame the window can hold, and the grant that gives
+    /// each frame's cost back as the job takes it.
+    fn stdin_queue(&self, id: u64) -> (Stdin, mpsc::Receiver<Bytes>, Option<job::Grant>) {
+        let slots = self.stdin_window.map_or(STDIN_QUEUE, |w| {
+            usize::try_from(w / STDIN_FRAME_COST + 1).unwrap_or(STDIN_QUEUE)
+        });
+        let (tx, rx) = mpsc::channel(slots);
+        let charged = self.stdin_window.map(|_| Arc::new(AtomicU64::new(0)));
+        let grant = charged.clone().map(|charged| job::Grant {
+            id,
+            charged,
+            out: self.tx.clone(),
+        });
+        (Stdin { tx, charged }, rx, grant)
+    }
+
+    /// (§3.10) Follows a detached job of this identity's under `r.id`: its
+    /// record, its buffered output, then its live output and its end; this
+    /// connection's stdin, signals and resizes go to it meanwhile. Takes
+    /// the job over from an attachment before.
+    async fn attach(&mut self, r: AttachRequest) -> Result<(), Refusal> {
+        let id = r.id;
+        self.admit_id(id, &self.shared.live())?;
+        let d = self.shared.detached.find(&self.who.name, &r.detached)?;
+        let token = self.conn_cancel.child_token();
+        let (n, info, start) = d.attach(token.clone());
+        info!(id, job = d.job, detached = %d.id, "attached");
+        audit::detached(&self.audit_who(id), "attach", &d.id, d.job);
+        let stdin = info.stdin.then(|| {
+            let (stdin, rx, grant) = self.stdin_queue(id);
+            tokio::spawn(detached::relay(d.clone(), rx, token.clone(), grant));
+            stdin
+        });
+        let output = self
+            .output_window
+            .map(|w| Arc::new(job::OutputWindow::new(w)));
+        self.send(ServerMsg::Attached { id, info }).await;
+        let out = job::Out {
+            tx: self.tx.clone(),
+            window: output.clone(),
+            cap: None,
+            timestamps: false,
+        };
+        let (follow, done, cancel) = (d.clone(), self.done.0.clone(), token.clone());
+        tokio::spawn(async move {
+            let followed =
+                detached::follow(follow.clone(), id, start, out, r.timestamps, cancel).await;
+            follow.detach(n);
+            let done_msg = match followed {
+                detached::Followed::Exit {
+                    status,
+                    reason,
+                    dropped,
+                } => JobDone {
+                    id,
+                    pgid: None,
+                    status,
+                    dropped,
+                    capped: false,
+                    reason,
+                    detached: false,
+                },
+                detached::Followed::Detached => JobDone {
+                    id,
+                    pgid: None,
+                    status: ExitStatus::Code(-1),
+                    dropped: 0,
+                    capped: false,
+                    reason: None,
+                    detached: true,
+                },
+            };
+            let _ = done.send(done_msg);
         });
         self.jobs.insert(
             id,
             JobHandle {
-                pgid,
+                pty: d.pty.clone(),
+                group: Group::Attached(d),
                 stdin,
-                pty,
                 output,
-                cancel,
+                cancel: token,
             },
         );
+        Ok(())
+    }
+
+    /// (§3.10) Stops a detached job of this identity's (the answer, its
+    /// record, comes once it has ended), or forgets one that has ended
+    /// (the answer is its last record).
+    async fn kill(&mut self, r: KillRequest) -> Result<(), Refusal> {
+        let id = r.id;
+        let live = self.shared.live();
+        self.admit_id(id, &live)?;
+        let d = self.shared.detached.find(&self.who.name, &r.detached)?;
+        let info = d.info();
+        let forget = info.state == JobState::Exited;
+        let action = if forget { "forget" } else { "kill" };
+        info!(id, job = d.job, detached = %d.id, action, "detached job");
+        audit::detached(&self.audit_who(id), action, &d.id, d.job);
+        if forget {
+            self.shared.detached.forget(&d);
+            let info = JobInfo {
+                forgotten: true,
+                ..info
+            };
+            return Ok(self
+                .send(ServerMsg::Jobs {
+                    id,
+                    jobs: vec![info],
+                })
+                .await);
+        }
+        d.stop(detached::KILLED);
+        // The job's TERM, its KILL, and the drain of its pipes.
+        let limit = live.cfg.kill_grace * 3 + live.cfg.drain_grace;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            d.wait_end(limit).await;
+            let _ = tx
+                .send(ServerMsg::Jobs {
+                    id,
+                    jobs: vec![d.info()],
+                })
+                .await;
+        });
         Ok(())
     }
 
@@ -1548,7 +1818,11 @@ impl Session {
         for job in self.jobs.values() {
             job.cancel.cancel();
         }
-        let pgids: Vec<Pid> = self.jobs.values().map(|j| j.pgid).collect();
+        let pgids: Vec<Pid> = self
+            .jobs
+            .values()
+            .filter_map(JobHandle::own_group)
+            .collect();
         // Job tasks kill their own groups; wait for them to report.
         let deadline = tokio::time::Instant::now() + grace * 3;
         while !self.jobs.is_empty() {
@@ -1556,7 +1830,7 @@ impl Session {
                 break;
             };
             self.jobs.remove(&d.id);
-            if let Some(why) = reason {
+            if let Some(why) = reason.filter(|_| !d.detached) {
                 let exit = ServerMsg::Exit {
                     id: d.id,
                     status: d.status,
@@ -1584,7 +1858,11 @@ impl Drop for Session {
     /// without it (its task dropped by a runtime shutting down, as in an
     /// embedded server or a test, or a panic) kills what is left at once.
     fn drop(&mut self) {
-        let pgids: Vec<Pid> = self.jobs.values().map(|j| j.pgid).collect();
+        let pgids: Vec<Pid> = self
+            .jobs
+            .values()
+            .filter_map(JobHandle::own_group)
+            .collect();
         for pgid in pgids.into_iter().chain(self.lingering.drain(..)) {
             process::kill_group_now(pgid);
         }
@@ -1598,6 +1876,7 @@ fn job_record<'a>(
     pid: u32,
     approved: &'a crate::proto::Command,
     spec: &'a JobSpec,
+    detached: Option<&'a str>,
 ) -> audit::Job<'a> {
     audit::Job {
         who,
@@ -1607,6 +1886,7 @@ fn job_record<'a>(
         cwd: spec.cwd.as_deref(),
         env: &spec.env,
         tty: spec.pty.is_some(),
+        detached,
     }
 }
 
