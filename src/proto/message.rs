@@ -1196,6 +1196,29 @@ impl ServerMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job_info() -> JobInfo {
+        JobInfo {
+            detached: "0123456789abcdef0123456789abcdef".into(),
+            job: 7,
+            pid: 4242,
+            command: "make test".into(),
+            tty: true,
+            stdin: true,
+            state: crate::proto::jobs::JobState::Running,
+            started: "2026-12-03T17:31:20.359847Z".into(),
+            ended: None,
+            code: None,
+            signal: None,
+            timed_out: false,
+            reason: None,
+            buffered: 8,
+            lost: 3,
+            dropped: 0,
+            attached: true,
+            forgotten: false,
+        }
+    }
     use crate::proto::frame::parse_header;
 
     fn parse_client(h: &str) -> Result<ClientMsg, ParseError> {
@@ -1241,6 +1264,17 @@ mod tests {
                     max_output_kill: true,
                     timestamps: true,
                 },
+                detach: true,
+            }),
+            ClientMsg::Jobs { id: 3 },
+            ClientMsg::Attach(AttachRequest {
+                id: 4,
+                detached: "0123abcd".into(),
+                timestamps: true,
+            }),
+            ClientMsg::Kill(KillRequest {
+                id: 5,
+                detached: "0123".into(),
             }),
             ClientMsg::Exec(ExecRequest {
                 pty: Some(PtyRequest {
@@ -1377,12 +1411,38 @@ mod tests {
                 pid: 42,
                 job: Some(9),
                 ts: Some(Stamp(1_796_310_000_123_456)),
+                detached: None,
             },
             ServerMsg::Started {
                 id: 2,
                 pid: 43,
                 job: None,
                 ts: None,
+                detached: Some("0123456789abcdef0123456789abcdef".into()),
+            },
+            ServerMsg::Jobs {
+                id: 3,
+                jobs: vec![
+                    job_info(),
+                    JobInfo {
+                        state: crate::proto::jobs::JobState::Exited,
+                        ended: Some("2026-12-03T17:31:23.362860Z".into()),
+                        signal: Some("TERM".into()),
+                        timed_out: true,
+                        reason: Some("killed (jobs --kill)".into()),
+                        dropped: 5,
+                        forgotten: true,
+                        ..job_info()
+                    },
+                ],
+            },
+            ServerMsg::Jobs {
+                id: 4,
+                jobs: vec![],
+            },
+            ServerMsg::Attached {
+                id: 5,
+                info: job_info(),
             },
             ServerMsg::Stdout {
                 id: 1,

@@ -1772,12 +1772,12 @@ impl Session {
                 forgotten: true,
                 ..info
             };
-            return Ok(self
-                .send(ServerMsg::Jobs {
-                    id,
-                    jobs: vec![info],
-                })
-                .await);
+            self.send(ServerMsg::Jobs {
+                id,
+                jobs: vec![info],
+            })
+            .await;
+            return Ok(());
         }
         d.stop(detached::KILLED);
         // The job's TERM, its KILL, and the drain of its pipes.
