@@ -49,6 +49,11 @@ pub const MIN_PREFIX: usize = 4;
 /// The longest command a job's record carries; the rest is cut (`...`),
 /// so that a `jobs` answer stays small.
 const MAX_COMMAND: usize = 1024;
+/// What each kept chunk costs against the buffer besides its bytes: a
+/// job writing a byte at a time must not hold a million chunks.
+const CHUNK_COST: usize = 128;
+/// Chunks a follower takes from the ring at a time.
+const TAKE: usize = 64;
 /// How often ended jobs are looked at for expiry, and owners judged again.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Why the server stops a job whose owner is no longer accepted.
@@ -399,6 +404,9 @@ impl Detached {
                 ServerMsg::Stderr { data, ts, .. } => (true, data, ts),
                 _ => continue,
             };
+            // A copy of its own: a frame's bytes share the pump's 64 KiB
+            // read buffer, which a small chunk kept for long would pin.
+            let data = Bytes::copy_from_slice(&data);
             self.lock()
                 .ring
                 .push(stderr, data, ts.unwrap_or_else(Stamp::now));
@@ -633,18 +641,20 @@ impl Ring {
         let len = data.len();
         let mut offset = self.end;
         self.end += len as u64;
-        if len > self.cap {
+        let room = self.cap.saturating_sub(CHUNK_COST).max(1);
+        if len > room {
             // Only its end fits.
-            data = data.slice(len - self.cap..);
-            offset = self.end - self.cap as u64;
+            data = data.slice(len - room..);
+            offset = self.end - room as u64;
         }
-        while self.held + data.len() > self.cap {
+        let cost = data.len() + CHUNK_COST;
+        while self.held + cost > self.cap {
             let Some(old) = self.chunks.pop_front() else {
                 break;
             };
-            self.held -= old.data.len();
+            self.held -= old.data.len() + CHUNK_COST;
         }
-        self.held += data.len();
+        self.held += cost;
         self.chunks.push_back(Chunk {
             offset,
             stderr,
@@ -654,8 +664,9 @@ impl Ring {
         self.start = self.chunks.front().map_or(self.end, |c| c.offset);
     }
 
-    /// What is kept from `cursor` on, and how many bytes after `cursor`
-    /// fell out before they could be taken.
+    /// What is kept from `cursor` on (the first [`TAKE`] chunks of it),
+    /// and how many bytes after `cursor` fell out before they could be
+    /// taken.
     fn since(&self, cursor: u64) -> (u64, Vec<Chunk>) {
         let missed = self.start.saturating_sub(cursor);
         let from = cursor.max(self.start);
@@ -663,6 +674,7 @@ impl Ring {
             .chunks
             .iter()
             .filter(|c| c.offset + c.data.len() as u64 > from)
+            .take(TAKE)
             .map(|c| match usize::try_from(from.saturating_sub(c.offset)) {
                 Ok(0) | Err(_) => c.clone(),
                 Ok(skip) => Chunk {
@@ -686,13 +698,14 @@ mod tests {
 
     #[test]
     fn the_ring_drops_the_oldest_and_counts_it() {
-        let mut r = Ring::new(10);
+        // Room for two 4-byte chunks.
+        let mut r = Ring::new(2 * (4 + CHUNK_COST) + 2);
         r.push(false, bytes(4, b'a'), Stamp(1));
         r.push(true, bytes(4, b'b'), Stamp(2));
-        assert_eq!((r.start, r.end, r.held), (0, 8, 8));
+        assert_eq!((r.start, r.end), (0, 8));
         r.push(false, bytes(4, b'c'), Stamp(3));
         // `a` fell out whole: kept bytes never split a frame.
-        assert_eq!((r.start, r.end, r.held), (4, 12, 8));
+        assert_eq!((r.start, r.end, r.held), (4, 12, 2 * (4 + CHUNK_COST)));
         let (missed, got) = r.since(0);
         assert_eq!(missed, 4);
         assert_eq!(
@@ -708,14 +721,24 @@ mod tests {
 
     #[test]
     fn a_chunk_larger_than_the_ring_keeps_its_end() {
-        let mut r = Ring::new(4);
+        let mut r = Ring::new(4 + CHUNK_COST);
         r.push(false, Bytes::from_static(b"abcdefgh"), Stamp(1));
-        assert_eq!((r.start, r.end, r.held), (4, 8, 4));
+        assert_eq!((r.start, r.end, r.held), (4, 8, 4 + CHUNK_COST));
         let (missed, got) = r.since(0);
         assert_eq!(missed, 4);
         assert_eq!(
             got.first().map(|c| c.data.clone()),
             Some(Bytes::from_static(b"efgh"))
         );
+    }
+
+    #[test]
+    fn tiny_chunks_are_bounded_by_their_cost() {
+        let mut r = Ring::new(65_536);
+        for _ in 0..100_000 {
+            r.push(false, bytes(1, b'x'), Stamp(1));
+        }
+        assert_eq!(r.chunks.len(), 65_536 / (1 + CHUNK_COST));
+        assert_eq!(r.since(0).1.len(), TAKE);
     }
 }
