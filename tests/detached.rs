@@ -48,10 +48,7 @@ async fn detach(c: &mut ExecClient, id: u64, req: ExecRequest) -> (String, u32) 
 /// The caller's detached jobs.
 async fn jobs(c: &mut ExecClient, id: u64) -> Vec<JobInfo> {
     c.sender().send(ClientMsg::Jobs { id }).await.unwrap();
-    match c.receiver().job_event(id).await.unwrap() {
-        JobEvent::Jobs(j) => j,
-        other => panic!("not jobs: {other:?}"),
-    }
+    c.receiver().jobs_answer(id).await.unwrap().expect("jobs")
 }
 
 /// Attaches request `id` to job `detached`.
@@ -75,11 +72,7 @@ async fn kill(c: &mut ExecClient, id: u64, detached: &str) -> Result<Vec<JobInfo
         detached: detached.into(),
     };
     c.sender().send(ClientMsg::Kill(req)).await.unwrap();
-    match c.receiver().job_event(id).await.unwrap() {
-        JobEvent::Jobs(j) => Ok(j),
-        JobEvent::Failed(f) => Err(f),
-        other => panic!("not jobs: {other:?}"),
-    }
+    c.receiver().jobs_answer(id).await.unwrap()
 }
 
 /// What an attachment gets until `until` holds of its stdout (or its

@@ -422,7 +422,7 @@ async fn exec_stream(p: Params) -> anyhow::Result<Report> {
             | JobEvent::Window { .. }
             | JobEvent::Transfer(_)
             | JobEvent::Attached(_)
-            | JobEvent::Jobs(_) => {}
+            | JobEvent::Jobs { .. } => {}
         }
     };
     let seconds = start.elapsed().as_secs_f64();

@@ -286,7 +286,7 @@ pub(super) async fn run_job(
                         let clock = ClockOffset::measure(sent, ts, std::time::SystemTime::now());
                         say!("switchboard: {}", clock.describe());
                     },
-                    JobEvent::Transfer(_) | JobEvent::Jobs(_) | JobEvent::Attached(_) => {}
+                    JobEvent::Transfer(_) | JobEvent::Jobs { .. } | JobEvent::Attached(_) => {}
                     JobEvent::Window { stdin } => if let Some(c) = &credit {
                         c.add_permits(usize::try_from(stdin).unwrap_or(0));
                     },

@@ -417,7 +417,7 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                 | JobEvent::Window { .. }
                 | JobEvent::Transfer(_)
                 | JobEvent::Attached(_)
-                | JobEvent::Jobs(_) => {
+                | JobEvent::Jobs { .. } => {
                     continue;
                 }
                 JobEvent::Stdout(data, ts) => (false, data, ts),

@@ -109,22 +109,20 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(ExitCode::from(code)),
     };
     let (mut tx, mut rx) = client.split();
-    let ask = |msg: ClientMsg, tx: &mut ExecSender, rx: &mut ExecReceiver| {
+    let mut ask = |msg: ClientMsg| {
         let id = msg.id().unwrap_or_default();
-        let asked = async move {
+        rt.block_on(async {
             tx.send(msg).await?;
-            rx.job_event(id).await
-        };
-        rt.block_on(asked)
+            rx.jobs_answer(id).await
+        })
     };
     if args.kill.is_empty() {
-        let jobs = match ask(ClientMsg::Jobs { id: 1 }, &mut tx, &mut rx) {
-            Ok(JobEvent::Jobs(jobs)) => jobs,
-            Ok(JobEvent::Failed(f)) => {
+        let jobs = match ask(ClientMsg::Jobs { id: 1 }) {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(f)) => {
                 say!("switchboard: {}", crate::client::ClientError::from(f));
                 return Ok(ExitCode::from(EXIT_CONNECTION));
             }
-            Ok(_) => bail!("the server did not answer jobs with jobs"),
             Err(e) => {
                 say!("switchboard: {e}");
                 return Ok(ExitCode::from(EXIT_CONNECTION));
@@ -139,8 +137,8 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
             id: n as u64 + 1,
             detached: job.clone(),
         });
-        match ask(kill, &mut tx, &mut rx) {
-            Ok(JobEvent::Jobs(jobs)) => {
+        match ask(kill) {
+            Ok(Ok(jobs)) => {
                 if args.json {
                     print_jobs(&jobs, true)?;
                 }
@@ -157,14 +155,13 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(JobEvent::Failed(f)) => {
+            Ok(Err(f)) => {
                 failed = true;
                 say!(
                     "switchboard: {job}: {}",
                     crate::client::ClientError::from(f)
                 );
             }
-            Ok(_) => bail!("the server did not answer kill with jobs"),
             Err(e) => {
                 say!("switchboard: {e}");
                 return Ok(ExitCode::from(EXIT_CONNECTION));

@@ -157,8 +157,12 @@ pub enum JobEvent {
     /// (§3.10) Attached to this detached job: its buffered output, then
     /// its live output, follow.
     Attached(crate::proto::jobs::JobInfo),
-    /// (§3.10) The answer to `jobs` or `kill`: the request's last event.
-    Jobs(Vec<crate::proto::jobs::JobInfo>),
+    /// (§3.10) The answer to `jobs` or `kill`, in one frame or several:
+    /// the request's last event unless `more`.
+    Jobs {
+        jobs: Vec<crate::proto::jobs::JobInfo>,
+        more: bool,
+    },
     /// Output, and when the server read it (with `timestamps`).
     Stdout(Bytes, Option<Stamp>),
     Stderr(Bytes, Option<Stamp>),
@@ -241,7 +245,7 @@ impl JobEvent {
                 },
             ),
             ServerMsg::Attached { id, info } => (Some(id), JobEvent::Attached(info)),
-            ServerMsg::Jobs { id, jobs } => (Some(id), JobEvent::Jobs(jobs)),
+            ServerMsg::Jobs { id, jobs, more } => (Some(id), JobEvent::Jobs { jobs, more }),
             ServerMsg::Stdout { id, data, ts } => (Some(id), JobEvent::Stdout(data, ts)),
             ServerMsg::Stderr { id, data, ts } => (Some(id), JobEvent::Stderr(data, ts)),
             ServerMsg::Exit {
@@ -297,7 +301,7 @@ impl JobEvent {
             self,
             JobEvent::Exit { .. }
                 | JobEvent::Failed(_)
-                | JobEvent::Jobs(_)
+                | JobEvent::Jobs { more: false, .. }
                 | JobEvent::Started {
                     detached: Some(_),
                     ..
@@ -406,6 +410,31 @@ impl ExecReceiver {
                 }
                 Some((about, ev)) if about.is_none_or(|a| a == id) => return Ok(ev),
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// (§3.10) The answer to `jobs` or `kill` request `id`, its frames
+    /// gathered: the records, or the server's refusal.
+    pub async fn jobs_answer(
+        &mut self,
+        id: u64,
+    ) -> Result<Result<Vec<crate::proto::jobs::JobInfo>, JobFailure>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            match self.job_event(id).await? {
+                JobEvent::Jobs { jobs, more } => {
+                    all.extend(jobs);
+                    if !more {
+                        return Ok(Ok(all));
+                    }
+                }
+                JobEvent::Failed(f) => return Ok(Err(f)),
+                _ => {
+                    return Err(ClientError::Protocol(
+                        "the server did not answer with jobs".into(),
+                    ));
+                }
             }
         }
     }
@@ -916,7 +945,7 @@ impl ExecClient {
                 | JobEvent::Window { .. }
                 | JobEvent::Transfer(_)
                 | JobEvent::Attached(_)
-                | JobEvent::Jobs(_) => {}
+                | JobEvent::Jobs { .. } => {}
                 JobEvent::Stdout(data, _) => stdout.extend_from_slice(&data),
                 JobEvent::Stderr(data, _) => stderr.extend_from_slice(&data),
                 JobEvent::Exit { status, .. } => {

@@ -18,6 +18,39 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ServerMsg;
+
+/// The most record bytes one `jobs` frame carries: below the smallest
+/// `max_body` a server or client may have (64 KiB).
+const FRAME_RECORDS: usize = 60 * 1024;
+
+/// The `jobs` frames answering request `id`: as many as the records need,
+/// all but the last with `more`.
+pub fn frames(id: u64, jobs: Vec<JobInfo>) -> Vec<ServerMsg> {
+    let mut frames = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = 2;
+    for j in jobs {
+        let len = serde_json::to_vec(&j).map_or(0, |v| v.len()) + 1;
+        if !batch.is_empty() && size + len > FRAME_RECORDS {
+            frames.push(ServerMsg::Jobs {
+                id,
+                jobs: std::mem::take(&mut batch),
+                more: true,
+            });
+            size = 2;
+        }
+        size += len;
+        batch.push(j);
+    }
+    frames.push(ServerMsg::Jobs {
+        id,
+        jobs: batch,
+        more: false,
+    });
+    frames
+}
+
 /// `attach`: follow a detached job of the caller's under `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRequest {
@@ -94,6 +127,48 @@ pub struct JobInfo {
     /// (`kill`'s answer) It had ended, and is forgotten now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forgotten: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_take_several_frames_within_the_smallest_body() {
+        let info = |n: usize| JobInfo {
+            detached: format!("{n:032x}"),
+            job: n as u64,
+            pid: 1,
+            command: "\u{1b}".repeat(1024),
+            tty: false,
+            stdin: false,
+            state: JobState::Running,
+            started: "2026-12-03T17:31:20.359847Z".into(),
+            ended: None,
+            code: None,
+            signal: None,
+            timed_out: false,
+            reason: None,
+            buffered: 0,
+            lost: 0,
+            dropped: 0,
+            attached: false,
+            forgotten: false,
+        };
+        let frames = frames(3, (0..100).map(info).collect());
+        assert!(frames.len() > 1);
+        let mut seen = 0;
+        for (n, f) in frames.iter().enumerate() {
+            let ServerMsg::Jobs { id: 3, jobs, more } = f else {
+                panic!("{f:?}");
+            };
+            assert_eq!(*more, n + 1 < frames.len());
+            assert!(f.to_frame().body.len() <= 64 * 1024);
+            seen += jobs.len();
+        }
+        assert_eq!(seen, 100);
+        assert_eq!(super::frames(4, vec![]).len(), 1);
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

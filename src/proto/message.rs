@@ -388,10 +388,11 @@ pub enum ServerMsg {
     /// (§3.8) the end of a `list`.
     Listed(Listed),
     /// (§3.10) detached jobs: the caller's (`jobs`), or the one a `kill`
-    /// stopped.
+    /// stopped; `more`: further `jobs` frames follow for `id`.
     Jobs {
         id: u64,
         jobs: Vec<JobInfo>,
+        more: bool,
     },
     /// (§3.10) `id` follows this detached job now.
     Attached {
@@ -753,6 +754,12 @@ fn typed<T: Serialize>(kind: &str, fields: &T) -> Value {
 }
 
 #[derive(Deserialize)]
+struct MoreFields {
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(Deserialize)]
 struct DataFields {
     id: u64,
     offset: u64,
@@ -1008,7 +1015,8 @@ impl ServerMsg {
                         message: format!("jobs: {e}"),
                     })?;
                 let jobs = jobs.into_iter().map(JobInfo::for_people).collect();
-                ServerMsg::Jobs { id, jobs }
+                let more = fields::<MoreFields>(h)?.more;
+                ServerMsg::Jobs { id, jobs, more }
             }
             "attached" => {
                 let id = fields::<IdOnly>(h)?.id;
@@ -1165,10 +1173,13 @@ impl ServerMsg {
                 json!({"type": "data", "id": id, "offset": offset}),
                 data.clone(),
             ),
-            ServerMsg::Jobs { id, jobs } => (
-                json!({"type": "jobs", "id": id}),
-                Bytes::from(serde_json::to_vec(jobs).unwrap_or_default()),
-            ),
+            ServerMsg::Jobs { id, jobs, more } => {
+                let mut h = json!({"type": "jobs", "id": id});
+                if *more {
+                    h["more"] = json!(true);
+                }
+                (h, Bytes::from(serde_json::to_vec(jobs).unwrap_or_default()))
+            }
             ServerMsg::Attached { id, info } => {
                 let mut h = typed("attached", info);
                 h["id"] = json!(id);
@@ -1435,10 +1446,12 @@ mod tests {
                         ..job_info()
                     },
                 ],
+                more: true,
             },
             ServerMsg::Jobs {
                 id: 4,
                 jobs: vec![],
+                more: false,
             },
             ServerMsg::Attached {
                 id: 5,

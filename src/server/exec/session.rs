@@ -39,7 +39,7 @@ use super::transfer;
 use super::{ExecShared, IdentitySlot, PerIdentity, audit};
 use crate::identity::{AuthMode, Identity, Presented, Proof, Restrictions};
 use crate::proto::auth::{self, KEY_NAMESPACE, Role, is_nonce};
-use crate::proto::jobs::{AttachRequest, JobInfo, JobState, KillRequest};
+use crate::proto::jobs::{self, AttachRequest, JobInfo, JobState, KillRequest};
 use crate::proto::message::{OUTPUT_WINDOWS, STDIN_FRAME_COST, Stamp};
 use crate::proto::transfer::{EntryKind, ExpectRequest, Hop, PutRequest, Stored};
 use crate::proto::{
@@ -1088,13 +1088,12 @@ impl Session {
             }
             ClientMsg::Jobs { id } => {
                 let answer = match self.admit_id(id, &self.shared.live()) {
-                    Ok(_) => ServerMsg::Jobs {
-                        id,
-                        jobs: self.shared.detached.list(&self.who.name),
-                    },
-                    Err(r) => ServerMsg::error(Some(id), r.code, r.message),
+                    Ok(_) => jobs::frames(id, self.shared.detached.list(&self.who.name)),
+                    Err(r) => vec![ServerMsg::error(Some(id), r.code, r.message)],
                 };
-                self.send(answer).await;
+                for frame in answer {
+                    self.send(frame).await;
+                }
             }
             ClientMsg::Attach(r) => {
                 let id = r.id;
@@ -1775,6 +1774,7 @@ impl Session {
             self.send(ServerMsg::Jobs {
                 id,
                 jobs: vec![info],
+                more: false,
             })
             .await;
             return Ok(());
@@ -1789,6 +1789,7 @@ impl Session {
                 .send(ServerMsg::Jobs {
                     id,
                     jobs: vec![d.info()],
+                    more: false,
                 })
                 .await;
         });
