@@ -129,6 +129,27 @@ pub struct JobInfo {
     pub forgotten: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl JobInfo {
+    /// Its text fields made safe to print ([`super::message::for_people`]):
+    /// a server chooses them.
+    pub fn for_people(self) -> JobInfo {
+        use super::message::for_people;
+        JobInfo {
+            detached: for_people(self.detached),
+            command: for_people(self.command),
+            started: for_people(self.started),
+            ended: self.ended.map(for_people),
+            signal: self.signal.map(for_people),
+            reason: self.reason.map(for_people),
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,26 +189,5 @@ mod tests {
         }
         assert_eq!(seen, 100);
         assert_eq!(super::frames(4, vec![]).len(), 1);
-    }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl JobInfo {
-    /// Its text fields made safe to print ([`super::message::for_people`]):
-    /// a server chooses them.
-    pub fn for_people(self) -> JobInfo {
-        use super::message::for_people;
-        JobInfo {
-            detached: for_people(self.detached),
-            command: for_people(self.command),
-            started: for_people(self.started),
-            ended: self.ended.map(for_people),
-            signal: self.signal.map(for_people),
-            reason: self.reason.map(for_people),
-            ..self
-        }
     }
 }
