@@ -1536,7 +1536,7 @@ impl Session {
 
         let (child, input, outputs) = job::streams(spawned);
         let ended = CancellationToken::new();
-        let (out, detached, hub) = match detach {
+        let (out, detached, hub, job_cancel) = match detach {
             None => {
                 let stdin = input.map(|input| {
                     let (stdin, rx, grant) = self.stdin_queue(id);
@@ -1560,10 +1560,10 @@ impl Session {
                         stdin,
                         pty,
                         output,
-                        cancel,
+                        cancel: cancel.clone(),
                     },
                 );
-                (out, None, None)
+                (out, None, None, cancel)
             }
             Some((detached_id, place)) => {
                 // Its stdin waits for an attachment; nobody paces its
@@ -1597,7 +1597,8 @@ impl Session {
                     cap,
                     timestamps: true,
                 };
-                (out, Some(d), Some(rx))
+                let cancel = d.cancel_token();
+                (out, Some(d), Some(rx), cancel)
             }
         };
         // After the job is registered: a detached one may be attached to
@@ -1611,11 +1612,6 @@ impl Session {
         })
         .await;
 
-        let job_cancel = match (&detached, self.jobs.get(&id)) {
-            (Some(d), _) => d.cancel_token(),
-            (None, Some(h)) => h.cancel.clone(),
-            (None, None) => self.conn_cancel.child_token(),
-        };
         let done = self.done.0.clone();
         let counters = self.shared.counters.clone();
         counters.jobs_running.inc();
@@ -1782,9 +1778,14 @@ impl Session {
         d.stop(detached::KILLED);
         // The job's TERM, its KILL, and the drain of its pipes.
         let limit = live.cfg.kill_grace * 3 + live.cfg.drain_grace;
-        let tx = self.tx.clone();
+        let (tx, closing) = (self.tx.clone(), self.conn_cancel.clone());
         tokio::spawn(async move {
-            d.wait_end(limit).await;
+            // The connection's writer waits for this sender: not past the
+            // connection's close.
+            tokio::select! {
+                () = d.wait_end(limit) => {}
+                () = closing.cancelled() => return,
+            }
             let _ = tx
                 .send(ServerMsg::Jobs {
                     id,
