@@ -587,3 +587,61 @@ fn the_command_line_detaches_lists_attaches_and_kills() {
     let o = run(&["attach", &addr, "nope"]);
     assert_eq!(exec_status(&o), 255);
 }
+
+/// `exec --hosts --detach`: a job detached on every host, its ID said per
+/// host (`host: ID` lines, or each JSON record's `detached`), each
+/// attachable there. One server on 0.0.0.0, reached as 127.0.0.1-2.
+#[test]
+fn fan_out_detaches_on_every_host() {
+    let srv = common::spawn_serve(&[
+        "--echo",
+        "none",
+        "--time",
+        "none",
+        "--exec",
+        "tcp://0.0.0.0:0",
+        "--allow-plaintext",
+    ]);
+    let port = srv
+        .addr("exec", Transport::Tcp)
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap();
+    let hosts = format!("127.0.0.[1-2]:{port}");
+    let o = client_in(
+        srv.home.path(),
+        &["exec", "--hosts", &hosts, "--detach", "--", "echo from $$"],
+        None,
+    );
+    assert_eq!(exec_status(&o), 0, "{}", stderr(&o));
+    let lines: Vec<(String, String)> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let (h, id) = l.split_once(": ").expect("host: ID");
+            (h.to_string(), id.to_string())
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&o));
+    let o = client_in(
+        srv.home.path(),
+        &[
+            "exec", "--hosts", &hosts, "--detach", "--json", "--", "true",
+        ],
+        None,
+    );
+    let records: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["detached"].as_str().is_some_and(|d| d.len() == 32))
+    );
+    for (host, id) in lines {
+        let o = client_in(srv.home.path(), &["attach", &host, &id], None);
+        assert_eq!(exec_status(&o), 0, "{}", stderr(&o));
+        assert!(stdout(&o).starts_with("from "), "{}", stdout(&o));
+    }
+}

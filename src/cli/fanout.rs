@@ -40,6 +40,8 @@ enum Outcome {
     Failed(String),
     /// Not started: the canary failed, or `--max-fail` was reached.
     Skipped(String),
+    /// (`--detach`) Started detached under this ID.
+    Detached(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +65,9 @@ struct Record {
     skipped: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// (`--detach`) The job's ID on that host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detached: Option<String>,
     duration_ms: u64,
     /// Output received (and counted, kept or not).
     stdout_bytes: u64,
@@ -114,6 +119,7 @@ impl HostRun {
             // As for one host: a program not found is 127, and so on.
             Outcome::Refused(_, Some(st)) => u8::try_from(*st).unwrap_or(EXIT_CONNECTION),
             Outcome::Skipped(_) => 1,
+            Outcome::Detached(_) => 0,
             _ => EXIT_CONNECTION,
         }
     }
@@ -130,6 +136,7 @@ impl HostRun {
             Outcome::Refused(e, _) => format!("refused: {e}"),
             Outcome::Failed(e) => format!("failed: {e}"),
             Outcome::Skipped(e) => format!("skipped: {e}"),
+            Outcome::Detached(id) => format!("detached {id}"),
         }
     }
 
@@ -139,10 +146,11 @@ impl HostRun {
             Outcome::Exit(ExitStatus::Signal { name, timed_out }) => {
                 (None, Some(name.clone()), *timed_out, None)
             }
+            Outcome::Detached(_) => (None, None, false, None),
             _ => (None, None, false, Some(self.describe())),
         };
         let failure = match &self.outcome {
-            Outcome::Exit(_) => None,
+            Outcome::Exit(_) | Outcome::Detached(_) => None,
             Outcome::Connect(_) => Some("connect"),
             Outcome::Auth(_) => Some("auth"),
             Outcome::Refused(..) => Some("refused"),
@@ -163,6 +171,10 @@ impl HostRun {
             canary: self.place.canary,
             skipped,
             error,
+            detached: match &self.outcome {
+                Outcome::Detached(id) => Some(id.clone()),
+                _ => None,
+            },
             duration_ms: self.duration.as_millis() as u64,
             stdout_bytes: self.stdout_bytes,
             stderr_bytes: self.stderr_bytes,
@@ -378,7 +390,11 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     };
     let (mut tx, mut rx) = client.split();
     let mut req = plan.args.request(1, plan.words.clone());
-    req.output.max_output = plan.keep;
+    // What is kept here bounds what is asked of the servers; a detached
+    // job's output is kept there, for `attach`, not here.
+    if !plan.args.detach {
+        req.output.max_output = plan.keep;
+    }
     let id = req.id;
     let text = || {
         [
@@ -393,6 +409,7 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
     let mut decoders = plan.encoding.map(|e| [e.new_decoder(), e.new_decoder()]);
     // --json --timestamps: the lines with their times, for the record.
     let mut stamped = (plan.args.json && plan.args.timestamps).then(text);
+    let mut detached = None;
     let result = async {
         let sent = std::time::SystemTime::now();
         tx.send(ClientMsg::Exec(req)).await?;
@@ -405,6 +422,20 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
                     return Ok(status);
                 }
                 JobEvent::Failed(f) => return Err(f.into()),
+                // --detach: the job's ID is the host's answer.
+                JobEvent::Started {
+                    detached: Some(id), ..
+                } => {
+                    detached = Some(id);
+                    return Ok(ExitStatus::Code(0));
+                }
+                JobEvent::Started { .. } if plan.args.detach => {
+                    return Err(ClientError::Protocol(
+                        "the server does not keep detached jobs (it ran the job attached; \
+                         it is killed as this client leaves)"
+                            .into(),
+                    ));
+                }
                 JobEvent::Started { ts: Some(ts), .. } => {
                     let clock = ClockOffset::measure(sent, ts, std::time::SystemTime::now());
                     if plan.stream {
@@ -457,14 +488,24 @@ async fn run_host(host: String, place: Place, plan: Arc<Plan>) -> HostRun {
             run.keep(is_err, lines::decode(d, b"", true).as_bytes(), plan.keep);
         }
     }
-    run.outcome = match result {
-        Ok(status) => Outcome::Exit(status),
-        Err(ClientError::Job {
-            code,
-            message,
-            exit_status,
-        }) => Outcome::Refused(format!("{}: {message}", code.as_str()), exit_status),
-        Err(e) => Outcome::Failed(e.to_string()),
+    run.outcome = match (result, detached) {
+        (Ok(_), Some(id)) => {
+            // Text: a line `host: ID` on stdout, for scripts to keep.
+            if let Some(p) = prefix.as_mut() {
+                p.feed(false, format!("{id}\n").as_bytes(), None, true);
+            }
+            Outcome::Detached(id)
+        }
+        (Ok(status), None) => Outcome::Exit(status),
+        (
+            Err(ClientError::Job {
+                code,
+                message,
+                exit_status,
+            }),
+            _,
+        ) => Outcome::Refused(format!("{}: {message}", code.as_str()), exit_status),
+        (Err(e), _) => Outcome::Failed(e.to_string()),
     };
     run.duration = started.elapsed();
     // Kept for the end; what a Vec grew past its contents is not.
@@ -489,7 +530,7 @@ fn print_results(results: &[HostRun], json: bool, gather: bool) -> anyhow::Resul
         let mut groups: BTreeMap<Key, Vec<&str>> = BTreeMap::new();
         for r in results
             .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Exit(_)))
+            .filter(|r| matches!(r.outcome, Outcome::Exit(_) | Outcome::Detached(_)))
         {
             groups
                 .entry((r.stdout.clone(), r.stderr.clone(), r.describe()))

@@ -386,10 +386,11 @@ pub struct ExecArgs {
     /// With --max-output: stop the job (TERM, then KILL) once it is reached.
     #[arg(long, requires = "max_output")]
     pub max_output_kill: bool,
-    /// Start the job detached and print its ID: it runs on after the client leaves, its
-    /// output kept on the server (see `switchboard jobs` and `switchboard attach`). Its
-    /// stdin is closed, unless -t gives it a terminal to attach to.
-    #[arg(long, conflicts_with_all = ["hosts", "timestamps"])]
+    /// Start the job detached and print its ID (with --hosts: `host: ID` lines, or each
+    /// record's `detached`): it runs on after the client leaves, its output kept on the
+    /// server (see `switchboard jobs` and `switchboard attach`). Its stdin is closed,
+    /// unless -t gives it a terminal to attach to.
+    #[arg(long, conflicts_with_all = ["timestamps"])]
     pub detach: bool,
     /// Prefix each output line with the server's time of it (RFC 3339, microseconds, UTC),
     /// and say once per host how far the server's clock is from this one.
