@@ -81,6 +81,8 @@ struct Followed {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     end: Option<Result<(ExitStatus, u64), JobFailure>>,
+    /// The exit's `reason`.
+    reason: Option<String>,
 }
 
 async fn follow(c: &mut ExecClient, id: u64, until: impl Fn(&[u8]) -> bool) -> Followed {
@@ -88,6 +90,7 @@ async fn follow(c: &mut ExecClient, id: u64, until: impl Fn(&[u8]) -> bool) -> F
         stdout: Vec::new(),
         stderr: Vec::new(),
         end: None,
+        reason: None,
     };
     tokio::time::timeout(T, async {
         while !until(&f.stdout) {
@@ -95,9 +98,12 @@ async fn follow(c: &mut ExecClient, id: u64, until: impl Fn(&[u8]) -> bool) -> F
                 JobEvent::Stdout(d, _) => f.stdout.extend_from_slice(&d),
                 JobEvent::Stderr(d, _) => f.stderr.extend_from_slice(&d),
                 JobEvent::Exit {
-                    status, dropped, ..
+                    status,
+                    dropped,
+                    reason,
                 } => {
                     f.end = Some(Ok((status, dropped)));
+                    f.reason = reason;
                     return;
                 }
                 JobEvent::Failed(e) => {
@@ -274,8 +280,16 @@ async fn ended_jobs_expire_after_the_ttl() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let j = jobs(&mut c, 4).await;
     assert!(j.iter().any(|j| j.detached == long) && alive(pid), "{j:?}");
-    srv.stop().await;
-    // The server's shutdown stops detached jobs too.
+    // The server's shutdown stops detached jobs too; a client attached
+    // to one gets its exit, with the reason.
+    attach(&mut c, 5, &long).await.unwrap();
+    let (_, f) = tokio::join!(srv.stop(), follow(&mut c, 5, |_| false));
+    assert!(
+        matches!(&f.end, Some(Ok((ExitStatus::Signal { name, .. }, 0))) if name == "TERM"),
+        "{:?}",
+        f.end
+    );
+    assert_eq!(f.reason.as_deref(), Some("server shutting down"));
     assert!(
         common::wait_until(T, || !alive(pid)).await,
         "a detached job outlived the server"
@@ -493,6 +507,33 @@ fn a_reload_stops_the_jobs_of_owners_no_longer_accepted() {
             "a removed key's detached job still runs"
         );
         assert!(alive(kim_pid), "kim's job was stopped too");
+        // The trail says why it ended, and that it was forgotten; and kim
+        // probing for it leaves a record too.
+        let ended = srv.wait_audit(1, |r| {
+            r["audit"] == "job_ended" && r["reason"] == "its owner is no longer accepted"
+        });
+        assert_eq!(ended.len(), 1, "{:?}", srv.audit());
+        let jo_id = ended[0]["detached"].as_str().unwrap().to_string();
+        let forgot = srv.wait_audit(1, |r| {
+            r["audit"] == "detached" && r["action"] == "forget" && r["detached"] == jo_id.as_str()
+        });
+        assert_eq!(forgot.len(), 1, "{:?}", srv.audit());
+        let probe = attach(&mut k, 2, &jo_id).await.unwrap_err();
+        assert_eq!(probe.code, ErrorCode::NoSuchJob);
+        let probed = srv.wait_audit(1, |r| {
+            r["audit"] == "detached" && r["action"] == "attach" && r["code"] == "no_such_job"
+        });
+        assert_eq!(probed.len(), 1, "{:?}", srv.audit());
+        // A max-jobs= a reload adds counts the detached job already
+        // running (found by attack: it did not).
+        write_private(&ak, &format!("max-jobs=1 {}\n", public(&kim)));
+        srv.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(srv.wait_log("configuration reloaded", 2), "{}", srv.log());
+        let busy = k.run("true").await.unwrap_err();
+        assert!(
+            matches!(&busy, switchboard::client::ClientError::Job { code: ErrorCode::Busy, message, .. } if message.contains("max-jobs")),
+            "{busy:?}"
+        );
     });
     drop(srv);
 

@@ -383,6 +383,15 @@ pub(super) fn report(result: Result<Ended, Failure>, detached: Option<&str>) -> 
         }
         // Disconnecting ends the job, as SIGPIPE would end a local one.
         Err(Failure::OutputClosed) => Err(EXIT_SIGPIPE),
+        // (§3.10) Another client attached to the job this one followed.
+        Err(Failure::Client(ClientError::Job {
+            code: crate::proto::ErrorCode::Detached,
+            message,
+            ..
+        })) => {
+            say!("switchboard: {message}");
+            Err(EXIT_CONNECTION)
+        }
         Err(Failure::Client(e @ ClientError::Job { .. })) => {
             say!("switchboard: {e}");
             // A program that could not be run exits as a shell says (127

@@ -135,7 +135,7 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Follow a detached job: its buffered output, then live output; stdin and Ctrl-C go to it.
     #[command(
-        after_help = "Examples:\n  switchboard attach 3f9a1c2b\n  switchboard attach tls://web1:8443 3f9a --timestamps\n\nA second Ctrl-C within a second (or ~. on a terminal) detaches again: the job runs on.\nAttaching takes the job over from a client attached before.\n\nExit status: the job's, as for exec, once it ends; 130 when detached by Ctrl-C;\n255 if the connection failed or another client took the job over."
+        after_help = "Examples:\n  switchboard attach 3f9a1c2b\n  switchboard attach tls://web1:8443 3f9a --timestamps\n\nA second Ctrl-C within a second (or ~. on a terminal) detaches again: the job runs on.\nAttaching takes the job over from a client attached before.\n\nExit status: the job's, as for exec, once it ends; 130 when detached by Ctrl-C;\n255 when detached by ~., if the connection failed, or another client took the job over."
     )]
     Attach(AttachArgs),
     /// Copy files to a switchboard server, as scp: verified by SHA-256, never a partial file under the final name.

@@ -125,19 +125,10 @@ pub fn shell_command(words: &[String]) -> Command {
         [one] => Command::Shell(one.clone()),
         many => Command::Shell(
             many.iter()
-                .map(|w| shell_quote(w))
+                .map(|w| Command::quote_word(w))
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
-    }
-}
-
-fn shell_quote(w: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
-    if !w.is_empty() && w.chars().all(safe) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 

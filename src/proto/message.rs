@@ -95,6 +95,31 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
+impl Command {
+    /// A word quoted for a POSIX shell, as it is when it needs no quotes.
+    pub fn quote_word(w: &str) -> String {
+        let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+        if !w.is_empty() && w.chars().all(safe) {
+            w.to_string()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    }
+
+    /// The command as one line for people: the command line, or the
+    /// words quoted as a shell would need them.
+    pub fn text(&self) -> String {
+        match self {
+            Command::Shell(line) => line.clone(),
+            Command::Argv(words) => words
+                .iter()
+                .map(|w| Command::quote_word(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
 /// An `exec` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {

@@ -94,6 +94,9 @@ pub struct End<'a> {
     pub stderr_bytes: u64,
     /// Output read past the job's `max_output` and dropped.
     pub dropped_bytes: u64,
+    /// Why the server ended it, for a detached job it stopped (PROTOCOL.md
+    /// §3.10: `kill`, its owner no longer accepted).
+    pub reason: Option<&'a str>,
 }
 
 /// The record of a job that has just started.
@@ -120,6 +123,9 @@ pub fn ended(j: &Job<'_>, e: &End<'_>) {
     f.insert("stderr_bytes".into(), json!(e.stderr_bytes));
     if e.dropped_bytes > 0 {
         f.insert("dropped_bytes".into(), json!(e.dropped_bytes));
+    }
+    if let Some(r) = e.reason {
+        f.insert("reason".into(), json!(r));
     }
     auditlog::record("job_ended", f);
 }
@@ -150,13 +156,43 @@ pub fn refused(
 }
 
 /// The record of a connection acting on a detached job (PROTOCOL.md
-/// §3.10): `action` is `attach`, `kill` or `forget`; `job` its number,
-/// `detached` its ID.
-pub fn detached(who: &Who<'_>, action: &str, detached: &str, job: u64) {
+/// §3.10): `action` is `attach`, `kill` or `forget`; `detached` its ID (as
+/// the request gave it, when refused), `job` its number once found; a
+/// refusal's code and message (someone probing for other identities' jobs
+/// leaves these).
+pub fn detached(
+    who: &Who<'_>,
+    action: &str,
+    detached: &str,
+    job: Option<u64>,
+    refused: Option<(ErrorCode, &str)>,
+) {
+    let mut clipped = false;
     let mut f = who_fields(who);
+    f.insert("action".into(), json!(action));
+    f.insert("detached".into(), json!(clip(detached, &mut clipped)));
+    if let Some(j) = job {
+        f.insert("job".into(), json!(j));
+    }
+    if let Some((code, why)) = refused {
+        f.insert("code".into(), json!(code.as_str()));
+        f.insert("message".into(), json!(clip(why, &mut clipped)));
+    }
+    if clipped {
+        f.insert("clipped".into(), json!(true));
+    }
+    auditlog::record("detached", f);
+}
+
+/// The record of a detached job the server forgot by itself: `action` is
+/// `expire` (its `exec.detached_ttl` passed) or `forget` with `why` (its
+/// owner no longer accepted).
+pub fn detached_dropped(owner: &Identity, action: &str, detached: &str, job: u64, why: &str) {
+    let mut f = owner.audit_fields();
     f.insert("action".into(), json!(action));
     f.insert("detached".into(), json!(detached));
     f.insert("job".into(), json!(job));
+    f.insert("message".into(), json!(why));
     auditlog::record("detached", f);
 }
 

@@ -210,10 +210,15 @@ impl Registry {
             if !accepted {
                 j.stop(OWNER_GONE);
             }
-            match j.ended_at() {
-                None => true,
-                Some(at) => accepted && at.elapsed() < ttl,
+            let (keep, action, why) = match j.ended_at() {
+                None => (true, "", ""),
+                Some(_) if !accepted => (false, "forget", OWNER_GONE),
+                Some(at) => (at.elapsed() < ttl, "expire", "exec.detached_ttl passed"),
+            };
+            if !keep {
+                super::audit::detached_dropped(&j.owner, action, &j.id, j.job, why);
             }
+            keep
         });
     }
 
@@ -297,10 +302,7 @@ pub struct Spawned {
 
 impl Detached {
     pub fn new(s: Spawned) -> Arc<Detached> {
-        let command = match &s.command {
-            Command::Shell(line) => line.clone(),
-            Command::Argv(words) => words.join(" "),
-        };
+        let command = s.command.text();
         let command = match command.char_indices().nth(MAX_COMMAND) {
             Some((cut, _)) => format!("{}...", command.get(..cut).unwrap_or_default()),
             None => command,
@@ -414,20 +416,25 @@ impl Detached {
         }
     }
 
+    /// Why the server ended the job, if it did: stopped (`kill`, its
+    /// owner no longer accepted), past `max_output_kill`, or shut down.
+    pub fn end_reason(&self, end: &JobEnd) -> Option<String> {
+        match (self.lock().stopped, end.capped) {
+            (Some(why), _) => Some(why.to_string()),
+            (None, true) => Some(job::CAPPED.to_string()),
+            (None, false) if self.cancel.is_cancelled() => {
+                Some(super::session::SHUTTING_DOWN.to_string())
+            }
+            (None, false) => None,
+        }
+    }
+
     /// Records the job's end (after every output frame), then kills what
     /// is left of its group: with no connection to hold them, background
     /// processes of a detached job end with it.
-    pub async fn finish(&self, end: &JobEnd, grace: Duration) {
+    pub async fn finish(&self, end: &JobEnd, reason: Option<String>, grace: Duration) {
         {
             let mut st = self.lock();
-            let reason = match (st.stopped, end.capped) {
-                (Some(why), _) => Some(why.to_string()),
-                (None, true) => Some(job::CAPPED.to_string()),
-                (None, false) if self.cancel.is_cancelled() => {
-                    Some(super::session::SHUTTING_DOWN.to_string())
-                }
-                (None, false) => None,
-            };
             st.end = Some(Ended {
                 status: end.status.clone(),
                 reason,

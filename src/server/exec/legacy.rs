@@ -183,6 +183,7 @@ async fn run(
             stderr_bytes: err_total,
             // The reply's cap (legacy_output_cap) is not max_output.
             dropped_bytes: 0,
+            reason: None,
         },
     );
     let mut all = out;

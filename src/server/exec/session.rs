@@ -579,23 +579,20 @@ async fn handshake(
             return Handshake::Failed(failed);
         }
     };
-    // max-connections= counts the identity's connections over the server.
-    let identity_slot = match restrictions.max_connections {
-        None => None,
-        Some(max) => match shared
-            .per_identity
-            .take(&who.name, PerIdentity::CONN, Some(max))
-        {
-            Some(slot) => Some(slot),
-            None => {
-                let why = format!(
-                    "{} already has its {max} connections (max-connections); try again later",
-                    who.name
-                );
-                let _ = tx.send(fail(ErrorCode::Busy, &why)).await;
-                return Handshake::Refused;
-            }
-        },
+    // max-connections= counts the identity's connections over the server:
+    // every one, so that a limit a reload adds counts those already open.
+    let max = restrictions.max_connections;
+    let identity_slot = match shared.per_identity.take(&who.name, PerIdentity::CONN, max) {
+        Some(slot) => Some(slot),
+        None => {
+            let why = format!(
+                "{} already has its {} connections (max-connections); try again later",
+                who.name,
+                max.unwrap_or_default()
+            );
+            let _ = tx.send(fail(ErrorCode::Busy, &why)).await;
+            return Handshake::Refused;
+        }
     };
     // The window the client asked for, as configured now.
     let stdin_window = a.window.then_some(live.cfg.stdin_window);
@@ -1096,15 +1093,19 @@ impl Session {
                 }
             }
             ClientMsg::Attach(r) => {
-                let id = r.id;
+                let (id, which) = (r.id, r.detached.clone());
                 if let Err(r) = self.attach(r).await {
+                    let refused = Some((r.code, r.message.as_str()));
+                    audit::detached(&self.audit_who(id), "attach", &which, None, refused);
                     self.send(ServerMsg::error(Some(id), r.code, r.message))
                         .await;
                 }
             }
             ClientMsg::Kill(r) => {
-                let id = r.id;
+                let (id, which) = (r.id, r.detached.clone());
                 if let Err(r) = self.kill(r).await {
+                    let refused = Some((r.code, r.message.as_str()));
+                    audit::detached(&self.audit_who(id), "kill", &which, None, refused);
                     self.send(ServerMsg::error(Some(id), r.code, r.message))
                         .await;
                 }
@@ -1253,19 +1254,23 @@ impl Session {
         })
     }
 
-    /// A job (or transfer) of the identity's `max-jobs=`, if it has one.
+    /// A job (or transfer) of the identity's, under its `max-jobs=` if it
+    /// has one. Every job is counted, so that a limit a reload adds counts
+    /// the jobs already running (a detached one may run for days: found
+    /// by attack).
     fn identity_job(&self, r: &Restrictions) -> Result<Option<IdentitySlot>, Refusal> {
-        let Some(max) = r.max_jobs else {
-            return Ok(None);
-        };
         self.shared
             .per_identity
-            .take(&self.who.name, PerIdentity::JOB, Some(max))
+            .take(&self.who.name, PerIdentity::JOB, r.max_jobs)
             .map(Some)
             .ok_or_else(|| {
                 Refusal::new(
                     ErrorCode::Busy,
-                    format!("{} is running its {max} jobs (max-jobs)", self.who.name),
+                    format!(
+                        "{} is running its {} jobs (max-jobs)",
+                        self.who.name,
+                        r.max_jobs.unwrap_or_default()
+                    ),
                 )
             })
     }
@@ -1634,16 +1639,18 @@ impl Session {
                 id,
             };
             let job = job_record(who, job_no, pid, &approved, &spec, detached_id.as_deref());
+            let reason = detached.as_ref().and_then(|d| d.end_reason(&end));
             let how = audit::End {
                 status: &end.status,
                 duration: started.elapsed(),
                 stdout_bytes: end.stdout_bytes,
                 stderr_bytes: end.stderr_bytes,
                 dropped_bytes: end.dropped,
+                reason: reason.as_deref(),
             };
             audit::ended(&job, &how);
             match detached {
-                Some(d) => d.finish(&end, timing.kill_grace).await,
+                Some(d) => d.finish(&end, reason, timing.kill_grace).await,
                 None => {
                     let _ = done.send(JobDone {
                         id,
@@ -1685,10 +1692,13 @@ impl Session {
         let id = r.id;
         self.admit_id(id, &self.shared.live())?;
         let d = self.shared.detached.find(&self.who.name, &r.detached)?;
-        let token = self.conn_cancel.child_token();
+        // Not the connection's child: at shutdown an attachment follows
+        // its job (stopped by the shutdown) to its exit. `close`, `finish`,
+        // a takeover or the session's drop ends it.
+        let token = CancellationToken::new();
         let (n, info, start) = d.attach(token.clone());
         info!(id, job = d.job, detached = %d.id, "attached");
-        audit::detached(&self.audit_who(id), "attach", &d.id, d.job);
+        audit::detached(&self.audit_who(id), "attach", &d.id, Some(d.job), None);
         let stdin = info.stdin.then(|| {
             let (stdin, rx, grant) = self.stdin_queue(id);
             tokio::spawn(detached::relay(d.clone(), rx, token.clone(), grant));
@@ -1760,7 +1770,7 @@ impl Session {
         let forget = info.state == JobState::Exited;
         let action = if forget { "forget" } else { "kill" };
         info!(id, job = d.job, detached = %d.id, action, "detached job");
-        audit::detached(&self.audit_who(id), action, &d.id, d.job);
+        audit::detached(&self.audit_who(id), action, &d.id, Some(d.job), None);
         if forget {
             self.shared.detached.forget(&d);
             let info = JobInfo {
@@ -1817,8 +1827,13 @@ impl Session {
             .drain(..)
             .map(|p| process::kill_group(p, grace))
             .collect();
+        // The connection's own jobs are killed. Attachments end with it,
+        // except at shutdown: the shutdown stops their jobs too, and they
+        // follow them to their exits.
         for job in self.jobs.values() {
-            job.cancel.cancel();
+            if reason.is_none() || job.own_group().is_some() {
+                job.cancel.cancel();
+            }
         }
         let pgids: Vec<Pid> = self
             .jobs
@@ -1836,11 +1851,14 @@ impl Session {
                 let exit = ServerMsg::Exit {
                     id: d.id,
                     status: d.status,
-                    reason: Some(why.into()),
+                    reason: Some(d.reason.unwrap_or_else(|| why.into())),
                     dropped: d.dropped,
                 };
                 let _ = tokio::time::timeout_at(deadline, self.tx.send(exit)).await;
             }
+        }
+        for job in self.jobs.values() {
+            job.cancel.cancel();
         }
         if let Some(why) = reason {
             let bye = ServerMsg::error(None, ErrorCode::ShuttingDown, why);
@@ -1860,6 +1878,10 @@ impl Drop for Session {
     /// without it (its task dropped by a runtime shutting down, as in an
     /// embedded server or a test, or a panic) kills what is left at once.
     fn drop(&mut self) {
+        // Attachments are not the connection's children (see `attach`).
+        for job in self.jobs.values() {
+            job.cancel.cancel();
+        }
         let pgids: Vec<Pid> = self
             .jobs
             .values()
