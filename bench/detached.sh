@@ -13,6 +13,7 @@
 # 3. An attach replaying a full buffer: its wall time.
 #
 #   bash bench/detached.sh [RUNS] [BYTES]     (defaults: 5, 1073741824)
+#   ONLY_MEMORY=1 bash bench/detached.sh      (2 and 3 only)
 #   SB=OTHER_BINARY bash bench/detached.sh ...
 #
 # Every process started here is stopped by its PID on exit. Not run by CI.
@@ -51,6 +52,7 @@ forget_all() {
   done
 }
 
+if [ -z "${ONLY_MEMORY:-}" ]; then
 echo "== 1. a job writing $bytes bytes: attached vs detached (MB/s)"
 att=() det=()
 for i in $(seq "$runs"); do
@@ -73,6 +75,8 @@ d = [float(x) for x in sys.argv[2].split()]
 print(f"median: attached {statistics.median(a):.0f} MB/s, detached {statistics.median(d):.0f} MB/s, "
       f"ratio {statistics.median(d) / statistics.median(a):.2f}")
 PY
+
+fi
 
 echo "== 2. server RSS (KiB) with 64 detached jobs"
 for job in yes 'while :; do printf x; done'; do
