@@ -5,15 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{client_in, exec_config, exec_status, start, stderr, stdout};
+use common::{
+    client_in, exec_config, exec_status, key_auth, new_key, public, start, stderr, stdout,
+    write_private,
+};
 use switchboard::client::{ClientAuth, ExecClient, JobEvent, JobFailure};
 use switchboard::endpoint::Transport;
 use switchboard::identity::AuthMode;
-use switchboard::identity::keys::{ClientKey, keygen};
 use switchboard::proto::jobs::{AttachRequest, JobInfo, JobState, KillRequest};
 use switchboard::proto::{ClientMsg, ErrorCode, ExecRequest, ExitStatus};
 
@@ -418,32 +419,6 @@ async fn attaching_takes_over_and_carries_stdin_and_signals() {
         f.end
     );
     srv.stop().await;
-}
-
-fn new_key(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    keygen(&path, name, "").expect("keygen");
-    path
-}
-
-fn public(path: &Path) -> String {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn key_auth(path: &Path) -> ClientAuth {
-    let key = ClientKey::find(Some(path)).unwrap().unwrap();
-    ClientAuth::key(Arc::new(key), None)
 }
 
 /// With identities, each sees only its own jobs: someone else's is not

@@ -7,46 +7,20 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TempUser, client_env, exec_config, exec_status, spawn_serve, stderr, stdout};
+use common::{
+    TempUser, client_env, exec_config, exec_status, key_auth, new_key, public, spawn_serve, stderr,
+    stdout, write_private,
+};
 use switchboard::client::{ClientAuth, ClientError, ExecClient, JobEvent};
 use switchboard::config::ServerConfig;
 use switchboard::endpoint::{Endpoint, Transport};
 use switchboard::identity::AuthMode;
-use switchboard::identity::keys::{ClientKey, keygen};
+use switchboard::identity::keys::ClientKey;
 use switchboard::proto::{ErrorCode, ExecRequest, ExitStatus};
 
 const T: Duration = Duration::from_secs(10);
-
-/// A new unencrypted key pair `dir/name` with comment `name`; its path.
-fn new_key(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    keygen(&path, name, "").expect("keygen");
-    path
-}
-
-/// The public line of the key at `path`.
-fn public(path: &Path) -> String {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".pub");
-    std::fs::read_to_string(PathBuf::from(p))
-        .expect("the .pub file")
-        .trim()
-        .to_string()
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
-fn key_auth(path: &Path) -> ClientAuth {
-    let key = ClientKey::find(Some(path)).expect("key").expect("a key");
-    ClientAuth::key(Arc::new(key), None)
-}
 
 /// Exec on 127.0.0.1:0, keys only, with `authorized_keys` as given.
 fn key_config(dir: &Path, authorized: &str) -> ServerConfig {

@@ -332,6 +332,16 @@ pub(super) async fn run_job(
     }
 }
 
+/// A terminal like the local one for the job: its size, and `term`.
+fn terminal_request(term: &Option<String>) -> PtyRequest {
+    let (rows, cols) = window_size();
+    PtyRequest {
+        rows,
+        cols,
+        term: term.clone(),
+    }
+}
+
 /// The next signal for a job on a terminal; never, for one without.
 async fn tty_signal(tty: &mut Option<&mut TtySignals>) -> TtySignal {
     match tty {
@@ -536,12 +546,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         let mut req = args.request(1, words);
         // On a terminal, it keeps its input open for whoever attaches.
         if let Some(term) = &tty {
-            let (rows, cols) = window_size();
-            req.pty = Some(PtyRequest {
-                rows,
-                cols,
-                term: term.clone(),
-            });
+            req.pty = Some(terminal_request(term));
             req.stdin = true;
         }
         let code = rt.block_on(super::jobs::detach(&mut tx, &mut rx, req));
@@ -564,12 +569,7 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         req.stdin = forward;
         let mut raw = None;
         if let Some(term) = &tty {
-            let (rows, cols) = window_size();
-            req.pty = Some(PtyRequest {
-                rows,
-                cols,
-                term: term.clone(),
-            });
+            req.pty = Some(terminal_request(term));
             raw = RawMode::enter()
                 .inspect_err(|e| say!("switchboard: cannot make the terminal raw: {e}"))
                 .ok()

@@ -775,3 +775,35 @@ impl Drop for LossyUdpProxy {
         }
     }
 }
+
+// Keys for the tests of identities.
+
+/// A new unencrypted key pair `dir/name` with comment `name`; its path.
+pub fn new_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    switchboard::identity::keys::keygen(&path, name, "").expect("keygen");
+    path
+}
+
+/// The public line of the key at `path`.
+pub fn public(path: &std::path::Path) -> String {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    std::fs::read_to_string(std::path::PathBuf::from(p))
+        .expect("the .pub file")
+        .trim()
+        .to_string()
+}
+
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+pub fn key_auth(path: &std::path::Path) -> switchboard::client::ClientAuth {
+    let key = switchboard::identity::keys::ClientKey::find(Some(path))
+        .expect("key")
+        .expect("a key");
+    switchboard::client::ClientAuth::key(Arc::new(key), None)
+}

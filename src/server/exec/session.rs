@@ -1846,7 +1846,8 @@ impl Session {
             .values()
             .filter_map(JobHandle::own_group)
             .collect();
-        // Job tasks kill their own groups; wait for them to report.
+        // Job tasks kill their own groups; wait for them to report (and
+        // at shutdown, attachments for their jobs' exits).
         let deadline = tokio::time::Instant::now() + grace * 3;
         while !self.jobs.is_empty() {
             let Ok(Some(d)) = tokio::time::timeout_at(deadline, self.done.1.recv()).await else {
