@@ -702,3 +702,61 @@ fn a_short_shutdown_grace_still_reports_jobs_that_ignore_term() {
     );
     assert!(srv.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+/// `exec -- yes | slow reader`, the server stopped meanwhile: the client
+/// still says the job's end and why, with the job's status (found by
+/// attack: a window grant sent as the server closed failed, and the
+/// client gave up with "broken pipe" before reading the exit waiting for
+/// it; the server also closed with the client's grants unread, which
+/// resets a connection). Three rounds.
+#[test]
+fn a_flooded_client_still_gets_its_exit_at_shutdown() {
+    use std::io::Read as _;
+    for round in 0..3 {
+        let mut srv = spawn_serve(&BASE);
+        let addr = srv.addr("exec", Transport::Tcp);
+        let mut cli = Command::new(bin())
+            .args(["exec", "-n", "--token-file"])
+            .arg(srv.token_file())
+            .args([&addr, "--", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = cli.stdout.take().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut got, mut signalled) = (0usize, false);
+        let start = std::time::Instant::now();
+        // Bounded: the client ends once the server has stopped.
+        while start.elapsed() < Duration::from_secs(30) {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            if got > 8 << 20 && !signalled {
+                srv.signal(Signal::SIGTERM);
+                signalled = true;
+            }
+            // Slower than the job from then on: frames wait in the
+            // client's socket as the server closes.
+            if signalled {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let st = exit_within(&mut cli, Duration::from_secs(10)).expect("the client ends");
+        let mut err = String::new();
+        cli.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(
+            err.contains("job ended: server shutting down"),
+            "round {round}: {err}"
+        );
+        // TERM, or PIPE when the server stopped reading the job's pipe
+        // first: the job's own status either way.
+        assert!(
+            [Some(128 + 15), Some(128 + 13)].contains(&st.code()),
+            "round {round}: {st:?} {err}"
+        );
+        assert!(srv.wait_exit(Duration::from_secs(15)).is_some());
+    }
+}

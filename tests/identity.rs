@@ -253,6 +253,8 @@ async fn per_identity_connection_and_job_limits() {
         Err(ClientError::Server(m)) => assert!(m.contains("max-connections"), "{m}"),
         other => panic!("a second connection: {:?}", other.map(|_| ())),
     }
+    // Counted (found by attack: such refusals left no trace).
+    assert_eq!(srv.stats.exec.rejected_identity.get(), 1);
     let (mut tx, mut rx) = first.split();
     tx.send(switchboard::proto::ClientMsg::Exec(ExecRequest::shell(
         1, "sleep 30",

@@ -189,11 +189,18 @@ pub(super) async fn run_job(
         tx.send(open).await?;
     }
     let (queue, mut queued) = tokio::sync::mpsc::channel::<ClientMsg>(4);
+    // A send that fails (the server closed its end: it is stopping, or
+    // the connection is gone) ends nothing by itself: what the server sent
+    // before, the job's exit among it, is still to be read, and reading
+    // says how the connection ended. Frames queued after are dropped.
+    // (Found by attack: a window grant that failed at the server's
+    // shutdown lost the job's exit, "broken pipe".)
     let writer = async {
+        let mut broken = false;
         while let Some(msg) = queued.recv().await {
-            tx.send(msg).await?;
+            broken = broken || tx.send(msg).await.is_err();
         }
-        std::future::pending::<Result<(), ClientError>>().await
+        std::future::pending::<Failure>().await
     };
     let stdin_queue = queue.clone();
     // With a stdin window (PROTOCOL.md §3.6), input is sent only as the
@@ -327,7 +334,7 @@ pub(super) async fn run_job(
     };
     tokio::select! {
         r = receive => r,
-        Err(e) = writer => Err(e.into()),
+        f = writer => Err(f),
         f = feed_stdin => Err(f),
     }
 }
@@ -361,10 +368,17 @@ pub(super) fn report(result: Result<Ended, Failure>, detached: Option<&str>) -> 
     };
     match result {
         Ok((status, reason, dropped)) => {
-            if dropped > 0 {
-                say!(
+            match (dropped, detached) {
+                (0, _) => {}
+                (_, None) => say!(
                     "switchboard: output truncated: {dropped} bytes past the job's max_output dropped"
-                );
+                ),
+                // An attachment also misses what fell out of the job's
+                // buffer while it lagged.
+                (_, Some(_)) => say!(
+                    "switchboard: output truncated: {dropped} bytes not received (past the job's \
+                     max_output, or out of its buffer while this client lagged)"
+                ),
             }
             if let Some(why) = reason {
                 say!("switchboard: job ended: {why}");

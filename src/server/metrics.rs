@@ -158,7 +158,8 @@ impl Collector for Services {
             &mut e,
             "connections_rejected",
             "TCP connections closed at once, by reason: the connection limit, the \
-             per-source limit or an auth penalty, too many handshakes in progress.",
+             per-source limit or an auth penalty, too many handshakes in progress, \
+             an identity at its max-connections= (after its login).",
             Counter,
             &[
                 (
@@ -180,6 +181,10 @@ impl Collector for Services {
                 (
                     &[("service", "exec"), ("reason", "handshakes")],
                     s.exec.rejected_handshake.get(),
+                ),
+                (
+                    &[("service", "exec"), ("reason", "identity")],
+                    s.exec.rejected_identity.get(),
                 ),
                 (
                     &[("service", "exec_legacy"), ("reason", "limit")],

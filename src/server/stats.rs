@@ -111,6 +111,8 @@ pub struct ExecCounters {
     pub jobs_started: Counter,
     /// Connections closed before `hello`: too many handshakes in progress.
     pub rejected_handshake: Counter,
+    /// Logins refused: the identity was at its `max-connections=`.
+    pub rejected_identity: Counter,
     /// Requests refused by the command policy.
     pub forbidden: Counter,
     /// Jobs running now.

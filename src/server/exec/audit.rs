@@ -247,6 +247,16 @@ pub fn login_failed(peer: SocketAddr, key: Option<&str>, why: &str) {
     auditlog::record("login_failed", f);
 }
 
+/// The record of a login refused after it proved who it is: the identity
+/// was at its `max-connections=`.
+pub fn login_refused(peer: SocketAddr, who: &Identity, why: &str) {
+    let mut clipped = false;
+    let mut f = who.audit_fields();
+    f.insert("peer".into(), json!(peer.to_string()));
+    f.insert("message".into(), json!(clip(why, &mut clipped)));
+    auditlog::record("login_refused", f);
+}
+
 fn who_fields(w: &Who<'_>) -> Map<String, Value> {
     let mut f = Map::new();
     f.insert("via".into(), json!(w.via.name()));

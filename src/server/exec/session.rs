@@ -323,8 +323,15 @@ async fn serve(
                 );
             }
         }
-        Handshake::Refused | Handshake::Abandoned => drop(handshake_slot),
+        Handshake::Refused { who, why } => {
+            drop(handshake_slot);
+            shared.counters.rejected_identity.inc();
+            info!(identity = %who.name, %why, "login refused");
+            audit::login_refused(peer, who, why);
+        }
+        Handshake::Abandoned => drop(handshake_slot),
     }
+    let authenticated = matches!(outcome, Handshake::Ok { .. });
     if let Handshake::Ok {
         stdin_window,
         output_window,
@@ -383,13 +390,33 @@ async fn serve(
     drop(tx);
     // The writer flushes what is queued, then half-closes. Bounded, since
     // the peer may not be reading.
-    if tokio::time::timeout(cfg.kill_grace, &mut writer)
+    let deadline = tokio::time::Instant::now() + cfg.kill_grace;
+    if tokio::time::timeout_at(deadline, &mut writer)
         .await
         .is_err()
     {
         writer.abort();
+    } else if authenticated {
+        linger(reader.get_mut(), deadline + cfg.kill_grace).await;
     }
     Ok(())
+}
+
+/// Reads and drops what the client still sends (say, the window grants of
+/// a job it was reading when the server stopped) until it closes its end,
+/// or `deadline`. Closed with bytes of its unread, the connection would be
+/// reset, and the client could lose the last frames sent to it (its jobs'
+/// `exit`s and why: found by attack).
+async fn linger(rd: &mut BoxRead, deadline: tokio::time::Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    // At most 64 MiB, whatever the deadline.
+    for _ in 0..4096 {
+        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
 }
 
 async fn write_loop(mut sink: FrameWriter<BoxWrite>, mut rx: mpsc::Receiver<ServerMsg>) {
@@ -429,7 +456,7 @@ enum Handshake {
     /// toward the penalty.
     Failed(Failed),
     /// Authenticated, but the identity is at its `max-connections=`.
-    Refused,
+    Refused { who: Identity, why: String },
     /// EOF, a protocol error, a deadline: no credential was tried.
     Abandoned,
 }
@@ -588,12 +615,12 @@ async fn handshake(
         Some(slot) => Some(slot),
         None => {
             let why = format!(
-                "{} already has its {} connections (max-connections); try again later",
+                "{} is at its max-connections= limit ({} connections at once); try again later",
                 who.name,
                 max.unwrap_or_default()
             );
             let _ = tx.send(fail(ErrorCode::Busy, &why)).await;
-            return Handshake::Refused;
+            return Handshake::Refused { who, why };
         }
     };
     // The window the client asked for, as configured now.
@@ -1269,7 +1296,7 @@ impl Session {
                 Refusal::new(
                     ErrorCode::Busy,
                     format!(
-                        "{} is running its {} jobs (max-jobs)",
+                        "{} is at its max-jobs= limit ({} jobs at once); try again when one ends",
                         self.who.name,
                         r.max_jobs.unwrap_or_default()
                     ),
