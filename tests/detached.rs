@@ -661,3 +661,44 @@ fn fan_out_detaches_on_every_host() {
         assert!(stdout(&o).starts_with("from "), "{}", stdout(&o));
     }
 }
+
+/// At the server's shutdown, an attachment whose output window has run
+/// out (a client that stopped taking output) still gets its job's exit
+/// and the reason; the output it did not get is counted in `dropped`
+/// (found by attack: it waited on a window nobody would give back, and
+/// the client got no exit).
+#[tokio::test]
+async fn a_stalled_attachment_gets_its_exit_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(exec_config(dir.path())).await;
+    let auth = ClientAuth {
+        window: true,
+        output_window: Some(131_072),
+        ..token_auth(dir.path())
+    };
+    let mut c = connect(&srv.exec.to_string(), &auth).await;
+    let (id, pid) = detach(&mut c, 1, ExecRequest::shell(0, "yes")).await;
+    attach(&mut c, 2, &id).await.unwrap();
+    // Nothing given back: the window runs out and stays out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = tokio::spawn(srv.stop());
+    let f = follow(&mut c, 2, |_| false).await;
+    // Closed: the server reads nothing more of it, and need not wait.
+    drop(c);
+    stop.await.unwrap();
+    let Some(Ok((status, dropped))) = f.end else {
+        panic!("no exit: {:?}", f.end);
+    };
+    assert!(
+        matches!(&status, ExitStatus::Signal { name, .. } if name == "TERM" || name == "PIPE")
+            || status == ExitStatus::Code(141),
+        "{status:?}"
+    );
+    assert_eq!(f.reason.as_deref(), Some("server shutting down"));
+    assert!(
+        dropped > 0 && f.stdout.len() <= 131_072,
+        "{dropped} {}",
+        f.stdout.len()
+    );
+    assert!(!alive(pid));
+}

@@ -513,7 +513,10 @@ pub enum Followed {
 
 /// Sends job `d`'s output from offset `cursor` on under `id`, then its
 /// end; through `out` (the attachment's connection, paced by its output
-/// window). `timestamps`: each frame keeps the time it was read.
+/// window). `timestamps`: each frame keeps the time it was read. Once
+/// `closing` (the connection's end at the server's shutdown, when nothing
+/// reads the client's window grants any more), only the end is still
+/// sent, the output not sent counted in its `dropped`.
 pub async fn follow(
     d: Arc<Detached>,
     id: u64,
@@ -521,23 +524,25 @@ pub async fn follow(
     out: job::Out,
     timestamps: bool,
     cancel: CancellationToken,
+    closing: CancellationToken,
 ) -> Followed {
     let mut changed = d.changed.subscribe();
     let mut skipped = 0u64;
     loop {
         changed.borrow_and_update();
-        let (chunks, end) = {
+        let (chunks, end, written) = {
             let st = d.lock();
             let (missed, chunks) = st.ring.since(cursor);
             skipped += missed;
-            (chunks, st.end.clone())
+            cursor = cursor.max(st.ring.start);
+            (chunks, st.end.clone(), st.ring.end)
         };
-        if chunks.is_empty() {
+        if chunks.is_empty() || closing.is_cancelled() {
             if let Some(end) = end {
                 return Followed::Exit {
                     status: end.status,
                     reason: end.reason,
-                    dropped: end.dropped + skipped,
+                    dropped: end.dropped + skipped + written.saturating_sub(cursor),
                 };
             }
             tokio::select! {
@@ -568,6 +573,8 @@ pub async fn follow(
                     return Followed::Detached;
                 },
                 () = cancel.cancelled() => return Followed::Detached,
+                // Waiting on a window nobody gives back any more.
+                () = closing.cancelled() => break,
             }
             cursor = c.offset + len;
         }

@@ -1748,9 +1748,18 @@ impl Session {
             timestamps: false,
         };
         let (follow, done, cancel) = (d.clone(), self.done.0.clone(), token.clone());
+        let closing = self.conn_cancel.clone();
         tokio::spawn(async move {
-            let followed =
-                detached::follow(follow.clone(), id, start, out, r.timestamps, cancel).await;
+            let followed = detached::follow(
+                follow.clone(),
+                id,
+                start,
+                out,
+                r.timestamps,
+                cancel,
+                closing,
+            )
+            .await;
             follow.detach(n);
             let done_msg = match followed {
                 detached::Followed::Exit {
