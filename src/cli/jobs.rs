@@ -200,7 +200,7 @@ fn print_jobs(jobs: &[JobInfo], json: bool) -> anyhow::Result<()> {
     writeln!(
         out,
         "{:<12}  {:<20}  {:<20}  {:>10}  {:>10}  COMMAND",
-        "ID", "STATE", "STARTED", "BUFFERED", "LOST"
+        "ID", "STATE", "STARTED (UTC)", "BUFFERED", "LOST"
     )?;
     for j in jobs {
         let mut state = status_text(j);
