@@ -388,8 +388,10 @@ async fn serve(
         session.close(reason).await;
     }
     drop(tx);
-    // The writer flushes what is queued, then half-closes. Bounded, since
-    // the peer may not be reading.
+    // The writer flushes what is queued, then half-closes; then what the
+    // client still sends is read until it closes. Both within one
+    // kill_grace, since the peer may not be reading (2x, as first built:
+    // found by attack).
     let deadline = tokio::time::Instant::now() + cfg.kill_grace;
     if tokio::time::timeout_at(deadline, &mut writer)
         .await
@@ -397,7 +399,7 @@ async fn serve(
     {
         writer.abort();
     } else if authenticated {
-        linger(reader.get_mut(), deadline + cfg.kill_grace).await;
+        linger(reader.get_mut(), deadline).await;
     }
     Ok(())
 }
