@@ -151,18 +151,18 @@ impl JobInfo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn long_lists_take_several_frames_within_the_smallest_body() {
-        let info = |n: usize| JobInfo {
-            detached: format!("{n:032x}"),
-            job: n as u64,
-            pid: 1,
-            command: "\u{1b}".repeat(1024),
-            tty: false,
-            stdin: false,
+    /// A running job's record, for tests.
+    pub(crate) fn sample() -> JobInfo {
+        JobInfo {
+            detached: "0123456789abcdef0123456789abcdef".into(),
+            job: 7,
+            pid: 4242,
+            command: "make test".into(),
+            tty: true,
+            stdin: true,
             state: JobState::Running,
             started: "2026-12-03T17:31:20.359847Z".into(),
             ended: None,
@@ -170,11 +170,21 @@ mod tests {
             signal: None,
             timed_out: false,
             reason: None,
-            buffered: 0,
-            lost: 0,
+            buffered: 8,
+            lost: 3,
             dropped: 0,
-            attached: false,
+            attached: true,
             forgotten: false,
+        }
+    }
+
+    #[test]
+    fn long_lists_take_several_frames_within_the_smallest_body() {
+        let info = |n: usize| JobInfo {
+            detached: format!("{n:032x}"),
+            job: n as u64,
+            command: "\u{1b}".repeat(1024),
+            ..sample()
         };
         let frames = frames(3, (0..100).map(info).collect());
         assert!(frames.len() > 1);

@@ -1234,27 +1234,9 @@ mod tests {
     use super::*;
 
     fn job_info() -> JobInfo {
-        JobInfo {
-            detached: "0123456789abcdef0123456789abcdef".into(),
-            job: 7,
-            pid: 4242,
-            command: "make test".into(),
-            tty: true,
-            stdin: true,
-            state: crate::proto::jobs::JobState::Running,
-            started: "2026-12-03T17:31:20.359847Z".into(),
-            ended: None,
-            code: None,
-            signal: None,
-            timed_out: false,
-            reason: None,
-            buffered: 8,
-            lost: 3,
-            dropped: 0,
-            attached: true,
-            forgotten: false,
-        }
+        crate::proto::jobs::tests::sample()
     }
+
     use crate::proto::frame::parse_header;
 
     fn parse_client(h: &str) -> Result<ClientMsg, ParseError> {

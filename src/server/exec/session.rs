@@ -1879,11 +1879,7 @@ impl Session {
                 job.cancel.cancel();
             }
         }
-        let pgids: Vec<Pid> = self
-            .jobs
-            .values()
-            .filter_map(JobHandle::own_group)
-            .collect();
+        let pgids = self.own_groups();
         // Job tasks kill their own groups; wait for them to report (and
         // at shutdown, attachments for their jobs' exits).
         let deadline = tokio::time::Instant::now() + grace * 3;
@@ -1918,6 +1914,16 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The groups of the connection's own jobs (not its attachments').
+    fn own_groups(&self) -> Vec<Pid> {
+        self.jobs
+            .values()
+            .filter_map(JobHandle::own_group)
+            .collect()
+    }
+}
+
 impl Drop for Session {
     /// `close` leaves no job and no lingering group; a session dropped
     /// without it (its task dropped by a runtime shutting down, as in an
@@ -1927,11 +1933,7 @@ impl Drop for Session {
         for job in self.jobs.values() {
             job.cancel.cancel();
         }
-        let pgids: Vec<Pid> = self
-            .jobs
-            .values()
-            .filter_map(JobHandle::own_group)
-            .collect();
+        let pgids = self.own_groups();
         for pgid in pgids.into_iter().chain(self.lingering.drain(..)) {
             process::kill_group_now(pgid);
         }
