@@ -70,7 +70,7 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// A frame broke the codec's rules (or the connection failed under it).
-    #[error("protocol error: {0}")]
+    #[error("{}", frame_error(.0))]
     Frame(#[from] crate::proto::frame::FrameError),
     /// A well-formed frame that is not a valid server message.
     #[error("protocol error: {0}")]
@@ -91,6 +91,15 @@ pub enum ClientError {
     /// the connection is fine. The message names the file.
     #[error(transparent)]
     Local(io::Error),
+}
+
+/// A connection that failed under the codec is said as such, not as a
+/// broken protocol (a reset, a server killed mid-stream).
+fn frame_error(e: &crate::proto::frame::FrameError) -> String {
+    match e {
+        crate::proto::frame::FrameError::Io(io) => format!("connection lost: {io}"),
+        other => format!("protocol error: {other}"),
+    }
 }
 
 fn refused_hint(e: &io::Error) -> &'static str {
@@ -223,4 +232,19 @@ pub(crate) async fn udp_round_trip(
         tries,
         after: timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::FrameError;
+
+    #[test]
+    fn a_lost_connection_is_not_called_a_protocol_error() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let lost = ClientError::Frame(FrameError::Io(reset)).to_string();
+        assert!(lost.starts_with("connection lost: "), "{lost}");
+        let bad = ClientError::Frame(FrameError::NoType).to_string();
+        assert!(bad.starts_with("protocol error: "), "{bad}");
+    }
 }
