@@ -88,8 +88,8 @@ pub struct JobInfo {
     /// The server-wide job number, as the audit trail has it.
     pub job: u64,
     pub pid: u32,
-    /// The command as the policy approved it (argv words joined by
-    /// spaces, or the shell command line).
+    /// The command as the policy approved it: the shell command line, or
+    /// the argv words quoted as a shell would need them.
     pub command: String,
     /// It runs on a terminal.
     #[serde(default)]

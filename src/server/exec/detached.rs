@@ -475,16 +475,15 @@ impl Detached {
     /// over); returns its number, the job's record, and where in the
     /// output the attachment begins (the oldest byte kept).
     pub fn attach(&self, token: CancellationToken) -> (u64, JobInfo, u64) {
-        let start = {
+        let (n, start) = {
             let mut st = self.lock();
             st.attachments += 1;
             let n = st.attachments;
             if let Some((_, before)) = st.attachment.replace((n, token)) {
                 before.cancel();
             }
-            st.ring.start
+            (n, st.ring.start)
         };
-        let n = self.lock().attachments;
         (n, self.info(), start)
     }
 

@@ -75,7 +75,7 @@ struct Admission {
     who: Arc<Identity>,
     slot: crate::server::limit::LimitGuard,
     /// The identity's job, for its `max-jobs=`.
-    identity_slot: Option<IdentitySlot>,
+    identity_slot: IdentitySlot,
     /// (§3.10) To be detached: its ID, and its place under the limits.
     detach: Option<(String, detached::Reservation)>,
 }
@@ -84,7 +84,7 @@ struct Admission {
 struct TransferSlot {
     handle: transfer::Handle,
     _slot: crate::server::limit::LimitGuard,
-    _identity_slot: Option<IdentitySlot>,
+    _identity_slot: IdentitySlot,
 }
 
 struct JobHandle {
@@ -445,12 +445,12 @@ async fn write_loop(mut sink: FrameWriter<BoxWrite>, mut rx: mpsc::Receiver<Serv
 enum Handshake {
     /// Authenticated as `who`, with the stdin window agreed on if the
     /// client asked for one, and the output window it gave (PROTOCOL.md
-    /// §3.6); holding the identity's connection slot if it has a limit.
+    /// §3.6); holding the identity's connection slot.
     Ok {
         stdin_window: Option<u64>,
         output_window: Option<u64>,
         who: Identity,
-        identity_slot: Option<IdentitySlot>,
+        identity_slot: IdentitySlot,
         /// (§3.9) Logged in with this relay ticket.
         ticket: Option<Arc<Ticket>>,
     },
@@ -614,7 +614,7 @@ async fn handshake(
     // every one, so that a limit a reload adds counts those already open.
     let max = restrictions.max_connections;
     let identity_slot = match shared.per_identity.take(&who.name, PerIdentity::CONN, max) {
-        Some(slot) => Some(slot),
+        Some(slot) => slot,
         None => {
             let why = format!(
                 "{} is at its max-connections= limit ({} connections at once); try again later",
@@ -765,7 +765,7 @@ struct Session {
     /// Who authenticated: judged again at each request and each reload.
     who: Arc<Identity>,
     /// The identity's connection, for its `max-connections=`.
-    _identity_slot: Option<IdentitySlot>,
+    _identity_slot: IdentitySlot,
     /// The SHA-256 of the token this connection proved, if any: root jobs
     /// by the exposure rule need it to be the token in force.
     proved: Option<[u8; 32]>,
@@ -1289,11 +1289,10 @@ impl Session {
     /// has one. Every job is counted, so that a limit a reload adds counts
     /// the jobs already running (a detached one may run for days: found
     /// by attack).
-    fn identity_job(&self, r: &Restrictions) -> Result<Option<IdentitySlot>, Refusal> {
+    fn identity_job(&self, r: &Restrictions) -> Result<IdentitySlot, Refusal> {
         self.shared
             .per_identity
             .take(&self.who.name, PerIdentity::JOB, r.max_jobs)
-            .map(Some)
             .ok_or_else(|| {
                 Refusal::new(
                     ErrorCode::Busy,
