@@ -1237,6 +1237,18 @@ mod tests {
         crate::proto::jobs::tests::sample()
     }
 
+    #[test]
+    fn commands_read_as_a_shell_would_take_them() {
+        let argv = Command::Argv(vec![
+            "printf".into(),
+            "%s\n".into(),
+            "it's".into(),
+            "".into(),
+        ]);
+        assert_eq!(argv.text(), "printf '%s\n' 'it'\\''s' ''");
+        assert_eq!(Command::Shell("ls | wc".into()).text(), "ls | wc");
+    }
+
     use crate::proto::frame::parse_header;
 
     fn parse_client(h: &str) -> Result<ClientMsg, ParseError> {
